@@ -1,0 +1,16 @@
+"""tda-clean: find the training rows that hurt a model, act on them, retrain, and prove the effect.
+
+Importing the package is cheap and never imports prefect or mlflow.
+"""
+from tda_clean.config import RunConfig, load_config
+from tda_clean.errors import GateFailed, InputError, TdaCleanError
+
+__version__ = "0.1.0"
+__all__ = ["RunConfig", "load_config", "InputError", "GateFailed", "TdaCleanError", "run_pipeline"]
+
+
+def run_pipeline(*args, **kwargs):
+    """Lazy alias of :func:`tda_clean.pipeline.run_pipeline`."""
+    from tda_clean.pipeline import run_pipeline as _run
+
+    return _run(*args, **kwargs)

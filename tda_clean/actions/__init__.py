@@ -1,0 +1,103 @@
+"""Actions on flagged rows: each returns a NEW training set plus one audit row per touched row.
+
+Audit columns: ``row_id, action, old_label, new_label, weight, detector, score, rank, reason``.
+``replay_audit(original, audit)`` rebuilds the cleaned training set exactly from the original and the audit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from tda_clean.config import NoAction, RelabelAction, RemoveAction
+from tda_clean.data.dataset import IndexedDataset
+from tda_clean.errors import InputError
+from tda_clean.selection.base import Selection
+
+AUDIT_COLUMNS = ["row_id", "action", "old_label", "new_label", "weight", "detector", "score", "rank", "reason"]
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """The new training set version, its audit table and counts per action kind."""
+
+    train: IndexedDataset
+    audit: pd.DataFrame
+    counts: dict[str, int]
+
+
+def _audit(train: IndexedDataset, selection: Selection, positions: np.ndarray, action: str,
+           new_labels: np.ndarray | None = None, weights: np.ndarray | None = None) -> pd.DataFrame:
+    rank = {int(p): r for r, p in enumerate(selection.indices)}
+    reason = dict(zip(map(int, selection.indices), selection.reasons))
+    return pd.DataFrame({
+        "row_id": train.row_id[positions].astype(np.int64),
+        "action": action,
+        "old_label": train.y[positions].astype(np.int64),
+        "new_label": pd.array(new_labels if new_labels is not None else [None] * len(positions), dtype="Int64"),
+        "weight": weights if weights is not None else np.full(len(positions), np.nan),
+        "detector": selection.detector,
+        "score": selection.scores[positions],
+        "rank": [rank[int(p)] for p in positions],
+        "reason": [reason.get(int(p), "") for p in positions],
+    }, columns=AUDIT_COLUMNS)
+
+
+def remove(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionResult:
+    positions = selection.indices
+    kept = np.setdiff1d(np.arange(len(train)), positions)
+    return ActionResult(train.subset(kept), _audit(train, selection, positions, "remove"), {"removed": len(positions)})
+
+
+def relabel(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionResult:
+    """Set each flagged row's label to the detector's suggestion; rows whose suggestion equals their label are untouched."""
+    if selection.suggested_labels is None:
+        raise InputError(f"action.kind=relabel: detector {selection.detector!r} suggests no labels (use action.kind=remove)")
+    positions = selection.indices[selection.suggested_labels[selection.indices] != train.y[selection.indices]]
+    y = train.y.copy()
+    y[positions] = selection.suggested_labels[positions]
+    audit = _audit(train, selection, positions, "relabel", new_labels=y[positions])
+    return ActionResult(replace(train, y=y), audit, {"relabeled": len(positions)})
+
+
+def no_action(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionResult:
+    return ActionResult(train, pd.DataFrame(columns=AUDIT_COLUMNS), {})
+
+
+ACTIONS: dict[type, Callable[..., ActionResult]] = {RemoveAction: remove, RelabelAction: relabel, NoAction: no_action}
+
+
+def apply_action(train: IndexedDataset, selection: Selection, cfg) -> ActionResult:
+    """Apply the configured action; ``train`` is not modified. Counts always carry all four keys."""
+    result = ACTIONS[type(cfg)](train, selection, cfg)
+    counts = {"removed": 0, "relabeled": 0, "reweighted": 0, "unlearned": 0, **result.counts}
+    return replace(result, counts=counts)
+
+
+def replay_audit(original: IndexedDataset, audit: pd.DataFrame) -> IndexedDataset:
+    """Rebuild the cleaned training set from the original rows and the audit table alone."""
+    missing = [c for c in AUDIT_COLUMNS if c not in audit.columns]
+    if missing:
+        raise InputError(f"audit table: missing columns {missing}")
+    position = {int(r): i for i, r in enumerate(original.row_id)}
+    unknown = [int(r) for r in audit["row_id"] if int(r) not in position]
+    if unknown:
+        raise InputError(f"audit table: row_id {unknown[0]} is not in the original data ({len(unknown)} unknown)")
+    y = original.y.copy()
+    weight = None if original.weight is None else original.weight.copy()
+    drop = []
+    for row in audit.itertuples(index=False):
+        i = position[int(row.row_id)]
+        if row.action == "remove":
+            drop.append(i)
+        elif row.action == "relabel":
+            y[i] = int(row.new_label)
+        elif row.action == "reweight":
+            weight = np.ones(len(y)) if weight is None else weight
+            weight[i] = float(row.weight)
+        else:
+            raise InputError(f"audit table: unknown action {row.action!r} for row_id {row.row_id}")
+    cleaned = replace(original, y=y, weight=weight)
+    return cleaned.subset(np.setdiff1d(np.arange(len(y)), drop))

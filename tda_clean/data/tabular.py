@@ -1,0 +1,59 @@
+"""Checks and preprocessing for tables: label encoding, NaN checks, scaling/one-hot fitted on train only."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from tda_clean.errors import InputError
+
+
+def encode_labels(values: pd.Series, column: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer class ids ``(n,)`` and class names from a numeric label column.
+
+    Raises InputError (naming ``column``) for missing, non-numeric, non-integer or single-class labels.
+    """
+    if values.isna().any():
+        raise InputError(f"label column {column!r}: {int(values.isna().sum())} missing values")
+    if not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)):
+        example = values.iloc[0]
+        raise InputError(f"label column {column!r} must hold numeric class ids (e.g. 0/1); found {example!r}")
+    as_float = values.to_numpy(dtype=float)
+    if not np.all(np.equal(np.mod(as_float, 1), 0)):
+        raise InputError(f"label column {column!r} must hold integer class ids; found non-integer values")
+    classes, y = np.unique(as_float.astype(np.int64), return_inverse=True)
+    if len(classes) < 2:
+        raise InputError(f"label column {column!r} has a single class ({classes[0]}); need at least two")
+    return y.astype(np.int64), tuple(str(c) for c in classes)
+
+
+def check_no_missing(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    """InputError naming the columns with NaN (and how many) among ``columns``."""
+    counts = frame[list(columns)].isna().sum()
+    bad = counts[counts > 0]
+    if len(bad):
+        listed = ", ".join(f"{c!r} ({n})" for c, n in bad.items())
+        raise InputError(f"{what} columns with missing values: {listed}")
+
+
+def make_preprocessor(frame: pd.DataFrame, features: tuple[str, ...]) -> ColumnTransformer:
+    """Standardise numeric (and boolean) features, one-hot encode the rest (unseen categories -> zeros)."""
+    numeric = [c for c in features if pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
+    categorical = [c for c in features if c not in numeric]
+    return ColumnTransformer(
+        [("num", StandardScaler(), numeric),
+         ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)],
+        verbose_feature_names_out=False,
+    )
+
+
+def fit_transform_splits(
+    frame: pd.DataFrame, features: tuple[str, ...], splits: tuple[np.ndarray, ...]
+) -> tuple[list[np.ndarray], tuple[str, ...]]:
+    """Fit the preprocessor on ``frame.iloc[splits[0]]`` (train) and transform every split: float32 (n_s, d)."""
+    pre = make_preprocessor(frame, features)
+    X = frame[list(features)]
+    pre.fit(X.iloc[splits[0]])
+    out = [np.asarray(pre.transform(X.iloc[idx]), dtype=np.float32) for idx in splits]
+    return out, tuple(str(n) for n in pre.get_feature_names_out())

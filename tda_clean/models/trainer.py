@@ -1,0 +1,186 @@
+"""Seeded, deterministic training of the factory models.
+
+Objective (the TRAINING loss that influence functions differentiate):
+    L(theta) = sum_i w_i * CE(f(x_i; theta), y_i) / sum_i w_i  +  (l2 / 2) * ||theta||^2
+with w_i = 1 unless sample weights are given. ``lbfgs`` minimises it full-batch (convex models converge to
+the unique optimum); ``adam`` runs mini-batches in an order drawn from ``seed`` with early stopping on the
+validation loss, restoring the best weights.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from tda_clean.config import TrainConfig
+from tda_clean.errors import InputError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def l2_penalty(model: nn.Module, l2: float) -> torch.Tensor:
+    """``(l2 / 2) * ||theta||^2`` over all trainable parameters."""
+    return 0.5 * l2 * sum((p * p).sum() for p in model.parameters() if p.requires_grad)
+
+
+def training_loss(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, l2: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The training objective above on a batch (weights normalised within the batch)."""
+    losses = F.cross_entropy(model(X), y, reduction="none")
+    mean = losses.mean() if weight is None else (losses * weight).sum() / weight.sum()
+    return mean + l2_penalty(model, l2)
+
+
+@dataclass
+class TrainResult:
+    """A trained model plus its loss history (one entry per epoch or L-BFGS round)."""
+
+    model: nn.Module
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def fit(
+    model: nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    seed: int,
+    *,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    sample_weight: np.ndarray | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``X`` (n, *feature_shape), ``y`` (n,) int labels; return it with history.
+
+    ``on_epoch(epoch, model)`` is called after each epoch (Adam) or round (L-BFGS), e.g. to save
+    TracIn checkpoints. ``progress=None`` shows a bar only on an interactive terminal.
+    """
+    if len(X) == 0:
+        raise InputError("training set is empty")
+    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
+    model.to(device=device, dtype=dtype)
+    Xt, yt = _tensor(X, device, dtype), torch.as_tensor(y, dtype=torch.long, device=device)
+    wt = None if sample_weight is None else _tensor(sample_weight, device, dtype)
+    val = None
+    if X_val is not None and y_val is not None and len(X_val):
+        val = (_tensor(X_val, device, dtype), torch.as_tensor(y_val, dtype=torch.long, device=device))
+    show = sys.stderr.isatty() if progress is None else progress
+    if config.optimizer == "lbfgs":
+        return _fit_lbfgs(model, Xt, yt, wt, val, config, on_epoch, show)
+    return _fit_adam(model, Xt, yt, wt, val, config, seed, on_epoch, show)
+
+
+def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, on_epoch, show) -> TrainResult:
+    result = TrainResult(model)
+    opt = torch.optim.LBFGS(
+        model.parameters(), lr=1.0, max_iter=20, history_size=20, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9, tolerance_change=1e-12,
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = training_loss(model, Xt, yt, config.l2, wt)
+        loss.backward()
+        return loss
+
+    previous = float("inf")
+    for epoch in tqdm(range(config.epochs), desc="train (lbfgs)", disable=not show, leave=False):
+        loss = float(opt.step(closure).detach())
+        result.train_loss.append(loss)
+        if val is not None:
+            result.val_loss.append(evaluate_loss(model, *val))
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+        result.best_epoch = epoch
+        if abs(previous - loss) <= 1e-10 * max(1.0, abs(loss)):
+            break
+        previous = loss
+    return result
+
+
+def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, show) -> TrainResult:
+    result = TrainResult(model)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(Xt)
+    best_state, best_val, stale = copy.deepcopy(model.state_dict()), float("inf"), 0
+    bar = tqdm(range(config.epochs), desc="train (adam)", disable=not show, leave=False)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(n, generator=gen).to(Xt.device)
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            opt.zero_grad()
+            loss = training_loss(model, Xt[idx], yt[idx], config.l2, None if wt is None else wt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        model.eval()
+        result.train_loss.append(total / n)
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+        if val is None:
+            result.best_epoch = epoch
+            continue
+        v = evaluate_loss(model, *val)
+        result.val_loss.append(v)
+        bar.set_postfix(val_loss=f"{v:.4f}")
+        if v < best_val - 1e-6:
+            best_val, best_state, stale, result.best_epoch = v, copy.deepcopy(model.state_dict()), 0, epoch
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if val is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy (no regulariser)."""
+    model.eval()
+    return float(F.cross_entropy(model(X), y))
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Class probabilities, shape ``(n, n_classes)``, float64 numpy."""
+    model.eval()
+    param = next(model.parameters())
+    out = []
+    for start in range(0, len(X), batch_size):
+        xb = _tensor(X[start : start + batch_size], param.device, param.dtype)
+        out.append(torch.softmax(model(xb), dim=1).double().cpu().numpy())
+    if not out:
+        return np.zeros((0, model.head.out_features))
+    return np.concatenate(out)
+
+
+def _tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(a), device=device).to(dtype)

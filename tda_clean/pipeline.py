@@ -1,0 +1,213 @@
+"""The pipeline stages as plain functions, and ``run_pipeline`` which sequences them.
+
+Each stage takes a :class:`RunContext`, reads its inputs from the run folder, writes its outputs there and
+returns a small JSON-able dict — so the Prefect flow can wrap each stage in a task whose result is tiny.
+``run_pipeline(config, stage_runner=...)`` is the one place the order is written down; the flow passes a
+runner that turns each stage into a Prefect task.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tda_clean.actions import apply_action
+from tda_clean.config import RunConfig
+from tda_clean.data import DataBundle, IndexedDataset, load_bundle
+from tda_clean.evaluation import detection_metrics, evaluate_model
+from tda_clean.evaluation.gate import check_gate
+from tda_clean.models.factory import build_model
+from tda_clean.models.trainer import fit as fit_model
+from tda_clean.run_dir import RunContext, create_run_dir, write_json_atomic
+from tda_clean.selection import FitContext, Selection, make_detector
+
+DATA, CLEANED, SELECTION, AUDIT = "data.npz", "train_cleaned.npz", "selection.npz", "audit.csv"
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def make_model(ctx: RunContext, bundle: DataBundle, seed: int | None = None) -> torch.nn.Module:
+    cfg = ctx.config
+    return build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed if seed is None else seed)
+
+
+def load_model(ctx: RunContext, which: str, bundle: DataBundle | None = None) -> torch.nn.Module:
+    """The model trained by ``stage_train(ctx, which)``, on CPU."""
+    bundle = bundle or DataBundle.load(ctx.path(DATA))
+    model = make_model(ctx, bundle)
+    state = torch.load(ctx.path(f"model_{which}.pt"), map_location="cpu", weights_only=True)
+    model.to(dtype=next(iter(state.values())).dtype).load_state_dict(state)
+    return model.eval()
+
+
+def cleaned_train(ctx: RunContext, bundle: DataBundle) -> IndexedDataset:
+    with np.load(ctx.path(CLEANED), allow_pickle=False) as f:
+        return IndexedDataset.from_arrays(f, "train/", bundle.classes, bundle.train.feature_names)
+
+
+# -------------------------------------------------------------------------------------------- stages
+def stage_load(ctx: RunContext) -> dict[str, Any]:
+    """Load, split, preprocess, corrupt (scenario) -> ``data.npz``."""
+    bundle = load_bundle(ctx.config)
+    bundle.save(ctx.path(DATA))
+    return {**bundle.info, "fingerprint": bundle.train.fingerprint()}
+
+
+def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
+    """Train on the corrupted (``before``) or cleaned (``after``) training set, same seed and settings."""
+    bundle = DataBundle.load(ctx.path(DATA))
+    train = bundle.train if which == "before" else cleaned_train(ctx, bundle)
+    model = make_model(ctx, bundle)
+    result = fit_model(model, train.X, train.y, ctx.config.train, ctx.config.seed,
+                       X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=train.weight)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, ctx.path(f"model_{which}.pt"))
+    return {"n_train": len(train), "epochs": len(result.train_loss), "final_train_loss": result.train_loss[-1]}
+
+
+def stage_detect(ctx: RunContext) -> dict[str, Any]:
+    """Run the configured detector on the training split -> ``selection.npz``; detection quality when known."""
+    bundle = DataBundle.load(ctx.path(DATA))
+    cfg = ctx.config
+    context = FitContext(
+        seed=cfg.seed, make_model=lambda s: make_model(ctx, bundle, s), train_config=cfg.train,
+        model=load_model(ctx, "before", bundle), X_val=bundle.val.X, y_val=bundle.val.y,
+        groups_val=bundle.val.groups, groups=bundle.train.groups, n_classes=bundle.train.n_classes,
+    )
+    selection = make_detector(cfg.detector).fit(bundle.train.X, bundle.train.y, context).to_selection()
+    selection.save(ctx.path(SELECTION))
+    summary: dict[str, Any] = {"detector": selection.detector, "n_flagged": selection.n_flagged,
+                               "threshold": selection.threshold, **selection.info}
+    if bundle.corrupted_mask is not None:
+        summary.update(detection_metrics(selection.mask, bundle.corrupted_mask))
+    return summary
+
+
+def stage_act(ctx: RunContext) -> dict[str, int]:
+    """Apply the action -> ``train_cleaned.npz`` + ``audit.csv`` + ``manifest.json``; the input stays as it was."""
+    bundle = DataBundle.load(ctx.path(DATA))
+    result = apply_action(bundle.train, Selection.load(ctx.path(SELECTION)), ctx.config.action)
+    np.savez(ctx.path(CLEANED), **result.train.to_arrays("train/"))
+    result.audit.to_csv(ctx.path(AUDIT), index=False)
+    write_json_atomic(ctx.path("manifest.json"), {
+        "source_fingerprint": bundle.train.fingerprint(), "cleaned_fingerprint": result.train.fingerprint(),
+        "n_rows_before": len(bundle.train), "n_rows_after": len(result.train), "audit": AUDIT, **result.counts,
+    })
+    return result.counts
+
+
+def stage_evaluate(ctx: RunContext, which: str) -> dict[str, float]:
+    """Held-out metrics of the ``before`` or ``after`` model on the same test set."""
+    bundle = DataBundle.load(ctx.path(DATA))
+    return evaluate_model(load_model(ctx, which, bundle), bundle)
+
+
+def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
+    """Assemble ``report.json`` (schema in DESIGN.md) and the before/after plot."""
+    from tda_clean.evaluation.plots import plot_before_after
+
+    passed, reasons = check_gate(ctx.config.gate, parts["after"])
+    report = {
+        "config_hash": ctx.config.config_hash(),
+        "name": ctx.config.name,
+        "dataset": parts["dataset"],
+        "before": parts["before"],
+        "after": parts["after"],
+        "selection": parts["selection"],
+        "actions": parts["actions"],
+        "gate": {"passed": passed, "reasons": reasons},
+        "timings_s": dict(parts["timings_s"]),
+        "mlflow": parts["mlflow"],
+        "run_dir": str(ctx.run_dir),
+    }
+    plot_before_after(report["before"], report["after"], ctx.path("before_after.png"), title=ctx.config.name)
+    write_json_atomic(ctx.path("report.json"), report)
+    return report
+
+
+def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, Any]) -> dict[str, str]:
+    """Everything to the tracker, with explicit run ids (safe from worker threads)."""
+    from tda_clean.tracking.layout import log_before_after
+
+    children = log_before_after(tracker, parent_run_id, report["before"], report["after"])
+    tracker.log_params(parent_run_id, ctx.config.flat())
+    tracker.log_metrics(parent_run_id, {f"selection_{k}": float(v) for k, v in report["selection"].items()
+                                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    tracker.log_metrics(parent_run_id, {f"actions_{k}": float(v) for k, v in report["actions"].items()})
+    tracker.set_tags(parent_run_id, {"gate_passed": str(report["gate"]["passed"]).lower()})
+    for name in ("report.json", AUDIT, "manifest.json", "before_after.png", "config.yaml"):
+        tracker.log_artifact(parent_run_id, ctx.path(name))
+    bundle = DataBundle.load(ctx.path(DATA))
+    tracker.log_dataset(parent_run_id, bundle.train.frame(), name=f"{bundle.name}-train", targets="label",
+                        context="training")
+    if ctx.config.tracking.log_models:
+        for which in ("before", "after"):
+            tracker.log_model(children[which], load_model(ctx, which, bundle), name=f"model_{which}")
+    return children
+
+
+# ---------------------------------------------------------------------------------------- sequencing
+StageRunner = Callable[..., Any]
+
+
+def call_stage(stage: Callable[..., Any], *args: Any) -> Any:
+    """The plain runner: call the stage."""
+    return stage(*args)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_pipeline(
+    config: RunConfig,
+    output: str | Path | None = None,
+    *,
+    tracker=None,
+    stage_runner: StageRunner = call_stage,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run every stage; return the report (also in ``<run_dir>/report.json``).
+
+    The tracker's parent run is marked FAILED with the message if any stage raises; the exception propagates.
+    ``stage_runner(stage, *args)`` lets an orchestrator wrap each stage (the Prefect flow makes them tasks).
+    """
+    if tracker is None:
+        from tda_clean.tracking import make_tracker
+
+        tracker = make_tracker(config.tracking)
+    ctx = create_run_dir(config, output)
+    parent = tracker.start_run(config.name, tags={"config_hash": config.config_hash(), "git_commit": git_commit(),
+                                                  "run_dir": str(ctx.run_dir), **(tags or {})})
+    timings: dict[str, float] = {}
+
+    def timed(name: str, stage: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        out = stage_runner(stage, ctx, *args)
+        timings[name] = round(time.perf_counter() - start, 3)
+        return out
+
+    try:
+        dataset = timed("load", stage_load)
+        timed("train_before", stage_train, "before")
+        selection = timed("detect", stage_detect)
+        actions = timed("act", stage_act)
+        timed("train_after", stage_train, "after")
+        before = timed("evaluate_before", stage_evaluate, "before")
+        after = timed("evaluate_after", stage_evaluate, "after")
+        parts = {"dataset": dataset, "selection": selection, "actions": actions, "before": before, "after": after,
+                 "timings_s": timings, "mlflow": {**tracker.info(), "parent_run_id": parent}}
+        report = timed("report", stage_report, parts)
+        timed("log", stage_log, tracker, parent, report)
+    except BaseException as exc:
+        tracker.end_run(parent, "FAILED", message=f"{type(exc).__name__}: {exc}")
+        raise
+    tracker.end_run(parent, "FINISHED")
+    return report

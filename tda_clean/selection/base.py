@@ -1,0 +1,161 @@
+"""The detector/selector interface and the one result type every detector returns.
+
+Selectors follow scikit-learn conventions: ``__init__`` stores parameters only, ``fit(X, y, context=...)``
+returns ``self``, learned state ends in ``_`` (``scores_``, ``threshold_``, ``support_`` and optionally
+``suggested_labels_``), ``get_support(indices=False)`` returns the boolean mask (or indices, most suspicious
+first). ``to_selection()`` packs the fitted state into a :class:`Selection`, which is all that actions,
+evaluation and logging ever see.
+
+Score convention: HIGHER score = MORE suspicious / more harmful. A row is flagged when ``score > threshold_``
+(or, for budgeted selectors, when it is among the top ``budget``).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+from torch import nn
+
+from tda_clean.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a detector may use besides the training arrays.
+
+    ``make_model(seed)`` builds a fresh untrained model of the run's family; ``train_config`` trains it
+    (``tda_clean.models.trainer.fit``); ``model`` is the model already trained on the full training set;
+    ``X_val``/``y_val`` a clean validation split; ``groups`` the training rows' group columns (a DataFrame).
+    """
+
+    seed: int
+    make_model: Callable[[int], nn.Module] | None = None
+    train_config: TrainConfig | None = None
+    model: nn.Module | None = None
+    X_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    groups_val: Any = None
+    groups: Any = None
+    n_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Rows a detector flags in the training split.
+
+    mask:        (n,) bool, True = flagged.
+    indices:     (k,) int positions of flagged rows, most suspicious first (k = mask.sum()).
+    scores:      (n,) float, higher = more suspicious.
+    threshold:   float, flagged rows score above it (NaN when the selection is budget-based).
+    detector:    registered name of the detector.
+    suggested_labels: (n,) int or None, the detector's label for each row (for ``relabel``).
+    reasons:     (k,) str, one human-readable reason per flagged row, aligned with ``indices``.
+    info:        small JSON-able metadata.
+    """
+
+    mask: np.ndarray
+    indices: np.ndarray
+    scores: np.ndarray
+    threshold: float
+    detector: str
+    suggested_labels: np.ndarray | None = None
+    reasons: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_flagged(self) -> int:
+        return int(self.mask.sum())
+
+    def save(self, path) -> None:
+        """Write to an ``.npz`` file (arrays) — ``load`` reads it back."""
+        import json
+
+        arrays = {"mask": self.mask, "indices": self.indices, "scores": self.scores}
+        if self.suggested_labels is not None:
+            arrays["suggested_labels"] = self.suggested_labels
+        meta = {"threshold": self.threshold, "detector": self.detector, "reasons": list(self.reasons), "info": self.info}
+        np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path) -> "Selection":
+        import json
+
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            return cls(
+                mask=f["mask"], indices=f["indices"], scores=f["scores"], threshold=meta["threshold"],
+                detector=meta["detector"],
+                suggested_labels=f["suggested_labels"] if "suggested_labels" in f.files else None,
+                reasons=tuple(meta["reasons"]), info=meta["info"],
+            )
+
+
+class NotFittedError(RuntimeError):
+    """A selector was used before ``fit``."""
+
+
+class BaseSelector:
+    """Base class for detectors. Subclasses set ``name`` and implement ``fit``."""
+
+    name: ClassVar[str] = "base"
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "BaseSelector":  # pragma: no cover
+        raise NotImplementedError
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters, read back from attributes of the same name (scikit-learn style)."""
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "support_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(X, y, context) first")
+
+    def get_support(self, indices: bool = False) -> np.ndarray:
+        """Boolean mask of flagged rows, shape (n,); or their positions, most suspicious first."""
+        self._check_fitted()
+        if not indices:
+            return self.support_
+        flagged = np.flatnonzero(self.support_)
+        return flagged[np.argsort(-self.scores_[flagged], kind="stable")]
+
+    def reason(self, i: int) -> str:
+        """Why row position ``i`` was flagged (override for detector-specific wording)."""
+        return f"{self.name} score {self.scores_[i]:.4g} > threshold {self.threshold_:.4g}"
+
+    def to_selection(self) -> Selection:
+        self._check_fitted()
+        order = self.get_support(indices=True)
+        return Selection(
+            mask=self.support_.copy(),
+            indices=order,
+            scores=np.asarray(self.scores_, dtype=float),
+            threshold=float(self.threshold_),
+            detector=self.name,
+            suggested_labels=getattr(self, "suggested_labels_", None),
+            reasons=tuple(self.reason(int(i)) for i in order),
+            info=dict(getattr(self, "info_", {})),
+        )
+
+
+def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the ``k`` highest scores (ties broken by position, deterministic)."""
+    mask = np.zeros(len(scores), dtype=bool)
+    if k > 0:
+        mask[np.argsort(-scores, kind="stable")[:k]] = True
+    return mask
+
+
+# Registry: config ``detector.kind`` -> factory taking the detector config. The orchestration looks names
+# up here and never branches on them.
+DETECTORS: dict[str, Callable[[Any], BaseSelector]] = {}
+
+
+def register_detector(kind: str) -> Callable[[Callable[[Any], BaseSelector]], Callable[[Any], BaseSelector]]:
+    def wrap(factory: Callable[[Any], BaseSelector]) -> Callable[[Any], BaseSelector]:
+        DETECTORS[kind] = factory
+        return factory
+
+    return wrap

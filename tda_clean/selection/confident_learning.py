@@ -1,0 +1,74 @@
+"""Confident learning (cleanlab) on out-of-sample predicted probabilities."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+from tqdm.auto import tqdm
+
+from tda_clean.config import CleanlabDetector
+from tda_clean.errors import InputError
+from tda_clean.models.trainer import fit as fit_model
+from tda_clean.models.trainer import predict_proba
+from tda_clean.selection.base import BaseSelector, FitContext, register_detector
+
+
+def out_of_sample_probs(X: np.ndarray, y: np.ndarray, context: FitContext, folds: int) -> np.ndarray:
+    """(n, n_classes) probabilities, each row predicted by a model (same family and training) not trained on it."""
+    if context.make_model is None or context.train_config is None:
+        raise InputError("detector.kind=cleanlab needs the run's model factory and training config")
+    n_classes = context.n_classes or int(y.max()) + 1
+    if np.bincount(y, minlength=n_classes).min() < folds:
+        raise InputError(f"detector.folds={folds}: a class has fewer training rows than folds")
+    probs = np.zeros((len(y), n_classes))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=context.seed)
+    for k, (fit_idx, held_idx) in enumerate(tqdm(list(splitter.split(X, y)), desc="cleanlab folds", leave=False,
+                                                  disable=None)):
+        model = context.make_model(context.seed + k)
+        fit_model(model, X[fit_idx], y[fit_idx], context.train_config, context.seed + k,
+                  X_val=context.X_val, y_val=context.y_val, progress=False)
+        probs[held_idx] = predict_proba(model, X[held_idx])
+    return probs
+
+
+class ConfidentLearningSelector(BaseSelector):
+    """Flags label issues with ``cleanlab.filter.find_label_issues`` and suggests the out-of-sample argmax.
+
+    ``scores_`` = 1 − cleanlab's self-confidence label quality (higher = more likely mislabeled).
+    ``max_flagged`` keeps only the highest-scoring issues.
+    """
+
+    name = "cleanlab"
+
+    def __init__(self, folds: int = 5, filter_by: str = "prune_by_noise_rate", max_flagged: int | None = None):
+        self.folds = folds
+        self.filter_by = filter_by
+        self.max_flagged = max_flagged
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "ConfidentLearningSelector":
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
+        probs = out_of_sample_probs(X, y, context, self.folds)
+        issues = find_label_issues(labels=y, pred_probs=probs, filter_by=self.filter_by)
+        self.scores_ = 1.0 - get_label_quality_scores(y, probs, method="self_confidence")
+        if self.max_flagged is not None and issues.sum() > self.max_flagged:
+            ranked = np.flatnonzero(issues)[np.argsort(-self.scores_[issues], kind="stable")]
+            issues = np.zeros_like(issues)
+            issues[ranked[: self.max_flagged]] = True
+        self.support_ = issues
+        self.threshold_ = float("nan")
+        self.pred_probs_ = probs
+        self.suggested_labels_ = probs.argmax(axis=1)
+        self.info_ = {"folds": self.folds, "filter_by": self.filter_by,
+                      "out_of_sample_accuracy": float((self.suggested_labels_ == y).mean())}
+        return self
+
+    def reason(self, i: int) -> str:
+        given = 1.0 - self.scores_[i]
+        return (f"cleanlab: out-of-sample p(given label)={given:.3f}; suggested label {self.suggested_labels_[i]} "
+                f"(p={self.pred_probs_[i].max():.3f})")
+
+
+@register_detector("cleanlab")
+def _make(cfg: CleanlabDetector) -> ConfidentLearningSelector:
+    return ConfidentLearningSelector(folds=cfg.folds, filter_by=cfg.filter_by, max_flagged=cfg.max_flagged)
