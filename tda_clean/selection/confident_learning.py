@@ -49,7 +49,8 @@ class ConfidentLearningSelector(BaseSelector):
         from cleanlab.rank import get_label_quality_scores
 
         probs = out_of_sample_probs(X, y, context, self.folds)
-        issues = find_label_issues(labels=y, pred_probs=probs, filter_by=self.filter_by)
+        # n_jobs=1: forked pool workers would be killed at exit under Prefect (noisy TerminationSignal traces)
+        issues = find_label_issues(labels=y, pred_probs=probs, filter_by=self.filter_by, n_jobs=1)
         self.scores_ = 1.0 - get_label_quality_scores(y, probs, method="self_confidence")
         if self.max_flagged is not None and issues.sum() > self.max_flagged:
             ranked = np.flatnonzero(issues)[np.argsort(-self.scores_[issues], kind="stable")]
