@@ -66,6 +66,13 @@ def test_flow_logs_parent_and_identical_children(tmp_path: Path, mlflow_uri: str
     assert {"report.json", "audit.csv", "manifest.json", "before_after.png", "config.yaml"} <= artifacts
     assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["table-train"]
 
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("before-after")
+    assert str(table.flow_run_id) == parent.data.tags["prefect_flow_run_id"]
+    rows = json.loads(table.data)
+    assert {r["metric"]: r["after"] for r in rows}["accuracy"] == pytest.approx(report["after"]["accuracy"], abs=1e-4)
+
 
 def test_flow_failure_marks_parent_failed(tmp_path: Path, mlflow_uri: str):
     from flows.clean import clean
