@@ -37,10 +37,13 @@ def as_task(stage: Callable[..., Any], ctx, *args: Any) -> Any:
 
 
 @flow(name="clean", log_prints=True)
-def clean(config: RunConfig | str, output: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Detect -> act -> retrain -> evaluate -> log. ``config`` is a RunConfig or a path to a YAML file."""
+def clean(config: RunConfig | str, output: str | None = None, overrides: list[str] | None = None,
+          fresh: bool = False) -> dict[str, Any]:
+    """Detect -> act -> retrain -> evaluate -> log. ``config`` is a RunConfig or a path to a YAML file.
+
+    Stages a killed run on the same folder completed are reused unless ``fresh``."""
     cfg = config if isinstance(config, RunConfig) else load_config(Path(config), overrides or [])
-    report = run_pipeline(cfg, output, stage_runner=as_task, tags={"prefect_flow_run_id": str(flow_run.get_id())})
+    report = run_pipeline(cfg, output, fresh=fresh, stage_runner=as_task, tags={"prefect_flow_run_id": str(flow_run.get_id())})
     create_table_artifact(
         key="before-after",
         table=[{"metric": k, "before": round(v, 4), "after": round(report["after"][k], 4),

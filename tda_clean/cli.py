@@ -1,6 +1,6 @@
 """The ``tda-clean`` command.
 
-    tda-clean run CONFIG [--set key.path=value ...] [--output DIR] [--engine prefect|local]
+    tda-clean run CONFIG [--set key.path=value ...] [--output DIR] [--fresh] [--engine prefect|local]
     tda-clean validate CONFIG [--set ...]
 
 Exit codes: 0 success, 2 invalid config or data (one-line message), 3 release gate failed, 1 anything else.
@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config value (repeatable), e.g. --set scenario.rate=0.2")
         if name == "run":
             p.add_argument("--output", help="run folder (default: a fresh folder under runs/)")
+            p.add_argument("--fresh", action="store_true",
+                           help="recompute every stage (default: resume the stages a killed run completed)")
             p.add_argument("--engine", choices=("prefect", "local"), default="prefect",
                            help="prefect: run as the Prefect flow 'clean' (default); local: plain library call")
     return parser
@@ -47,6 +49,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines += ["", f"detector {sel['detector']}: flagged {sel['n_flagged']}{quality}", f"actions: {acts or 'none'}"]
     gate = report["gate"]
     lines.append("gate: passed" if gate["passed"] else "gate: FAILED — " + "; ".join(gate["reasons"]))
+    if report.get("resumed_stages"):
+        lines.append(f"resumed (not recomputed): {', '.join(report['resumed_stages'])}")
     lines.append(f"report: {report['run_dir']}/report.json")
     if report["mlflow"].get("parent_run_id"):
         lines.append(f"mlflow: {report['mlflow']['tracking_uri']} run {report['mlflow']['parent_run_id']}")
@@ -63,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine == "prefect":
             from flows.clean import clean
 
-            report = clean(config, output=args.output)
+            report = clean(config, output=args.output, fresh=args.fresh)
         else:
             from tda_clean.pipeline import run_pipeline
 
-            report = run_pipeline(config, args.output)
+            report = run_pipeline(config, args.output, fresh=args.fresh)
     except TdaCleanError as exc:
         print(f"tda-clean: error: {exc}", file=sys.stderr)
         return exc.exit_code

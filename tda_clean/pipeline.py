@@ -22,7 +22,7 @@ from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate
 from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit as fit_model
-from tda_clean.run_dir import RunContext, create_run_dir, write_json_atomic
+from tda_clean.run_dir import RunContext, open_run_dir, read_json, write_json_atomic
 from tda_clean.selection import FitContext, Selection, make_detector
 
 DATA, CLEANED, SELECTION, AUDIT = "data.npz", "train_cleaned.npz", "selection.npz", "audit.csv"
@@ -119,6 +119,7 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
         "actions": parts["actions"],
         "gate": {"passed": passed, "reasons": reasons},
         "timings_s": dict(parts["timings_s"]),
+        "resumed_stages": list(parts["resumed_stages"]),
         "mlflow": parts["mlflow"],
         "run_dir": str(ctx.run_dir),
     }
@@ -170,29 +171,40 @@ def run_pipeline(
     config: RunConfig,
     output: str | Path | None = None,
     *,
+    fresh: bool = False,
     tracker=None,
     stage_runner: StageRunner = call_stage,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run every stage; return the report (also in ``<run_dir>/report.json``).
 
+    Stages completed by an earlier, interrupted run on the same folder are not run again (their recorded
+    results are reused and listed in ``report["resumed_stages"]``); ``fresh=True`` recomputes everything.
     The tracker's parent run is marked FAILED with the message if any stage raises; the exception propagates.
     ``stage_runner(stage, *args)`` lets an orchestrator wrap each stage (the Prefect flow makes them tasks).
     """
     if tracker is None:
         from tda_clean.tracking import make_tracker
 
-        tracker = make_tracker(config.tracking)
-    ctx = create_run_dir(config, output)
-    parent = tracker.start_run(config.name, tags={"config_hash": config.config_hash(), "git_commit": git_commit(),
-                                                  "run_dir": str(ctx.run_dir), **(tags or {})})
+        tracker = make_tracker(config.tracking)  # an unreachable server fails here, before any compute
+    ctx = open_run_dir(config, output, fresh=fresh)
+    parent = _parent_run(ctx, tracker, tags)
     timings: dict[str, float] = {}
+    resumed: list[str] = []
 
-    def timed(name: str, stage: Callable[..., Any], *args: Any) -> Any:
-        start = time.perf_counter()
-        out = stage_runner(stage, ctx, *args)
-        timings[name] = round(time.perf_counter() - start, 3)
-        return out
+    def timed(name: str, stage: Callable[..., Any], *args: Any, resumable: bool = True) -> Any:
+        marker = ctx.marker(name)
+        if resumable and marker.is_file():
+            record = read_json(marker)
+            resumed.append(name)
+        else:
+            start = time.perf_counter()
+            out = stage_runner(stage, ctx, *args)
+            record = {"seconds": round(time.perf_counter() - start, 3), "result": out}
+            write_json_atomic(marker, record)
+            record = read_json(marker)  # a fresh run returns exactly what a resumed one would read
+        timings[name] = record["seconds"]
+        return record["result"]
 
     try:
         dataset = timed("load", stage_load)
@@ -203,11 +215,26 @@ def run_pipeline(
         before = timed("evaluate_before", stage_evaluate, "before")
         after = timed("evaluate_after", stage_evaluate, "after")
         parts = {"dataset": dataset, "selection": selection, "actions": actions, "before": before, "after": after,
-                 "timings_s": timings, "mlflow": {**tracker.info(), "parent_run_id": parent}}
-        report = timed("report", stage_report, parts)
+                 "timings_s": timings, "resumed_stages": resumed,
+                 "mlflow": {**tracker.info(), "parent_run_id": parent}}
+        report = timed("report", stage_report, parts, resumable=False)  # cheap; states what was resumed
         timed("log", stage_log, tracker, parent, report)
     except BaseException as exc:
         tracker.end_run(parent, "FAILED", message=f"{type(exc).__name__}: {exc}")
         raise
     tracker.end_run(parent, "FINISHED")
     return report
+
+
+def _parent_run(ctx: RunContext, tracker, tags: dict[str, str] | None) -> str:
+    """The tracker's parent run: the interrupted run's own when resuming on the same tracking store."""
+    info, path = tracker.info(), ctx.path("tracking.json")
+    if path.is_file():
+        previous = read_json(path)
+        if previous.get("tracking_uri") == info.get("tracking_uri") and previous.get("parent_run_id"):
+            return previous["parent_run_id"]
+    config = ctx.config
+    parent = tracker.start_run(config.name, tags={"config_hash": config.config_hash(), "git_commit": git_commit(),
+                                                  "run_dir": str(ctx.run_dir), **(tags or {})})
+    write_json_atomic(path, {**info, "parent_run_id": parent})
+    return parent

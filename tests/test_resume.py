@@ -1,0 +1,100 @@
+"""Resume after a crash: a run SIGKILLed mid-way and started again reuses the completed stages and produces the
+same report as an uninterrupted run; a folder made by another config is refused; --fresh recomputes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tda_clean.config import parse_config
+from tda_clean.errors import InputError
+from tda_clean.pipeline import run_pipeline
+
+CONFIG = {
+    "name": "resume-test",
+    "data": {"kind": "digits"},
+    "scenario": {"kind": "uniform_flip", "rate": 0.1},
+    "model": {"kind": "mlp", "hidden": [32]},
+    "train": {"optimizer": "adam", "lr": 0.01, "epochs": 40, "patience": 5, "batch_size": 64},
+    "detector": {"kind": "cleanlab", "folds": 5},
+    "action": {"kind": "remove"},
+}
+SAME = ("dataset", "before", "after", "selection", "actions", "gate", "config_hash")
+
+
+def _config(tmp_path: Path, mlflow_uri: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "tracking": {"tracking_uri": mlflow_uri, "experiment": "resume"}}))
+    return path
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tda_clean.cli", "run", *args, "--engine", "local"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, mlflow_uri: str):
+    config = _config(tmp_path, mlflow_uri)
+    reference = _cli(str(config), "--output", str(tmp_path / "reference"), cwd=tmp_path)
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    crashed = tmp_path / "crashed"
+    victim = _cli(str(config), "--output", str(crashed), cwd=tmp_path)
+    deadline = time.time() + 240
+    while not (crashed / "stages" / "train_before.json").exists():  # detection starts right after this marker
+        assert victim.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (crashed / "stages" / "detect.json").exists() and not (crashed / "report.json").exists()
+
+    resumed = _cli(str(config), "--output", str(crashed), cwd=tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resumed (not recomputed): load, train_before" in out
+    got = json.loads((crashed / "report.json").read_text())
+    want = json.loads((tmp_path / "reference" / "report.json").read_text())
+    assert got["resumed_stages"] == ["load", "train_before"]
+    for key in SAME:
+        assert got[key] == want[key], key
+    assert got["timings_s"]["train_before"] == json.loads((crashed / "stages" / "train_before.json").read_text())["seconds"]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    # the killed run's parent was continued, not duplicated: reference + crashed/resumed = 2 parents, all finished
+    assert len(parents) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert got["mlflow"]["parent_run_id"] in {p.info.run_id for p in parents}
+
+
+def test_other_config_is_refused_and_fresh_recomputes(tmp_path: Path):
+    cfg = parse_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 3}, "detector": {"kind": "cleanlab", "folds": 2},
+                        "tracking": {"enabled": False}})
+    first = run_pipeline(cfg, tmp_path / "run")
+    assert first["resumed_stages"] == []
+    again = run_pipeline(cfg, tmp_path / "run")
+    assert again["resumed_stages"] == ["load", "train_before", "detect", "act", "train_after", "evaluate_before",
+                                       "evaluate_after"]
+    assert again["after"] == first["after"]
+    other = cfg.model_copy(update={"seed": 1})
+    with pytest.raises(InputError, match=r"--output .*run: holds another run \(config_hash .* pass --fresh"):
+        run_pipeline(other, tmp_path / "run")
+    assert run_pipeline(other, tmp_path / "run", fresh=True)["resumed_stages"] == []
+
+
+def test_non_run_folder_is_refused(tmp_path: Path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "precious.txt").write_text("keep me")
+    cfg = parse_config({**CONFIG, "tracking": {"enabled": False}})
+    with pytest.raises(InputError, match="not a tda-clean run folder"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "precious.txt").read_text() == "keep me"
