@@ -2,6 +2,9 @@
 
     tda-clean run CONFIG [--set key.path=value ...] [--output DIR] [--fresh] [--engine prefect|local]
     tda-clean validate CONFIG [--set ...]
+    tda-clean serve CONFIG --cron "0 2 * * *" [--name NAME] [--set ...]
+    tda-clean review RUN_DIR
+    tda-clean apply RUN_DIR --approved FILE
 
 Exit codes: 0 success, 2 invalid config or data (one-line message), 3 release gate failed, 1 anything else.
 """
@@ -30,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
                            help="recompute every stage (default: resume the stages a killed run completed)")
             p.add_argument("--engine", choices=("prefect", "local"), default="prefect",
                            help="prefect: run as the Prefect flow 'clean' (default); local: plain library call")
+    serve = sub.add_parser("serve", help="serve the clean flow on a cron schedule (needs a Prefect server)")
+    serve.add_argument("config", help="YAML config file (read at each scheduled run)")
+    serve.add_argument("--cron", required=True, help='cron expression, e.g. "0 2 * * *" (02:00 every night)')
+    serve.add_argument("--name", default=None, help="deployment name (default: the config's name)")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    review = sub.add_parser("review", help="write the flagged candidates of a run as CSV + HTML for approval")
+    review.add_argument("run_dir")
+    apply = sub.add_parser("apply", help="apply only the approved candidates, retrain and evaluate")
+    apply.add_argument("run_dir")
+    apply.add_argument("--approved", required=True, help="CSV with columns row_id, approved (yes/no)")
     return parser
 
 
@@ -60,6 +73,13 @@ def format_table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            from flows.deploy import serve_clean
+
+            serve_clean(args.config, args.cron, name=args.name, overrides=args.overrides)
+            return 0
+        if args.command in ("review", "apply"):
+            return _review_command(args)
         config = load_config(args.config, args.overrides)
         if args.command == "validate":
             print(json.dumps({"valid": True, "config_hash": config.config_hash(), "name": config.name}))

@@ -54,7 +54,6 @@ class TableSource(_Frozen):
     groups: tuple[str, ...] = ()
     features: tuple[str, ...] | None = None
     id_column: str | None = None
-    positive_label: str | None = None
 
 
 DataSource = Annotated[Union[DigitsSource, AdultSource, TableSource], Field(discriminator="kind")]
@@ -172,7 +171,56 @@ class CleanlabDetector(_Frozen):
     max_flagged: int | None = Field(default=None, ge=1)
 
 
-Detector = Annotated[Union[CleanlabDetector], Field(discriminator="kind")]
+class _InfluenceDetectorBase(_Frozen):
+    """Shared settings of the influence detectors (``tda_clean.selection.influence_detectors``).
+
+    ``solver`` picks the curvature solver, ``params`` the parameter subset (``head`` = last layer, exact-solver
+    friendly), ``damping`` is added to the Hessian (``auto`` = 0.01 x its mean eigenvalue; use 0 for an L2
+    logistic model trained with lbfgs). Budget: at most ``max_flagged`` rows and/or a ``fraction`` of the
+    training rows (5% when neither is set). ``dtype`` of the influence computation (CUDA used when present).
+    """
+
+    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "exact"
+    params: Literal["all", "head"] = "head"
+    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    max_flagged: int | None = Field(default=None, ge=1)
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+
+
+InfluenceObjectiveName = Literal[
+    "val_loss", "worst_group_loss", "group_loss_gap", "demographic_parity_gap", "equalized_odds_gap"
+]
+
+
+class SelfInfluenceDetector(_InfluenceDetectorBase):
+    """Label issues by self-influence ``g_i^T H^-1 g_i / n`` (highest first); suggested label = model argmax."""
+
+    kind: Literal["self_influence"] = "self_influence"
+
+
+class HarmfulDetector(_InfluenceDetectorBase):
+    """Rows whose removal most DECREASES ``objective`` on the validation split (validation loss, worst-group
+    loss, group loss gap, smooth demographic-parity / equalized-odds gap). ``group_column`` names the group
+    column for group objectives (default: the intersection of all group columns)."""
+
+    kind: Literal["harmful"] = "harmful"
+    objective: InfluenceObjectiveName = "val_loss"
+    group_column: str | None = None
+
+
+class InfluenceRelabelDetector(_InfluenceDetectorBase):
+    """Rows whose label flip most decreases ``objective`` on the validation split; suggests that label."""
+
+    kind: Literal["influence_relabel"] = "influence_relabel"
+    objective: InfluenceObjectiveName = "val_loss"
+    group_column: str | None = None
+
+
+Detector = Annotated[
+    Union[CleanlabDetector, SelfInfluenceDetector, HarmfulDetector, InfluenceRelabelDetector],
+    Field(discriminator="kind"),
+]
 
 
 class RemoveAction(_Frozen):

@@ -63,7 +63,7 @@ def group_flip(bundle: DataBundle, cfg: GroupFlip, seed: int) -> DataBundle:
         raise InputError(f"scenario.column: {cfg.column!r} is not a group column (groups: {list(train.groups.columns)})")
     values = train.groups[cfg.column].to_numpy(dtype=str)
     if cfg.value not in set(values):
-        raise InputError(f"scenario.value: {cfg.value!r} not found in group {cfg.column!r} (values: {sorted(set(values))})")
+        raise InputError(f"scenario.value: {cfg.value!r} not found in group {cfg.column!r} (values: {sorted(map(str, set(values)))})")
     _check_class(cfg.source, train.n_classes, "source")
     _check_class(cfg.target, train.n_classes, "target")
     candidates = np.flatnonzero((values == cfg.value) & (train.y == cfg.source))

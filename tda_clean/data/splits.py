@@ -15,9 +15,10 @@ def stratified_split(y: np.ndarray, config: SplitConfig, seed: int) -> tuple[np.
     """
     positions = np.arange(len(y))
     try:
-        rest, test = train_test_split(positions, test_size=config.test_fraction, stratify=y, random_state=seed)
-        val_share = config.val_fraction / (1.0 - config.test_fraction)
-        train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed + 1)
+        n_test = int(round(config.test_fraction * len(y)))
+        n_val = int(round(config.val_fraction * len(y)))
+        rest, test = train_test_split(positions, test_size=n_test, stratify=y, random_state=seed)
+        train, val = train_test_split(rest, test_size=n_val, stratify=y[rest], random_state=seed + 1)
     except ValueError as exc:
         counts = np.bincount(y)
         raise InputError(

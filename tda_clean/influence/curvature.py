@@ -1,0 +1,184 @@
+"""Curvature of the training loss behind one interface: ``fit(loss)``, ``hvp(V)``, ``solve(V)``.
+
+The curvature is the Hessian of the TRAINING objective the trainer minimises, restricted to the parameter subset:
+
+    L(theta) = (1/n) sum_i CE(f(x_i; theta), y_i) + (l2/2) ||theta||^2,   H = d^2 L / d theta^2 = H_CE + l2 I
+
+and every solver works on the damped system ``A = H + damping I`` (K-FAC solvers replace ``H_CE`` by their
+Kronecker approximation). Vectors come in batches ``V`` of shape ``(k, p)``:
+
+* ``hvp(V)``   -> ``(k, p)`` rows ``A v``
+* ``solve(V)`` -> ``(k, p)`` rows ``A^-1 v``  (so ``solve(hvp(V)) == V`` up to solver accuracy)
+
+After ``fit`` a solver exposes ``damping_`` (the value used), ``negative_curvature_`` (True when H was found to
+have a negative eigenvalue / direction; a warning is also emitted) and ``min_eigenvalue_`` where known.
+A damping that leaves ``A`` singular raises :class:`InputError`.
+
+Solvers register by name in ``SOLVERS`` (``register_solver``); ``make_solver(settings)`` builds one from its
+settings object, whose ``kind`` is the registered name.
+"""
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar
+
+import torch
+from torch.func import grad, jvp, vmap
+from torch.nn import functional as F
+
+from tda_clean.errors import InputError
+from tda_clean.influence.gradients import as_tensors
+from tda_clean.influence.params import ParamSpace
+from tda_clean.influence.settings import AUTO_DAMPING_FACTOR, Damping, SolverSettings
+
+
+class NegativeCurvatureWarning(UserWarning):
+    """The training-loss Hessian has negative curvature (the model is not at a minimum of a convex loss)."""
+
+
+class TrainingLoss:
+    """The training objective above over a :class:`ParamSpace`, on training rows ``X`` (n, ...), ``y`` (n,).
+
+    ``batch_size`` rows go through one forward pass in HVPs; results do not depend on it.
+    """
+
+    def __init__(self, space: ParamSpace, X, y, l2: float, batch_size: int = 1024):
+        if l2 < 0:
+            raise InputError(f"l2: expected >= 0, got {l2}")
+        self.space = space
+        self.X, self.y = as_tensors(space, X, y)
+        if len(self.X) == 0:
+            raise InputError("training set is empty: influence needs at least one training row")
+        self.n = len(self.X)
+        self.l2 = float(l2)
+        self.batch_size = int(batch_size)
+        self.theta = space.flat()
+
+    @property
+    def p(self) -> int:
+        return self.space.p
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+    def _sum_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.space.forward(theta, X), y, reduction="sum")
+
+    def value(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """``L(theta)`` (scalar) at ``theta`` (p,), default the current parameters."""
+        theta = self.theta if theta is None else theta
+        with torch.no_grad():
+            total = sum(self._sum_loss(theta, self.X[s], self.y[s]) for s in self._slices())
+        return total / self.n + 0.5 * self.l2 * (theta * theta).sum()
+
+    def _slices(self, rows: torch.Tensor | None = None):
+        n = self.n if rows is None else len(rows)
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(n, start + self.batch_size))
+
+    def hvp(self, V: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Undamped ``H V``: ``V`` (k, p) -> (k, p). ``rows`` (m,) restricts the CE part to those training rows
+        (its mean over them), e.g. for stochastic LiSSA."""
+        X, y = (self.X, self.y) if rows is None else (self.X[rows], self.y[rows])
+        n = len(X)
+        g = grad(self._sum_loss)
+        out = torch.zeros_like(V)
+        for s in (slice(a, min(n, a + self.batch_size)) for a in range(0, n, self.batch_size)):
+            Xb, yb = X[s], y[s]
+
+            def one(v: torch.Tensor) -> torch.Tensor:
+                return jvp(lambda th: g(th, Xb, yb), (self.theta,), (v,))[1]
+
+            with torch.no_grad():
+                out += vmap(one)(V)
+        return out / n + self.l2 * V
+
+    def hessian(self, chunk: int = 256, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Full ``H`` (p, p), built from batched HVPs on basis vectors, symmetrised."""
+        eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
+        H = torch.cat([self.hvp(eye[a : a + chunk]) for a in range(0, self.p, chunk)])
+        H = 0.5 * (H + H.T)
+        return H if dtype is None else H.to(dtype)
+
+    def trace_estimate(self, probes: int = 16, seed: int = 0) -> float:
+        """Hutchinson estimate of ``trace(H)`` with seeded Rademacher probes."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        Z = (torch.randint(0, 2, (probes, self.p), generator=gen) * 2 - 1).to(self.device, self.dtype)
+        return float((Z * self.hvp(Z)).sum(dim=1).mean())
+
+
+def resolve_damping(damping: Damping, mean_eigenvalue: Callable[[], float]) -> float:
+    """``"auto"`` -> ``AUTO_DAMPING_FACTOR`` x mean eigenvalue of H (at least a tiny positive floor)."""
+    if damping != "auto":
+        return float(damping)
+    mean = float(mean_eigenvalue())
+    return max(AUTO_DAMPING_FACTOR * abs(mean), 1e-8)
+
+
+def warn_negative_curvature(solver: str, detail: str) -> None:
+    warnings.warn(
+        f"{solver}: the training-loss Hessian has negative curvature ({detail}); the model is not at a minimum of "
+        "a convex loss. Influence uses the damped system H + damping*I; raise damping if results look unstable.",
+        NegativeCurvatureWarning, stacklevel=3,
+    )
+
+
+class CurvatureSolver(ABC):
+    """Base class: ``fit(loss)`` once, then ``hvp(V)`` / ``solve(V)`` on ``(k, p)`` batches (see module doc)."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, settings: SolverSettings):
+        self.settings = settings
+
+    @abstractmethod
+    def fit(self, loss: TrainingLoss) -> "CurvatureSolver":
+        ...
+
+    @abstractmethod
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        """``(H + damping I) V`` for ``V`` (k, p)."""
+
+    @abstractmethod
+    def solve(self, V: torch.Tensor) -> torch.Tensor:
+        """``(H + damping I)^-1 V`` for ``V`` (k, p)."""
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "damping_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(TrainingLoss(...)) first")
+
+    def _check_vectors(self, V: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        if V.dim() == 1:
+            V = V.unsqueeze(0)
+        if V.dim() != 2 or V.shape[1] != self.p_:
+            raise InputError(f"{self.name}: expected vectors of shape (k, {self.p_}), got {tuple(V.shape)}")
+        return V
+
+
+SOLVERS: dict[str, type[CurvatureSolver]] = {}
+
+
+def register_solver(*kinds: str) -> Callable[[type[CurvatureSolver]], type[CurvatureSolver]]:
+    def wrap(cls: type[CurvatureSolver]) -> type[CurvatureSolver]:
+        for kind in kinds:
+            SOLVERS[kind] = cls
+        return cls
+
+    return wrap
+
+
+def make_solver(settings: SolverSettings) -> CurvatureSolver:
+    """Build the registered solver for ``settings.kind``."""
+    import tda_clean.influence.kfac  # noqa: F401  (registers kfac/ekfac)
+    import tda_clean.influence.solvers  # noqa: F401  (registers exact/cg/lissa)
+
+    if settings.kind not in SOLVERS:
+        raise InputError(f"solver: {settings.kind!r} is not registered (available: {', '.join(sorted(SOLVERS))})")
+    return SOLVERS[settings.kind](settings)

@@ -1,0 +1,245 @@
+"""Influence estimators on top of gradients + curvature (METHODS.md §1-§2).
+
+Sign convention (everywhere): a POSITIVE influence of removing training row i on objective f means that
+removing the row INCREASES f. With ``A = H + damping I`` the training-loss curvature over the parameter subset,
+``g_i`` the per-row training-loss gradient and ``q`` an objective's query gradient:
+
+    influence(i -> f)    = (1/n) q^T A^-1 g_i                         (Koh & Liang, cross-loss form of Silva et al.)
+    self_influence(i)    = (1/n) g_i^T A^-1 g_i      = the predicted rise of row i's own loss when it is removed
+    flip(i, c)           = (1/n) q^T A^-1 (g_i(y_i) - g_i(c))  = predicted change of f when row i's label becomes c
+
+``InfluenceEngine`` fits the curvature once and answers many queries; ``compute_influence`` / ``self_influence``
+/ ``pairwise_influence`` are one-call wrappers. Training rows come as an ``IndexedDataset`` or a tuple ``(X, y)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from tda_clean.errors import InputError
+from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss, make_solver
+from tda_clean.influence.gradients import iter_per_sample_grads
+from tda_clean.influence.objectives import Objective, PerSampleLoss
+from tda_clean.influence.params import ParamSpace, model_fingerprint, prepare_model
+from tda_clean.influence.projection import RandomProjector
+from tda_clean.influence.settings import GradientSettings, SolverSettings, solver_settings
+from tda_clean.influence.store import GradientStore, store_fingerprint
+
+
+@dataclass(frozen=True)
+class InfluenceResult:
+    """Scores of removing each training row on each objective output.
+
+    scores: (m, n) float64, ``scores[j, i]`` = predicted change of output j of the objective when training row i
+            is removed (POSITIVE = removal INCREASES f). ``m = 1`` for scalar objectives.
+    """
+
+    scores: np.ndarray
+    objective: str
+    method: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_row(self) -> np.ndarray:
+        """(n,) scores summed over the objective's outputs (the only row for scalar objectives)."""
+        return self.scores.sum(axis=0)
+
+
+def train_arrays(train) -> tuple[np.ndarray, np.ndarray]:
+    """``IndexedDataset`` or ``(X, y)`` -> ``(X, y)``."""
+    if hasattr(train, "X") and hasattr(train, "y"):
+        return train.X, train.y
+    if isinstance(train, (tuple, list)) and len(train) == 2:
+        return train[0], train[1]
+    raise InputError(f"train: expected an IndexedDataset or a tuple (X, y), got {type(train).__name__}")
+
+
+class InfluenceEngine:
+    """Curvature fitted once on the training set; per-row gradients streamed in chunks (optionally from a
+    memory-mapped :class:`GradientStore`).
+
+    model:      a trained model (never modified; a cast copy is used when ``gradients.dtype/device`` ask for it).
+    train:      training rows, ``X`` (n, ...), ``y`` (n,).
+    l2:         the trainer's L2 coefficient (``TrainConfig.l2``): part of the Hessian.
+    solver:     ``"exact" | "cg" | "lissa" | "kfac" | "ekfac"`` or a settings object.
+    damping:    overrides the damping of a solver given by name (``"auto"`` or a float).
+    store_dir:  optional directory of a gradient store (created, reused, or refused on fingerprint mismatch).
+    """
+
+    def __init__(self, model: nn.Module, train, *, l2: float, solver: "str | SolverSettings" = "exact",
+                 damping=None, gradients: GradientSettings = GradientSettings(), store_dir: str | Path | None = None):
+        self.settings = gradients
+        self.solver_settings = solver_settings(solver, damping)
+        self.model = prepare_model(model, gradients)
+        self.X, self.y = train_arrays(train)
+        self.space = ParamSpace(self.model, gradients.params)
+        self.loss = TrainingLoss(self.space, self.X, self.y, l2, batch_size=gradients.batch_size)
+        self.n = self.loss.n
+        self.store_dir = store_dir
+        self._solver: CurvatureSolver | None = None
+
+    @property
+    def solver(self) -> CurvatureSolver:
+        """The fitted curvature solver (fitted on first use)."""
+        if self._solver is None:
+            self._solver = make_solver(self.solver_settings).fit(self.loss)
+        return self._solver
+
+    # ----------------------------------------------------------------------------- gradients
+    def fingerprint(self) -> str:
+        return store_fingerprint(model_fingerprint(self.model), np.asarray(self.X), np.asarray(self.y),
+                                 str(self.space.subset), str(self.loss.dtype))
+
+    def train_gradients(self, label_override: np.ndarray | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(rows, G_rows)`` blocks of per-row training-loss gradients ``(len(rows), p)``.
+
+        ``label_override`` (n,) computes them for other labels (never stored).
+        """
+        y = self.y if label_override is None else label_override
+        if self.store_dir is None or label_override is not None:
+            yield from iter_per_sample_grads(self.space, self.X, y, memory_mb=self.settings.memory_mb)
+            return
+        yield from self._stored_gradients()
+
+    def _stored_gradients(self) -> Iterator[tuple[slice, torch.Tensor]]:
+        dtype = str(self.loss.dtype).replace("torch.", "")
+        store = GradientStore.open(self.store_dir, fingerprint=self.fingerprint(), n=self.n, p=self.space.p,
+                                   dtype=dtype, chunk_rows=self._chunk_rows())
+        for chunk in store.missing_chunks():
+            rows = store.chunk_slice(chunk)
+            for _, G in iter_per_sample_grads(self.space, self.X[rows], self.y[rows], batch_size=rows.stop - rows.start):
+                store.write_chunk(chunk, G.cpu().numpy())
+        for rows, block in store.iter_chunks():
+            yield rows, torch.as_tensor(block, device=self.loss.device)
+
+    def _chunk_rows(self) -> int:
+        from tda_clean.influence.gradients import rows_per_batch
+
+        return min(self.n, rows_per_batch(self.space.p, self.loss.theta.element_size(), self.settings.memory_mb))
+
+    # ------------------------------------------------------------------------------ queries
+    def inverse_hvp(self, objective: Objective) -> torch.Tensor:
+        """``A^-1 q`` for each query gradient of ``objective``: (m, p)."""
+        Q = objective.query_gradients(self.space, self.settings.memory_mb)
+        return self.solver.solve(Q)
+
+    def influence(self, objective: Objective) -> InfluenceResult:
+        """Influence of removing each training row on ``objective`` -> :class:`InfluenceResult` (m, n)."""
+        W = self.inverse_hvp(objective)
+        scores = torch.zeros(W.shape[0], self.n, dtype=torch.float64)
+        for rows, G in self.train_gradients():
+            scores[:, rows] = (W @ G.T).double().cpu() / self.n
+        return InfluenceResult(scores.numpy(), objective.name, self.solver_settings.kind, self._info())
+
+    def self_influence(self) -> np.ndarray:
+        """(n,) ``(1/n) g_i^T A^-1 g_i`` (the diagonal of pairwise influence on the training losses)."""
+        out = np.zeros(self.n)
+        for rows, G in self.train_gradients():
+            out[rows] = ((G * self.solver.solve(G)).sum(1) / self.n).double().cpu().numpy()
+        return out
+
+    def flip_influence(self, objective: Objective, n_classes: int) -> np.ndarray:
+        """(n, n_classes) predicted change of a SCALAR objective when row i's label becomes c (0 at c = y_i).
+
+        Negative entries are label changes predicted to decrease (improve) the objective.
+        """
+        W = self.inverse_hvp(objective)
+        if W.shape[0] != 1:
+            raise InputError(f"flip_influence: objective {objective.name!r} has {W.shape[0]} outputs; use a scalar one")
+        w = W[0]
+        own = np.zeros(self.n)
+        for rows, G in self.train_gradients():
+            own[rows] = (G @ w).double().cpu().numpy()
+        out = np.zeros((self.n, n_classes))
+        for c in range(n_classes):
+            other = np.zeros(self.n)
+            for rows, G in self.train_gradients(label_override=np.full(self.n, c)):
+                other[rows] = (G @ w).double().cpu().numpy()
+            out[:, c] = (own - other) / self.n
+        out[np.arange(self.n), np.asarray(self.y)] = 0.0
+        return out
+
+    def _info(self) -> dict[str, Any]:
+        s = self.solver
+        return {"damping": float(s.damping_), "negative_curvature": bool(s.negative_curvature_),
+                "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.solver_settings.kind}
+
+
+# ------------------------------------------------------------------------------------- one-call API
+def compute_influence(model: nn.Module, train, objective: Objective, *, l2: float,
+                      solver: "str | SolverSettings" = "exact", damping=None,
+                      gradients: GradientSettings = GradientSettings(),
+                      store_dir: str | Path | None = None) -> InfluenceResult:
+    """Influence of removing each training row on ``objective`` (m, n); see :class:`InfluenceEngine`."""
+    engine = InfluenceEngine(model, train, l2=l2, solver=solver, damping=damping, gradients=gradients,
+                             store_dir=store_dir)
+    return engine.influence(objective)
+
+
+def self_influence(model: nn.Module, train, *, l2: float, solver: "str | SolverSettings" = "exact", damping=None,
+                   gradients: GradientSettings = GradientSettings()) -> np.ndarray:
+    """(n,) self-influence ``(1/n) g_i^T A^-1 g_i`` (high = the model had to bend to fit the row)."""
+    return InfluenceEngine(model, train, l2=l2, solver=solver, damping=damping, gradients=gradients).self_influence()
+
+
+def pairwise_influence(model: nn.Module, train, query=None, *, l2: float, solver: "str | SolverSettings" = "exact",
+                       damping=None, gradients: GradientSettings = GradientSettings()) -> np.ndarray:
+    """(m, n) influence of removing training row i on the loss of query row j (query defaults to ``train``)."""
+    Xq, yq = train_arrays(train if query is None else query)
+    return compute_influence(model, train, PerSampleLoss(Xq, yq), l2=l2, solver=solver, damping=damping,
+                             gradients=gradients).scores
+
+
+def projected_influence(model: nn.Module, train, objective: Objective, *, l2: float, k: int = 512,
+                        kind: str = "rademacher", seed: int = 0, damping: float = 0.0,
+                        gradients: GradientSettings = GradientSettings(),
+                        store_dir: str | Path | None = None) -> InfluenceResult:
+    """TRAK-style influence in a seeded ``k``-dim random projection of the gradients (for large models / data).
+
+    Curvature: the projected empirical Fisher ``F = (1/n) sum_i (P g_i)(P g_i)^T + (l2 + damping) I`` (k, k);
+    scores ``(1/n) (P q)^T F^-1 (P g_i)`` (m, n), same sign convention. Projected training gradients go to the
+    optional ``store_dir`` (memory-mapped, fingerprint includes the projection), so n x p never sits in RAM.
+    """
+    model = prepare_model(model, gradients)
+    X, y = train_arrays(train)
+    space = ParamSpace(model, gradients.params)
+    proj = RandomProjector(space.p, k, kind, seed)  # validates k / kind
+    n = len(X)
+    if n == 0:
+        raise InputError("training set is empty: influence needs at least one training row")
+
+    def blocks() -> Iterator[tuple[slice, torch.Tensor]]:
+        for rows, G in iter_per_sample_grads(space, X, y, memory_mb=gradients.memory_mb):
+            yield rows, proj.project(G)
+
+    if store_dir is not None:
+        fp = store_fingerprint(model_fingerprint(model), np.asarray(X), np.asarray(y), str(space.subset),
+                               proj.describe(), str(space.flat().dtype))
+        dtype = str(space.flat().dtype).replace("torch.", "")
+        store = GradientStore.open(store_dir, fingerprint=fp, n=n, p=k, dtype=dtype, chunk_rows=min(n, 8192),
+                                   info={"projection": proj.describe()})
+        for chunk in store.missing_chunks():
+            rows = store.chunk_slice(chunk)
+            parts = [proj.project(G).cpu().numpy()
+                     for _, G in iter_per_sample_grads(space, X[rows], y[rows], memory_mb=gradients.memory_mb)]
+            store.write_chunk(chunk, np.concatenate(parts))
+        device = space.flat().device
+        source = lambda: ((rows, torch.as_tensor(b, device=device)) for rows, b in store.iter_chunks())  # noqa: E731
+    else:
+        source = blocks
+    F = torch.zeros(k, k, dtype=torch.float64)
+    for _, Pg in source():
+        Pg = Pg.double().cpu()
+        F += Pg.T @ Pg
+    F = F / n + (l2 + damping) * torch.eye(k, dtype=torch.float64)
+    Pq = proj.project(objective.query_gradients(space, gradients.memory_mb)).double().cpu()
+    W = torch.linalg.solve(F, Pq.T).T
+    scores = torch.zeros(len(Pq), n, dtype=torch.float64)
+    for rows, Pg in source():
+        scores[:, rows] = W @ Pg.double().cpu().T / n
+    return InfluenceResult(scores.numpy(), objective.name, "projected", {"k": k, "projection": proj.describe()})

@@ -1,0 +1,111 @@
+"""Per-sample gradients over a parameter subset, with ``torch.func`` (``functional_call`` + ``vmap(grad)``).
+
+``per_sample_grads(model, X, y)`` returns ``G`` of shape ``(n, p)`` with ``G[i] = d loss(f(x_i; theta), y_i) / d theta``
+over the :class:`~tda_clean.influence.params.ParamSpace`; ``loss`` defaults to the unregularised cross-entropy
+of one row (the ``g_i`` of METHODS.md §1). Rows are processed in batches sized from a memory budget, so the
+result does not depend on the budget. ``per_sample_grads_loop`` is the plain autograd reference for tests.
+
+Every result is checked row-wise: NaN/inf gradients raise :class:`InputError` naming the row positions.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.func import grad, vmap
+from torch.nn import functional as F
+
+from tda_clean.errors import InputError
+from tda_clean.influence.params import ParamSpace
+
+# row loss: (logits (C,), label () long) -> scalar
+RowLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_row(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one row: ``logits`` (C,), ``label`` () -> scalar."""
+    return F.cross_entropy(logits.unsqueeze(0), label.unsqueeze(0))
+
+
+def as_tensors(model_or_space, X, y=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Numpy / tensor inputs -> tensors on the model's device, features in the model's dtype, labels long."""
+    model = model_or_space.model if isinstance(model_or_space, ParamSpace) else model_or_space
+    param = next(model.parameters())
+    Xt = torch.as_tensor(np.ascontiguousarray(X) if isinstance(X, np.ndarray) else X, device=param.device).to(param.dtype)
+    yt = None
+    if y is not None:
+        yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, device=param.device).long()
+    return Xt, yt
+
+
+def rows_per_batch(p: int, itemsize: int, memory_mb: float, row_elems: int = 0) -> int:
+    """Rows whose gradients (and ~3 temporaries of the same size) fit in ``memory_mb``."""
+    per_row = (4 * p + 8 * max(row_elems, 1)) * itemsize
+    return max(1, int(memory_mb * 2**20 // per_row))
+
+
+def check_finite_rows(G: torch.Tensor, what: str = "per-sample gradients", offset: int = 0) -> None:
+    """Raise InputError naming the row positions (``offset`` + row) of ``G`` (n, ...) holding NaN or inf."""
+    bad = ~torch.isfinite(G.reshape(len(G), -1)).all(dim=1)
+    if bool(bad.any()):
+        rows = (torch.nonzero(bad).flatten() + offset).tolist()
+        shown = ", ".join(map(str, rows[:10])) + (f", ... ({len(rows)} rows)" if len(rows) > 10 else "")
+        raise InputError(f"{what} are NaN/inf for row positions [{shown}]: check those rows' features and labels "
+                         "(and the model's parameters)")
+
+
+def iter_per_sample_grads(
+    space: ParamSpace, X, y, *, loss: RowLoss = cross_entropy_row, memory_mb: float = 256.0,
+    batch_size: int | None = None, check_finite: bool = True,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(rows, G_rows)`` blocks: ``G_rows`` (len(rows), p) per-sample gradients of ``loss``.
+
+    ``batch_size`` overrides the rows-per-block derived from ``memory_mb``.
+    """
+    Xt, yt = as_tensors(space, X, y)
+    n = len(Xt)
+    theta = space.flat()
+    row_elems = int(np.prod(Xt.shape[1:])) if Xt.dim() > 1 else 1
+    size = batch_size or rows_per_batch(space.p, theta.element_size(), memory_mb, row_elems)
+
+    def one(th: torch.Tensor, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return loss(space.forward(th, x.unsqueeze(0))[0], label)
+
+    per_row = vmap(grad(one), in_dims=(None, 0, 0))
+    for start in range(0, n, size):
+        rows = slice(start, min(n, start + size))
+        with torch.no_grad():
+            G = per_row(theta, Xt[rows], yt[rows])
+        if check_finite:
+            check_finite_rows(G, offset=start)
+        yield rows, G
+
+
+def per_sample_grads(
+    space: ParamSpace, X, y, *, loss: RowLoss = cross_entropy_row, memory_mb: float = 256.0,
+    batch_size: int | None = None, check_finite: bool = True,
+) -> torch.Tensor:
+    """Per-sample gradients ``G`` (n, p) of ``loss(f(x_i), y_i)`` w.r.t. the subset; see module docstring."""
+    blocks = [G for _, G in iter_per_sample_grads(space, X, y, loss=loss, memory_mb=memory_mb,
+                                                  batch_size=batch_size, check_finite=False)]
+    if not blocks:
+        return torch.zeros(0, space.p, dtype=space.flat().dtype, device=space.flat().device)
+    G = torch.cat(blocks)
+    if check_finite:
+        check_finite_rows(G)
+    return G
+
+
+def per_sample_grads_loop(space: ParamSpace, X, y, *, loss: RowLoss = cross_entropy_row) -> torch.Tensor:
+    """Reference implementation: one ``torch.autograd.grad`` call per row. ``(n, p)``. Slow; for tests."""
+    Xt, yt = as_tensors(space, X, y)
+    params = space.tensors()
+    rows = []
+    for i in range(len(Xt)):
+        value = loss(space.model(Xt[i : i + 1])[0], yt[i])
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
+    G = torch.stack(rows) if rows else torch.zeros(0, space.p)
+    check_finite_rows(G)
+    return G

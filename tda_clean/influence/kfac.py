@@ -1,0 +1,191 @@
+"""K-FAC and EK-FAC curvature for ``nn.Linear`` and ``nn.Conv2d`` layers (block-diagonal over layers).
+
+For a layer with input activations ``a`` (bias column 1 appended) and output gradients ``g = d loss_n / d s``
+(per row, unreduced), the per-sample weight gradient is the matrix ``M_n = sum_t g_t a_t^T`` of shape
+``(out, in + 1)`` (t runs over spatial locations for Conv2d, once for Linear). Its row-major flattening is the
+layer's segment of the flat parameter vector (``[weight.flatten(), bias]``).
+
+    A = (1/(n T)) sum_{n,t} a a^T            (in+1, in+1)      S = (1/n) sum_{n,t} g g^T     (out, out)
+    H_CE ~= S (x) A  with eigenbasis  Q_S (x) Q_A
+
+K-FAC uses eigenvalues ``lam_S (x) lam_A``; EK-FAC (George et al. 2018) replaces them with
+``lam[o, i] = (1/n) sum_n ((Q_S^T M_n Q_A)[o, i])^2``. The L2 term of the training loss is exact in any basis,
+so the curvature used is ``Q (lam + l2 + damping) Q^T`` per layer. Labels for ``g`` are drawn from the model
+(``fisher="sampled"``, seeded) or the given ones (``"empirical"``).
+
+Any selected parameter owned by another module type raises :class:`InputError` naming the module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tda_clean.errors import InputError
+from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss, register_solver, resolve_damping
+from tda_clean.influence.settings import KFACSettings
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    w_slice: slice
+    b_slice: slice | None
+    out: int
+    inp: int  # input width including the bias column when present
+
+
+def _layers(loss: TrainingLoss) -> list[_Layer]:
+    space = loss.space
+    offsets, start = {}, 0
+    for name, size in zip(space.names, space.sizes):
+        offsets[name] = slice(start, start + size)
+        start += size
+    layers = []
+    for mod_name, module in space.owners().items():
+        label = mod_name or "(root)"
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise InputError(f"{'ekfac/kfac'}: module {label!r} ({type(module).__name__}) is not supported; K-FAC "
+                             "handles nn.Linear and nn.Conv2d only -- choose params='head' or other module names")
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)):
+            raise InputError(f"ekfac/kfac: module {label!r} (Conv2d) uses groups={module.groups} / padding="
+                             f"{module.padding!r}; only groups=1 with numeric padding is supported")
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        full = [f"{mod_name}.{n}" if mod_name else n for n in own]
+        missing = [n for n in full if n not in offsets]
+        if missing:
+            raise InputError(f"ekfac/kfac: module {label!r} is only partly selected (missing {missing}); "
+                             "select whole modules")
+        w_name = f"{mod_name}.weight" if mod_name else "weight"
+        b_name = f"{mod_name}.bias" if mod_name else "bias"
+        has_bias = b_name in offsets
+        out = module.weight.shape[0]
+        inp = module.weight[0].numel() + (1 if has_bias else 0)
+        layers.append(_Layer(label, module, offsets[w_name], offsets.get(b_name), out, inp))
+    return layers
+
+
+def _activations(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+    """Layer input -> ``(n, T, inp)`` patches (bias column appended when the layer has a bias)."""
+    m = layer.module
+    if isinstance(m, nn.Conv2d):
+        a = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride).transpose(1, 2)
+    else:
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+    if layer.b_slice is not None:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    return a
+
+
+def _out_grads(layer: _Layer, g: torch.Tensor) -> torch.Tensor:
+    """Output gradient -> ``(n, T, out)``."""
+    if isinstance(layer.module, nn.Conv2d):
+        return g.flatten(2).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+@register_solver("kfac", "ekfac")
+class KFACSolver(CurvatureSolver):
+    """K-FAC / EK-FAC (``settings.kind``). After fit: ``eigenvalues_`` {layer: (out, inp)} of the CE part,
+    ``damping_``, ``negative_curvature_`` (always False: the Fisher is PSD), ``min_eigenvalue_``."""
+
+    name = "ekfac"
+    settings: KFACSettings
+
+    def fit(self, loss: TrainingLoss) -> "KFACSolver":
+        self.name = self.settings.kind
+        self.p_, self.l2_ = loss.p, loss.l2
+        self.layers_ = _layers(loss)
+        labels = self._labels(loss)
+        A = {l.name: torch.zeros(l.inp, l.inp, dtype=loss.dtype, device=loss.device) for l in self.layers_}
+        S = {l.name: torch.zeros(l.out, l.out, dtype=loss.dtype, device=loss.device) for l in self.layers_}
+        T = {}
+        for rows, acts, grads in self._passes(loss, labels):
+            for l in self.layers_:
+                a, g = acts[l.name], grads[l.name]
+                T[l.name] = a.shape[1]
+                A[l.name] += torch.einsum("nti,ntj->ij", a, a) / a.shape[1]
+                S[l.name] += torch.einsum("nto,ntq->oq", g, g)
+        self.QA_, self.QS_, self.eigenvalues_ = {}, {}, {}
+        for l in self.layers_:
+            la, qa = torch.linalg.eigh(A[l.name] / loss.n)
+            ls, qs = torch.linalg.eigh(S[l.name] / loss.n)
+            self.QA_[l.name], self.QS_[l.name] = qa, qs
+            self.eigenvalues_[l.name] = torch.outer(ls.clamp_min(0), la.clamp_min(0))
+        if self.settings.eigen_correction:
+            corrected = {l.name: torch.zeros(l.out, l.inp, dtype=loss.dtype, device=loss.device) for l in self.layers_}
+            for rows, acts, grads in self._passes(loss, labels):
+                for l in self.layers_:
+                    M = torch.einsum("nto,nti->noi", grads[l.name], acts[l.name])
+                    corrected[l.name] += ((self.QS_[l.name].T @ M @ self.QA_[l.name]) ** 2).sum(0)
+            self.eigenvalues_ = {k: v / loss.n for k, v in corrected.items()}
+        allv = torch.cat([v.reshape(-1) for v in self.eigenvalues_.values()]) + self.l2_
+        self.damping_ = resolve_damping(self.settings.damping, lambda: float(allv.mean()))
+        self.min_eigenvalue_ = float(allv.min())
+        self.negative_curvature_ = False
+        if self.min_eigenvalue_ + self.damping_ <= 1e-12 * max(float(allv.max()), 1e-30):
+            raise InputError(f"{self.name} solver: damping={self.damping_:.3g} leaves the curvature singular "
+                             f"(smallest eigenvalue {self.min_eigenvalue_:.3g} with l2={self.l2_}); use damping > 0 or 'auto'")
+        return self
+
+    def _labels(self, loss: TrainingLoss) -> torch.Tensor:
+        if self.settings.fisher == "empirical":
+            return loss.y
+        gen = torch.Generator(device="cpu").manual_seed(self.settings.seed)
+        out = []
+        with torch.no_grad():
+            for a in range(0, loss.n, loss.batch_size):
+                probs = torch.softmax(loss.space.model(loss.X[a : a + loss.batch_size]), dim=1)
+                out.append(torch.multinomial(probs.double().cpu(), 1, generator=gen).flatten())
+        return torch.cat(out).to(loss.device)
+
+    def _passes(self, loss: TrainingLoss, labels: torch.Tensor):
+        """Yield ``(rows, acts {layer: (b, T, inp)}, grads {layer: (b, T, out)})`` per batch of training rows."""
+        model = loss.space.model
+        for a in range(0, loss.n, loss.batch_size):
+            rows = slice(a, min(loss.n, a + loss.batch_size))
+            acts, outs, handles = {}, {}, []
+            for l in self.layers_:
+                def hook(module, inputs, output, l=l):
+                    acts[l.name] = _activations(l, inputs[0].detach())
+                    outs[l.name] = output
+                handles.append(l.module.register_forward_hook(hook))
+            try:
+                with torch.enable_grad():
+                    logits = model(loss.X[rows])
+                    ce = F.cross_entropy(logits, labels[rows], reduction="sum")
+                    names = [l.name for l in self.layers_]
+                    gouts = torch.autograd.grad(ce, [outs[k] for k in names])
+            finally:
+                for h in handles:
+                    h.remove()
+            grads = {l.name: _out_grads(l, g.detach()) for l, g in zip(self.layers_, gouts)}
+            yield rows, acts, grads
+
+    def _apply(self, V: torch.Tensor, inverse: bool) -> torch.Tensor:
+        V = self._check_vectors(V)
+        out = torch.zeros_like(V)
+        k = V.shape[0]
+        for l in self.layers_:
+            M = V[:, l.w_slice].reshape(k, l.out, -1)
+            if l.b_slice is not None:
+                M = torch.cat([M, V[:, l.b_slice].reshape(k, l.out, 1)], dim=2)
+            QS, QA = self.QS_[l.name].to(V.dtype), self.QA_[l.name].to(V.dtype)
+            lam = self.eigenvalues_[l.name].to(V.dtype) + self.l2_ + self.damping_
+            R = QS.T @ M @ QA
+            R = R / lam if inverse else R * lam
+            M = QS @ R @ QA.T
+            w = l.w_slice.stop - l.w_slice.start
+            out[:, l.w_slice] = M[:, :, : w // l.out].reshape(k, -1)
+            if l.b_slice is not None:
+                out[:, l.b_slice] = M[:, :, -1]
+        return out
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        return self._apply(V, inverse=False)
+
+    def solve(self, V: torch.Tensor) -> torch.Tensor:
+        return self._apply(V, inverse=True)

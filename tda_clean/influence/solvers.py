@@ -1,0 +1,197 @@
+"""Exact, conjugate-gradient and LiSSA solvers for ``(H + damping I) x = v`` (interface in ``curvature.py``)."""
+from __future__ import annotations
+
+import torch
+
+from tda_clean.errors import InputError
+from tda_clean.influence.curvature import (
+    CurvatureSolver, TrainingLoss, register_solver, resolve_damping, warn_negative_curvature,
+)
+from tda_clean.influence.settings import CGSettings, ExactSettings, LissaSettings
+
+_SINGULAR_RTOL = 1e-12
+
+
+@register_solver("exact")
+class ExactSolver(CurvatureSolver):
+    """Damped eigendecomposition ``H = Q diag(lam) Q^T``; ``solve(V) = Q diag(1/(lam + damping)) Q^T V``.
+
+    Builds the full ``(p, p)`` Hessian, so it refuses ``p > settings.max_params`` (use ``params="head"`` or the
+    cg / lissa / ekfac solvers). Attributes after fit: ``eigenvalues_`` (p,) of H (undamped, ascending),
+    ``eigenvectors_`` (p, p), ``min_eigenvalue_``, ``negative_curvature_``, ``damping_``.
+    """
+
+    name = "exact"
+    settings: ExactSettings
+
+    def fit(self, loss: TrainingLoss) -> "ExactSolver":
+        s = self.settings
+        if loss.p > s.max_params:
+            raise InputError(
+                f"exact solver: {loss.p} parameters exceed max_params={s.max_params} (the Hessian would be "
+                f"{loss.p}x{loss.p}); use params='head' or a named-module subset, or solver cg / lissa / ekfac"
+            )
+        self.p_, self.out_dtype_ = loss.p, loss.dtype
+        work = torch.float64 if s.float64 else loss.dtype
+        H = loss.hessian(chunk=s.hvp_chunk, dtype=work)
+        lam, Q = torch.linalg.eigh(H)
+        self.eigenvalues_, self.eigenvectors_ = lam, Q
+        self.min_eigenvalue_ = float(lam[0])
+        scale = float(lam.abs().max()) if len(lam) else 1.0
+        self.negative_curvature_ = self.min_eigenvalue_ < -1e-9 * max(scale, 1e-30)
+        if self.negative_curvature_:
+            warn_negative_curvature("exact", f"smallest eigenvalue {self.min_eigenvalue_:.3g}")
+        self.damping_ = resolve_damping(s.damping, lambda: float(lam.mean()))
+        shifted = lam + self.damping_
+        tiny = _SINGULAR_RTOL * max(float(shifted.abs().max()), 1e-30)
+        if float(shifted.abs().min()) <= tiny:
+            raise InputError(
+                f"exact solver: damping={self.damping_:.3g} leaves H + damping*I singular (eigenvalue "
+                f"{float(shifted[shifted.abs().argmin()]):.3g}); use a positive damping larger than "
+                f"{max(0.0, -self.min_eigenvalue_):.3g} or damping='auto'"
+            )
+        self.inv_eigenvalues_ = 1.0 / shifted
+        return self
+
+    def _apply(self, V: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
+        V = self._check_vectors(V)
+        Q = self.eigenvectors_
+        W = (V.to(Q.dtype) @ Q) * diag
+        return (W @ Q.T).to(V.dtype)
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        return self._apply(V, self.eigenvalues_ + self.damping_)
+
+    def solve(self, V: torch.Tensor) -> torch.Tensor:
+        return self._apply(V, self.inv_eigenvalues_)
+
+    def inverse_sqrt_project(self, V: torch.Tensor) -> torch.Tensor:
+        """``diag(lam + damping)^-1/2 Q^T v`` rows, so ``||.||^2 = v^T A^-1 v`` (needs a PSD damped system)."""
+        V = self._check_vectors(V)
+        if bool((self.inv_eigenvalues_ < 0).any()):
+            raise InputError("exact solver: H + damping*I is indefinite; raise damping for a square-root form")
+        return (V.to(self.eigenvectors_.dtype) @ self.eigenvectors_) * self.inv_eigenvalues_.sqrt()
+
+
+@register_solver("cg")
+class CGSolver(CurvatureSolver):
+    """Batched conjugate gradient: one independent CG per row of ``V``, sharing each batched HVP.
+
+    ``damping="auto"`` uses a Hutchinson estimate of trace(H)/p. A direction with ``d^T A d <= 0`` marks
+    negative curvature (``negative_curvature_``, warning); if A is then not positive definite CG cannot solve it
+    and an InputError asks for more damping. ``iterations_`` and ``residuals_`` (k,) report convergence.
+    """
+
+    name = "cg"
+    settings: CGSettings
+
+    def fit(self, loss: TrainingLoss) -> "CGSolver":
+        self.loss_, self.p_ = loss, loss.p
+        self.damping_ = resolve_damping(self.settings.damping, lambda: loss.trace_estimate() / loss.p)
+        self.negative_curvature_ = False
+        self.min_eigenvalue_ = None
+        return self
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        V = self._check_vectors(V)
+        return self.loss_.hvp(V) + self.damping_ * V
+
+    def solve(self, V: torch.Tensor) -> torch.Tensor:
+        V = self._check_vectors(V)
+        s = self.settings
+        X = torch.zeros_like(V)
+        R = V.clone()
+        P = R.clone()
+        rr = (R * R).sum(1)
+        target = (s.tol * V.norm(dim=1)) ** 2
+        active = rr > target
+        it = 0
+        while bool(active.any()) and it < s.max_iter:
+            AP = self.hvp(P)
+            pAp = (P * AP).sum(1)
+            bad = active & (pAp <= 0)
+            if bool(bad.any()):
+                self.negative_curvature_ = True
+                warn_negative_curvature("cg", "a search direction with d^T (H + damping I) d <= 0")
+                raise InputError(
+                    f"cg solver: H + damping*I is not positive definite with damping={self.damping_:.3g}; "
+                    "raise damping (or use the exact solver for an indefinite system)"
+                )
+            alpha = torch.where(active, rr / torch.where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rr))
+            X += alpha[:, None] * P
+            R -= alpha[:, None] * AP
+            rr_new = (R * R).sum(1)
+            beta = torch.where(active, rr_new / torch.where(active, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+            P = R + beta[:, None] * P
+            rr = rr_new
+            active = rr > target
+            it += 1
+        self.iterations_ = it
+        self.residuals_ = (rr.sqrt() / V.norm(dim=1).clamp_min(1e-300)).detach()
+        return X
+
+
+@register_solver("lissa")
+class LissaSolver(CurvatureSolver):
+    """LiSSA recursion of METHODS.md §1 (see :class:`LissaSettings`). ``scale_`` is the scale used."""
+
+    name = "lissa"
+    settings: LissaSettings
+
+    def fit(self, loss: TrainingLoss) -> "LissaSolver":
+        s = self.settings
+        self.loss_, self.p_ = loss, loss.p
+        self.damping_ = resolve_damping(s.damping, lambda: loss.trace_estimate() / loss.p)
+        self.negative_curvature_ = False
+        self.min_eigenvalue_ = None
+        if s.scale == "auto":
+            top = self._power_iteration(loss)
+            if top <= 0:
+                raise InputError(f"lissa solver: H + damping*I has no positive curvature (top eigenvalue {top:.3g})")
+            self.scale_ = 1.1 * top
+        else:
+            self.scale_ = float(s.scale)
+        return self
+
+    def _power_iteration(self, loss: TrainingLoss, iters: int = 50) -> float:
+        gen = torch.Generator(device="cpu").manual_seed(self.settings.seed)
+        v = torch.randn(1, loss.p, generator=gen).to(loss.device, loss.dtype)
+        v /= v.norm()
+        top = 0.0
+        for _ in range(iters):
+            w = loss.hvp(v) + self.damping_ * v
+            top = float((v * w).sum())
+            v = w / w.norm().clamp_min(1e-300)
+        return top
+
+    def hvp(self, V: torch.Tensor) -> torch.Tensor:
+        V = self._check_vectors(V)
+        return self.loss_.hvp(V) + self.damping_ * V
+
+    def solve(self, V: torch.Tensor) -> torch.Tensor:
+        V = self._check_vectors(V)
+        s = self.settings
+        d = self.damping_ / self.scale_
+        gen = torch.Generator(device="cpu").manual_seed(s.seed)
+        total = torch.zeros_like(V)
+        for _ in range(s.repeats):
+            h = V.clone()
+            for step in range(s.depth):
+                rows = None
+                if s.batch_size is not None:
+                    rows = torch.randint(0, self.loss_.n, (s.batch_size,), generator=gen).to(V.device)
+                Hh = self.loss_.hvp(h, rows=rows)
+                new = V + (1 - d) * h - Hh / self.scale_
+                if not bool(torch.isfinite(new).all()):
+                    self.negative_curvature_ = True
+                    raise InputError(
+                        f"lissa solver diverged at step {step} (scale={self.scale_:.3g}, damping={self.damping_:.3g}): "
+                        "raise scale or damping (negative curvature makes the series diverge)"
+                    )
+                change = (new - h).norm(dim=1)
+                h = new
+                if s.batch_size is None and bool((change <= s.tol * h.norm(dim=1)).all()):
+                    break
+            self.steps_ = step + 1
+            total += h / self.scale_
+        return total / s.repeats

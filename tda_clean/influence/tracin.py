@@ -1,0 +1,96 @@
+"""TracIn-CP (Pruthi et al. 2020) and gradient-similarity baselines.
+
+Sign convention: POSITIVE = removing the training row is predicted to INCREASE the objective f.
+
+    tracin(i -> f)   = sum_t lr_t * q(theta_t)^T g_i(theta_t)          over saved checkpoints theta_t
+    dot(i -> f)      = q^T g_i                 cosine(i -> f) = q^T g_i / (||q|| ||g_i||)
+
+(A gradient step on row i moves theta by -lr g_i and changes f by -lr q^T g_i; a positive score means training
+on the row lowered f, so removing it raises f.) Scores are not divided by n.
+
+Checkpoints: pass a :class:`CheckpointRecorder` as the trainer's ``on_epoch`` callback::
+
+    rec = CheckpointRecorder(every=2)
+    fit(model, X, y, config, seed, on_epoch=rec)
+    result = tracin_cp(model, rec.checkpoints, (X, y), MeanLoss(Xv, yv), lr=config.lr)
+"""
+from __future__ import annotations
+
+import copy
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tda_clean.errors import InputError
+from tda_clean.influence.estimators import InfluenceResult, train_arrays
+from tda_clean.influence.gradients import iter_per_sample_grads
+from tda_clean.influence.objectives import Objective
+from tda_clean.influence.params import ParamSpace, prepare_model
+from tda_clean.influence.settings import GradientSettings
+
+
+class CheckpointRecorder:
+    """``on_epoch(epoch, model)`` callback keeping a CPU copy of the state dict every ``every`` epochs.
+
+    ``checkpoints``: list of ``(epoch, state_dict)``.
+    """
+
+    def __init__(self, every: int = 1):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InputError(f"CheckpointRecorder.every: expected a positive integer, got {every!r}")
+        self.every = every
+        self.checkpoints: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        if (epoch + 1) % self.every == 0:
+            self.checkpoints.append((epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
+
+
+def _similarity(space: ParamSpace, X, y, Q: torch.Tensor, memory_mb: float, cosine: bool, n: int) -> torch.Tensor:
+    out = torch.zeros(Q.shape[0], n, dtype=torch.float64)
+    if cosine:
+        Q = Q / Q.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    for rows, G in iter_per_sample_grads(space, X, y, memory_mb=memory_mb):
+        if cosine:
+            G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        out[:, rows] = (Q @ G.T).double().cpu()
+    return out
+
+
+def tracin_cp(model: nn.Module, checkpoints: Sequence[tuple[int, dict]] | Sequence[dict], train, objective: Objective,
+              *, lr: float | Sequence[float], gradients: GradientSettings = GradientSettings()) -> InfluenceResult:
+    """TracIn-CP scores (m, n) summed over ``checkpoints`` (state dicts or ``(epoch, state_dict)`` pairs).
+
+    ``model`` supplies the architecture only; it is not modified. ``lr``: one rate or one per checkpoint.
+    """
+    if len(checkpoints) == 0:
+        raise InputError("tracin: no checkpoints (record them with CheckpointRecorder as the trainer's on_epoch)")
+    rates = [float(lr)] * len(checkpoints) if np.isscalar(lr) else [float(r) for r in lr]
+    if len(rates) != len(checkpoints):
+        raise InputError(f"tracin: {len(checkpoints)} checkpoints but {len(rates)} learning rates")
+    X, y = train_arrays(train)
+    work = copy.deepcopy(prepare_model(model, gradients))
+    total = None
+    for rate, ckpt in zip(rates, checkpoints):
+        state = ckpt[1] if isinstance(ckpt, tuple) else ckpt
+        work.load_state_dict(state)
+        work.eval()
+        space = ParamSpace(work, gradients.params)
+        Q = objective.query_gradients(space, gradients.memory_mb)
+        part = rate * _similarity(space, X, y, Q, gradients.memory_mb, cosine=False, n=len(X))
+        total = part if total is None else total + part
+    return InfluenceResult(total.numpy(), objective.name, "tracin_cp", {"checkpoints": len(checkpoints)})
+
+
+def gradient_similarity(model: nn.Module, train, objective: Objective, *, kind: Literal["dot", "cosine"] = "dot",
+                        gradients: GradientSettings = GradientSettings()) -> InfluenceResult:
+    """Gradient-similarity baseline (m, n): ``q^T g_i`` (``dot``) or the cosine (``cosine``), no curvature."""
+    if kind not in ("dot", "cosine"):
+        raise InputError(f"gradient_similarity.kind: {kind!r} is not one of dot, cosine")
+    X, y = train_arrays(train)
+    space = ParamSpace(prepare_model(model, gradients), gradients.params)
+    Q = objective.query_gradients(space, gradients.memory_mb)
+    scores = _similarity(space, X, y, Q, gradients.memory_mb, cosine=kind == "cosine", n=len(X))
+    return InfluenceResult(scores.numpy(), objective.name, f"grad_{kind}", {})

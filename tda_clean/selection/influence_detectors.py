@@ -1,0 +1,215 @@
+"""Influence-based detectors: self-influence label issues, rows harmful to a validation objective, and
+influence-guided relabelling. Registered as ``self_influence``, ``harmful`` and ``influence_relabel``.
+
+All three need the trained model (``FitContext.model``; trained here from ``make_model`` + ``train_config``
+when absent) and the trainer's ``l2`` (``FitContext.train_config.l2``, the Hessian contains it). The two
+objective-driven detectors need the validation split (``X_val``, ``y_val`` and, for group objectives,
+``groups_val``). Scores follow the selection convention: HIGHER = more suspicious / more harmful.
+Budget: the top ``max_flagged`` rows and/or ``fraction`` of rows (5% when neither is set); the objective-driven
+detectors never flag a row with a non-positive score (a row whose removal would not help).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tda_clean.errors import InputError
+from tda_clean.selection.base import BaseSelector, FitContext, register_detector, top_k_mask
+
+DEFAULT_FRACTION = 0.05
+OBJECTIVES = ("val_loss", "worst_group_loss", "group_loss_gap", "demographic_parity_gap", "equalized_odds_gap")
+
+
+class _InfluenceSelector(BaseSelector):
+    name = "influence"
+
+    def __init__(self, solver: str = "exact", params: str = "head", damping: float | str = "auto",
+                 dtype: str = "float32", max_flagged: int | None = None, fraction: float | None = None):
+        self.solver = solver
+        self.params = params
+        self.damping = damping
+        self.dtype = dtype
+        self.max_flagged = max_flagged
+        self.fraction = fraction
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _budget(self, n: int) -> int:
+        caps = []
+        if self.max_flagged is not None:
+            caps.append(int(self.max_flagged))
+        if self.fraction is not None:
+            caps.append(int(math.ceil(self.fraction * n)))
+        if not caps:
+            caps.append(int(math.ceil(DEFAULT_FRACTION * n)))
+        return max(0, min(n, *caps))
+
+    def _model(self, X: np.ndarray, y: np.ndarray, context: FitContext):
+        if context.train_config is None:
+            raise InputError(f"{self.name} detector: needs the training config (l2 is part of the Hessian)")
+        if context.model is not None:
+            return context.model
+        if context.make_model is None:
+            raise InputError(f"{self.name} detector: needs a trained model or a model factory in the context")
+        from tda_clean.models.trainer import fit
+
+        model = context.make_model(context.seed)
+        fit(model, X, y, context.train_config, context.seed, X_val=context.X_val, y_val=context.y_val)
+        return model
+
+    def _engine(self, X: np.ndarray, y: np.ndarray, context: FitContext):
+        from tda_clean.influence import GradientSettings, InfluenceEngine
+
+        model = self._model(X, y, context)
+        settings = GradientSettings(params=self.params, dtype=self.dtype, device="auto")
+        engine = InfluenceEngine(model, (X, y), l2=context.train_config.l2, solver=self.solver,
+                                 damping=self.damping, gradients=settings)
+        return model, engine
+
+    def _finish(self, scores: np.ndarray, positive_only: bool, info: dict[str, Any]) -> None:
+        scores = np.asarray(scores, dtype=float)
+        k = self._budget(len(scores))
+        if positive_only:
+            k = min(k, int((scores > 0).sum()))
+        self.scores_ = scores
+        self.support_ = top_k_mask(scores, k)
+        self.threshold_ = float("nan")
+        self.info_ = {"budget": k, **info}
+
+    def reason(self, i: int) -> str:
+        return f"{self.name} score {self.scores_[i]:.4g} (rank within the top {int(self.support_.sum())})"
+
+
+def _objective(name: str, model, context: FitContext, group_column: str | None):
+    """Build the validation objective ``name`` from the context's validation split."""
+    from tda_clean.influence import (
+        DemographicParityGap, EqualizedOddsGap, GroupLossDifference, MeanLoss, WorstGroupLoss,
+    )
+
+    if name not in OBJECTIVES:
+        raise InputError(f"detector.objective: {name!r} is not one of {', '.join(OBJECTIVES)}")
+    if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
+        raise InputError(f"detector.objective={name}: needs a validation split (X_val, y_val)")
+    Xv, yv = context.X_val, context.y_val
+    if name == "val_loss":
+        return MeanLoss(Xv, yv)
+    groups = _group_keys(context.groups_val, group_column, len(yv))
+    if name == "worst_group_loss":
+        return WorstGroupLoss(Xv, yv, groups)
+    if name == "demographic_parity_gap":
+        return DemographicParityGap(Xv, groups)
+    if name == "equalized_odds_gap":
+        return EqualizedOddsGap(Xv, yv, groups)
+    # group_loss_gap: loss of the worst group minus that of the best group, as measured at the trained model
+    probe = WorstGroupLoss(Xv, yv, groups)
+    import torch
+
+    with torch.no_grad():
+        losses = {k: float(v) for k, v in probe._group_losses(model).items()}
+    worst, best = max(losses, key=losses.get), min(losses, key=losses.get)
+    return GroupLossDifference(Xv, yv, groups, worst, best)
+
+
+def _group_keys(groups_val: Any, column: str | None, n: int) -> np.ndarray:
+    if groups_val is None:
+        raise InputError("detector.objective: group objectives need validation group columns (groups_val)")
+    if hasattr(groups_val, "columns"):
+        if column is not None:
+            if column not in groups_val.columns:
+                raise InputError(f"detector.group_column: {column!r} not in the group columns "
+                                 f"({', '.join(map(str, groups_val.columns)) or 'none'})")
+            keys = groups_val[column].astype(str).to_numpy(dtype=object)
+        elif groups_val.shape[1] == 0:
+            raise InputError("detector.objective: group objectives need at least one group column")
+        else:
+            keys = groups_val.astype(str).apply(lambda r: "&".join(f"{c}={v}" for c, v in r.items()), axis=1)
+            keys = keys.to_numpy(dtype=object)
+    else:
+        keys = np.asarray(groups_val, dtype=object)
+    if len(keys) != n:
+        raise InputError(f"detector.objective: {n} validation rows but {len(keys)} group values")
+    return keys
+
+
+class SelfInfluenceSelector(_InfluenceSelector):
+    """Self-influence ``(1/n) g_i^T H^-1 g_i`` (high = the model had to bend to fit the row: likely label issue).
+
+    ``suggested_labels_`` = the trained model's argmax prediction.
+    """
+
+    name = "self_influence"
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "SelfInfluenceSelector":
+        from tda_clean.models.trainer import predict_proba
+
+        model, engine = self._engine(X, y, context)
+        scores = engine.self_influence()
+        self.suggested_labels_ = predict_proba(engine.model, X).argmax(1).astype(np.int64)
+        self._finish(scores, positive_only=False, info=engine._info())
+        return self
+
+
+class HarmfulSelector(_InfluenceSelector):
+    """Rows whose removal most DECREASES the validation ``objective``: score = -influence (positive = harmful)."""
+
+    name = "harmful"
+
+    def __init__(self, objective: str = "val_loss", group_column: str | None = None, solver: str = "exact",
+                 params: str = "head", damping: float | str = "auto", dtype: str = "float32",
+                 max_flagged: int | None = None, fraction: float | None = None):
+        super().__init__(solver, params, damping, dtype, max_flagged, fraction)
+        self.objective = objective
+        self.group_column = group_column
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "HarmfulSelector":
+        model, engine = self._engine(X, y, context)
+        objective = _objective(self.objective, engine.model, context, self.group_column)
+        influence = engine.influence(objective).per_row
+        self._finish(-influence, positive_only=True, info={**engine._info(), "objective": self.objective})
+        return self
+
+    def reason(self, i: int) -> str:
+        return f"removing the row is predicted to lower {self.objective} by {self.scores_[i]:.4g}"
+
+
+class InfluenceRelabelSelector(HarmfulSelector):
+    """Rows whose label flip most decreases the validation ``objective``; ``suggested_labels_`` = that label
+    (the given label where no flip helps). score = predicted decrease of the objective for the best flip."""
+
+    name = "influence_relabel"
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "InfluenceRelabelSelector":
+        model, engine = self._engine(X, y, context)
+        objective = _objective(self.objective, engine.model, context, self.group_column)
+        n_classes = context.n_classes or int(model.head.out_features)
+        gain = -engine.flip_influence(objective, n_classes)  # (n, C) predicted decrease; 0 at the given label
+        gain[np.arange(len(y)), np.asarray(y)] = -np.inf
+        best = gain.argmax(1)
+        scores = gain[np.arange(len(y)), best]
+        self.suggested_labels_ = np.where(scores > 0, best, np.asarray(y)).astype(np.int64)
+        self._finish(scores, positive_only=True, info={**engine._info(), "objective": self.objective})
+        return self
+
+    def reason(self, i: int) -> str:
+        return (f"relabelling to {int(self.suggested_labels_[i])} is predicted to lower {self.objective} "
+                f"by {self.scores_[i]:.4g}")
+
+
+def _settings(cfg: Any) -> dict[str, Any]:
+    return cfg.model_dump(exclude={"kind"})
+
+
+@register_detector("self_influence")
+def _self_influence(cfg: Any) -> SelfInfluenceSelector:
+    return SelfInfluenceSelector(**_settings(cfg))
+
+
+@register_detector("harmful")
+def _harmful(cfg: Any) -> HarmfulSelector:
+    return HarmfulSelector(**_settings(cfg))
+
+
+@register_detector("influence_relabel")
+def _influence_relabel(cfg: Any) -> InfluenceRelabelSelector:
+    return InfluenceRelabelSelector(**_settings(cfg))

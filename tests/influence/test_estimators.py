@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+import torch
+
+from tda_clean.errors import InputError
+from tda_clean.influence import (
+    CallableObjective, CheckpointRecorder, DemographicParityGap, EqualizedOddsGap, GradientSettings,
+    GradientStore, GroupLossDifference, InfluenceEngine, Margin, MeanLoss, ParamSpace, PerSampleLoss,
+    RandomProjector, WorstGroupLoss, compute_influence, gradient_similarity, pairwise_influence,
+    projected_influence, self_influence, tracin_cp,
+)
+
+
+def test_self_influence_is_diagonal_of_pairwise(convex):
+    model, X, y, l2 = convex
+    pair = pairwise_influence(model, (X, y), l2=l2, solver="exact", damping=0.0)
+    assert pair.shape == (len(X), len(X))
+    np.testing.assert_allclose(self_influence(model, (X, y), l2=l2, damping=0.0), np.diag(pair), rtol=1e-9)
+    assert (np.diag(pair) > 0).all()  # removing a row raises its own loss (positive = removal increases f)
+
+
+@pytest.mark.filterwarnings("ignore::tda_clean.influence.NegativeCurvatureWarning")
+def test_influence_invariant_to_chunking(mlp):
+    model, X, y = mlp
+    obj = MeanLoss(X[:10], y[:10])
+    a = compute_influence(model, (X, y), obj, l2=0.05, damping=0.1, gradients=GradientSettings(batch_size=7, memory_mb=1e-3))
+    b = compute_influence(model, (X, y), obj, l2=0.05, damping=0.1, gradients=GradientSettings(batch_size=4096))
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-15)
+
+
+def test_removal_sign_matches_retraining_direction(convex):
+    """Exact influence predicts the change of the mean loss when a row is removed (tiny convex problem)."""
+    from conftest import fit_convex
+    import copy
+
+    model, X, y, l2 = convex
+    obj = MeanLoss(X, y)
+    pred = compute_influence(model, (X, y), obj, l2=l2, damping=0.0).per_row
+    base = obj.values(model)[0]
+    actual = []
+    for i in range(5):
+        keep = np.arange(len(X)) != i
+        actual.append(obj.values(fit_convex(copy.deepcopy(model), X[keep], y[keep], l2))[0] - base)
+    assert np.corrcoef(pred[:5], actual)[0, 1] > 0.95
+
+
+def test_float64_option_on_float32_model(convex):
+    model, X, y, l2 = convex
+    m32 = __import__("copy").deepcopy(model).float()
+    res = compute_influence(m32, (X, y), MeanLoss(X, y), l2=l2, damping=0.0, gradients=GradientSettings(dtype="float64"))
+    ref = compute_influence(model, (X, y), MeanLoss(X, y), l2=l2, damping=0.0)
+    np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-4, atol=1e-8)
+    assert next(m32.parameters()).dtype == torch.float32  # caller's model untouched
+
+
+@pytest.mark.parametrize("make", [
+    lambda X, y, g: MeanLoss(X, y),
+    lambda X, y, g: WorstGroupLoss(X, y, g),
+    lambda X, y, g: GroupLossDifference(X, y, g, "a", "b"),
+    lambda X, y, g: DemographicParityGap(X, g, positive=1),
+    lambda X, y, g: EqualizedOddsGap(X, y, g, positive=1),
+    lambda X, y, g: Margin(X[:3], 2, reduce="mean"),
+    lambda X, y, g: CallableObjective(lambda m: torch.softmax(m(torch.as_tensor(X)), 1)[:, 0].mean(), "p0"),
+], ids=["mean", "worst", "diff", "dp", "eo", "margin", "callable"])
+def test_objective_gradient_matches_finite_difference(convex, make):
+    model, X, y, _ = convex
+    groups = np.where(np.arange(len(X)) % 3 == 0, "a", "b")
+    obj = make(X, y, groups)
+    space = ParamSpace(model)
+    q = obj.query_gradients(space)[0]
+    theta = space.flat()
+    direction = torch.randn(space.p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eps = 1e-6
+
+    def value_at(t):
+        with torch.no_grad():
+            for p, v in zip(space.tensors(), space.unflatten(t).values()):
+                p.copy_(v)
+        return obj.values(model).sum()
+
+    try:
+        fd = (value_at(theta + eps * direction) - value_at(theta - eps * direction)) / (2 * eps)
+    finally:
+        value_at(theta)
+    assert abs(fd - float(q @ direction)) < 1e-5 * max(1.0, abs(fd))
+
+
+def test_per_sample_objectives_have_one_row_per_query(convex):
+    model, X, y, l2 = convex
+    res = compute_influence(model, (X, y), Margin(X[:5], y[:5]), l2=l2, damping=0.0)
+    assert res.scores.shape == (5, len(X))
+    per = compute_influence(model, (X, y), PerSampleLoss(X[:5], y[:5]), l2=l2, damping=0.0).scores
+    mean = compute_influence(model, (X, y), MeanLoss(X[:5], y[:5]), l2=l2, damping=0.0).scores
+    np.testing.assert_allclose(per.mean(0), mean[0], rtol=1e-10, atol=1e-15)
+
+
+def test_objective_independent_of_parameters_is_refused(convex):
+    model, X, y, l2 = convex
+    constant = CallableObjective(lambda m: torch.tensor(1.0, dtype=torch.float64), "constant")
+    with pytest.raises(InputError, match="does not depend on the model parameters"):
+        compute_influence(model, (X, y), constant, l2=l2)
+    detached = CallableObjective(lambda m: m(torch.as_tensor(X)).detach().sum(), "detached")
+    with pytest.raises(InputError, match="does not depend"):
+        compute_influence(model, (X, y), detached, l2=l2)
+
+
+def test_gradient_store_reuse_and_mismatch(tmp_path, convex):
+    model, X, y, l2 = convex
+    obj = MeanLoss(X, y)
+    ref = compute_influence(model, (X, y), obj, l2=l2, damping=0.0).scores
+    settings = GradientSettings(memory_mb=0.002)  # several chunks
+    first = compute_influence(model, (X, y), obj, l2=l2, damping=0.0, gradients=settings, store_dir=tmp_path / "g")
+    again = compute_influence(model, (X, y), obj, l2=l2, damping=0.0, gradients=settings, store_dir=tmp_path / "g")
+    np.testing.assert_allclose(first.scores, ref, rtol=1e-12)
+    np.testing.assert_allclose(again.scores, ref, rtol=1e-12)
+    store = GradientStore.open(tmp_path / "g", fingerprint=InfluenceEngine(model, (X, y), l2=l2).fingerprint(),
+                               n=len(X), p=ParamSpace(model).p, dtype="float64", chunk_rows=store_chunk(tmp_path))
+    assert store.complete and store.n_chunks > 1
+    y2 = y.copy()
+    y2[0] = (y2[0] + 1) % 3
+    with pytest.raises(InputError, match="built for fingerprint"):
+        compute_influence(model, (X, y2), obj, l2=l2, damping=0.0, gradients=settings, store_dir=tmp_path / "g")
+
+
+def store_chunk(tmp_path):
+    import json
+
+    return json.loads((tmp_path / "g" / "meta.json").read_text())["chunk_rows"]
+
+
+def test_projection_is_seeded_and_block_invariant():
+    G = torch.randn(6, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = RandomProjector(50, 8, "rademacher", seed=1, block=7)
+    torch.testing.assert_close(a.project(G), a.project(G))
+    torch.testing.assert_close(torch.cat([a.project(G[:2]), a.project(G[2:])]), a.project(G))
+    torch.testing.assert_close(a.project(G), G @ a.matrix() / 8 ** 0.5)
+    assert not torch.allclose(a.project(G), RandomProjector(50, 8, "rademacher", seed=2, block=7).project(G))
+    big = RandomProjector(50, 4000, "gaussian", seed=0)
+    P = big.project(G)
+    torch.testing.assert_close(P @ P.T, G @ G.T, rtol=0.2, atol=0.2 * float((G * G).sum(1).mean()))
+    with pytest.raises(InputError, match="projection.kind"):
+        RandomProjector(5, 2, "sparse")
+
+
+def test_projected_influence_approaches_fisher_influence(tmp_path, convex):
+    model, X, y, l2 = convex
+    obj = MeanLoss(X, y)
+    res = projected_influence(model, (X, y), obj, l2=l2, k=400, seed=0, store_dir=tmp_path / "p")
+    exact = compute_influence(model, (X, y), obj, l2=l2, damping=0.0).per_row
+    assert np.corrcoef(res.per_row, exact)[0, 1] > 0.9
+    again = projected_influence(model, (X, y), obj, l2=l2, k=400, seed=0, store_dir=tmp_path / "p")
+    np.testing.assert_allclose(again.scores, res.scores)
+
+
+def test_tracin_and_similarity(convex):
+    from tda_clean.config import TrainConfig
+    from tda_clean.models.factory import LogisticRegression
+    from tda_clean.models.trainer import fit
+
+    _, X, y, _ = convex
+    cfg = TrainConfig(optimizer="adam", epochs=3, lr=0.05, batch_size=16, dtype="float64", device="cpu", l2=0.01)
+    torch.manual_seed(0)
+    model = LogisticRegression(4, 3)
+    rec = CheckpointRecorder(every=1)
+    fit(model, X, y, cfg, seed=0, on_epoch=rec, progress=False)
+    assert len(rec.checkpoints) == 3
+    obj = MeanLoss(X[:6], y[:6])
+    res = tracin_cp(model, rec.checkpoints, (X, y), obj, lr=cfg.lr)
+    manual = sum(cfg.lr * gradient_similarity(_load(model, sd), (X, y), obj).scores for _, sd in rec.checkpoints)
+    np.testing.assert_allclose(res.scores, manual, rtol=1e-10)
+    cos = gradient_similarity(model, (X, y), obj, kind="cosine").scores
+    assert np.abs(cos).max() <= 1 + 1e-12
+    with pytest.raises(InputError, match="no checkpoints"):
+        tracin_cp(model, [], (X, y), obj, lr=0.1)
+
+
+def _load(model, state):
+    import copy
+
+    m = copy.deepcopy(model)
+    m.load_state_dict(state)
+    return m.eval()
