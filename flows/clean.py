@@ -44,6 +44,8 @@ def clean(config: RunConfig | str, output: str | None = None, overrides: list[st
     Stages a killed run on the same folder completed are reused unless ``fresh``."""
     cfg = config if isinstance(config, RunConfig) else load_config(Path(config), overrides or [])
     report = run_pipeline(cfg, output, fresh=fresh, stage_runner=as_task, tags={"prefect_flow_run_id": str(flow_run.get_id())})
+    if report["status"] != "completed":  # awaiting human review: nothing to compare yet
+        return report
     create_table_artifact(
         key="before-after",
         table=[{"metric": k, "before": round(v, 4), "after": round(report["after"][k], 4),

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from tda_clean.config import load_config
-from tda_clean.errors import TdaCleanError
+from tda_clean.errors import InputError, TdaCleanError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +70,41 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _review_command(args: argparse.Namespace) -> int:
+    """``review RUN_DIR`` writes the candidates; ``apply RUN_DIR --approved FILE`` validates and continues the run."""
+    from pathlib import Path
+
+    from tda_clean.data import DataBundle
+    from tda_clean.pipeline import DATA, SELECTION, run_pipeline
+    from tda_clean.review import APPROVALS, read_approvals, write_review
+    from tda_clean.run_dir import RunContext
+    from tda_clean.selection import Selection
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / SELECTION).is_file():
+        raise InputError(f"{run_dir}: not a run folder with a completed detection stage (run `tda-clean run` first)")
+    ctx = RunContext(load_config(run_dir / "config.yaml"), run_dir)
+    if args.command == "review":
+        paths = write_review(ctx, DataBundle.load(run_dir / DATA), Selection.load(run_dir / SELECTION))
+        print(f"{paths['n_candidates']} candidates: {paths['candidates']} (fill 'approved'), page: {paths['page']}")
+        return 0
+    if ctx.config.review != "required":
+        raise InputError(f"{run_dir}: this run was not configured with `review: required`; nothing to approve")
+    decisions = read_approvals(ctx, args.approved)
+    (run_dir / "review").mkdir(exist_ok=True)
+    decisions.to_csv(run_dir / APPROVALS, index=False)
+    report = run_pipeline(ctx.config, run_dir)
+    print(format_table(report))
+    return 0 if report["gate"]["passed"] else 3
+
+
+def format_awaiting(result: dict[str, Any]) -> str:
+    review = result["review"]
+    return (f"detector {result['selection']['detector']} flagged {result['selection']['n_flagged']} rows; "
+            f"awaiting review.\n  candidates: {review['candidates']}\n  page: {review['page']}\n"
+            f"  then: tda-clean apply {result['run_dir']} --approved FILE")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -98,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tda-clean: interrupted", file=sys.stderr)
         return 130
+    if report["status"] == "awaiting_review":
+        print(format_awaiting(report))
+        return 0
     print(format_table(report))
     return 0 if report["gate"]["passed"] else 3
 

@@ -277,6 +277,8 @@ class RunConfig(_Frozen):
     action: Action = RelabelAction()
     gate: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    # required: stop after detection, write review/candidates.csv + index.html; `tda-clean apply` continues
+    review: Literal["none", "required"] = "none"
 
     def config_hash(self) -> str:
         """Stable 16-hex-digit hash of everything that changes results (tracking settings excluded)."""

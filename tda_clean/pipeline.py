@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from tda_clean.actions import apply_action
@@ -85,12 +86,34 @@ def stage_detect(ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
+def stage_review(ctx: RunContext) -> dict[str, Any]:
+    """Write the candidates for human review (``review: required``)."""
+    from tda_clean.review import write_review
+
+    return write_review(ctx, DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION)))
+
+
 def stage_act(ctx: RunContext) -> dict[str, int]:
-    """Apply the action -> ``train_cleaned.npz`` + ``audit.csv`` + ``manifest.json``; the input stays as it was."""
+    """Apply the action -> ``train_cleaned.npz`` + ``audit.csv`` + ``manifest.json``; the input stays as it was.
+
+    Under ``review: required`` only approved candidates are acted on; rejected ones are audited as ``keep``.
+    """
     bundle = DataBundle.load(ctx.path(DATA))
-    result = apply_action(bundle.train, Selection.load(ctx.path(SELECTION)), ctx.config.action)
+    selection = Selection.load(ctx.path(SELECTION))
+    rejected_audit = None
+    if ctx.config.review == "required":
+        from tda_clean.actions import reject_rows
+        from tda_clean.review import APPROVALS
+
+        decisions = pd.read_csv(ctx.path(APPROVALS))
+        approved = np.isin(bundle.train.row_id, decisions.loc[decisions["approved"], "row_id"])
+        rejected = selection.indices[~approved[selection.indices]]
+        rejected_audit = reject_rows(bundle.train, selection, rejected)
+        selection = selection.restrict(approved)
+    result = apply_action(bundle.train, selection, ctx.config.action)
+    audit = result.audit if rejected_audit is None else pd.concat([result.audit, rejected_audit], ignore_index=True)
     np.savez(ctx.path(CLEANED), **result.train.to_arrays("train/"))
-    result.audit.to_csv(ctx.path(AUDIT), index=False)
+    audit.to_csv(ctx.path(AUDIT), index=False)
     write_json_atomic(ctx.path("manifest.json"), {
         "source_fingerprint": bundle.train.fingerprint(), "cleaned_fingerprint": result.train.fingerprint(),
         "n_rows_before": len(bundle.train), "n_rows_after": len(result.train), "audit": AUDIT, **result.counts,
@@ -110,6 +133,7 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
 
     passed, reasons = check_gate(ctx.config.gate, parts["after"])
     report = {
+        "status": "completed",
         "config_hash": ctx.config.config_hash(),
         "name": ctx.config.name,
         "dataset": parts["dataset"],
@@ -137,7 +161,7 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
     tracker.log_metrics(parent_run_id, {f"selection_{k}": float(v) for k, v in report["selection"].items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     tracker.log_metrics(parent_run_id, {f"actions_{k}": float(v) for k, v in report["actions"].items()})
-    tracker.set_tags(parent_run_id, {"gate_passed": str(report["gate"]["passed"]).lower()})
+    tracker.set_tags(parent_run_id, {"gate_passed": str(report["gate"]["passed"]).lower(), "status": "completed"})
     for name in ("report.json", AUDIT, "manifest.json", "before_after.png", "config.yaml"):
         tracker.log_artifact(parent_run_id, ctx.path(name))
     bundle = DataBundle.load(ctx.path(DATA))
@@ -210,6 +234,15 @@ def run_pipeline(
         dataset = timed("load", stage_load)
         timed("train_before", stage_train, "before")
         selection = timed("detect", stage_detect)
+        if config.review == "required":
+            from tda_clean.review import APPROVALS
+
+            review = timed("review", stage_review)
+            if not ctx.path(APPROVALS).is_file():
+                tracker.set_tags(parent, {"status": "awaiting_review"})
+                tracker.end_run(parent, "FINISHED")
+                return {"status": "awaiting_review", "run_dir": str(ctx.run_dir), "review": review,
+                        "selection": selection, "resumed_stages": resumed}
         actions = timed("act", stage_act)
         timed("train_after", stage_train, "after")
         before = timed("evaluate_before", stage_evaluate, "before")

@@ -69,6 +69,13 @@ def no_action(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionR
 ACTIONS: dict[type, Callable[..., ActionResult]] = {RemoveAction: remove, RelabelAction: relabel, NoAction: no_action}
 
 
+def reject_rows(train: IndexedDataset, selection: Selection, rejected: np.ndarray) -> pd.DataFrame:
+    """Audit rows (action ``keep``) for candidates a reviewer rejected: recorded, not changed."""
+    audit = _audit(train, selection, rejected, "keep")
+    audit["reason"] = "rejected in review; " + audit["reason"]
+    return audit
+
+
 def apply_action(train: IndexedDataset, selection: Selection, cfg) -> ActionResult:
     """Apply the configured action; ``train`` is not modified. Counts always carry all four keys."""
     result = ACTIONS[type(cfg)](train, selection, cfg)
@@ -94,6 +101,8 @@ def replay_audit(original: IndexedDataset, audit: pd.DataFrame) -> IndexedDatase
             drop.append(i)
         elif row.action == "relabel":
             y[i] = int(row.new_label)
+        elif row.action == "keep":
+            continue  # reviewed and rejected: the row stays as it was
         elif row.action == "reweight":
             weight = np.ones(len(y)) if weight is None else weight
             weight[i] = float(row.weight)

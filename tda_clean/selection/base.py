@@ -68,6 +68,14 @@ class Selection:
     def n_flagged(self) -> int:
         return int(self.mask.sum())
 
+    def restrict(self, keep: np.ndarray) -> "Selection":
+        """The same selection with only the flagged rows where ``keep`` (n,) bool is True (order kept)."""
+        from dataclasses import replace
+
+        kept = keep[self.indices]
+        return replace(self, mask=self.mask & keep, indices=self.indices[kept],
+                       reasons=tuple(r for r, k in zip(self.reasons, kept) if k))
+
     def save(self, path) -> None:
         """Write to an ``.npz`` file (arrays) — ``load`` reads it back."""
         import json

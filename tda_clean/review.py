@@ -1,0 +1,140 @@
+"""Human review before acting: candidates to CSV + a static HTML page; approvals validated and applied.
+
+``write_review(ctx)`` lists every flagged row with its scores, the suggested action, its groups, the
+validation rows it influences most (exact last-layer influence of the before-model, sign convention:
+positive = removing the row INCREASES that validation row's loss) and, for images, a thumbnail.
+``read_approvals(ctx, path)`` validates a filled-in file (columns ``row_id``, ``approved``) against the
+candidates; the pipeline's act stage then touches approved rows only and audits the rejected ones.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tda_clean.data.dataset import DataBundle
+from tda_clean.errors import InputError
+from tda_clean.run_dir import RunContext
+from tda_clean.selection.base import Selection
+
+CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
+_YES, _NO = {"yes", "y", "true", "1", "approve", "approved"}, {"no", "n", "false", "0", "reject", "rejected"}
+
+
+def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, top_val: int = 3) -> pd.DataFrame:
+    """One row per flagged training row, most suspicious first."""
+    from tda_clean.pipeline import load_model
+
+    train, idx = bundle.train, selection.indices
+    action = ctx.config.action.kind
+    suggested = selection.suggested_labels
+    frame = pd.DataFrame({
+        "row_id": train.row_id[idx], "rank": np.arange(len(idx)), "detector": selection.detector,
+        "score": selection.scores[idx], "label": train.y[idx],
+        "suggested_label": suggested[idx] if suggested is not None else pd.NA,
+        "suggested_action": [_action_text(action, train.y[i], None if suggested is None else suggested[i]) for i in idx],
+    })
+    for column in train.groups.columns:
+        frame[f"group_{column}"] = train.groups[column].to_numpy()[idx]
+    frame["most_influenced_val_rows"] = _influenced_val_rows(load_model(ctx, "before", bundle), bundle, idx,
+                                                             ctx.config.train.l2, top_val)
+    frame["reason"] = list(selection.reasons)
+    frame["approved"] = ""
+    return frame
+
+
+def _action_text(kind: str, label: int, suggestion: int | None) -> str:
+    if kind == "relabel" and suggestion is not None:
+        return "keep (suggestion equals label)" if suggestion == label else f"relabel {label} -> {suggestion}"
+    return kind
+
+
+def _influenced_val_rows(model, bundle: DataBundle, idx: np.ndarray, l2: float, top: int) -> list[str]:
+    """``row_id:influence`` of the ``top`` validation rows whose loss each candidate moves most."""
+    if len(idx) == 0:
+        return []
+    from tda_clean.influence import GradientSettings, InfluenceEngine, PerSampleLoss, per_sample_grads
+
+    engine = InfluenceEngine(model, (bundle.train.X, bundle.train.y), l2=l2, solver="exact", damping=0.0,
+                             gradients=GradientSettings(params="head", dtype="float64"))
+    W = engine.inverse_hvp(PerSampleLoss(bundle.val.X, bundle.val.y))  # (m_val, p)
+    G = per_sample_grads(engine.space, bundle.train.X[idx], bundle.train.y[idx])  # (k, p)
+    scores = (G @ W.T).cpu().numpy() / engine.n  # (k, m_val)
+    order = np.argsort(-np.abs(scores), axis=1)[:, :top]
+    return [" ".join(f"{bundle.val.row_id[j]}:{scores[r, j]:+.2e}" for j in order[r]) for r in range(len(idx))]
+
+
+def write_review(ctx: RunContext, bundle: DataBundle, selection: Selection) -> dict[str, str]:
+    """Write ``review/candidates.csv`` and ``review/index.html``; return their paths."""
+    frame = candidates_frame(ctx, bundle, selection)
+    ctx.path("review").mkdir(exist_ok=True)
+    frame.to_csv(ctx.path(CANDIDATES), index=False)
+    images = bundle.train.X[selection.indices] if bundle.train.X.ndim >= 3 else None
+    ctx.path(PAGE).write_text(_page(ctx, frame, images))
+    return {"candidates": str(ctx.path(CANDIDATES)), "page": str(ctx.path(PAGE)), "n_candidates": len(frame)}
+
+
+def _thumbnail(image: np.ndarray) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    img = image if image.ndim == 2 else np.moveaxis(image, 0, -1).squeeze()
+    plt.imsave(buf, img, cmap="gray", format="png")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="48" height="48">'
+
+
+def _page(ctx: RunContext, frame: pd.DataFrame, images: np.ndarray | None) -> str:
+    shown = frame.drop(columns=["approved"])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in (["image"] if images is not None else []) + list(shown.columns))
+    rows = []
+    for r, record in enumerate(shown.itertuples(index=False)):
+        cells = [_thumbnail(images[r])] if images is not None else []
+        cells += [html.escape(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in record]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tda-clean review: {html.escape(ctx.config.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}th{{background:#eef}}</style></head><body>
+<h1>Review: {html.escape(ctx.config.name)}</h1>
+<p>{len(frame)} candidates flagged by <b>{html.escape(str(frame['detector'].iloc[0]) if len(frame) else '-')}</b>;
+action on approval: <b>{html.escape(ctx.config.action.kind)}</b>. Fill the <code>approved</code> column (yes/no) of
+<code>candidates.csv</code>, then run <code>tda-clean apply {html.escape(str(ctx.run_dir))} --approved FILE</code>.
+Influence on validation rows: positive = removing the candidate increases that row's loss.</p>
+<table><tr>{head}</tr>{''.join(rows)}</table></body></html>"""
+
+
+def read_approvals(ctx: RunContext, path: str | Path) -> pd.DataFrame:
+    """Validate an approvals file against the candidates; return ``row_id, approved (bool)`` for every candidate.
+
+    Raises InputError (nothing is applied) for a missing file, missing columns, unknown or duplicated row ids,
+    values other than yes/no, or candidates left undecided.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--approved: file not found: {path}")
+    table = pd.read_csv(path, dtype={"approved": str})
+    missing = [c for c in ("row_id", "approved") if c not in table.columns]
+    if missing:
+        raise InputError(f"--approved {path}: missing column {missing[0]!r} (columns: {', '.join(table.columns)})")
+    candidates = pd.read_csv(ctx.path(CANDIDATES))
+    known = set(candidates["row_id"].astype(int))
+    unknown = sorted(set(table["row_id"].astype(int)) - known)
+    if unknown:
+        raise InputError(f"--approved {path}: row_id {unknown[0]} is not a candidate of this run ({len(unknown)} unknown)")
+    if table["row_id"].duplicated().any():
+        raise InputError(f"--approved {path}: row_id {int(table['row_id'][table['row_id'].duplicated()].iloc[0])} appears twice")
+    answer = table["approved"].fillna("").str.strip().str.lower()
+    bad = table.loc[~answer.isin(_YES | _NO), "row_id"]
+    if len(bad):
+        raise InputError(f"--approved {path}: row_id {int(bad.iloc[0])} has approved={table.loc[bad.index[0], 'approved']!r}; "
+                         "use yes or no")
+    undecided = sorted(known - set(table["row_id"].astype(int)))
+    if undecided:
+        raise InputError(f"--approved {path}: {len(undecided)} candidates have no decision (e.g. row_id {undecided[0]})")
+    return pd.DataFrame({"row_id": table["row_id"].astype(np.int64), "approved": answer.isin(_YES).to_numpy()})

@@ -1,0 +1,96 @@
+"""Human review: `review: required` stops after detection; `tda-clean apply` acts on approved rows only,
+audits rejected ones, and refuses bad approval files without applying anything."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tda_clean.actions import replay_audit
+from tda_clean.cli import main
+from tda_clean.data import DataBundle
+from tda_clean.pipeline import cleaned_train
+from tda_clean.run_dir import RunContext
+from tda_clean.config import load_config
+
+CONFIG = {
+    "name": "review-test", "data": {"kind": "digits"}, "scenario": {"kind": "uniform_flip", "rate": 0.05},
+    "model": {"kind": "logistic"}, "train": {"optimizer": "lbfgs", "l2": 1e-3, "epochs": 20},
+    "detector": {"kind": "cleanlab", "folds": 3}, "action": {"kind": "relabel"}, "review": "required",
+    "tracking": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="module")
+def awaiting(tmp_path_factory):
+    """A run stopped for review (module-scoped: detection runs once)."""
+    root = tmp_path_factory.mktemp("review")
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    assert main(["run", str(config), "--engine", "local", "--output", str(root / "run")]) == 0
+    return root
+
+
+def _copy_run(awaiting, tmp_path):
+    import shutil
+
+    shutil.copytree(awaiting / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_review_required_stops_after_detection(awaiting, capsys):
+    run = awaiting / "run"
+    assert not (run / "audit.csv").exists() and not (run / "report.json").exists()
+    candidates = pd.read_csv(run / "review" / "candidates.csv")
+    selection = np.load(run / "selection.npz")
+    assert len(candidates) == int(selection["mask"].sum()) > 0
+    assert list(candidates["rank"]) == list(range(len(candidates)))
+    assert candidates["suggested_action"].str.startswith("relabel").all()
+    # three most influenced validation rows per candidate, each "row_id:signed influence"
+    assert candidates["most_influenced_val_rows"].str.split().map(len).eq(3).all()
+    page = (run / "review" / "index.html").read_text()
+    assert page.count("data:image/png;base64") == len(candidates)  # digits: one thumbnail per candidate
+
+
+def test_apply_acts_on_approved_rows_only(awaiting, tmp_path, capsys):
+    run = _copy_run(awaiting, tmp_path)
+    candidates = pd.read_csv(run / "review" / "candidates.csv")
+    decisions = candidates[["row_id"]].assign(approved=np.where(np.arange(len(candidates)) % 2 == 0, "yes", "no"))
+    decisions.to_csv(tmp_path / "approved.csv", index=False)
+    assert main(["apply", str(run), "--approved", str(tmp_path / "approved.csv")]) == 0
+    audit = pd.read_csv(run / "audit.csv")
+    approved = set(decisions.loc[decisions.approved == "yes", "row_id"])
+    rejected = set(decisions.loc[decisions.approved == "no", "row_id"])
+    assert set(audit.loc[audit.action == "relabel", "row_id"]) <= approved
+    assert set(audit.loc[audit.action == "keep", "row_id"]) == rejected
+    assert audit.loc[audit.action == "keep", "reason"].str.startswith("rejected in review").all()
+    report = json.loads((run / "report.json").read_text())
+    assert report["status"] == "completed" and report["actions"]["relabeled"] == (audit.action == "relabel").sum()
+    assert report["resumed_stages"][:3] == ["load", "train_before", "detect"]
+    ctx = RunContext(load_config(run / "config.yaml"), run)
+    bundle = DataBundle.load(run / "data.npz")
+    rebuilt, cleaned = replay_audit(bundle.train, audit), cleaned_train(ctx, bundle)
+    assert np.array_equal(rebuilt.row_id, cleaned.row_id) and np.array_equal(rebuilt.y, cleaned.y)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (lambda c: c[["row_id"]], "missing column 'approved'"),
+        (lambda c: pd.DataFrame({"row_id": [99999], "approved": ["yes"]}), "row_id 99999 is not a candidate"),
+        (lambda c: c[["row_id"]].assign(approved="maybe"), "use yes or no"),
+        (lambda c: c[["row_id"]].assign(approved="yes").iloc[1:], "have no decision"),
+    ],
+    ids=["missing-column", "unknown-row", "bad-value", "undecided"],
+)
+def test_bad_approvals_apply_nothing(awaiting, tmp_path, capsys, table, message):
+    run = _copy_run(awaiting, tmp_path)
+    candidates = pd.read_csv(run / "review" / "candidates.csv")
+    table(candidates).to_csv(tmp_path / "approved.csv", index=False)
+    assert main(["apply", str(run), "--approved", str(tmp_path / "approved.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not (run / "audit.csv").exists() and not (run / "review" / "approvals.csv").exists()
