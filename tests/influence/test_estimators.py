@@ -30,7 +30,7 @@ def test_influence_invariant_to_chunking(mlp):
 
 def test_removal_sign_matches_retraining_direction(convex):
     """Exact influence predicts the change of the mean loss when a row is removed (tiny convex problem)."""
-    from conftest import fit_convex
+    from tests.influence.helpers import fit_convex
     import copy
 
     model, X, y, l2 = convex
