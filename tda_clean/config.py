@@ -235,13 +235,21 @@ class RelabelAction(_Frozen):
     kind: Literal["relabel"] = "relabel"
 
 
+class ReweightAction(_Frozen):
+    """Down-weight flagged rows in the retraining loss: the detector's suggested weights when it has them,
+    else ``weight`` for every flagged row (0 = drop from the loss, 1 = unchanged)."""
+
+    kind: Literal["reweight"] = "reweight"
+    weight: float = Field(default=0.5, ge=0, le=1)
+
+
 class NoAction(_Frozen):
     """Detect and evaluate only: the training set is left as it is."""
 
     kind: Literal["none"] = "none"
 
 
-Action = Annotated[Union[RemoveAction, RelabelAction, NoAction], Field(discriminator="kind")]
+Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------ gate + tracking

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tda_clean.config import NoAction, RelabelAction, RemoveAction
+from tda_clean.config import NoAction, RelabelAction, RemoveAction, ReweightAction
 from tda_clean.data.dataset import IndexedDataset
 from tda_clean.errors import InputError
 from tda_clean.selection.base import Selection
@@ -62,11 +62,25 @@ def relabel(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionRes
     return ActionResult(replace(train, y=y), audit, {"relabeled": len(positions)})
 
 
+def reweight(train: IndexedDataset, selection: Selection, cfg) -> ActionResult:
+    """Set the training weight of flagged rows (detector's suggestion, else ``cfg.weight``); others keep theirs."""
+    positions = selection.indices
+    weights = np.ones(len(train)) if train.weight is None else train.weight.astype(float).copy()
+    new = selection.suggested_weights[positions] if selection.suggested_weights is not None else np.full(len(positions), cfg.weight)
+    if np.any((new < 0) | (new > 1)):
+        raise InputError(f"action.kind=reweight: detector {selection.detector!r} suggested weights outside [0, 1]")
+    weights[positions] = new
+    audit = _audit(train, selection, positions, "reweight", weights=new)
+    return ActionResult(replace(train, weight=weights), audit, {"reweighted": len(positions)})
+
+
 def no_action(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionResult:
     return ActionResult(train, pd.DataFrame(columns=AUDIT_COLUMNS), {})
 
 
-ACTIONS: dict[type, Callable[..., ActionResult]] = {RemoveAction: remove, RelabelAction: relabel, NoAction: no_action}
+ACTIONS: dict[type, Callable[..., ActionResult]] = {
+    RemoveAction: remove, RelabelAction: relabel, ReweightAction: reweight, NoAction: no_action,
+}
 
 
 def reject_rows(train: IndexedDataset, selection: Selection, rejected: np.ndarray) -> pd.DataFrame:

@@ -53,6 +53,7 @@ class Selection:
     suggested_labels: (n,) int or None, the detector's label for each row (for ``relabel``).
     reasons:     (k,) str, one human-readable reason per flagged row, aligned with ``indices``.
     info:        small JSON-able metadata.
+    suggested_weights: (n,) float in [0, 1] or None, the detector's training weight for each row (``reweight``).
     """
 
     mask: np.ndarray
@@ -63,6 +64,7 @@ class Selection:
     suggested_labels: np.ndarray | None = None
     reasons: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    suggested_weights: np.ndarray | None = None
 
     @property
     def n_flagged(self) -> int:
@@ -81,8 +83,9 @@ class Selection:
         import json
 
         arrays = {"mask": self.mask, "indices": self.indices, "scores": self.scores}
-        if self.suggested_labels is not None:
-            arrays["suggested_labels"] = self.suggested_labels
+        for name in ("suggested_labels", "suggested_weights"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         meta = {"threshold": self.threshold, "detector": self.detector, "reasons": list(self.reasons), "info": self.info}
         np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -96,6 +99,7 @@ class Selection:
                 mask=f["mask"], indices=f["indices"], scores=f["scores"], threshold=meta["threshold"],
                 detector=meta["detector"],
                 suggested_labels=f["suggested_labels"] if "suggested_labels" in f.files else None,
+                suggested_weights=f["suggested_weights"] if "suggested_weights" in f.files else None,
                 reasons=tuple(meta["reasons"]), info=meta["info"],
             )
 
@@ -143,6 +147,7 @@ class BaseSelector:
             threshold=float(self.threshold_),
             detector=self.name,
             suggested_labels=getattr(self, "suggested_labels_", None),
+            suggested_weights=getattr(self, "suggested_weights_", None),
             reasons=tuple(self.reason(int(i)) for i in order),
             info=dict(getattr(self, "info_", {})),
         )

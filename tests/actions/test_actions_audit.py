@@ -184,3 +184,24 @@ def test_replay_rejects_bad_audits(train):
         replay_audit(train, good.assign(row_id=999))
     with pytest.raises(InputError, match="unknown action 'shred' for row_id 103"):
         replay_audit(train, good.assign(action="shred"))
+
+
+def test_reweight_sets_weights_of_flagged_rows_and_replays(train, tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from tda_clean.config import ReweightAction
+
+    sel = _selection(len(train), [4, 1], suggested=None)
+    result = apply_action(train, sel, ReweightAction(weight=0.25))
+    expected = np.ones(len(train))
+    expected[[1, 4]] = 0.25
+    np.testing.assert_array_equal(result.train.weight, expected)
+    assert train.weight is None and result.counts["reweighted"] == 2
+    assert list(result.audit["action"]) == ["reweight", "reweight"] and list(result.audit["weight"]) == [0.25, 0.25]
+    assert_same(replay_audit(train, _roundtrip(result.audit, tmp_path, "csv")), result.train)
+    # the detector's own weights win over the configured constant
+    suggested = np.linspace(0, 1, len(train))
+    result = apply_action(train, dc_replace(sel, suggested_weights=suggested), ReweightAction(weight=0.25))
+    assert result.train.weight[4] == pytest.approx(suggested[4]) and result.train.weight[0] == 1.0
+    with pytest.raises(InputError, match="outside \\[0, 1\\]"):
+        apply_action(train, dc_replace(sel, suggested_weights=suggested * 3), ReweightAction())
