@@ -191,17 +191,19 @@ def test_reweight_sets_weights_of_flagged_rows_and_replays(train, tmp_path):
 
     from tda_clean.config import ReweightAction
 
+    original = train.weight.copy()  # the toy set already carries weights: untouched rows keep theirs
     sel = _selection(len(train), [4, 1], suggested=None)
     result = apply_action(train, sel, ReweightAction(weight=0.25))
-    expected = np.ones(len(train))
+    expected = original.copy()
     expected[[1, 4]] = 0.25
     np.testing.assert_array_equal(result.train.weight, expected)
-    assert train.weight is None and result.counts["reweighted"] == 2
+    np.testing.assert_array_equal(train.weight, original)
+    assert result.counts["reweighted"] == 2
     assert list(result.audit["action"]) == ["reweight", "reweight"] and list(result.audit["weight"]) == [0.25, 0.25]
     assert_same(replay_audit(train, _roundtrip(result.audit, tmp_path, "csv")), result.train)
     # the detector's own weights win over the configured constant
     suggested = np.linspace(0, 1, len(train))
     result = apply_action(train, dc_replace(sel, suggested_weights=suggested), ReweightAction(weight=0.25))
-    assert result.train.weight[4] == pytest.approx(suggested[4]) and result.train.weight[0] == 1.0
+    assert result.train.weight[4] == pytest.approx(suggested[4]) and result.train.weight[0] == original[0]
     with pytest.raises(InputError, match="outside \\[0, 1\\]"):
         apply_action(train, dc_replace(sel, suggested_weights=suggested * 3), ReweightAction())
