@@ -27,6 +27,7 @@ from tda_clean.run_dir import RunContext, open_run_dir, read_json, write_json_at
 from tda_clean.selection import FitContext, Selection, make_detector
 
 DATA, CLEANED, SELECTION, AUDIT = "data.npz", "train_cleaned.npz", "selection.npz", "audit.csv"
+RELEASE_ALIAS = "release"
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -167,10 +168,16 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
     bundle = DataBundle.load(ctx.path(DATA))
     tracker.log_dataset(parent_run_id, bundle.train.frame(), name=f"{bundle.name}-train", targets="label",
                         context="training")
+    out = dict(children)
     if ctx.config.tracking.log_models:
-        for which in ("before", "after"):
-            tracker.log_model(children[which], load_model(ctx, which, bundle), name=f"model_{which}")
-    return children
+        models = {which: tracker.log_model(children[which], load_model(ctx, which, bundle), name=f"model_{which}")
+                  for which in ("before", "after")}
+        # the after-model is always registered; the `release` alias only moves to it when the gate passes
+        alias = RELEASE_ALIAS if report["gate"]["passed"] else None
+        out["registered_version"] = tracker.register_model(children["after"], models["after"],
+                                                           name=ctx.config.name, alias=alias)
+        out["release_alias"] = alias or ""
+    return out
 
 
 # ---------------------------------------------------------------------------------------- sequencing

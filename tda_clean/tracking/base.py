@@ -53,8 +53,12 @@ class Tracker(Protocol):
     ) -> None:
         """Record ``df`` as an input of the run (``context``: e.g. ``"training"``)."""
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> None:
-        """Log a torch model as an output of the run, without touching any active run."""
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
+        """Log a torch model as an output of the run, without touching any active run; return its model id."""
+
+    def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
+        """Register a logged model as a new version of registered model ``name`` (created if missing);
+        point ``alias`` at that version when given. Returns the version."""
 
     def end_run(self, run_id: str, status: RunStatus, message: str | None = None) -> None:
         """Mark the run terminated; a FAILED run gets ``message`` as its ``error`` tag."""
@@ -88,8 +92,11 @@ class NullTracker:
     ) -> None:
         return None
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> None:
-        return None
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
+        return ""
+
+    def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
+        return ""
 
     def end_run(self, run_id: str, status: RunStatus, message: str | None = None) -> None:
         check_status(status)

@@ -42,6 +42,8 @@ class InMemoryTracker:
     def __init__(self, experiment: str = "tda-clean") -> None:
         self.experiment = experiment
         self.runs: dict[str, RunRecord] = {}
+        #: registered model name -> {"versions": [(version, run_id, model_id)], "aliases": {alias: version}}
+        self.registry: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def _run(self, run_id: str) -> RunRecord:
@@ -105,11 +107,23 @@ class InMemoryTracker:
         with self._lock:
             self._run(run_id).datasets.append(entry)
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> None:
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
         n_params = sum(int(p.numel()) for p in model.parameters())
-        entry = {"name": name, "class": type(model).__name__, "n_parameters": n_params}
+        model_id = f"m-{uuid.uuid4().hex}"
+        entry = {"name": name, "class": type(model).__name__, "n_parameters": n_params, "model_id": model_id}
         with self._lock:
             self._run(run_id).models.append(entry)
+        return model_id
+
+    def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
+        with self._lock:
+            self._run(run_id)
+            entry = self.registry.setdefault(name, {"versions": [], "aliases": {}})
+            version = str(len(entry["versions"]) + 1)
+            entry["versions"].append((version, run_id, model_id))
+            if alias is not None:
+                entry["aliases"][alias] = version
+        return version
 
     def end_run(self, run_id: str, status: RunStatus, message: str | None = None) -> None:
         check_status(status)

@@ -167,7 +167,7 @@ class MlflowTracker:
         tag = InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, [tag])])
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> None:
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
         """Log ``model`` (mlflow.pytorch flavor) as a LoggedModel output of ``run_id``.
 
         Mirrors ``mlflow.pytorch.log_model`` through this tracker's client instead of the global
@@ -195,6 +195,21 @@ class MlflowTracker:
             self.client.finalize_logged_model(logged.model_id, "FAILED")
             raise
         self.client.finalize_logged_model(logged.model_id, "READY")
+        return str(logged.model_id)
+
+    def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
+        """New version of registered model ``name`` from a logged model; ``alias`` moved to it when given."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        version = self.client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
+                                                   model_id=model_id)
+        if alias is not None:
+            self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)
 
     def info(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id}

@@ -1,0 +1,422 @@
+"""Group influence, first and second order (Basu, You & Feizi 2020; METHODS.md §3), batched over many groups.
+
+Sign convention (as everywhere in tda-clean): a POSITIVE change of an objective f means that REMOVING the group
+INCREASES f. Parameter changes are ``theta_without_U - theta*``.
+
+Scale convention. The trainer minimises ``L(theta) = (1/n) sum_i lt_i(theta)`` with the per-row loss
+``lt_i = CE_i + (l2/2) ||theta||^2`` (the L2 term belongs to every row, so retraining on ``n - m`` rows keeps the
+same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the engine's curvature:
+
+* ``gt_i = g_i + l2 theta*``         per-row gradient of ``lt_i`` (``g_i`` = the engine's CE gradient);
+  ``regularized_rows=False`` drops the ``l2 theta*`` part (then first order = the engine's single-row scores
+  summed, see below);
+* ``Ht_i = d2 CE_i + (l2 + damping) I``  per-row curvature, so that ``(1/n) sum_i Ht_i = A``;
+* for a group U of ``m`` rows, ``p = m/n``, sums ``g_U = sum_U gt_i`` and ``H_U = sum_U Ht_i``:
+
+    first order   dtheta1 = q A^-1 gbar_U                 = [1 / ((1-p) n)]      A^-1 g_U          (q = p/(1-p))
+    second order  dtheta2 = dtheta1 + q^2 (A^-1 Hbar_U - I) A^-1 gbar_U
+                          = [(1-2p) / ((1-p)^2 n)] A^-1 g_U + [1 / ((1-p)^2 n^2)] A^-1 H_U A^-1 g_U
+
+  The Newton step from theta* on the objective without U is ``(A - p Hbar_U)^-1 p gbar_U``; it agrees with
+  ``dtheta2`` up to O(p^3) and with ``dtheta1`` up to O(p^2) (tested). For a single row (m = 1) the first order
+  is ``1/(n-1) A^-1 gt_i``, i.e. the engine's ``(1/n) A^-1 g_i`` up to the ``1/(1-p)`` factor and the
+  ``l2 theta*`` term: ``first(U) = [sum_U I_i + m * (1/n) a^T (l2 theta*)] / (1 - p)`` with ``I_i`` the engine's
+  single-row influence and ``a = A^-1 grad f`` (the second summand vanishes with ``regularized_rows=False``).
+
+* objective change: ``df = grad f(theta*)^T dtheta``. With ``a = A^-1 grad f`` (one solve for the objective),
+  ``s_i = a^T gt_i`` and ``r_i = Ht_i a`` (one per-row Hessian-vector product with the same vector for all rows):
+
+    df1 = sum_U s_i / ((1-p) n)
+    df2 = (1-2p)/((1-p)^2 n) sum_U s_i + 1/((1-p)^2 n^2) (sum_U r_i)^T A^-1 g_U
+
+  so k groups cost one batched solve of ``(k, p)`` group gradients; ``df2`` is quadratic in the 0/1 membership
+  vector (what the second-order selectors optimise, :func:`QuadraticGroupModel`).
+
+The exact solver makes this exact for convex models (use ``damping=0`` for an L2 logistic regression trained to
+its optimum); CG / LiSSA / K-FAC solvers of the engine give the approximate version for other models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.func import grad, jvp, vmap
+from torch.nn import functional as F
+
+from tda_clean.errors import InputError
+from tda_clean.influence.estimators import InfluenceEngine
+from tda_clean.influence.gradients import as_tensors, cross_entropy_row
+from tda_clean.influence.objectives import Objective
+
+
+# ------------------------------------------------------------------------------------------- groups in
+def group_positions(groups: Any, n: int) -> list[np.ndarray]:
+    """Normalise groups to a list of sorted unique int64 position arrays, validated against ``n`` rows.
+
+    Accepts a (k, n) boolean mask, one (n,) boolean mask, a sequence of position arrays / boolean masks, or
+    objects with a ``positions`` attribute (:class:`tda_clean.groups.Group`). Empty groups, out-of-range or
+    duplicated positions and a group that is the whole training set raise :class:`InputError`.
+    """
+    if isinstance(groups, np.ndarray) and groups.dtype == bool:
+        groups = [groups] if groups.ndim == 1 else list(groups)
+    if isinstance(groups, torch.Tensor):
+        groups = groups.cpu().numpy()
+        groups = [groups] if groups.ndim == 1 else list(groups)
+    out = []
+    for j, g in enumerate(groups):
+        name = getattr(g, "name", f"#{j}")
+        pos = np.asarray(getattr(g, "positions", g))
+        if pos.dtype == bool:
+            if pos.shape != (n,):
+                raise InputError(f"group {name}: boolean mask of shape {pos.shape}, expected ({n},)")
+            pos = np.flatnonzero(pos)
+        if pos.size and not np.issubdtype(pos.dtype, np.integer):
+            raise InputError(f"group {name}: positions must be integers, got {pos.dtype}")
+        pos = pos.astype(np.int64).reshape(-1)
+        if pos.size == 0:
+            raise InputError(f"group {name}: the group is empty")
+        if pos.min() < 0 or pos.max() >= n:
+            raise InputError(f"group {name}: positions must lie in [0, {n}), got range [{pos.min()}, {pos.max()}]")
+        uniq = np.unique(pos)
+        if len(uniq) != len(pos):
+            raise InputError(f"group {name}: {len(pos) - len(uniq)} duplicated positions")
+        if len(uniq) >= n:
+            raise InputError(f"group {name}: the group is the whole training set ({n} rows); removing it leaves "
+                             "nothing to train on")
+        out.append(uniq)
+    if not out:
+        raise InputError("groups: no groups given")
+    return out
+
+
+def coefficients(m, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(c1, a1, a2)`` per group size ``m`` (array): first-order ``1/((1-p)n)``, second-order
+    ``(1-2p)/((1-p)^2 n)`` and ``1/((1-p)^2 n^2)`` (module docstring)."""
+    m = np.asarray(m, dtype=float)
+    p = m / n
+    return 1.0 / ((1 - p) * n), (1 - 2 * p) / ((1 - p) ** 2 * n), 1.0 / ((1 - p) ** 2 * n * n)
+
+
+@dataclass(frozen=True)
+class GroupInfluenceResult:
+    """Predicted change of an objective when each group is removed (POSITIVE = removal INCREASES f).
+
+    first, second: (k, m) float64 (``m`` objective outputs; 1 for scalar objectives); sizes (k,) rows per group.
+    """
+
+    first: np.ndarray
+    second: np.ndarray
+    sizes: np.ndarray
+    objective: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class GroupInfluence:
+    """Group influence on top of a fitted :class:`InfluenceEngine` (its solver, parameters and training rows).
+
+    ``regularized_rows`` (default True): per-row gradients include ``l2 theta*`` (retraining keeps ``l2``); see
+    the module docstring for the scale convention. Per-row quantities are computed in row blocks of
+    ``engine.settings.batch_size``; nothing of size (n, p) is kept unless :meth:`row_terms` is asked for.
+    """
+
+    def __init__(self, engine: InfluenceEngine, *, regularized_rows: bool = True):
+        self.engine = engine
+        self.regularized_rows = bool(regularized_rows)
+        self.n = engine.n
+
+    # ----------------------------------------------------------------------------------- pieces
+    @property
+    def solver(self):
+        return self.engine.solver
+
+    def _shift(self) -> float:
+        """``l2 + damping``: the per-row curvature added to d2 CE_i."""
+        return float(self.engine.loss.l2) + float(self.solver.damping_)
+
+    def _reg_grad(self) -> torch.Tensor:
+        theta = self.engine.loss.theta
+        return (self.engine.loss.l2 * theta) if self.regularized_rows else torch.zeros_like(theta)
+
+    def _row_blocks(self):
+        """Yield ``(rows, X_rows, y_rows)`` tensor blocks of the training rows."""
+        X, y = self.engine.loss.X, self.engine.loss.y
+        bs = self.engine.settings.batch_size
+        for start in range(0, self.n, bs):
+            rows = slice(start, min(self.n, start + bs))
+            yield rows, X[rows], y[rows]
+
+    def _row_hvp_fn(self):
+        space, theta = self.engine.space, self.engine.loss.theta
+
+        def one(th, x, label):
+            return cross_entropy_row(space.forward(th, x.unsqueeze(0))[0], label)
+
+        g = grad(one)
+
+        def row_hvp(v, x, label):  # d2 CE_i v for one row
+            return jvp(lambda th: g(th, x, label), (theta,), (v,))[1]
+
+        return row_hvp
+
+    def row_gradients(self) -> torch.Tensor:
+        """``Gt`` (n, p): per-row gradients ``gt_i`` (with ``l2 theta*`` when ``regularized_rows``)."""
+        blocks = [G for _, G in self.engine.train_gradients()]
+        return torch.cat(blocks) + self._reg_grad()
+
+    def row_hvps(self, v: torch.Tensor) -> torch.Tensor:
+        """``R`` (n, p): ``Ht_i v`` for every training row, same vector ``v`` (p,)."""
+        fn = vmap(self._row_hvp_fn(), in_dims=(None, 0, 0))
+        v = v.reshape(-1).to(self.engine.loss.theta)
+        out = []
+        with torch.no_grad():
+            for _, Xb, yb in self._row_blocks():
+                out.append(fn(v, Xb, yb) + self._shift() * v)
+        return torch.cat(out)
+
+    def group_gradients(self, groups) -> tuple[torch.Tensor, np.ndarray]:
+        """``(g_U (k, p), sizes (k,))``: per-group SUMS of ``gt_i``."""
+        pos = group_positions(groups, self.n)
+        M = self._membership(pos)
+        theta = self.engine.loss.theta
+        out = torch.zeros(len(pos), theta.numel(), dtype=theta.dtype, device=theta.device)
+        for rows, G in self.engine.train_gradients():
+            out += M[:, rows].to(G) @ G
+        sizes = np.array([len(p) for p in pos])
+        out += torch.as_tensor(sizes, dtype=out.dtype, device=out.device)[:, None] * self._reg_grad()[None]
+        return out, sizes
+
+    def group_hvp(self, groups, V: torch.Tensor) -> torch.Tensor:
+        """``H_U v_U`` (k, p): group j's SUM of per-row curvatures ``Ht_i`` times its own vector ``V[j]``."""
+        pos = group_positions(groups, self.n)
+        V = V.to(self.engine.loss.theta)
+        if V.shape[0] != len(pos):
+            raise InputError(f"group_hvp: {len(pos)} groups but {V.shape[0]} vectors")
+        X, y = self.engine.loss.X, self.engine.loss.y
+        fn = vmap(self._row_hvp_fn(), in_dims=(None, 0, 0))
+        bs = self.engine.settings.batch_size
+        out = torch.zeros_like(V)
+        with torch.no_grad():
+            for j, p in enumerate(pos):
+                idx = torch.as_tensor(p, device=X.device)
+                for start in range(0, len(idx), bs):
+                    sub = idx[start : start + bs]
+                    out[j] += fn(V[j], X[sub], y[sub]).sum(0)
+                out[j] += len(p) * self._shift() * V[j]
+        return out
+
+    def _membership(self, pos: list[np.ndarray]) -> torch.Tensor:
+        M = torch.zeros(len(pos), self.n, dtype=torch.bool)
+        for j, p in enumerate(pos):
+            M[j, torch.as_tensor(p)] = True
+        return M.to(self.engine.loss.theta.device)
+
+    # ------------------------------------------------------------------------------- answers
+    def parameter_change(self, groups, order: int = 2) -> torch.Tensor:
+        """Predicted ``theta_without_U - theta*`` (k, p), first (``order=1``) or second order (module docstring).
+
+        Cost: one batched solve (first order), plus one group HVP and a second batched solve (second order).
+        """
+        if order not in (1, 2):
+            raise InputError(f"order: expected 1 or 2, got {order!r}")
+        gU, sizes = self.group_gradients(groups)
+        U = self.solver.solve(gU)
+        c1, a1, a2 = (torch.as_tensor(c, dtype=U.dtype, device=U.device)[:, None] for c in coefficients(sizes, self.n))
+        if order == 1:
+            return c1 * U
+        W = self.solver.solve(self.group_hvp(groups, U))
+        return a1 * U + a2 * W
+
+    def newton_change(self, groups) -> torch.Tensor:
+        """One Newton step from theta* on the objective without U: ``(A - p Hbar_U)^-1 p gbar_U`` (k, p).
+
+        Needs the exact solver (builds ``A``); for tests and small models.
+        """
+        s = self.solver
+        if not hasattr(s, "eigenvectors_"):
+            raise InputError("newton_change: needs the exact solver (it builds the full Hessian)")
+        Q, lam = s.eigenvectors_, s.eigenvalues_ + s.damping_
+        A = (Q * lam) @ Q.T
+        pos = group_positions(groups, self.n)
+        gU, sizes = self.group_gradients(pos)
+        p_ = s.p_
+        out = []
+        for j, p in enumerate(pos):
+            eye = torch.eye(p_, dtype=gU.dtype, device=gU.device)
+            HU = torch.cat([self.group_hvp([p], eye[k : k + 1]) for k in range(p_)]).to(A.dtype)
+            HU = 0.5 * (HU + HU.T)
+            out.append(torch.linalg.solve(A - HU / self.n, gU[j].to(A.dtype) / self.n))
+        return torch.stack(out).to(gU.dtype)
+
+    def query(self, objective: Objective) -> torch.Tensor:
+        """``a = A^-1 grad f`` (m, p) for the objective's outputs."""
+        return self.engine.inverse_hvp(objective)
+
+    def objective_change(self, groups, objective: Objective) -> GroupInfluenceResult:
+        """Predicted change of each output of ``objective`` when each group is removed, first and second order.
+
+        Cost: one solve per objective output, one per-row HVP pass per output, one batched solve of the
+        ``(k, p)`` group gradients (module docstring).
+        """
+        pos = group_positions(groups, self.n)
+        a = self.query(objective)
+        gU, sizes = self.group_gradients(pos)
+        U = self.solver.solve(gU)  # (k, p)
+        c1, a1, a2 = coefficients(sizes, self.n)
+        M = self._membership(pos)
+        first = np.zeros((len(pos), a.shape[0]))
+        second = np.zeros_like(first)
+        for o in range(a.shape[0]):
+            S = (gU @ a[o]).double().cpu().numpy()  # sum_U s_i
+            R = self.row_hvps(a[o])  # (n, p)
+            RU = M.to(R) @ R  # (k, p): H_U a
+            cross = (RU * U).sum(1).double().cpu().numpy()
+            first[:, o] = c1 * S
+            second[:, o] = a1 * S + a2 * cross
+        return GroupInfluenceResult(first, second, sizes, getattr(objective, "name", "objective"),
+                                    {**self.engine._info(), "regularized_rows": self.regularized_rows})
+
+    def row_terms(self, objective: Objective) -> "QuadraticGroupModel":
+        """The quadratic model of a scalar objective's group change over all rows (for the selectors)."""
+        a = self.query(objective)
+        if a.shape[0] != 1:
+            raise InputError(f"row_terms: objective {getattr(objective, 'name', '?')!r} has {a.shape[0]} outputs; "
+                             "selection needs a scalar objective")
+        G = self.row_gradients()
+        R = self.row_hvps(a[0])
+        s = G @ a[0]
+        exact = hasattr(self.solver, "eigenvectors_")
+        diag = (R * self.solver.solve(G)).sum(1) if exact else torch.zeros_like(s)
+        return QuadraticGroupModel(s=s.double(), G=G, R=R, diag=diag.double(), solver=self.solver, n=self.n,
+                                   exact_diagonal=exact)
+
+
+# ----------------------------------------------------------------------------------- quadratic model
+@dataclass
+class QuadraticGroupModel:
+    """Predicted change of a scalar objective as a function of a membership vector ``w`` (n,), at a FIXED
+    group size ``m`` (the budget): ``Q(w) = a1 s^T w + a2 (R^T w)^T A^-1 (G^T w)`` (coefficients of ``m``).
+
+    s (n,) = ``a^T gt_i``; G (n, p) = ``gt_i``; R (n, p) = ``Ht_i a``; diag (n,) = ``r_i^T A^-1 gt_i`` (zero when
+    the solver is not exact: a 1/m-relative term). For 0/1 ``w`` with ``sum(w) = m`` this is exactly
+    :meth:`GroupInfluence.objective_change`'s second order.
+    """
+
+    s: torch.Tensor
+    G: torch.Tensor
+    R: torch.Tensor
+    diag: torch.Tensor
+    solver: Any
+    n: int
+    exact_diagonal: bool = True
+
+    def coef(self, m: int) -> tuple[float, float, float]:
+        c1, a1, a2 = coefficients(np.array([m]), self.n)
+        return float(c1[0]), float(a1[0]), float(a2[0])
+
+    def _uv(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = w.to(self.G)
+        X = self.solver.solve(torch.stack([self.G.T @ w, self.R.T @ w]))
+        return X[0], X[1]  # u = A^-1 g_w, v = A^-1 H_w a
+
+    def value(self, w: torch.Tensor, m: int, order: int = 2) -> float:
+        """``Q(w)`` (``order=2``) or its first-order part ``c1 s^T w``."""
+        c1, a1, a2 = self.coef(m)
+        sw = float(self.s @ w.to(self.s))
+        if order == 1:
+            return c1 * sw
+        u, v = self._uv(w)
+        return a1 * sw + a2 * float((self.R.T @ w.to(self.R)) @ u)
+
+    def gradient(self, w: torch.Tensor, m: int) -> torch.Tensor:
+        """``dQ/dw`` (n,) = ``a1 s + a2 (R u + G v)``: for 0/1 ``w`` the change of Q from adding/removing a row
+        up to its diagonal term."""
+        _, a1, a2 = self.coef(m)
+        u, v = self._uv(w)
+        return (a1 * self.s + a2 * (self.R @ u + self.G @ v).double())
+
+    def contributions(self, w: torch.Tensor, m: int) -> np.ndarray:
+        """(n,) per-row share of ``Q(w)``: ``a1 s_i + (a2/2)(r_i^T u + gt_i^T v)``; sums to Q(w) over ``w``'s rows
+        (weighted by w)."""
+        _, a1, a2 = self.coef(m)
+        u, v = self._uv(w)
+        return (a1 * self.s + 0.5 * a2 * (self.R @ u + self.G @ v).double()).cpu().numpy()
+
+    # ------------------------------------------------------------------------------ optimisers
+    def greedy(self, m: int, steps: int = 50, init: np.ndarray | None = None,
+               candidates: np.ndarray | None = None) -> np.ndarray:
+        """Greedy MINIMISATION of Q over sets of exactly ``m`` rows: ``steps`` rounds, each adding the
+        ``ceil(m/steps)`` rows with the smallest exact marginal change (second-order re-scoring, diagonal
+        included when exact). ``candidates`` (bool (n,)) restricts the pool. Returns sorted positions."""
+        n = self.n
+        pool = np.ones(n, dtype=bool) if candidates is None else candidates.copy()
+        if int(pool.sum()) < m:
+            raise InputError(f"budget: {m} rows requested but the candidate pool has {int(pool.sum())}")
+        w = torch.zeros(n, dtype=self.G.dtype, device=self.G.device)
+        chosen = np.zeros(n, dtype=bool)
+        if init is not None:
+            w[torch.as_tensor(init)] = 1.0
+            chosen[init] = True
+        b = max(1, int(np.ceil((m - chosen.sum()) / max(1, steps))))
+        _, a1, a2 = self.coef(m)
+        while chosen.sum() < m:
+            u, v = self._uv(w)
+            marg = (a1 * self.s + a2 * (self.R @ u + self.G @ v + self.diag.to(self.G)).double()).cpu().numpy()
+            marg[chosen | ~pool] = np.inf
+            take = min(b, m - int(chosen.sum()))
+            idx = np.argpartition(marg, take - 1)[:take] if take < len(marg) else np.arange(len(marg))
+            idx = idx[np.isfinite(marg[idx])]
+            chosen[idx] = True
+            w[torch.as_tensor(idx)] = 1.0
+        return np.flatnonzero(chosen)
+
+    def relaxed(self, m: int, iters: int = 200, lr: float = 0.5, init: np.ndarray | None = None,
+                candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Relaxed quadratic (METHODS.md §3): minimise Q(w) over ``w in [0,1]^n, sum w = m`` by projected
+        gradient descent (step normalised by the largest gradient entry, decaying), then round to the top ``m``.
+        Returns ``(positions (m,), w (n,))``."""
+        n = self.n
+        pool = np.ones(n, dtype=bool) if candidates is None else candidates
+        if int(pool.sum()) < m:
+            raise InputError(f"budget: {m} rows requested but the candidate pool has {int(pool.sum())}")
+        cap = torch.as_tensor(pool, dtype=torch.float64)
+        w = torch.zeros(n, dtype=torch.float64)
+        if init is not None:
+            w[torch.as_tensor(init)] = 1.0
+        else:
+            w = cap * (m / float(cap.sum()))
+        for t in range(iters):
+            g = self.gradient(w, m).cpu()
+            g = g - g[pool].mean() if pool.any() else g
+            step = lr / (1 + t / 20) / max(float(g.abs().max()), 1e-300)
+            w = _project_capped_simplex(w - step * g, m, cap)
+        order = np.lexsort((self.s.cpu().numpy(), -w.numpy()))  # ties: smaller first-order s first
+        order = order[pool[order]]
+        return np.sort(order[:m]), w.numpy()
+
+
+def _project_capped_simplex(x: torch.Tensor, m: int, cap: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection onto ``{w : 0 <= w <= cap, sum w = m}`` (cap in {0, 1}) by bisection on the shift."""
+    lo, hi = float(x.min()) - 1.0, float(x.max())
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        total = float(torch.minimum(torch.clamp(x - mid, min=0), cap).sum())
+        if total > m:
+            lo = mid
+        else:
+            hi = mid
+    return torch.minimum(torch.clamp(x - 0.5 * (lo + hi), min=0), cap)
+
+
+def group_influence(model, train, groups, objective: Objective | None = None, *, l2: float,
+                    solver="exact", damping=None, gradients=None, order: int = 2):
+    """One call: :class:`GroupInfluenceResult` for ``objective``, or the (k, p) parameter change without one."""
+    from tda_clean.influence.settings import GradientSettings
+
+    engine = InfluenceEngine(model, train, l2=l2, solver=solver, damping=damping,
+                             gradients=gradients or GradientSettings())
+    gi = GroupInfluence(engine)
+    if objective is None:
+        return gi.parameter_change(groups, order=order)
+    return gi.objective_change(groups, objective)

@@ -1,0 +1,39 @@
+"""The release gate through the MLflow model registry: every after-model is registered; the `release` alias moves
+only to a version whose gate passed."""
+from __future__ import annotations
+
+import pytest
+
+from tda_clean.config import parse_config
+from tda_clean.pipeline import run_pipeline
+from tests.tables import table_config, write_table
+
+
+def test_alias_moves_only_when_gate_passes(tmp_path, mlflow_uri):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    csv = write_table(tmp_path / "t.csv")
+    client = MlflowClient(tracking_uri=mlflow_uri)
+
+    blocked = run_pipeline(parse_config({**table_config(csv, mlflow_uri), "gate": {"min_accuracy": 0.999}}),
+                           tmp_path / "blocked")
+    assert blocked["gate"]["passed"] is False
+    versions = client.search_model_versions("name='table-test'")
+    assert [str(v.version) for v in versions] == ["1"]
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("table-test", "release")
+
+    passed = run_pipeline(parse_config({**table_config(csv, mlflow_uri), "seed": 1, "gate": {"min_accuracy": 0.5}}),
+                          tmp_path / "passed")
+    assert passed["gate"]["passed"] is True
+    release = client.get_model_version_by_alias("table-test", "release")
+    assert str(release.version) == "2"
+    after_child = [r for r in client.search_runs([passed["mlflow"]["experiment_id"]])
+                   if r.data.tags.get("mlflow.parentRunId") == passed["mlflow"]["parent_run_id"] and r.info.run_name == "after"]
+    assert release.run_id == after_child[0].info.run_id
+
+    again_blocked = run_pipeline(parse_config({**table_config(csv, mlflow_uri), "seed": 2, "gate": {"min_accuracy": 0.999}}),
+                                 tmp_path / "blocked2")
+    assert again_blocked["gate"]["passed"] is False
+    assert str(client.get_model_version_by_alias("table-test", "release").version) == "2"  # still the last good one
