@@ -27,12 +27,18 @@ def _runs(uri: str):
     return client, client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_flow_logs_parent_and_identical_children(tmp_path: Path, mlflow_uri: str):
+@pytest.mark.parametrize("detector", [
+    {"kind": "cleanlab", "folds": 3},
+    {"kind": "self_influence", "damping": 0.0, "max_flagged": 60},
+    {"kind": "harmful", "objective": "worst_group_loss", "damping": 0.0, "fraction": 0.05},
+], ids=lambda d: d["kind"])
+def test_flow_logs_parent_and_identical_children(tmp_path: Path, mlflow_uri: str, detector: dict):
     from flows.clean import clean
 
     csv = write_table(tmp_path / "table.csv")
     before_bytes = csv.read_bytes()
-    config = parse_config(table_config(csv, mlflow_uri))
+    action = {"kind": "remove"} if detector["kind"] == "harmful" else {"kind": "relabel"}
+    config = parse_config(table_config(csv, mlflow_uri, detector=detector, action=action))
     report = clean(config, output=str(tmp_path / "run"))
 
     on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -68,7 +74,7 @@ def test_flow_logs_parent_and_identical_children(tmp_path: Path, mlflow_uri: str
 
     from prefect.artifacts import Artifact
 
-    table = Artifact.get("before-after")
+    table = Artifact.get("before-after")  # the latest flow run's table
     assert str(table.flow_run_id) == parent.data.tags["prefect_flow_run_id"]
     rows = json.loads(table.data)
     assert {r["metric"]: r["after"] for r in rows}["accuracy"] == pytest.approx(report["after"]["accuracy"], abs=1e-4)
