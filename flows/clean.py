@@ -16,9 +16,11 @@ from prefect.runtime import flow_run
 
 from tda_clean.config import RunConfig, load_config
 from tda_clean.errors import TdaCleanError
-from tda_clean.pipeline import run_pipeline, stage_load, stage_log, stage_report
+from flows.runners import check_dask_address, prefect_mapper
+from tda_clean.pipeline import run_pipeline, stage_detect, stage_load, stage_log, stage_report
 
 IO_STAGES = (stage_load, stage_report, stage_log)  # read or write files / servers: worth a retry
+MAPPED_STAGES = (stage_detect,)  # run in the flow itself; their shards become tasks on the configured runner
 
 
 def _retry_unless_user_error(task, task_run, state) -> bool:
@@ -28,6 +30,8 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 
 def as_task(stage: Callable[..., Any], ctx, *args: Any) -> Any:
     """Stage runner for ``run_pipeline``: run ``stage`` as a Prefect task named after it (``train-before``...)."""
+    if stage in MAPPED_STAGES:
+        return stage(ctx, *args, mapper=prefect_mapper(ctx.config.runner))
     suffix = [a for a in args if isinstance(a, str) and a in ("before", "after")]
     name = "-".join([stage.__name__.removeprefix("stage_"), *suffix])
     io = stage in IO_STAGES
@@ -43,6 +47,8 @@ def clean(config: RunConfig | str, output: str | None = None, overrides: list[st
 
     Stages a killed run on the same folder completed are reused unless ``fresh``."""
     cfg = config if isinstance(config, RunConfig) else load_config(Path(config), overrides or [])
+    if cfg.runner.kind == "dask" and cfg.runner.address:
+        check_dask_address(cfg.runner.address)  # before any compute
     report = run_pipeline(cfg, output, fresh=fresh, stage_runner=as_task, tags={"prefect_flow_run_id": str(flow_run.get_id())})
     if report["status"] != "completed":  # awaiting human review: nothing to compare yet
         return report

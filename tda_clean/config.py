@@ -217,8 +217,57 @@ class InfluenceRelabelDetector(_InfluenceDetectorBase):
     group_column: str | None = None
 
 
+class _GroupSelectorBase(_InfluenceDetectorBase):
+    """Shared settings of the group selectors (``tda_clean.selection.group_selectors``, issue 4): choose EXACTLY
+    ``max_flagged`` rows or ``fraction`` of the training rows (the smaller when both; 5% when neither) to remove
+    together so that ``objective`` on the validation split decreases most. Group objectives use ``group_column``
+    (default: the intersection of all group columns, e.g. sex x race). Influence runs in ``dtype`` (float64
+    default: second-order terms are small differences)."""
+
+    objective: InfluenceObjectiveName = "worst_group_loss"
+    group_column: str | None = None
+    dtype: Literal["float32", "float64"] = "float64"
+
+
+class GroupFirstOrderDetector(_GroupSelectorBase):
+    """First-order top-k: the rows whose first-order group influence most decreases the objective."""
+
+    kind: Literal["group_first_order"] = "group_first_order"
+
+
+class GroupSecondOrderDetector(_GroupSelectorBase):
+    """Second-order group selection (Basu et al. 2020, METHODS.md §3): ``greedy`` adds rows in ``steps`` rounds
+    re-scored with the second-order group influence of the set so far; ``relaxed`` runs ``iters`` steps of
+    projected gradient descent on the relaxed quadratic; ``best`` runs both and keeps the lowest predicted change
+    (the first-order top-k set competes too, so ``best`` is never predicted worse than first order)."""
+
+    kind: Literal["group_second_order"] = "group_second_order"
+    method: Literal["greedy", "relaxed", "best"] = "best"
+    steps: int = Field(default=50, ge=1)
+    iters: int = Field(default=200, ge=1)
+
+
+class D3MDetector(_InfluenceDetectorBase):
+    """D3M-style group alignment (Jain et al. 2024, METHODS.md §6) from the engine's influence scores: exactly
+    the budget's rows with the lowest alignment ``A_i = (1/G) sum_g L_g * influence(i -> L_g)`` over the
+    validation groups of ``group_column`` (default: the intersection of all group columns)."""
+
+    kind: Literal["d3m"] = "d3m"
+    group_column: str | None = None
+    dtype: Literal["float32", "float64"] = "float64"
+
+
+class RandomDetector(_Frozen):
+    """Uniformly random rows (seeded by the run seed): the floor every selector must beat at the same budget."""
+
+    kind: Literal["random"] = "random"
+    max_flagged: int | None = Field(default=None, ge=1)
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+
+
 Detector = Annotated[
-    Union[CleanlabDetector, SelfInfluenceDetector, HarmfulDetector, InfluenceRelabelDetector],
+    Union[CleanlabDetector, SelfInfluenceDetector, HarmfulDetector, InfluenceRelabelDetector,
+          GroupFirstOrderDetector, GroupSecondOrderDetector, D3MDetector, RandomDetector],
     Field(discriminator="kind"),
 ]
 
@@ -249,7 +298,32 @@ class NoAction(_Frozen):
     kind: Literal["none"] = "none"
 
 
-Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction], Field(discriminator="kind")]
+class UnlearnAction(_Frozen):
+    """Remove the flagged rows and produce the after-model by unlearning (``tda_clean.actions.unlearn``).
+
+    ``method``: ``retrain`` (from scratch without the rows; the reference), ``newton`` (second-order group
+    removal update of METHODS.md §3 on ``params`` with ``solver``, then ``steps - 1`` Newton steps on the
+    retained objective; exact for convex / last-layer), ``finetune`` (``epochs`` of Adam at ``lr`` on the
+    retained rows, optionally re-initialising the head), ``ascent`` (gradient ascent on the forget set, weight
+    ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows).
+    """
+
+    kind: Literal["unlearn"] = "unlearn"
+    method: Literal["retrain", "newton", "finetune", "ascent"] = "newton"
+    params: Literal["all", "head"] = "head"
+    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "exact"
+    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
+    order: Literal[1, 2] = 2
+    steps: int = Field(default=3, ge=1)
+    epochs: int = Field(default=5, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    reinit_head: bool = True
+    ascent_weight: float = Field(default=0.5, ge=0)
+    max_forget_loss: float = Field(default=3.0, gt=0)
+
+
+Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, UnlearnAction], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------ gate + tracking
@@ -271,6 +345,18 @@ class TrackingConfig(_Frozen):
     log_models: bool = True
 
 
+class RunnerConfig(_Frozen):
+    """Where sharded work (influence scores over chunks of ``shard_rows`` training rows) runs under Prefect:
+    ``threads`` (default, in-process), or ``dask`` — a LocalCluster of ``n_workers`` processes, or the
+    scheduler at ``address`` (``tcp://host:8786``). The plain library path (``--engine local``) runs shards
+    in-process. Results are identical whichever runs them."""
+
+    kind: Literal["threads", "dask"] = "threads"
+    address: str | None = None
+    n_workers: int = Field(default=2, ge=1)
+    shard_rows: int = Field(default=4096, ge=1)
+
+
 class RunConfig(_Frozen):
     """One cleaning run: data -> scenario -> train -> detect -> act -> retrain -> evaluate -> gate."""
 
@@ -287,10 +373,11 @@ class RunConfig(_Frozen):
     tracking: TrackingConfig = TrackingConfig()
     # required: stop after detection, write review/candidates.csv + index.html; `tda-clean apply` continues
     review: Literal["none", "required"] = "none"
+    runner: RunnerConfig = RunnerConfig()
 
     def config_hash(self) -> str:
-        """Stable 16-hex-digit hash of everything that changes results (tracking settings excluded)."""
-        payload = self.model_dump(mode="json", exclude={"tracking"})
+        """Stable 16-hex-digit hash of everything that changes results (tracking and runner excluded)."""
+        payload = self.model_dump(mode="json", exclude={"tracking", "runner"})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -25,6 +25,7 @@ from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.run_dir import RunContext, open_run_dir, read_json, write_json_atomic
 from tda_clean.selection import FitContext, Selection, make_detector
+from tda_clean.selection.base import serial_map
 
 DATA, CLEANED, SELECTION, AUDIT = "data.npz", "train_cleaned.npz", "selection.npz", "audit.csv"
 RELEASE_ALIAS = "release"
@@ -69,14 +70,18 @@ def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
     return {"n_train": len(train), "epochs": len(result.train_loss), "final_train_loss": result.train_loss[-1]}
 
 
-def stage_detect(ctx: RunContext) -> dict[str, Any]:
-    """Run the configured detector on the training split -> ``selection.npz``; detection quality when known."""
+def stage_detect(ctx: RunContext, mapper=serial_map) -> dict[str, Any]:
+    """Run the configured detector on the training split -> ``selection.npz``; detection quality when known.
+
+    ``mapper(fn, shards)`` runs the detector's independent shards (serially here; the flow maps them as tasks).
+    """
     bundle = DataBundle.load(ctx.path(DATA))
     cfg = ctx.config
     context = FitContext(
         seed=cfg.seed, make_model=lambda s: make_model(ctx, bundle, s), train_config=cfg.train,
         model=load_model(ctx, "before", bundle), X_val=bundle.val.X, y_val=bundle.val.y,
         groups_val=bundle.val.groups, groups=bundle.train.groups, n_classes=bundle.train.n_classes,
+        map=mapper, shard_rows=cfg.runner.shard_rows,
     )
     selection = make_detector(cfg.detector).fit(bundle.train.X, bundle.train.y, context).to_selection()
     selection.save(ctx.path(SELECTION))

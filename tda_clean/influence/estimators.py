@@ -95,12 +95,19 @@ class InfluenceEngine:
         return store_fingerprint(model_fingerprint(self.model), np.asarray(self.X), np.asarray(self.y),
                                  str(self.space.subset), str(self.loss.dtype))
 
-    def train_gradients(self, label_override: np.ndarray | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    def train_gradients(self, label_override: np.ndarray | None = None,
+                        rows: slice | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(rows, G_rows)`` blocks of per-row training-loss gradients ``(len(rows), p)``.
 
-        ``label_override`` (n,) computes them for other labels (never stored).
+        ``label_override`` (n,) computes them for other labels (never stored). ``rows`` restricts them to one
+        contiguous range of training rows (a shard); the yielded slices are absolute row positions.
         """
         y = self.y if label_override is None else label_override
+        if rows is not None:
+            start = rows.start or 0
+            for sub, G in iter_per_sample_grads(self.space, self.X[rows], y[rows], memory_mb=self.settings.memory_mb):
+                yield slice(start + sub.start, start + sub.stop), G
+            return
         if self.store_dir is None or label_override is not None:
             yield from iter_per_sample_grads(self.space, self.X, y, memory_mb=self.settings.memory_mb)
             return
@@ -130,18 +137,26 @@ class InfluenceEngine:
 
     def influence(self, objective: Objective) -> InfluenceResult:
         """Influence of removing each training row on ``objective`` -> :class:`InfluenceResult` (m, n)."""
-        W = self.inverse_hvp(objective)
-        scores = torch.zeros(W.shape[0], self.n, dtype=torch.float64)
-        for rows, G in self.train_gradients():
-            scores[:, rows] = (W @ G.T).double().cpu() / self.n
-        return InfluenceResult(scores.numpy(), objective.name, self.solver_settings.kind, self._info())
+        scores = self.scores_for(self.inverse_hvp(objective))
+        return InfluenceResult(scores, objective.name, self.solver_settings.kind, self._info())
 
-    def self_influence(self) -> np.ndarray:
-        """(n,) ``(1/n) g_i^T A^-1 g_i`` (the diagonal of pairwise influence on the training losses)."""
-        out = np.zeros(self.n)
-        for rows, G in self.train_gradients():
-            out[rows] = ((G * self.solver.solve(G)).sum(1) / self.n).double().cpu().numpy()
+    def self_influence(self, rows: slice | None = None) -> np.ndarray:
+        """(n,) ``(1/n) g_i^T A^-1 g_i`` (the diagonal of pairwise influence on the training losses);
+        with ``rows``, only that shard's values (len(rows),)."""
+        offset = 0 if rows is None else (rows.start or 0)
+        out = np.zeros(self.n if rows is None else len(range(self.n)[rows]))
+        for block, G in self.train_gradients(rows=rows):
+            out[block.start - offset:block.stop - offset] = ((G * self.solver.solve(G)).sum(1) / self.n).double().cpu().numpy()
         return out
+
+    def scores_for(self, W: torch.Tensor, rows: slice | None = None) -> np.ndarray:
+        """``(1/n) W G^T``: (m, n) influence of each training row (or of ``rows`` only) for precomputed
+        ``W = A^-1 Q`` (:meth:`inverse_hvp`)."""
+        offset = 0 if rows is None else (rows.start or 0)
+        out = torch.zeros(W.shape[0], self.n if rows is None else len(range(self.n)[rows]), dtype=torch.float64)
+        for block, G in self.train_gradients(rows=rows):
+            out[:, block.start - offset:block.stop - offset] = (W @ G.T).double().cpu() / self.n
+        return out.numpy()
 
     def flip_influence(self, objective: Objective, n_classes: int) -> np.ndarray:
         """(n, n_classes) predicted change of a SCALAR objective when row i's label becomes c (0 at c = y_i).

@@ -21,6 +21,17 @@ from torch import nn
 from tda_clean.config import TrainConfig
 
 
+def serial_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """The default mapper: run ``fn`` on each item here, in order."""
+    return [fn(item) for item in items]
+
+
+def shard_ranges(n: int, shard_rows: int | None) -> list[tuple[int, int]]:
+    """Contiguous ``(start, stop)`` row ranges of at most ``shard_rows`` rows covering ``range(n)``."""
+    size = n if not shard_rows else shard_rows
+    return [(start, min(n, start + size)) for start in range(0, n, max(1, size))]
+
+
 @dataclass(frozen=True)
 class FitContext:
     """What a detector may use besides the training arrays.
@@ -28,6 +39,8 @@ class FitContext:
     ``make_model(seed)`` builds a fresh untrained model of the run's family; ``train_config`` trains it
     (``tda_clean.models.trainer.fit``); ``model`` is the model already trained on the full training set;
     ``X_val``/``y_val`` a clean validation split; ``groups`` the training rows' group columns (a DataFrame).
+    ``map(fn, items)`` runs independent shards of work (``serial_map`` here; Prefect tasks on threads or Dask
+    under the flow) and ``shard_rows`` sizes them; a detector's result must not depend on either.
     """
 
     seed: int
@@ -39,6 +52,8 @@ class FitContext:
     groups_val: Any = None
     groups: Any = None
     n_classes: int | None = None
+    map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map
+    shard_rows: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from tda_clean.errors import InputError
-from tda_clean.selection.base import BaseSelector, FitContext, register_detector, top_k_mask
+from functools import partial
+
+from tda_clean.selection.base import BaseSelector, FitContext, register_detector, shard_ranges, top_k_mask
 
 DEFAULT_FRACTION = 0.05
 OBJECTIVES = ("val_loss", "worst_group_loss", "group_loss_gap", "demographic_parity_gap", "equalized_odds_gap")
@@ -79,6 +81,22 @@ class _InfluenceSelector(BaseSelector):
 
     def reason(self, i: int) -> str:
         return f"{self.name} score {self.scores_[i]:.4g} (rank within the top {int(self.support_.sum())})"
+
+
+def _self_influence_shard(engine, rows: tuple[int, int]) -> np.ndarray:
+    """Self-influence of training rows ``range(*rows)`` (module level: picklable for Dask workers)."""
+    return engine.self_influence(rows=slice(*rows))
+
+
+def _influence_shard(engine, W, rows: tuple[int, int]) -> np.ndarray:
+    """Influence (m, len(rows)) of training rows ``range(*rows)`` for ``W = A^-1 Q``."""
+    return engine.scores_for(W, rows=slice(*rows))
+
+
+def sharded(context: FitContext, fn, n: int, axis: int) -> np.ndarray:
+    """Run ``fn(rows)`` over the context's shards of ``range(n)`` and join the parts along ``axis``."""
+    parts = context.map(fn, shard_ranges(n, context.shard_rows))
+    return np.concatenate(parts, axis=axis)
 
 
 def _objective(name: str, model, context: FitContext, group_column: str | None):
@@ -144,7 +162,8 @@ class SelfInfluenceSelector(_InfluenceSelector):
         from tda_clean.models.trainer import predict_proba
 
         model, engine = self._engine(X, y, context)
-        scores = engine.self_influence()
+        engine.solver  # fit the curvature once, before the shards are sent out
+        scores = sharded(context, partial(_self_influence_shard, engine), len(y), axis=0)
         self.suggested_labels_ = predict_proba(engine.model, X).argmax(1).astype(np.int64)
         self._finish(scores, positive_only=False, info=engine._info())
         return self
@@ -165,7 +184,8 @@ class HarmfulSelector(_InfluenceSelector):
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "HarmfulSelector":
         model, engine = self._engine(X, y, context)
         objective = _objective(self.objective, engine.model, context, self.group_column)
-        influence = engine.influence(objective).per_row
+        W = engine.inverse_hvp(objective)
+        influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=1).sum(axis=0)
         self._finish(-influence, positive_only=True, info={**engine._info(), "objective": self.objective})
         return self
 

@@ -1,0 +1,327 @@
+"""Harmful-subset selection under a budget for subgroup debiasing (issue 4), registered as ``group_first_order``,
+``group_second_order``, ``d3m`` and ``random``.
+
+Every selector flags EXACTLY ``budget`` rows: ``max_flagged`` rows and/or ``ceil(fraction * n)`` (the smaller;
+5% when neither is set). A budget larger than the training set (or equal to it) raises :class:`InputError`.
+
+* ``group_first_order``  top-k rows by first-order group influence on the validation ``objective``: the exact
+  maximiser of the first-order predicted decrease ``-(1/((1-p)n)) sum_U s_i`` (METHODS.md §3);
+* ``group_second_order`` the set minimising the SECOND-order predicted change (quadratic in the membership
+  vector, :class:`~tda_clean.influence.group.QuadraticGroupModel`): greedy with second-order re-scoring, the
+  relaxed quadratic with projected gradient descent, or the better of both (``method="best"``);
+* ``d3m``               D3M-style alignment (METHODS.md §6) from the engine's influence on each validation
+  group's mean loss;
+* ``random``            seeded uniform draw (the floor).
+
+Scores: HIGHER = more harmful. For the two influence-of-objective selectors ``scores_[i]`` is row i's share of
+the predicted DECREASE of the objective when the selected set is removed (``info["predicted_change"]`` is the
+predicted change itself, negative = decrease), so ``-scores_`` over the flagged rows sums to it:
+``info["scores_are_contributions"] = True`` tells the report it may call :func:`explain_selection` with
+``predicted_contributions = -selection.scores``. ``suggested_labels_`` (for ``action: relabel``) is, per row, the
+label whose first-order flip most decreases the objective (the given label when no flip helps).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from tda_clean.errors import InputError
+from tda_clean.influence.objectives import Objective
+from tda_clean.selection.base import BaseSelector, FitContext, register_detector, top_k_mask
+from tda_clean.selection.influence_detectors import DEFAULT_FRACTION, _group_keys, _InfluenceSelector, _objective
+
+
+def exact_budget(n: int, max_flagged: int | None, fraction: float | None) -> int:
+    """Rows to flag: min of ``max_flagged`` and ``ceil(fraction n)`` (5% of n when neither); validated."""
+    caps = []
+    if max_flagged is not None:
+        if int(max_flagged) >= n:
+            raise InputError(f"detector.max_flagged={max_flagged}: the budget must be smaller than the candidate "
+                             f"pool ({n} training rows)")
+        caps.append(int(max_flagged))
+    if fraction is not None:
+        caps.append(int(math.ceil(fraction * n)))
+    if not caps:
+        caps.append(int(math.ceil(DEFAULT_FRACTION * n)))
+    k = min(caps)
+    if k < 1 or k >= n:
+        raise InputError(f"detector budget: {k} rows out of {n}; it must lie in [1, {n - 1}]")
+    return k
+
+
+class _GroupSelector(_InfluenceSelector):
+    name = "group"
+
+    def __init__(self, objective: str = "worst_group_loss", group_column: str | None = None, solver: str = "exact",
+                 params: str = "head", damping: float | str = "auto", dtype: str = "float64",
+                 max_flagged: int | None = None, fraction: float | None = None):
+        super().__init__(solver, params, damping, dtype, max_flagged, fraction)
+        self.objective = objective
+        self.group_column = group_column
+
+    def _setup(self, X, y, context: FitContext):
+        from tda_clean.influence.group import GroupInfluence
+
+        k = exact_budget(len(y), self.max_flagged, self.fraction)
+        model, engine = self._engine(X, y, context)
+        objective = _objective(self.objective, engine.model, context, self.group_column)
+        return k, engine, GroupInfluence(engine), objective
+
+    def _suggest_labels(self, engine, objective, y, context) -> np.ndarray:
+        n_classes = context.n_classes or int(engine.model.head.out_features)
+        flip = engine.flip_influence(objective, n_classes)  # (n, C), 0 at the given label
+        best = flip.argmin(1)
+        return np.where(flip[np.arange(len(y)), best] < 0, best, np.asarray(y)).astype(np.int64)
+
+    def _store(self, chosen: np.ndarray, contributions: np.ndarray, info: dict[str, Any]) -> None:
+        n = len(contributions)
+        self.scores_ = -np.asarray(contributions, dtype=float)
+        self.support_ = np.zeros(n, dtype=bool)
+        self.support_[chosen] = True
+        self.threshold_ = float("nan")
+        self.info_ = {"budget": int(len(chosen)), "objective": self.objective, "scores_are_contributions": True,
+                      **info}
+
+    def reason(self, i: int) -> str:
+        return (f"{self.name}: removing the selected set is predicted to change {self.objective} by "
+                f"{self.info_['predicted_change']:.4g}; this row's share {-self.scores_[i]:.4g}")
+
+
+class GroupFirstOrderSelector(_GroupSelector):
+    """Top-``budget`` rows by first-order group influence (see module docstring)."""
+
+    name = "group_first_order"
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupFirstOrderSelector":
+        k, engine, gi, objective = self._setup(X, y, context)
+        a = gi.query(objective)
+        if a.shape[0] != 1:
+            raise InputError(f"{self.name}: objective {self.objective!r} must be scalar")
+        s = (gi.row_gradients() @ a[0]).double().cpu().numpy()
+        from tda_clean.influence.group import coefficients
+
+        c1 = float(coefficients(np.array([k]), len(y))[0][0])
+        contributions = c1 * s
+        chosen = np.flatnonzero(top_k_mask(-contributions, k))
+        second = gi.objective_change([chosen], objective).second[0, 0]
+        self.suggested_labels_ = self._suggest_labels(engine, objective, y, context)
+        self._store(chosen, contributions, {**engine._info(), "predicted_change": float(contributions[chosen].sum()),
+                                            "predicted_change_second_order": float(second)})
+        return self
+
+
+class GroupSecondOrderSelector(_GroupSelector):
+    """The budget's set with the lowest SECOND-order predicted objective change (see module docstring)."""
+
+    name = "group_second_order"
+
+    def __init__(self, objective: str = "worst_group_loss", group_column: str | None = None, solver: str = "exact",
+                 params: str = "head", damping: float | str = "auto", dtype: str = "float64",
+                 max_flagged: int | None = None, fraction: float | None = None, method: str = "best",
+                 steps: int = 50, iters: int = 200):
+        super().__init__(objective, group_column, solver, params, damping, dtype, max_flagged, fraction)
+        self.method = method
+        self.steps = steps
+        self.iters = iters
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupSecondOrderSelector":
+        if self.method not in ("greedy", "relaxed", "best"):
+            raise InputError(f"detector.method: {self.method!r} is not one of greedy, relaxed, best")
+        k, engine, gi, objective = self._setup(X, y, context)
+        qm = gi.row_terms(objective)
+        first_top = np.flatnonzero(top_k_mask(-qm.s.cpu().numpy(), k))
+        candidates: dict[str, np.ndarray] = {}
+        if self.method in ("greedy", "best"):
+            candidates["greedy"] = qm.greedy(k, steps=self.steps)
+        if self.method in ("relaxed", "best"):
+            candidates["relaxed"] = qm.relaxed(k, iters=self.iters, init=first_top)[0]
+        if self.method == "best":  # never worse (as predicted) than the first-order top-k
+            candidates["first_order_topk"] = first_top
+        values = {name: qm.value(_indicator(pos, len(y), qm), k) for name, pos in candidates.items()}
+        used = min(values, key=values.get)
+        chosen = candidates[used]
+        w = _indicator(chosen, len(y), qm)
+        contributions = qm.contributions(w, k)
+        self.suggested_labels_ = self._suggest_labels(engine, objective, y, context)
+        self._store(chosen, contributions, {
+            **engine._info(), "method": used, "predicted_change": float(values[used]),
+            "predicted_change_first_order": float(qm.value(w, k, order=1)),
+            "first_order_topk_predicted_change": float(qm.value(_indicator(first_top, len(y), qm), k)),
+            **{f"predicted_change_{name}": float(v) for name, v in values.items()},
+        })
+        return self
+
+
+def _indicator(pos: np.ndarray, n: int, qm) -> torch.Tensor:
+    w = torch.zeros(n, dtype=qm.G.dtype, device=qm.G.device)
+    w[torch.as_tensor(pos, device=qm.G.device)] = 1.0
+    return w
+
+
+class GroupMeanLosses(Objective):
+    """Mean cross-entropy of each validation group (G outputs, keys in ``keys``)."""
+
+    name = "group_mean_losses"
+
+    def __init__(self, X, y, groups):
+        self.X, self.y = X, np.asarray(y)
+        self.groups = np.asarray(groups, dtype=object)
+        self.keys = sorted(set(self.groups.tolist()), key=str)
+        if len(self.keys) < 2:
+            raise InputError(f"d3m: needs at least two validation groups, found {self.keys}")
+
+    def query_gradients(self, space, memory_mb: float = 256.0) -> torch.Tensor:
+        from tda_clean.influence.gradients import per_sample_grads
+
+        G = per_sample_grads(space, self.X, self.y, memory_mb=memory_mb)
+        return torch.stack([G[torch.as_tensor(self.groups == k)].mean(0) for k in self.keys])
+
+    def values(self, model) -> np.ndarray:
+        from tda_clean.models.trainer import predict_proba
+
+        prob = predict_proba(model, self.X)
+        loss = -np.log(np.clip(prob[np.arange(len(self.y)), self.y], 1e-300, None))
+        return np.array([loss[self.groups == k].mean() for k in self.keys])
+
+
+class D3MSelector(_InfluenceSelector):
+    """D3M-style alignment: ``A_i = (1/G) sum_g L_g * T_ig`` with ``T_ig`` the engine's influence of removing row i
+    on group g's mean validation loss (positive = the row helps g) and ``L_g`` that loss at the trained model.
+    Flags exactly the budget's rows with the lowest ``A_i``; ``scores_ = -A_i``."""
+
+    name = "d3m"
+
+    def __init__(self, group_column: str | None = None, solver: str = "exact", params: str = "head",
+                 damping: float | str = "auto", dtype: str = "float64", max_flagged: int | None = None,
+                 fraction: float | None = None):
+        super().__init__(solver, params, damping, dtype, max_flagged, fraction)
+        self.group_column = group_column
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "D3MSelector":
+        k = exact_budget(len(y), self.max_flagged, self.fraction)
+        if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
+            raise InputError("d3m: needs a validation split (X_val, y_val) with group labels (groups_val)")
+        model, engine = self._engine(X, y, context)
+        keys = _group_keys(context.groups_val, self.group_column, len(context.y_val))
+        objective = GroupMeanLosses(context.X_val, context.y_val, keys)
+        T = engine.influence(objective).scores  # (G, n)
+        L = objective.values(engine.model)  # (G,)
+        A = (L[:, None] * T).mean(0)
+        self.scores_ = -A
+        self.support_ = top_k_mask(-A, k)
+        self.threshold_ = float("nan")
+        self.info_ = {**engine._info(), "budget": k, "group_losses": dict(zip(map(str, objective.keys), map(float, L))),
+                      "n_negative_alignment": int((A < 0).sum())}
+        return self
+
+    def reason(self, i: int) -> str:
+        return f"d3m: group alignment {-self.scores_[i]:.4g} (lowest {int(self.support_.sum())})"
+
+
+class RandomSelector(BaseSelector):
+    """Exactly the budget's rows drawn uniformly at random with the run seed (``FitContext.seed``)."""
+
+    name = "random"
+
+    def __init__(self, max_flagged: int | None = None, fraction: float | None = None):
+        self.max_flagged = max_flagged
+        self.fraction = fraction
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "RandomSelector":
+        k = exact_budget(len(y), self.max_flagged, self.fraction)
+        self.scores_ = np.random.default_rng(context.seed).random(len(y))
+        self.support_ = top_k_mask(self.scores_, k)
+        self.threshold_ = float("nan")
+        self.info_ = {"budget": k, "seed": int(context.seed)}
+        return self
+
+    def reason(self, i: int) -> str:
+        return f"random draw (seed {self.info_['seed']}, budget {self.info_['budget']})"
+
+
+# --------------------------------------------------------------------------------------------- explain
+def explain_selection(selection, train_groups, predicted_contributions, labels=None) -> list[dict]:
+    """Which groups the flagged rows come from and how much of the predicted objective change each accounts for.
+
+    selection:               a :class:`~tda_clean.selection.Selection` over the n training rows.
+    train_groups:            DataFrame (n, g) of the training rows' group columns (``bundle.train.groups``).
+    predicted_contributions: (n,) per-row share of the predicted objective change (for the group selectors:
+                             ``-selection.scores`` when ``selection.info["scores_are_contributions"]``), or None.
+    labels:                  optional (n,) labels: groups are then split by label too (``label=`` key).
+
+    Returns one dict per group value combination among the flagged rows, largest |predicted change| first
+    (by count when no contributions): ``group`` (``"sex=Female&race=White"``), ``values`` ({column: value}),
+    ``n_selected``, ``share_of_selected``, ``n_in_group`` (training rows in that group), ``fraction_of_group``,
+    ``predicted_change`` (sum of the rows' contributions, negative = decrease) and ``share_of_predicted_change``
+    (of the total predicted change; None without contributions). Pure function; JSON-able output.
+    """
+    import pandas as pd
+
+    mask = np.asarray(selection.mask, dtype=bool)
+    n = len(mask)
+    frame = pd.DataFrame(index=range(n)) if train_groups is None else train_groups.reset_index(drop=True).copy()
+    if len(frame) != n:
+        raise InputError(f"explain_selection: {n} rows in the selection but {len(frame)} group rows")
+    if labels is not None:
+        if len(labels) != n:
+            raise InputError(f"explain_selection: {n} rows in the selection but {len(labels)} labels")
+        frame["label"] = np.asarray(labels)
+    contrib = None
+    if predicted_contributions is not None:
+        contrib = np.asarray(predicted_contributions, dtype=float)
+        if contrib.shape != (n,):
+            raise InputError(f"explain_selection: predicted_contributions has shape {contrib.shape}, expected ({n},)")
+    cols = list(frame.columns)
+    if cols:
+        keys = frame.astype(str).apply(lambda r: "&".join(f"{c}={r[c]}" for c in cols), axis=1).to_numpy()
+    else:
+        keys = np.full(n, "all", dtype=object)
+    total_sel = int(mask.sum())
+    total_change = float(contrib[mask].sum()) if contrib is not None else None
+    out = []
+    for key in sorted(set(keys[mask].tolist())):
+        in_group = keys == key
+        sel = in_group & mask
+        change = float(contrib[sel].sum()) if contrib is not None else None
+        first = int(np.flatnonzero(in_group)[0])
+        out.append({
+            "group": key,
+            "values": {c: (frame[c].iloc[first].item() if hasattr(frame[c].iloc[first], "item") else frame[c].iloc[first])
+                       for c in cols},
+            "n_selected": int(sel.sum()),
+            "share_of_selected": float(sel.sum() / total_sel) if total_sel else 0.0,
+            "n_in_group": int(in_group.sum()),
+            "fraction_of_group": float(sel.sum() / in_group.sum()),
+            "predicted_change": change,
+            "share_of_predicted_change": (change / total_change if change is not None and total_change else None),
+        })
+    out.sort(key=lambda d: -(abs(d["predicted_change"]) if d["predicted_change"] is not None else d["n_selected"]))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- registry
+def _settings(cfg: Any) -> dict[str, Any]:
+    return cfg.model_dump(exclude={"kind"})
+
+
+@register_detector("group_first_order")
+def _group_first_order(cfg: Any) -> GroupFirstOrderSelector:
+    return GroupFirstOrderSelector(**_settings(cfg))
+
+
+@register_detector("group_second_order")
+def _group_second_order(cfg: Any) -> GroupSecondOrderSelector:
+    return GroupSecondOrderSelector(**_settings(cfg))
+
+
+@register_detector("d3m")
+def _d3m(cfg: Any) -> D3MSelector:
+    return D3MSelector(**_settings(cfg))
+
+
+@register_detector("random")
+def _random(cfg: Any) -> RandomSelector:
+    return RandomSelector(**_settings(cfg))
