@@ -9,10 +9,13 @@ from tda_clean.pipeline import run_pipeline
 from tests.tables import table_config, write_table
 
 
-def test_alias_moves_only_when_gate_passes(tmp_path, mlflow_uri):
+def test_alias_moves_only_when_gate_passes(tmp_path, mlflow_uri, monkeypatch):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    elsewhere = tmp_path / "elsewhere"  # cwd away from the store: MLflow's global default must not be used
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     csv = write_table(tmp_path / "t.csv")
     client = MlflowClient(tracking_uri=mlflow_uri)
 
@@ -36,4 +39,5 @@ def test_alias_moves_only_when_gate_passes(tmp_path, mlflow_uri):
     again_blocked = run_pipeline(parse_config({**table_config(csv, mlflow_uri), "seed": 2, "gate": {"min_accuracy": 0.999}}),
                                  tmp_path / "blocked2")
     assert again_blocked["gate"]["passed"] is False
+    assert not (elsewhere / "mlflow.db").exists()
     assert str(client.get_model_version_by_alias("table-test", "release").version) == "2"  # still the last good one

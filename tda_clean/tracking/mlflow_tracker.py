@@ -205,8 +205,10 @@ class MlflowTracker:
             self.client.get_registered_model(name)
         except MlflowException:
             self.client.create_registered_model(name)
-        version = self.client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
-                                                   model_id=model_id)
+        # the logged model's own artifact location: a "models:/<id>" source would be resolved through MLflow's
+        # GLOBAL tracking URI, not this client's store
+        source = self.client.get_logged_model(model_id).artifact_location
+        version = self.client.create_model_version(name, source=source, run_id=run_id, model_id=model_id)
         if alias is not None:
             self.client.set_registered_model_alias(name, alias, version.version)
         return str(version.version)
