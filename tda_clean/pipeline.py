@@ -137,7 +137,12 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
     """Assemble ``report.json`` (schema in DESIGN.md) and the before/after plot."""
     from tda_clean.evaluation.plots import plot_before_after
 
+    from tda_clean.selection.group_selectors import explain_selection
+
     passed, reasons = check_gate(ctx.config.gate, parts["after"])
+    bundle, selection = DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION))
+    contributions = -selection.scores if selection.info.get("scores_are_contributions") else None
+    groups = bundle.train.groups if bundle.train.groups.shape[1] else None
     report = {
         "status": "completed",
         "config_hash": ctx.config.config_hash(),
@@ -146,6 +151,8 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
         "before": parts["before"],
         "after": parts["after"],
         "selection": parts["selection"],
+        # which groups (and labels) the flagged rows come from, and their share of the predicted change
+        "selection_explanation": explain_selection(selection, groups, contributions, labels=bundle.train.y),
         "actions": parts["actions"],
         "gate": {"passed": passed, "reasons": reasons},
         "timings_s": dict(parts["timings_s"]),

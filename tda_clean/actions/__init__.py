@@ -1,6 +1,7 @@
 """Actions on flagged rows: each returns a NEW training set plus one audit row per touched row.
 
-Audit columns: ``row_id, action, old_label, new_label, weight, detector, score, rank, reason``.
+Audit columns: ``row_id, action, old_label, new_label, weight, detector, score, rank, reason``, then the
+row's ``group_<column>`` values.
 ``replay_audit(original, audit)`` rebuilds the cleaned training set exactly from the original and the audit.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _audit(train: IndexedDataset, selection: Selection, positions: np.ndarray, a
            new_labels: np.ndarray | None = None, weights: np.ndarray | None = None) -> pd.DataFrame:
     rank = {int(p): r for r, p in enumerate(selection.indices)}
     reason = dict(zip(map(int, selection.indices), selection.reasons))
+    groups = {f"group_{c}": train.groups[c].to_numpy()[positions] for c in train.groups.columns}
     return pd.DataFrame({
         "row_id": train.row_id[positions].astype(np.int64),
         "action": action,
@@ -42,7 +44,8 @@ def _audit(train: IndexedDataset, selection: Selection, positions: np.ndarray, a
         "score": selection.scores[positions],
         "rank": [rank[int(p)] for p in positions],
         "reason": [reason.get(int(p), "") for p in positions],
-    }, columns=AUDIT_COLUMNS)
+        **groups,  # the row's group values, so the audit reads by group too (not needed to replay)
+    }, columns=AUDIT_COLUMNS + list(groups))
 
 
 def remove(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionResult:

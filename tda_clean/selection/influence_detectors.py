@@ -186,7 +186,8 @@ class HarmfulSelector(_InfluenceSelector):
         objective = _objective(self.objective, engine.model, context, self.group_column)
         W = engine.inverse_hvp(objective)
         influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=1).sum(axis=0)
-        self._finish(-influence, positive_only=True, info={**engine._info(), "objective": self.objective})
+        self._finish(-influence, positive_only=True,
+                     info={**engine._info(), "objective": self.objective, "scores_are_contributions": True})
         return self
 
     def reason(self, i: int) -> str:

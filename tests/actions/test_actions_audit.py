@@ -69,7 +69,8 @@ def test_remove_drops_flagged_rows(train):
     assert result.train.groups["g"].tolist() == train.groups["g"].iloc[keep].tolist()
     assert result.counts == {"removed": 3}
     audit = result.audit
-    assert list(audit.columns) == AUDIT_COLUMNS
+    assert list(audit.columns) == AUDIT_COLUMNS + ["group_g"]  # the row's groups follow the fixed columns
+    assert audit["group_g"].tolist() == train.groups["g"].iloc[[7, 2, 10]].tolist()
     assert audit["row_id"].tolist() == [121, 106, 130]
     assert (audit["action"] == "remove").all() and (audit["detector"] == "toy").all()
     assert audit["old_label"].tolist() == [1, 2, 1]
