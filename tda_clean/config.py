@@ -265,9 +265,84 @@ class RandomDetector(_Frozen):
     fraction: float | None = Field(default=None, gt=0, lt=1)
 
 
+class DeltaInfluenceDetector(_Frozen):
+    """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, METHODS.md §4).
+
+    ``queries``: ``auto`` (trigger scan on validation inputs, else outlying rows of the suspected ``target``
+    class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
+    ``n_copies`` transformed copies per query (``transforms``: default all that apply to the data type; raw
+    pixels in [0, 1]), relabelled to random non-target classes. Flag rule: per-copy robust z of the support
+    change below ``-z_threshold`` in at least ``n_copies - tol`` copies for ``vote`` of the queries, and a
+    continuous score in the high cluster of a 2-means split (``split``: within the target class, or all rows)
+    more than ``min_gap_z`` robust deviations above the low cluster. ``train_gradient: margin`` (default) uses the
+    training rows' margin gradients (loss gradients vanish on well-fitted poisons).
+    """
+
+    kind: Literal["delta_influence"] = "delta_influence"
+    queries: Literal["auto", "rows", "file"] = "auto"
+    query_rows: tuple[int, ...] | None = None
+    query_file: str | None = None
+    target: int | None = Field(default=None, ge=0)
+    n_queries: int = Field(default=16, ge=1)
+    n_copies: int = Field(default=32, ge=1)
+    transforms: tuple[str, ...] | None = None
+    strength: float = Field(default=1.0, gt=0)
+    tol: int = Field(default=12, ge=0)
+    z_threshold: float = Field(default=2.0, gt=0)
+    vote: float = Field(default=0.5, gt=0, le=1)
+    split: Literal["target_class", "all"] = "target_class"
+    min_gap_z: float = Field(default=3.0, ge=0)
+    train_gradient: Literal["margin", "loss"] = "margin"
+    scan_min_flip: float = Field(default=0.2, gt=0, le=1)
+    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "ekfac"
+    params: Literal["all", "head"] = "all"
+    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    max_flagged: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _tol_below_copies(self) -> "DeltaInfluenceDetector":
+        if self.tol >= self.n_copies:
+            raise ValueError(f"tol={self.tol} must be below n_copies={self.n_copies}")
+        return self
+
+
+class InfluenceThresholdDetector(_InfluenceDetectorBase):
+    """Baseline of METHODS.md §4: support of each row for the target-class margin of the poisoned queries
+    (found like ``delta_influence``'s ``auto`` queries; training loss gradients, as in the paper's baseline),
+    flagged above a robust z ``z_threshold``."""
+
+    kind: Literal["influence_threshold"] = "influence_threshold"
+    n_queries: int = Field(default=16, ge=1)
+    z_threshold: float = Field(default=3.0, gt=0)
+    scan_min_flip: float = Field(default=0.2, gt=0, le=1)
+    target: int | None = Field(default=None, ge=0)
+
+
+class SpectralSignatureDetector(_Frozen):
+    """Spectral signatures (Tran et al. 2018): per label, squared projection of centred penultimate features on
+    the top singular vector; flags the top ``eps_factor`` x ``expected_rate`` of each class (1.5 x 5% default)."""
+
+    kind: Literal["spectral_signature"] = "spectral_signature"
+    expected_rate: float = Field(default=0.05, gt=0, lt=0.5)
+    eps_factor: float = Field(default=1.5, gt=0)
+
+
+class ActivationClusteringDetector(_Frozen):
+    """Activation clustering (Chen et al. 2018): per label, 2-means on the top ``n_components`` principal
+    components of penultimate features; the smaller cluster is flagged when it holds at most ``max_share``."""
+
+    kind: Literal["activation_clustering"] = "activation_clustering"
+    n_components: int = Field(default=10, ge=1)
+    max_share: float = Field(default=0.35, gt=0, lt=0.5)
+    seed: int = 0
+
+
 Detector = Annotated[
     Union[CleanlabDetector, SelfInfluenceDetector, HarmfulDetector, InfluenceRelabelDetector,
-          GroupFirstOrderDetector, GroupSecondOrderDetector, D3MDetector, RandomDetector],
+          GroupFirstOrderDetector, GroupSecondOrderDetector, D3MDetector, RandomDetector,
+          DeltaInfluenceDetector, InfluenceThresholdDetector, SpectralSignatureDetector, ActivationClusteringDetector],
     Field(discriminator="kind"),
 ]
 
@@ -314,7 +389,7 @@ class UnlearnAction(_Frozen):
     solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "exact"
     damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
     order: Literal[1, 2] = 2
-    steps: int = Field(default=3, ge=1)
+    steps: int = Field(default=2, ge=1)
     epochs: int = Field(default=5, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int | None = Field(default=None, ge=1)

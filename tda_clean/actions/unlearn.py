@@ -1,0 +1,216 @@
+"""Unlearning the flagged rows: the after-model of an ``unlearn`` action.
+
+``unlearn(cfg, model_before, X, y, forget_mask, train_config, seed, ...) -> (model_after, info)`` with
+``cfg.method`` one of
+
+* ``retrain``  -- train a fresh model (``make_model(seed)``, else a seeded re-initialisation of
+  ``model_before``'s layers) on the retained rows with the run's training config: the reference.
+* ``newton``   -- second-order group removal (Basu et al. 2020, METHODS.md §3) on the parameter subset
+  ``cfg.params``, with curvature A = H + damping I of the FULL training objective from the engine's solver::
+
+      p = m/n, q = p/(1-p),  g_U = mean over U of grad(CE + l2/2 |theta|^2),  H_U = mean Hessian over U
+      dtheta = q A^-1 g_U + q^2 (A^-1 H_U - I) A^-1 g_U          (order 2; order 1 keeps the first term)
+
+  followed by ``cfg.steps - 1`` Newton steps on the RETAINED objective (curvature refitted on the retained
+  rows). For a convex model (logistic regression, or the last layer with the body frozen) with the exact
+  solver and damping 0 this converges to the retrained optimum; the test checks the parameter distance.
+* ``finetune`` -- ``cfg.epochs`` of Adam (``cfg.lr``) on the retained rows, starting from ``model_before``
+  (the head re-initialised first when ``cfg.reinit_head``).
+* ``ascent``   -- the same, with ``- ascent_weight * min(CE_forget, max_forget_loss)`` added to each step's loss:
+  gradient ascent on the forget set, bounded so it cannot diverge, with descent on the retained set.
+
+``model_before`` is never modified. ``info`` records ``method``, ``seconds`` (wall time of the unlearning
+itself), ``n_forget``, ``n_retain`` and method details (``param_change_norm`` for newton, ``epochs`` ...).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tda_clean.config import TrainConfig, UnlearnAction
+from tda_clean.errors import InputError
+
+METHODS = ("retrain", "newton", "finetune", "ascent")
+
+
+def _check(cfg: UnlearnAction, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray) -> np.ndarray:
+    if not isinstance(cfg, UnlearnAction):
+        raise InputError(f"unlearn: expected an UnlearnAction config, got {type(cfg).__name__}")
+    mask = np.asarray(forget_mask)
+    if mask.dtype != bool or mask.shape != (len(y),):
+        raise InputError(f"unlearn: forget_mask must be a boolean array of shape ({len(y)},), got "
+                         f"{mask.dtype} {mask.shape}")
+    if len(X) != len(y):
+        raise InputError(f"unlearn: {len(X)} feature rows but {len(y)} labels")
+    if mask.all():
+        raise InputError("unlearn: the forget set is the whole training set; nothing would be left to learn from")
+    return mask
+
+
+def _fresh_model(model_before: nn.Module, seed: int) -> nn.Module:
+    model = copy.deepcopy(model_before)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return model
+
+
+def _retrain(cfg, model_before, X, y, mask, train_config, seed, make_model, X_val, y_val, weight):
+    from tda_clean.models.trainer import fit
+
+    model = make_model(seed) if make_model is not None else _fresh_model(model_before, seed)
+    keep = ~mask
+    result = fit(model, X[keep], y[keep], train_config, seed, X_val=X_val, y_val=y_val,
+                 sample_weight=None if weight is None else weight[keep], progress=False)
+    return model, {"epochs": len(result.train_loss)}
+
+
+# ------------------------------------------------------------------------------------------------ newton
+def _newton(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainConfig, seed, *_):
+    from tda_clean.influence import GradientSettings, InfluenceEngine
+    from tda_clean.influence.curvature import TrainingLoss, make_solver
+    from tda_clean.influence.gradients import per_sample_grads
+    from tda_clean.influence.params import ParamSpace
+    from tda_clean.influence.settings import solver_settings
+
+    model = copy.deepcopy(model_before).eval()
+    l2 = float(train_config.l2)
+    engine = InfluenceEngine(model, (X, y), l2=l2, solver=cfg.solver, damping=cfg.damping,
+                             gradients=GradientSettings(params=cfg.params))
+    space = engine.space                     # over ``engine.model`` (== model unless a cast copy was made)
+    theta = space.flat().clone()
+    n, m = len(y), int(mask.sum())
+    p = m / n
+    q = p / (1 - p)
+    Xf, yf = X[mask], y[mask]
+    g_u = per_sample_grads(space, Xf, yf).mean(0) + l2 * theta          # mean grad of (CE + l2/2 |theta|^2) over U
+    v = engine.solver.solve(g_u[None])[0]                                 # A^-1 g_U
+    step = q * v
+    if cfg.order == 2:
+        H_u = TrainingLoss(space, Xf, yf, l2)                             # hvp: mean CE Hessian over U + l2 I
+        step = step + q * q * (engine.solver.solve(H_u.hvp(v[None]))[0] - v)
+    theta = theta + step
+    _set(space, theta)
+    norms = [float(step.norm())]
+    keep = ~mask
+    for _ in range(cfg.steps - 1):                                        # Newton on the retained objective
+        loss = TrainingLoss(ParamSpace(space.model, space.subset), X[keep], y[keep], l2)
+        grad = _objective_grad(loss)
+        solver = make_solver(solver_settings(cfg.solver, cfg.damping)).fit(loss)
+        delta = solver.solve(grad[None])[0]
+        theta = theta - delta
+        _set(space, theta)
+        norms.append(float(delta.norm()))
+    out = space.model
+    if out is not model:                                                  # cast copy: copy values back
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in out.state_dict().items()})
+    return model.eval(), {"params": str(cfg.params), "p": int(space.p), "order": int(cfg.order), "steps": cfg.steps,
+                          "step_norms": norms, "damping": float(engine.solver.damping_),
+                          "param_change_norm": float((theta - engine.loss.theta).norm())}
+
+
+def _set(space, theta: torch.Tensor) -> None:
+    with torch.no_grad():
+        values = space.unflatten(theta)
+        named = dict(space.model.named_parameters())
+        for name in space.names:
+            named[name].copy_(values[name])
+
+
+def _objective_grad(loss) -> torch.Tensor:
+    """Gradient of the training objective (mean CE + l2/2 |theta|^2) at the space's current parameters."""
+    theta = loss.space.flat().clone().requires_grad_(True)
+    total = 0.0
+    with torch.enable_grad():
+        for s in loss._slices():
+            total = total + F.cross_entropy(loss.space.forward(theta, loss.X[s]), loss.y[s], reduction="sum")
+        value = total / loss.n + 0.5 * loss.l2 * (theta * theta).sum()
+        (g,) = torch.autograd.grad(value, theta)
+    return g.detach()
+
+
+# --------------------------------------------------------------------------------------- finetune / ascent
+def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainConfig, seed, ascent: bool):
+    from tda_clean.models.trainer import l2_penalty, resolve_device, resolve_dtype
+
+    model = copy.deepcopy(model_before)
+    device, dtype = resolve_device(train_config.device), resolve_dtype(train_config.dtype)
+    model.to(device=device, dtype=dtype)
+    if cfg.reinit_head and isinstance(getattr(model, "head", None), nn.Linear):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.head.reset_parameters()
+    Xt = torch.as_tensor(np.ascontiguousarray(X), device=device).to(dtype)
+    yt = torch.as_tensor(y, dtype=torch.long, device=device)
+    keep = torch.as_tensor(np.flatnonzero(~mask), device=device)
+    forget = torch.as_tensor(np.flatnonzero(mask), device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    bs = cfg.batch_size or train_config.batch_size
+    for _ in range(cfg.epochs):
+        model.train()
+        order = keep[torch.randperm(len(keep), generator=gen).to(device)]
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(Xt[idx]), yt[idx]) + l2_penalty(model, train_config.l2)
+            if ascent and len(forget):
+                fidx = forget[torch.randint(0, len(forget), (min(bs, len(forget)),), generator=gen).to(device)]
+                forget_loss = F.cross_entropy(model(Xt[fidx]), yt[fidx])
+                loss = loss - cfg.ascent_weight * torch.clamp(forget_loss, max=cfg.max_forget_loss)
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model, {"epochs": cfg.epochs, "lr": cfg.lr, "reinit_head": cfg.reinit_head}
+
+
+def unlearn(cfg: UnlearnAction, model_before: nn.Module, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray,
+            train_config: TrainConfig, seed: int, *, make_model: Callable[[int], nn.Module] | None = None,
+            X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+            sample_weight: np.ndarray | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The after-model with the rows in ``forget_mask`` (n,) bool unlearned, and an info dict (see module doc).
+
+    ``X`` (n, ...), ``y`` (n,) are the FULL training set the before-model was trained on. ``make_model``,
+    ``X_val``/``y_val`` and ``sample_weight`` are used by ``retrain`` only (same factory, early stopping and
+    weights as the pipeline's own retraining).
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    mask = _check(cfg, X, y, forget_mask)
+    start = time.perf_counter()
+    if mask.sum() == 0:
+        model, extra = copy.deepcopy(model_before).eval(), {"note": "empty forget set: model unchanged"}
+    elif cfg.method == "retrain":
+        model, extra = _retrain(cfg, model_before, X, y, mask, train_config, seed, make_model, X_val, y_val,
+                                sample_weight)
+    elif cfg.method == "newton":
+        model, extra = _newton(cfg, model_before, X, y, mask, train_config, seed)
+    else:
+        model, extra = _gradient_unlearn(cfg, model_before, X, y, mask, train_config, seed,
+                                         ascent=cfg.method == "ascent")
+    seconds = time.perf_counter() - start
+    return model, {"method": cfg.method, "seconds": round(seconds, 4), "n_forget": int(mask.sum()),
+                   "n_retain": int((~mask).sum()), **extra}
+
+
+def unlearn_action(train, selection, cfg: UnlearnAction):
+    """The act-stage side of ``unlearn``: the new data version (flagged rows removed) and its audit rows.
+
+    Audit rows use action ``remove`` (so ``replay_audit`` rebuilds the retained data exactly) with the reason
+    prefixed ``unlearn (<method>)``; counts report ``unlearned``. The after-MODEL comes from :func:`unlearn`.
+    """
+    from dataclasses import replace
+
+    from tda_clean.actions import ActionResult, remove
+
+    result = remove(train, selection)
+    audit = result.audit.copy()
+    audit["reason"] = f"unlearn ({cfg.method}); " + audit["reason"].astype(str)
+    return replace(result, audit=audit, counts={"unlearned": int(len(selection.indices))})

@@ -1,0 +1,167 @@
+"""Backdoor-poison baselines as registered detectors (METHODS.md §4 lists their published figures).
+
+* ``influence_threshold`` -- support of each training row for the target-class margin of poisoned queries
+  (queries found like ``delta_influence``'s ``auto`` queries), averaged over queries, flagged above a robust z;
+  training LOSS gradients, as in the paper's influence baseline. ``support = -influence`` (engine convention:
+  positive influence = removing the row increases the objective).
+* ``spectral_signature`` (Tran, Li, Madry 2018) -- per label, squared projection of the centred penultimate
+  features on their top singular vector; the top ``eps_factor * expected_rate`` share of each class is flagged.
+* ``activation_clustering`` (Chen et al. 2018) -- per label, 2-means on the top principal components of the
+  penultimate features; the smaller cluster is flagged when it holds at most ``max_share`` of the class.
+
+Self-influence (``self_influence``) and cleanlab (``cleanlab``) are registered elsewhere. Scores: HIGHER = more
+suspicious.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tda_clean.selection.base import BaseSelector, FitContext, register_detector
+from tda_clean.selection.delta_influence import (
+    DeltaInfluenceSelector, penultimate, robust_z, spectral_outlier_scores, trained_model,
+)
+
+
+class InfluenceThresholdSelector(BaseSelector):
+    name = "influence_threshold"
+
+    def __init__(self, n_queries: int = 16, z_threshold: float = 3.0, scan_min_flip: float = 0.2,
+                 target: int | None = None, solver: str = "exact", params: str = "head",
+                 damping: float | str = "auto", dtype: str = "float32", max_flagged: int | None = None,
+                 fraction: float | None = None):
+        self.n_queries = n_queries
+        self.z_threshold = z_threshold
+        self.scan_min_flip = scan_min_flip
+        self.target = target
+        self.solver = solver
+        self.params = params
+        self.damping = damping
+        self.dtype = dtype
+        self.max_flagged = max_flagged
+        self.fraction = fraction
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "InfluenceThresholdSelector":
+        from tda_clean.influence import GradientSettings, InfluenceEngine, Margin
+
+        X, y = np.asarray(X), np.asarray(y)
+        model = trained_model(X, y, context, self.name)
+        finder = DeltaInfluenceSelector(n_queries=self.n_queries, target=self.target, scan_min_flip=self.scan_min_flip)
+        finder._check_settings(context.n_classes or int(y.max()) + 1)
+        Xq, target, info = finder._auto_queries(model, X, y, context)
+        engine = InfluenceEngine(model, (X, y), l2=context.train_config.l2, solver=self.solver, damping=self.damping,
+                                 gradients=GradientSettings(params=self.params, dtype=self.dtype, device="auto"))
+        support = -engine.influence(Margin(Xq, target)).scores  # (Q, n)
+        score = robust_z(support, axis=1).mean(0)
+        flagged = score > self.z_threshold
+        caps = [int(self.max_flagged)] if self.max_flagged is not None else []
+        if self.fraction is not None:
+            caps.append(int(math.ceil(self.fraction * len(y))))
+        if caps and flagged.sum() > min(caps):
+            keep = np.argsort(-score, kind="stable")[: min(caps)]
+            flagged = np.zeros(len(y), dtype=bool)
+            flagged[keep] = True
+            flagged &= score > self.z_threshold
+        self.scores_ = score
+        self.support_ = flagged
+        self.threshold_ = float(self.z_threshold) if not caps else float("nan")
+        self.target_ = target
+        self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq))}
+        return self
+
+    def reason(self, i: int) -> str:
+        return f"mean robust z {self.scores_[i]:.3g} of support for class-{self.target_} queries > {self.z_threshold}"
+
+
+class SpectralSignatureSelector(BaseSelector):
+    name = "spectral_signature"
+
+    def __init__(self, expected_rate: float = 0.05, eps_factor: float = 1.5):
+        self.expected_rate = expected_rate
+        self.eps_factor = eps_factor
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "SpectralSignatureSelector":
+        X, y = np.asarray(X), np.asarray(y)
+        model = trained_model(X, y, context, self.name)
+        F = penultimate(model, X)
+        scores = np.zeros(len(y))
+        flagged = np.zeros(len(y), dtype=bool)
+        share = min(0.5, self.eps_factor * self.expected_rate)
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)
+            s = spectral_outlier_scores(F[rows])
+            scores[rows] = s / max(float(np.median(s)), 1e-12)   # comparable across classes
+            k = int(math.floor(share * len(rows)))
+            if k:
+                flagged[rows[np.argsort(-s, kind="stable")[:k]]] = True
+        self.scores_ = scores
+        self.support_ = flagged
+        self.threshold_ = float("nan")
+        self.info_ = {"share_per_class": share}
+        return self
+
+    def reason(self, i: int) -> str:
+        return f"spectral signature {self.scores_[i]:.3g} x the class median (top {self.eps_factor}x expected rate)"
+
+
+class ActivationClusteringSelector(BaseSelector):
+    name = "activation_clustering"
+
+    def __init__(self, n_components: int = 10, max_share: float = 0.35, seed: int = 0):
+        self.n_components = n_components
+        self.max_share = max_share
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "ActivationClusteringSelector":
+        from sklearn.cluster import KMeans
+
+        X, y = np.asarray(X), np.asarray(y)
+        model = trained_model(X, y, context, self.name)
+        F = penultimate(model, X)
+        scores = np.zeros(len(y))
+        flagged = np.zeros(len(y), dtype=bool)
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)
+            if len(rows) < 4:
+                continue
+            C = F[rows] - F[rows].mean(0)
+            _, _, vt = np.linalg.svd(C, full_matrices=False)
+            P = C @ vt[: min(self.n_components, vt.shape[0])].T
+            labels = KMeans(2, n_init=10, random_state=self.seed + context.seed).fit_predict(P)
+            small = int(np.argmin(np.bincount(labels, minlength=2)))
+            share = float(np.mean(labels == small))
+            # score: distance to the large cluster's centre, relative to its median distance
+            big = P[labels != small]
+            d = np.linalg.norm(P - big.mean(0), axis=1)
+            scores[rows] = d / max(float(np.median(d[labels != small])), 1e-12)
+            if 0 < share <= self.max_share:
+                flagged[rows[labels == small]] = True
+        self.scores_ = scores
+        self.support_ = flagged
+        self.threshold_ = float("nan")
+        self.info_ = {"max_share": self.max_share}
+        return self
+
+    def reason(self, i: int) -> str:
+        return f"in the small activation cluster of its class (distance ratio {self.scores_[i]:.3g})"
+
+
+def _settings(cfg: Any) -> dict[str, Any]:
+    return cfg.model_dump(exclude={"kind"})
+
+
+@register_detector("influence_threshold")
+def _influence_threshold(cfg: Any) -> InfluenceThresholdSelector:
+    return InfluenceThresholdSelector(**_settings(cfg))
+
+
+@register_detector("spectral_signature")
+def _spectral(cfg: Any) -> SpectralSignatureSelector:
+    return SpectralSignatureSelector(**_settings(cfg))
+
+
+@register_detector("activation_clustering")
+def _activation(cfg: Any) -> ActivationClusteringSelector:
+    return ActivationClusteringSelector(**_settings(cfg))

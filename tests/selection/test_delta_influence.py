@@ -1,0 +1,120 @@
+"""Δ-influence on the digits BadNets scenario: recall / precision floors, query and transform errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tda_clean.config import DeltaInfluenceDetector, parse_config
+from tda_clean.data import load_bundle
+from tda_clean.errors import InputError
+from tda_clean.evaluation.metrics import detection_metrics
+from tda_clean.models.factory import build_model
+from tda_clean.models.trainer import fit, predict_proba
+from tda_clean.selection import FitContext, make_detector
+from tda_clean.selection.delta_influence import DeltaInfluenceSelector, robust_z, split_high_cluster
+from tests.unit_helpers import torch_single_thread
+
+_single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
+
+
+def digits_backdoor(rate: float = 0.05, seed: int = 0):
+    """configs/digits_backdoor.yaml settings (CNN, Adam, BadNets 2x2 patch -> class 0)."""
+    return parse_config({
+        "seed": seed, "data": {"kind": "digits"}, "tracking": {"enabled": False},
+        "scenario": {"kind": "badnets", "target": 0, "rate": rate, "patch_size": 2, "patch_value": 1.0},
+        "model": {"kind": "cnn", "channels": [16, 32], "hidden": 64},
+        "train": {"optimizer": "adam", "lr": 0.003, "l2": 0.0001, "epochs": 60, "batch_size": 64, "patience": 8,
+                  "device": "cpu"},
+    })
+
+
+@pytest.fixture(scope="module")
+def poisoned():
+    cfg = digits_backdoor()
+    bundle = load_bundle(cfg)
+    model = build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed)
+    fit(model, bundle.train.X, bundle.train.y, cfg.train, cfg.seed, X_val=bundle.val.X, y_val=bundle.val.y,
+        progress=False)
+    context = FitContext(seed=cfg.seed, model=model, train_config=cfg.train, X_val=bundle.val.X, y_val=bundle.val.y,
+                         n_classes=bundle.train.n_classes)
+    return bundle, model, context
+
+
+@pytest.fixture(scope="module")
+def detected(poisoned):
+    bundle, _, context = poisoned
+    det = make_detector(DeltaInfluenceDetector()).fit(bundle.train.X, bundle.train.y, context)
+    return det
+
+
+def test_backdoor_is_learned(poisoned):
+    bundle, model, _ = poisoned
+    asr = float(np.mean(predict_proba(model, bundle.triggered_test.X).argmax(1) == bundle.attack_target))
+    assert asr > 0.9
+
+
+def test_default_delta_influence_recall_and_precision_floors(detected, poisoned):
+    bundle = poisoned[0]
+    quality = detection_metrics(detected.get_support(), bundle.corrupted_mask)
+    # measured with the defaults (16 queries x 32 copies, EK-FAC all params, margin gradients): 1.00 / 0.98-1.0
+    assert quality["recall"] >= 0.9, quality
+    assert quality["precision"] >= 0.9, quality
+    assert detected.info_["query_source"] == "trigger_scan"
+    assert detected.info_["trigger"] == {"corner": "br", "size": 2, "value": 1.0}
+    assert detected.target_ == bundle.attack_target
+    # the continuous score ranks poisons first almost perfectly
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(bundle.corrupted_mask, detected.delta_scores_) >= 0.99
+    sel = detected.to_selection()
+    assert sel.n_flagged == int(detected.get_support().sum()) and all("collapsed" in r for r in sel.reasons)
+
+
+def test_given_query_rows_are_used(poisoned, detected):
+    bundle, _, context = poisoned
+    rows = np.flatnonzero(bundle.corrupted_mask)[:6]
+    det = DeltaInfluenceSelector(queries="rows", query_rows=tuple(int(r) for r in rows), n_copies=16, tol=6)
+    det.fit(bundle.train.X, bundle.train.y, context)
+    assert det.info_["query_source"] == "rows" and det.target_ == 0 and len(det.queries_) == 6
+    quality = detection_metrics(det.get_support(), bundle.corrupted_mask)
+    assert quality["precision"] >= 0.8, quality
+
+
+def test_queries_not_predicted_as_one_class_are_refused(poisoned):
+    bundle, model, context = poisoned
+    pred = predict_proba(model, bundle.train.X).argmax(1)
+    rows = (int(np.flatnonzero(pred == 1)[0]), int(np.flatnonzero(pred == 2)[0]))
+    with pytest.raises(InputError, match="not predicted as one single class"):
+        DeltaInfluenceSelector(queries="rows", query_rows=rows).fit(bundle.train.X, bundle.train.y, context)
+    with pytest.raises(InputError, match="query_rows: position 99999"):
+        DeltaInfluenceSelector(queries="rows", query_rows=(99999,)).fit(bundle.train.X, bundle.train.y, context)
+
+
+def test_transform_that_does_not_apply_is_refused(poisoned):
+    bundle, _, context = poisoned
+    with pytest.raises(InputError, match="'feature_mask' does not apply to image data"):
+        DeltaInfluenceSelector(transforms=("hflip", "feature_mask")).fit(bundle.train.X, bundle.train.y, context)
+    with pytest.raises(InputError, match="'channel_swap' needs images with at least two channels"):
+        DeltaInfluenceSelector(transforms=("channel_swap",)).fit(bundle.train.X, bundle.train.y, context)
+    X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    with pytest.raises(InputError, match="'blur' does not apply to tabular data"):
+        DeltaInfluenceSelector(transforms=("blur",)).fit(X, np.arange(30) % 2, context)
+
+
+def test_poison_rate_of_half_or_more_is_refused():
+    with pytest.raises(InputError, match=r"scenario.rate: Input should be less than 0.5"):
+        parse_config({"data": {"kind": "digits"}, "scenario": {"kind": "badnets", "rate": 0.5}})
+    with pytest.raises(InputError, match=r"detector: Value error, tol=32 must be below n_copies=32"):
+        parse_config({"data": {"kind": "digits"}, "detector": {"kind": "delta_influence", "tol": 32}})
+
+
+def test_split_and_robust_z_are_scale_free():
+    rng = np.random.default_rng(0)
+    clean, poison = rng.normal(0, 1, 200), rng.normal(12, 1, 10)
+    score = np.concatenate([clean, poison])
+    pool = np.ones(210, dtype=bool)
+    for scale in (1e-6, 1.0, 1e6):
+        cut, z = split_high_cluster(score * scale, pool)
+        flagged = (score * scale > cut) & (z > 3)
+        assert flagged[200:].all() and not flagged[:200].any()
+    np.testing.assert_allclose(robust_z(score * 1e6), robust_z(score), rtol=1e-9)
