@@ -40,6 +40,16 @@ class AdultSource(_Frozen):
     max_rows: int | None = Field(default=None, gt=0)
 
 
+class FashionMNISTSource(_Frozen):
+    """Fashion-MNIST (28x28 grey images, 10 classes) from the idx files of Debian's ``dataset-fashion-mnist``
+    (``apt-get install dataset-fashion-mnist``). ``max_rows`` draws a fixed subsample (seed 0) of the 70,000
+    train + test images before the run's own split."""
+
+    kind: Literal["fashion_mnist"] = "fashion_mnist"
+    path: Path = Path("/usr/share/datasets/fashion-mnist")
+    max_rows: int | None = Field(default=14000, gt=0)
+
+
 class TableSource(_Frozen):
     """Bring-your-own CSV or Parquet table.
 
@@ -56,7 +66,7 @@ class TableSource(_Frozen):
     id_column: str | None = None
 
 
-DataSource = Annotated[Union[DigitsSource, AdultSource, TableSource], Field(discriminator="kind")]
+DataSource = Annotated[Union[DigitsSource, AdultSource, FashionMNISTSource, TableSource], Field(discriminator="kind")]
 
 
 class SplitConfig(_Frozen):

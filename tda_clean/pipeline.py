@@ -63,11 +63,25 @@ def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
     """Train on the corrupted (``before``) or cleaned (``after``) training set, same seed and settings."""
     bundle = DataBundle.load(ctx.path(DATA))
     train = bundle.train if which == "before" else cleaned_train(ctx, bundle)
+    if which == "after" and ctx.config.action.kind == "unlearn":
+        return _unlearn_after(ctx, bundle, train)
     model = make_model(ctx, bundle)
     result = fit_model(model, train.X, train.y, ctx.config.train, ctx.config.seed,
                        X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=train.weight)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, ctx.path(f"model_{which}.pt"))
     return {"n_train": len(train), "epochs": len(result.train_loss), "final_train_loss": result.train_loss[-1]}
+
+
+def _unlearn_after(ctx: RunContext, bundle: DataBundle, retained: IndexedDataset) -> dict[str, Any]:
+    """The after-model of an ``unlearn`` action: the before-model with the removed rows unlearned."""
+    from tda_clean.actions.unlearn import unlearn
+
+    forget = ~np.isin(bundle.train.row_id, retained.row_id)  # what the act stage removed (review-aware)
+    model, info = unlearn(ctx.config.action, load_model(ctx, "before", bundle), bundle.train.X, bundle.train.y,
+                          forget, ctx.config.train, ctx.config.seed, make_model=lambda s: make_model(ctx, bundle, s),
+                          X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=bundle.train.weight)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, ctx.path("model_after.pt"))
+    return {"n_train": len(retained), "unlearn": info}
 
 
 def stage_detect(ctx: RunContext, mapper=serial_map) -> dict[str, Any]:

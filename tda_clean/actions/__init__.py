@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tda_clean.config import NoAction, RelabelAction, RemoveAction, ReweightAction
+from tda_clean.config import NoAction, RelabelAction, RemoveAction, ReweightAction, UnlearnAction
 from tda_clean.data.dataset import IndexedDataset
 from tda_clean.errors import InputError
 from tda_clean.selection.base import Selection
@@ -81,8 +81,16 @@ def no_action(train: IndexedDataset, selection: Selection, _cfg=None) -> ActionR
     return ActionResult(train, pd.DataFrame(columns=AUDIT_COLUMNS), {})
 
 
+def unlearn(train: IndexedDataset, selection: Selection, cfg) -> ActionResult:
+    """Data side of unlearning (flagged rows removed, audited as such); the after-model comes from
+    :func:`tda_clean.actions.unlearn.unlearn` in the pipeline's retrain stage."""
+    from tda_clean.actions.unlearn import unlearn_action  # imports this package: keep it lazy
+
+    return unlearn_action(train, selection, cfg)
+
+
 ACTIONS: dict[type, Callable[..., ActionResult]] = {
-    RemoveAction: remove, RelabelAction: relabel, ReweightAction: reweight, NoAction: no_action,
+    RemoveAction: remove, RelabelAction: relabel, ReweightAction: reweight, NoAction: no_action, UnlearnAction: unlearn,
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tda_clean.config import AdultSource, DigitsSource, TableSource
+from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, TableSource
 from tda_clean.errors import InputError
 
 
@@ -41,6 +41,35 @@ def load_digits_source(_: DigitsSource) -> RawImages:
     bunch = load_digits()
     X = (bunch.images / 16.0).astype(np.float32)
     return RawImages("digits", X, bunch.target.astype(np.int64), tuple(str(c) for c in range(10)), np.arange(len(X)))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx(.gz) array (MNIST format): magic, dims, then uint8 data."""
+    import gzip
+
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def load_fashion_source(cfg: FashionMNISTSource) -> RawImages:
+    missing = [name for name in FASHION_FILES if not (cfg.path / name).is_file()]
+    if missing:
+        raise InputError(f"data.path: {cfg.path / missing[0]} not found (apt-get install dataset-fashion-mnist, "
+                         "or point data.path at a folder with the four idx .gz files)")
+    Xtr, ytr, Xte, yte = (read_idx(cfg.path / name) for name in FASHION_FILES)
+    X = (np.concatenate([Xtr, Xte]).astype(np.float32) / 255.0)
+    y = np.concatenate([ytr, yte]).astype(np.int64)
+    ids = np.arange(len(y), dtype=np.int64)
+    if cfg.max_rows is not None and cfg.max_rows < len(y):
+        ids = np.sort(np.random.default_rng(0).choice(len(y), size=cfg.max_rows, replace=False))
+    return RawImages("fashion_mnist", X[ids], y[ids], tuple(str(c) for c in range(10)), ids)
 
 
 ADULT_LABEL = "income_gt_50k"
@@ -134,5 +163,6 @@ def load_table_source(cfg: TableSource) -> RawTable:
 
 
 def load_source(cfg) -> RawTable | RawImages:
-    loaders = {DigitsSource: load_digits_source, AdultSource: load_adult_source, TableSource: load_table_source}
+    loaders = {DigitsSource: load_digits_source, AdultSource: load_adult_source, TableSource: load_table_source,
+               FashionMNISTSource: load_fashion_source}
     return loaders[type(cfg)](cfg)
