@@ -4,7 +4,7 @@ from __future__ import annotations
 from tda_clean.selection import confident_learning, influence_detectors  # noqa: F401  (register detectors)
 from tda_clean.selection import group_selectors  # noqa: F401  (registers group_first_order, group_second_order, d3m, random)
 from tda_clean.selection import delta_influence, poison_baselines  # noqa: F401  (delta_influence + poison baselines)
-from tda_clean.selection.base import DETECTORS, BaseSelector, FitContext, NotFittedError, Selection, register_detector
+from tda_clean.selection.base import DETECTORS, BaseSelector, FitContext, NotFittedError, Selection, register_detector, register_selector
 
 
 def make_detector(cfg) -> BaseSelector:
@@ -12,4 +12,4 @@ def make_detector(cfg) -> BaseSelector:
     return DETECTORS[cfg.kind](cfg)
 
 
-__all__ = ["BaseSelector", "DETECTORS", "FitContext", "NotFittedError", "Selection", "make_detector", "register_detector"]
+__all__ = ["BaseSelector", "DETECTORS", "FitContext", "NotFittedError", "Selection", "make_detector", "register_detector", "register_selector"]

@@ -181,6 +181,29 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
 DETECTORS: dict[str, Callable[[Any], BaseSelector]] = {}
 
 
+def register_selector(kind: str, cls: type[BaseSelector]) -> type[BaseSelector]:
+    """Register ``cls`` under config ``kind``; it is built from the config's fields (all but ``kind``)."""
+    DETECTORS[kind] = lambda cfg: cls(**cfg.model_dump(exclude={"kind"}))
+    return cls
+
+
+def trained_model(X: np.ndarray, y: np.ndarray, context: FitContext, owner: str) -> nn.Module:
+    """The context's trained model, or one trained here from the context's factory and training config."""
+    from tda_clean.errors import InputError
+
+    if context.train_config is None:
+        raise InputError(f"{owner} detector: needs the training config (l2 is part of the Hessian)")
+    if context.model is not None:
+        return context.model
+    if context.make_model is None:
+        raise InputError(f"{owner} detector: needs a trained model or a model factory in the context")
+    from tda_clean.models.trainer import fit
+
+    model = context.make_model(context.seed)
+    fit(model, X, y, context.train_config, context.seed, X_val=context.X_val, y_val=context.y_val, progress=False)
+    return model
+
+
 def register_detector(kind: str) -> Callable[[Callable[[Any], BaseSelector]], Callable[[Any], BaseSelector]]:
     def wrap(factory: Callable[[Any], BaseSelector]) -> Callable[[Any], BaseSelector]:
         DETECTORS[kind] = factory

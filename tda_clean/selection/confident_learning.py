@@ -5,11 +5,10 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
-from tda_clean.config import CleanlabDetector
 from tda_clean.errors import InputError
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.models.trainer import predict_proba
-from tda_clean.selection.base import BaseSelector, FitContext, register_detector
+from tda_clean.selection.base import BaseSelector, FitContext, register_selector
 
 
 def out_of_sample_probs(X: np.ndarray, y: np.ndarray, context: FitContext, folds: int) -> np.ndarray:
@@ -70,6 +69,4 @@ class ConfidentLearningSelector(BaseSelector):
                 f"(p={self.pred_probs_[i].max():.3f})")
 
 
-@register_detector("cleanlab")
-def _make(cfg: CleanlabDetector) -> ConfidentLearningSelector:
-    return ConfidentLearningSelector(folds=cfg.folds, filter_by=cfg.filter_by, max_flagged=cfg.max_flagged)
+register_selector("cleanlab", ConfidentLearningSelector)

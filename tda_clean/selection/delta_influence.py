@@ -44,27 +44,12 @@ import numpy as np
 import torch
 
 from tda_clean.errors import InputError
-from tda_clean.selection.base import BaseSelector, FitContext, register_detector
+from tda_clean.selection.base import BaseSelector, FitContext, register_selector, trained_model
 
 QUERY_SOURCES = ("auto", "rows", "file")
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def trained_model(X: np.ndarray, y: np.ndarray, context: FitContext, owner: str):
-    """The context's trained model, or one trained here from the context's factory and training config."""
-    if context.train_config is None:
-        raise InputError(f"{owner} detector: needs the training config (l2 is part of the Hessian)")
-    if context.model is not None:
-        return context.model
-    if context.make_model is None:
-        raise InputError(f"{owner} detector: needs a trained model or a model factory in the context")
-    from tda_clean.models.trainer import fit
-
-    model = context.make_model(context.seed)
-    fit(model, X, y, context.train_config, context.seed, X_val=context.X_val, y_val=context.y_val, progress=False)
-    return model
-
-
 def predict(model, X: np.ndarray) -> np.ndarray:
     from tda_clean.models.trainer import predict_proba
 
@@ -376,6 +361,4 @@ class DeltaInfluenceSelector(BaseSelector):
                 f"under trigger-breaking transforms (Δ-influence score {self.delta_scores_[i]:.3g})")
 
 
-@register_detector("delta_influence")
-def _make(cfg: Any) -> DeltaInfluenceSelector:
-    return DeltaInfluenceSelector(**cfg.model_dump(exclude={"kind"}))
+register_selector("delta_influence", DeltaInfluenceSelector)

@@ -30,7 +30,7 @@ import torch
 
 from tda_clean.errors import InputError
 from tda_clean.influence.objectives import Objective
-from tda_clean.selection.base import BaseSelector, FitContext, register_detector, top_k_mask
+from tda_clean.selection.base import BaseSelector, FitContext, register_selector, top_k_mask
 from tda_clean.selection.influence_detectors import DEFAULT_FRACTION, _group_keys, _InfluenceSelector, _objective
 
 
@@ -303,25 +303,7 @@ def explain_selection(selection, train_groups, predicted_contributions, labels=N
 
 
 # -------------------------------------------------------------------------------------------- registry
-def _settings(cfg: Any) -> dict[str, Any]:
-    return cfg.model_dump(exclude={"kind"})
-
-
-@register_detector("group_first_order")
-def _group_first_order(cfg: Any) -> GroupFirstOrderSelector:
-    return GroupFirstOrderSelector(**_settings(cfg))
-
-
-@register_detector("group_second_order")
-def _group_second_order(cfg: Any) -> GroupSecondOrderSelector:
-    return GroupSecondOrderSelector(**_settings(cfg))
-
-
-@register_detector("d3m")
-def _d3m(cfg: Any) -> D3MSelector:
-    return D3MSelector(**_settings(cfg))
-
-
-@register_detector("random")
-def _random(cfg: Any) -> RandomSelector:
-    return RandomSelector(**_settings(cfg))
+register_selector("group_first_order", GroupFirstOrderSelector)
+register_selector("group_second_order", GroupSecondOrderSelector)
+register_selector("d3m", D3MSelector)
+register_selector("random", RandomSelector)

@@ -18,7 +18,7 @@ import numpy as np
 from tda_clean.errors import InputError
 from functools import partial
 
-from tda_clean.selection.base import BaseSelector, FitContext, register_detector, shard_ranges, top_k_mask
+from tda_clean.selection.base import BaseSelector, FitContext, register_selector, shard_ranges, top_k_mask, trained_model
 
 DEFAULT_FRACTION = 0.05
 OBJECTIVES = ("val_loss", "worst_group_loss", "group_loss_gap", "demographic_parity_gap", "equalized_odds_gap")
@@ -47,23 +47,10 @@ class _InfluenceSelector(BaseSelector):
             caps.append(int(math.ceil(DEFAULT_FRACTION * n)))
         return max(0, min(n, *caps))
 
-    def _model(self, X: np.ndarray, y: np.ndarray, context: FitContext):
-        if context.train_config is None:
-            raise InputError(f"{self.name} detector: needs the training config (l2 is part of the Hessian)")
-        if context.model is not None:
-            return context.model
-        if context.make_model is None:
-            raise InputError(f"{self.name} detector: needs a trained model or a model factory in the context")
-        from tda_clean.models.trainer import fit
-
-        model = context.make_model(context.seed)
-        fit(model, X, y, context.train_config, context.seed, X_val=context.X_val, y_val=context.y_val)
-        return model
-
     def _engine(self, X: np.ndarray, y: np.ndarray, context: FitContext):
         from tda_clean.influence import GradientSettings, InfluenceEngine
 
-        model = self._model(X, y, context)
+        model = trained_model(X, y, context, self.name)
         settings = GradientSettings(params=self.params, dtype=self.dtype, device="auto")
         engine = InfluenceEngine(model, (X, y), l2=context.train_config.l2, solver=self.solver,
                                  damping=self.damping, gradients=settings)
@@ -217,20 +204,6 @@ class InfluenceRelabelSelector(HarmfulSelector):
                 f"by {self.scores_[i]:.4g}")
 
 
-def _settings(cfg: Any) -> dict[str, Any]:
-    return cfg.model_dump(exclude={"kind"})
-
-
-@register_detector("self_influence")
-def _self_influence(cfg: Any) -> SelfInfluenceSelector:
-    return SelfInfluenceSelector(**_settings(cfg))
-
-
-@register_detector("harmful")
-def _harmful(cfg: Any) -> HarmfulSelector:
-    return HarmfulSelector(**_settings(cfg))
-
-
-@register_detector("influence_relabel")
-def _influence_relabel(cfg: Any) -> InfluenceRelabelSelector:
-    return InfluenceRelabelSelector(**_settings(cfg))
+register_selector("self_influence", SelfInfluenceSelector)
+register_selector("harmful", HarmfulSelector)
+register_selector("influence_relabel", InfluenceRelabelSelector)

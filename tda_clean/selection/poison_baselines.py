@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from tda_clean.selection.base import BaseSelector, FitContext, register_detector
+from tda_clean.selection.base import BaseSelector, FitContext, register_selector, trained_model
 from tda_clean.selection.delta_influence import (
-    DeltaInfluenceSelector, penultimate, robust_z, spectral_outlier_scores, trained_model,
+    DeltaInfluenceSelector, penultimate, robust_z, spectral_outlier_scores,
 )
 
 
@@ -148,20 +148,6 @@ class ActivationClusteringSelector(BaseSelector):
         return f"in the small activation cluster of its class (distance ratio {self.scores_[i]:.3g})"
 
 
-def _settings(cfg: Any) -> dict[str, Any]:
-    return cfg.model_dump(exclude={"kind"})
-
-
-@register_detector("influence_threshold")
-def _influence_threshold(cfg: Any) -> InfluenceThresholdSelector:
-    return InfluenceThresholdSelector(**_settings(cfg))
-
-
-@register_detector("spectral_signature")
-def _spectral(cfg: Any) -> SpectralSignatureSelector:
-    return SpectralSignatureSelector(**_settings(cfg))
-
-
-@register_detector("activation_clustering")
-def _activation(cfg: Any) -> ActivationClusteringSelector:
-    return ActivationClusteringSelector(**_settings(cfg))
+register_selector("influence_threshold", InfluenceThresholdSelector)
+register_selector("spectral_signature", SpectralSignatureSelector)
+register_selector("activation_clustering", ActivationClusteringSelector)
