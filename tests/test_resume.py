@@ -1,5 +1,6 @@
-"""Resume after a crash: a run SIGKILLed mid-way and started again reuses the completed stages and produces the
-same report as an uninterrupted run; a folder made by another config is refused; --fresh recomputes."""
+"""Resume after a crash: the Prefect flow SIGKILLed during the influence (detection) stage and started again reuses
+the completed stages and produces the same report as an uninterrupted run; a folder made by another config is
+refused; --fresh recomputes."""
 from __future__ import annotations
 
 import json
@@ -23,8 +24,8 @@ CONFIG = {
     "scenario": {"kind": "uniform_flip", "rate": 0.1},
     "model": {"kind": "mlp", "hidden": [32]},
     "train": {"optimizer": "adam", "lr": 0.01, "epochs": 40, "patience": 5, "batch_size": 64},
-    "detector": {"kind": "cleanlab", "folds": 5},
-    "action": {"kind": "remove"},
+    "detector": {"kind": "self_influence", "params": "all", "damping": 0.01, "dtype": "float64", "max_flagged": 60},
+    "action": {"kind": "relabel"},
 }
 SAME = ("dataset", "before", "after", "selection", "actions", "gate", "config_hash")
 
@@ -36,29 +37,38 @@ def _config(tmp_path: Path, mlflow_uri: str) -> Path:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tda_clean.cli", "run", *args, "--engine", "local"], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """``tda-clean run`` as a user runs it: the Prefect flow (temporary local server), output to files."""
+    log = cwd / f"log-{time.monotonic_ns()}.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tda_clean.cli", "run", *args], cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log  # type: ignore[attr-defined]
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text()  # type: ignore[attr-defined]
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, mlflow_uri: str):
     config = _config(tmp_path, mlflow_uri)
     reference = _cli(str(config), "--output", str(tmp_path / "reference"), cwd=tmp_path)
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    assert reference.wait(timeout=300) == 0, _output(reference)
 
     crashed = tmp_path / "crashed"
     victim = _cli(str(config), "--output", str(crashed), cwd=tmp_path)
     deadline = time.time() + 240
-    while not (crashed / "stages" / "train_before.json").exists():  # detection starts right after this marker
+    while not (crashed / "stages" / "train_before.json").exists():  # influence starts right after this marker
         assert victim.poll() is None and time.time() < deadline, "run ended before it could be killed"
         time.sleep(0.02)
+    time.sleep(0.5)  # inside the influence computation (it takes seconds), not between stages
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     assert not (crashed / "stages" / "detect.json").exists() and not (crashed / "report.json").exists()
 
     resumed = _cli(str(config), "--output", str(crashed), cwd=tmp_path)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    assert "resumed (not recomputed): load, train_before" in out
+    assert resumed.wait(timeout=300) == 0, _output(resumed)
+    assert "resumed (not recomputed): load, train_before" in _output(resumed)
     got = json.loads((crashed / "report.json").read_text())
     want = json.loads((tmp_path / "reference" / "report.json").read_text())
     assert got["resumed_stages"] == ["load", "train_before"]
@@ -78,7 +88,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, mlflow_ur
 
 def test_other_config_is_refused_and_fresh_recomputes(tmp_path: Path):
     cfg = parse_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 3}, "detector": {"kind": "cleanlab", "folds": 2},
-                        "tracking": {"enabled": False}})
+                        "action": {"kind": "remove"}, "tracking": {"enabled": False}})
     first = run_pipeline(cfg, tmp_path / "run")
     assert first["resumed_stages"] == []
     again = run_pipeline(cfg, tmp_path / "run")
