@@ -3,10 +3,10 @@
 Importing the package is cheap and never imports prefect or mlflow.
 """
 from tda_clean.config import RunConfig, load_config
-from tda_clean.errors import GateFailed, InputError, TdaCleanError
+from tda_clean.errors import InputError, TdaCleanError
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "load_config", "InputError", "GateFailed", "TdaCleanError", "run_pipeline"]
+__all__ = ["RunConfig", "load_config", "InputError", "TdaCleanError", "run_pipeline"]
 
 
 def run_pipeline(*args, **kwargs):

@@ -13,8 +13,3 @@ class InputError(TdaCleanError, ValueError):
 
     exit_code = 2
 
-
-class GateFailed(TdaCleanError):
-    """The release gate rejected the cleaned model. Exit code 3."""
-
-    exit_code = 3

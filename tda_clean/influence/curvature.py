@@ -141,9 +141,11 @@ class CurvatureSolver(ABC):
     def fit(self, loss: TrainingLoss) -> "CurvatureSolver":
         ...
 
-    @abstractmethod
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        """``(H + damping I) V`` for ``V`` (k, p)."""
+        """``(H + damping I) V`` for ``V`` (k, p): exact, through the training loss kept by ``fit`` as ``loss_``
+        (solvers with their own curvature model override it)."""
+        V = self._check_vectors(V)
+        return self.loss_.hvp(V) + self.damping_ * V
 
     @abstractmethod
     def solve(self, V: torch.Tensor) -> torch.Tensor:

@@ -92,10 +92,6 @@ class CGSolver(CurvatureSolver):
         self.min_eigenvalue_ = None
         return self
 
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        V = self._check_vectors(V)
-        return self.loss_.hvp(V) + self.damping_ * V
-
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         V = self._check_vectors(V)
         s = self.settings
@@ -163,10 +159,6 @@ class LissaSolver(CurvatureSolver):
             top = float((v * w).sum())
             v = w / w.norm().clamp_min(1e-300)
         return top
-
-    def hvp(self, V: torch.Tensor) -> torch.Tensor:
-        V = self._check_vectors(V)
-        return self.loss_.hvp(V) + self.damping_ * V
 
     def solve(self, V: torch.Tensor) -> torch.Tensor:
         V = self._check_vectors(V)
