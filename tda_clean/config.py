@@ -127,7 +127,20 @@ class BadNets(_Frozen):
     patch_value: float = 1.0
 
 
-Scenario = Annotated[Union[NoScenario, UniformFlip, ClassFlip, GroupFlip, BadNets], Field(discriminator="kind")]
+class Blended(_Frozen):
+    """Blended-trigger backdoor (Chen et al. 2017): ``x' = (1 - alpha) x + alpha P`` for a fixed seeded
+    uniform-noise pattern ``P`` (``pattern_seed``) on a ``rate`` share of training images (from classes other
+    than ``target``), relabelled ``target``; the test set gets a blended copy to measure attack success."""
+
+    kind: Literal["blended"] = "blended"
+    target: int = 0
+    rate: float = Field(gt=0, lt=0.5)
+    alpha: float = Field(default=0.2, gt=0, lt=1)
+    pattern_seed: int = 1234
+
+
+Scenario = Annotated[Union[NoScenario, UniformFlip, ClassFlip, GroupFlip, BadNets, Blended],
+                     Field(discriminator="kind")]
 
 
 # -------------------------------------------------------------------------------------- model + train

@@ -1,4 +1,4 @@
-"""Corruption scenarios with ground truth: label flips and a BadNets backdoor.
+"""Corruption scenarios with ground truth: label flips and two backdoors (BadNets patch, blended pattern).
 
 Each scenario takes the clean bundle and returns a NEW bundle whose training split is corrupted, plus the
 ground-truth mask of corrupted training rows. The clean arrays are never written to.
@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from tda_clean.config import BadNets, ClassFlip, GroupFlip, NoScenario, UniformFlip
+from tda_clean.config import BadNets, Blended, ClassFlip, GroupFlip, NoScenario, UniformFlip
 from tda_clean.data.dataset import DataBundle, IndexedDataset
 from tda_clean.errors import InputError
 
@@ -78,26 +78,49 @@ def stamp_trigger(X: np.ndarray, patch_size: int, value: float) -> np.ndarray:
     return out
 
 
-def badnets(bundle: DataBundle, cfg: BadNets, seed: int) -> DataBundle:
+def blend_pattern(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """The blended trigger: a fixed seeded uniform [0, 1) pattern of one image's ``shape``."""
+    return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
+
+
+def blend_trigger(X: np.ndarray, pattern: np.ndarray, alpha: float) -> np.ndarray:
+    """Copy of images ``X`` blended with ``pattern``: ``(1 - alpha) X + alpha pattern`` (input dtype)."""
+    return ((1 - alpha) * X + alpha * pattern).astype(X.dtype)
+
+
+def _backdoor(bundle: DataBundle, target: int, rate: float, seed: int, apply: Callable[[np.ndarray], np.ndarray],
+              kind: str) -> DataBundle:
+    """Poison ``round(rate * n)`` training images from non-target classes with ``apply`` and relabel them
+    ``target``; the test set's non-target rows get a triggered copy (TRUE labels) to measure attack success."""
     train, test = bundle.train, bundle.test
     if train.X.ndim < 3:
-        raise InputError(f"scenario.kind=badnets needs image data; {bundle.name} has feature shape {train.feature_shape}")
-    _check_class(cfg.target, train.n_classes, "target")
-    if cfg.patch_size >= min(train.X.shape[-2:]):
-        raise InputError(f"scenario.patch_size: {cfg.patch_size} does not fit images of size {train.X.shape[-2:]}")
+        raise InputError(f"scenario.kind={kind} needs image data; {bundle.name} has feature shape {train.feature_shape}")
+    _check_class(target, train.n_classes, "target")
     # rate is the share of the WHOLE training set that is poisoned, drawn from the non-target classes
-    rows = _choose(_rng(seed), np.flatnonzero(train.y != cfg.target), cfg.rate, "non-target training rows",
-                   k=int(round(cfg.rate * len(train))))
+    rows = _choose(_rng(seed), np.flatnonzero(train.y != target), rate, "non-target training rows",
+                   k=int(round(rate * len(train))))
     X = train.X.copy()
-    X[rows] = stamp_trigger(train.X[rows], cfg.patch_size, cfg.patch_value)
-    poisoned = replace(_flip(bundle, rows, np.full(len(rows), cfg.target), cfg.kind).train, X=X)
-    victims = test.subset(test.y != cfg.target)
-    triggered = replace(victims, X=stamp_trigger(victims.X, cfg.patch_size, cfg.patch_value))
+    X[rows] = apply(train.X[rows])
+    poisoned = replace(_flip(bundle, rows, np.full(len(rows), target), kind).train, X=X)
+    victims = test.subset(test.y != target)
+    triggered = replace(victims, X=apply(victims.X))
     mask = np.zeros(len(train), dtype=bool)
     mask[rows] = True
-    info = {**bundle.info, "scenario": cfg.kind, "n_corrupted": len(rows), "attack_target": cfg.target}
+    info = {**bundle.info, "scenario": kind, "n_corrupted": len(rows), "attack_target": target}
     return replace(bundle, train=poisoned, corrupted_mask=mask, clean_train_y=train.y.copy(),
-                   triggered_test=triggered, attack_target=cfg.target, info=info)
+                   triggered_test=triggered, attack_target=target, info=info)
+
+
+def badnets(bundle: DataBundle, cfg: BadNets, seed: int) -> DataBundle:
+    if bundle.train.X.ndim >= 3 and cfg.patch_size >= min(bundle.train.X.shape[-2:]):
+        raise InputError(f"scenario.patch_size: {cfg.patch_size} does not fit images of size {bundle.train.X.shape[-2:]}")
+    return _backdoor(bundle, cfg.target, cfg.rate, seed,
+                     lambda X: stamp_trigger(X, cfg.patch_size, cfg.patch_value), cfg.kind)
+
+
+def blended(bundle: DataBundle, cfg: Blended, seed: int) -> DataBundle:
+    pattern = blend_pattern(bundle.train.X.shape[1:], cfg.pattern_seed) if bundle.train.X.ndim >= 3 else None
+    return _backdoor(bundle, cfg.target, cfg.rate, seed, lambda X: blend_trigger(X, pattern, cfg.alpha), cfg.kind)
 
 
 SCENARIOS: dict[type, Callable] = {
@@ -106,6 +129,7 @@ SCENARIOS: dict[type, Callable] = {
     ClassFlip: class_flip,
     GroupFlip: group_flip,
     BadNets: badnets,
+    Blended: blended,
 }
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tda_clean.config import BadNets, ClassFlip, GroupFlip, UniformFlip
+from tda_clean.config import BadNets, Blended, ClassFlip, GroupFlip, UniformFlip
 from tda_clean.data import DataBundle, load_bundle
-from tda_clean.data.scenarios import apply_scenario, stamp_trigger
+from tda_clean.data.scenarios import apply_scenario, blend_pattern, stamp_trigger
 from tda_clean.errors import InputError
 from tests.unit_helpers import arrays_snapshot, assert_snapshot_equal, csv_config, digits_config, small_table
 
@@ -202,3 +202,30 @@ def test_group_flip_unknown_column_and_value(clean_table):
 def test_rate_selecting_no_rows(clean_digits):
     with pytest.raises(InputError, match="selects no rows"):
         apply_scenario(clean_digits, ClassFlip(source=1, target=2, rate=0.001), seed=0)
+
+
+# ----------------------------------------------------------------------------------------------- blended
+def test_blended_mask_pattern_and_triggered_test(clean_digits):
+    snap = arrays_snapshot(clean_digits)
+    cfg = Blended(target=2, rate=0.05, alpha=0.2, pattern_seed=7)
+    bad = apply_scenario(clean_digits, cfg, seed=0)
+    clean, mask = clean_digits.train, bad.corrupted_mask
+    assert int(mask.sum()) == int(round(0.05 * len(clean))) == bad.info["n_corrupted"]
+    np.testing.assert_array_equal(np.any(bad.train.X != clean.X, axis=(1, 2)), mask)
+    np.testing.assert_array_equal(bad.train.y != clean.y, mask)
+    pattern = blend_pattern(clean.X.shape[1:], 7)
+    np.testing.assert_allclose(bad.train.X[mask], 0.8 * clean.X[mask] + 0.2 * pattern, rtol=1e-6)
+    keep = clean_digits.test.y != 2
+    np.testing.assert_allclose(bad.triggered_test.X, 0.8 * clean_digits.test.X[keep] + 0.2 * pattern, rtol=1e-6)
+    np.testing.assert_array_equal(bad.triggered_test.y, clean_digits.test.y[keep])
+    assert bad.attack_target == 2 and bad.info["scenario"] == "blended"
+    assert_snapshot_equal(clean_digits, snap)
+
+
+def test_backdoors_need_images_and_a_rate_below_half(clean_table):
+    with pytest.raises(InputError, match="scenario.kind=blended needs image data"):
+        apply_scenario(clean_table, Blended(target=0, rate=0.05), seed=0)
+    with pytest.raises(ValueError, match="less than 0.5"):
+        Blended(target=0, rate=0.5)
+    with pytest.raises(ValueError, match="less than 0.5"):
+        BadNets(target=0, rate=0.6)
