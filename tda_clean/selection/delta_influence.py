@@ -19,8 +19,9 @@ divided by 1.4826 x MAD), so thresholds are scale-free: ``z_qk,i < -z_threshold`
 by query q when it drops in at least ``n_copies - tol`` copies, and flagged overall when at least
 ``ceil(vote * n_queries)`` queries flag it, AND its continuous score ``delta_scores_`` (the mean over queries
 of the median over copies of ``-z``) falls in the high cluster of a 2-means split within the target class
-(see :class:`DeltaInfluenceSelector`). Measured on digits BadNets (rates 0.5-5%, 16 queries x 32 copies):
-rank AUC of ``delta_scores_`` >= 0.9999 and the rule flags the poisons with precision 1.0, recall >= 0.98.
+(see :class:`DeltaInfluenceSelector`). Measured on digits BadNets, CNN, rates 0.5/1/5% x seeds 0-2 with the
+defaults (BENCHMARKS.md, issue 5): rank AUC of ``delta_scores_`` 0.957-1.000, precision 0.56-1.00 and recall
+0.64-1.00 per run -- good at 5%, not yet reliable at 0.5-1% (one run of nine drops to AUC 0.957).
 
 Queries (``queries``):
   * ``"rows"``: training row positions ``query_rows`` (e.g. inputs reported as attacked);
