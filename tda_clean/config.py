@@ -245,11 +245,17 @@ class _GroupSelectorBase(_InfluenceDetectorBase):
     ``max_flagged`` rows or ``fraction`` of the training rows (the smaller when both; 5% when neither) to remove
     together so that ``objective`` on the validation split decreases most. Group objectives use ``group_column``
     (default: the intersection of all group columns, e.g. sex x race). Influence runs in ``dtype`` (float64
-    default: second-order terms are small differences)."""
+    default: second-order terms are small differences). Max-type objectives (``worst_group_loss``,
+    ``equalized_odds_gap``, ``demographic_parity_gap``) are handled by components (``components: auto``): every
+    group (x label) rate or loss is predicted at the predicted parameters and a soft-max of them (``sharpness``;
+    rates smoothed with ``temperature``) is minimised (``tda_clean.influence.group_minimax``)."""
 
     objective: InfluenceObjectiveName = "worst_group_loss"
     group_column: str | None = None
     dtype: Literal["float32", "float64"] = "float64"
+    components: Literal["auto", "on", "off"] = "auto"
+    temperature: float = Field(default=0.3, gt=0)
+    sharpness: float = Field(default=50.0, gt=0)
 
 
 class GroupFirstOrderDetector(_GroupSelectorBase):
@@ -262,12 +268,14 @@ class GroupSecondOrderDetector(_GroupSelectorBase):
     """Second-order group selection (Basu et al. 2020, METHODS.md §3): ``greedy`` adds rows in ``steps`` rounds
     re-scored with the second-order group influence of the set so far; ``relaxed`` runs ``iters`` steps of
     projected gradient descent on the relaxed quadratic; ``best`` runs both and keeps the lowest predicted change
-    (the first-order top-k set competes too, so ``best`` is never predicted worse than first order)."""
+    (the first-order top-k set competes too, so ``best`` is never predicted worse than first order). With
+    components, the budget is chosen in ``rounds`` slices with a warm-started refit on the kept rows in between."""
 
     kind: Literal["group_second_order"] = "group_second_order"
     method: Literal["greedy", "relaxed", "best"] = "best"
     steps: int = Field(default=50, ge=1)
     iters: int = Field(default=200, ge=1)
+    rounds: int = Field(default=3, ge=1)
 
 
 class D3MDetector(_InfluenceDetectorBase):

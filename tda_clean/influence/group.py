@@ -41,6 +41,9 @@ same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the
   default second order). The selectors' :class:`QuadraticGroupModel` uses ``df2 + 1/2 dtheta1^T Hf dtheta1``,
   which is quadratic in the membership vector and equal to ``second`` up to O(p^3).
 
+Max-type objectives (equalized-odds / demographic-parity gaps, worst-group loss) are handled component by component
+in :mod:`tda_clean.influence.group_minimax` (every component predicted at theta* + dtheta, their max minimised).
+
 The exact solver makes this exact for convex models (use ``damping=0`` for an L2 logistic regression trained to
 its optimum); CG / LiSSA / K-FAC solvers of the engine give the approximate version for other models.
 """

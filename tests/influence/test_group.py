@@ -242,3 +242,104 @@ def test_group_fidelity_floor_on_adult_subset():
         rho1 = spearmanr(res.first[:, 0], actual)[0]
         assert rho2 >= FIDELITY_FLOOR, (name, rho2, rho1)
         assert rho2 >= rho1 - 0.02, (name, rho2, rho1)
+
+
+# ------------------------------------------------------------------- max-type objectives (group_minimax)
+def _components_problem(convex):
+    from tda_clean.influence.group_minimax import GroupComponents, ParameterChangeModel
+
+    model, X, y, l2 = convex
+    engine = InfluenceEngine(model, (X, y), l2=l2, solver="exact", damping=0.0)
+    gi = GroupInfluence(engine)
+    groups = np.where(X[:, 0] > np.median(X[:, 0]), "hi", "lo")
+    return engine, gi, groups, GroupComponents, ParameterChangeModel
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_parameter_change_model_matches_group_influence(convex, order):
+    engine, gi, _, _, ParameterChangeModel = _components_problem(convex)
+    pcm = ParameterChangeModel(gi, order=order)
+    g = np.array([0, 3, 8, 21, 30, 35])
+    w = torch.zeros(gi.n, dtype=torch.float64)
+    w[g] = 1.0
+    dtheta, _ = pcm.change(w, len(g))
+    torch.testing.assert_close(dtheta, gi.parameter_change([g], order=order)[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_parameter_change_pullback_is_the_gradient_in_w(convex, order):
+    """``pullback`` = d(v^T dtheta(w))/dw, checked by central differences at a fractional w (m held fixed)."""
+    engine, gi, _, _, ParameterChangeModel = _components_problem(convex)
+    pcm = ParameterChangeModel(gi, order=order)
+    rng = np.random.default_rng(0)
+    w = torch.as_tensor(rng.uniform(0, 1, gi.n))
+    m = float(w.sum())
+    v = torch.as_tensor(rng.normal(size=engine.space.p))
+    _, cache = pcm.change(w, m)
+    grad_w = pcm.pullback(w, m, v, cache)
+    eps = 1e-6
+    for i in (0, 7, 19, 39):
+        e = torch.zeros(gi.n, dtype=torch.float64)
+        e[i] = eps
+        plus = float(v @ pcm.change(w + e, m)[0])
+        minus = float(v @ pcm.change(w - e, m)[0])
+        assert grad_w[i].item() == pytest.approx((plus - minus) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def test_components_agree_with_the_engine_objectives(convex):
+    """At temperature 1 the hard aggregate of the components is the engine's smooth objective's value."""
+    from tda_clean.influence import DemographicParityGap, EqualizedOddsGap, WorstGroupLoss
+
+    engine, gi, groups, GroupComponents, _ = _components_problem(convex)
+    model, X, y, _ = convex
+    theta = engine.loss.theta
+    cases = {"equalized_odds_gap": EqualizedOddsGap(X, y, groups), "worst_group_loss": WorstGroupLoss(X, y, groups),
+             "demographic_parity_gap": DemographicParityGap(X, groups)}
+    for kind, objective in cases.items():
+        comps = GroupComponents(kind, X, y, groups, temperature=1.0)
+        c = comps.components(engine.space, theta)
+        assert comps.hard(c) == pytest.approx(float(objective.values(engine.model)[0]), rel=1e-10), kind
+        # the smooth aggregate bounds the hard one from above (log-sum-exp max; spread = smax + smax(-c))
+        assert float(comps.soft(c)) >= comps.hard(c) - 1e-12
+    # a low temperature moves the rates towards the thresholded rates
+    comps = GroupComponents("demographic_parity_gap", X, y, groups, temperature=1e-3)
+    prob = torch.softmax(engine.model(torch.as_tensor(X)), 1)[:, 1].detach().numpy()
+    thresholded = [float((prob[groups == k] > 0.5).mean()) for k in ("hi", "lo")]
+    np.testing.assert_allclose(comps.components(engine.space, theta).detach().numpy(), thresholded, atol=1e-6)
+
+
+def test_minimax_select_budget_pool_and_prediction(convex):
+    from tda_clean.influence.group_minimax import first_order_select, minimax_select
+
+    engine, gi, groups, GroupComponents, ParameterChangeModel = _components_problem(convex)
+    _, X, y, _ = convex
+    comps = GroupComponents("worst_group_loss", X, y, groups)
+    pcm = ParameterChangeModel(gi, order=2)
+    pool = np.ones(gi.n, dtype=bool)
+    pool[:10] = False
+    res = minimax_select(pcm, comps, engine.space, engine.loss.theta, 6, pool=pool, iters=15)
+    assert len(res.positions) == 6 and len(set(res.positions.tolist())) == 6 and pool[res.positions].all()
+    assert res.predicted <= res.candidates["first_order_topk"] + 1e-12
+    assert res.w.sum() == pytest.approx(6, abs=1e-6) and res.w[:10].max() == 0
+    # the prediction is the hard aggregate at theta* + the second-order parameter change of the set
+    D2 = gi.parameter_change([res.positions], order=2)[0]
+    with torch.no_grad():
+        c = comps.components(engine.space, engine.loss.theta + D2)
+    assert res.predicted == pytest.approx(comps.hard(c), rel=1e-10)
+    first = first_order_select(ParameterChangeModel(gi, order=1), comps, engine.space, engine.loss.theta, 6, pool=pool)
+    assert len(first.positions) == 6 and pool[first.positions].all()
+    with pytest.raises(InputError, match="candidate pool"):
+        minimax_select(pcm, comps, engine.space, engine.loss.theta, 31, pool=pool)
+
+
+def test_components_bad_input(convex):
+    engine, gi, groups, GroupComponents, ParameterChangeModel = _components_problem(convex)
+    _, X, y, _ = convex
+    with pytest.raises(InputError, match="not max-type"):
+        GroupComponents("val_loss", X, y, groups)
+    with pytest.raises(InputError, match="temperature"):
+        GroupComponents("equalized_odds_gap", X, y, groups, temperature=0.0)
+    with pytest.raises(InputError, match="two query groups"):
+        GroupComponents("worst_group_loss", X, y, np.full(len(y), "one"))
+    with pytest.raises(InputError, match="order"):
+        ParameterChangeModel(gi, order=3)

@@ -49,6 +49,13 @@ def _det(kind: str, **kw):
     return make_detector(parse_config({"data": {"kind": "digits"}, "detector": base}).detector)
 
 
+def _det_with(kind: str, extra: dict, **kw):
+    """As :func:`_det`, plus constructor parameters that the config does not carry (``components``, ``rounds``,
+    ``temperature``, ...)."""
+    det = _det(kind, **kw)
+    return type(det)(**{**det.get_params(), **extra})
+
+
 KINDS = ("group_first_order", "group_second_order", "d3m", "random")
 
 
@@ -73,9 +80,11 @@ def test_budget_larger_than_pool_raises(kind, problem):
 
 @pytest.mark.parametrize("objective", ["equalized_odds_gap", "val_loss"])
 def test_second_order_never_predicted_worse_than_first(objective, problem):
+    """Scalar path (``components="off"``; val_loss is not max-type, so it takes this path anyway)."""
     X, y, _, ctx = problem
-    first = _det("group_first_order", objective=objective, max_flagged=30).fit(X, y, ctx)
-    second = _det("group_second_order", objective=objective, max_flagged=30).fit(X, y, ctx)
+    off = {"components": "off"}
+    first = _det_with("group_first_order", off, objective=objective, max_flagged=30).fit(X, y, ctx)
+    second = _det_with("group_second_order", off, objective=objective, max_flagged=30).fit(X, y, ctx)
     info = second.info_
     assert info["predicted_change"] <= info["first_order_topk_predicted_change"] + 1e-12
     assert info["predicted_change"] < 0  # the selection is predicted to lower the objective
@@ -112,6 +121,67 @@ def test_second_order_methods_and_actual_effect(problem):
     rand = _det("random", max_flagged=30).fit(X, y, ctx)
     assert changes["best"] < 0
     assert changes["best"] < after(rand.get_support())
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+@pytest.mark.parametrize("objective", ["equalized_odds_gap", "worst_group_loss", "demographic_parity_gap"])
+def test_components_path_budget_rounds_and_prediction(objective, rounds, problem):
+    """Max-type objectives: every component predicted; exact budget over rounds; per round the chosen set is never
+    predicted worse than the first-order top-k candidate; flagged rows score above all others."""
+    X, y, _, ctx = problem
+    det = _det_with("group_second_order", {"rounds": rounds}, objective=objective, max_flagged=17, iters=10)
+    sel = det.fit(X, y, ctx).to_selection()
+    info = sel.info
+    assert sel.n_flagged == 17 == info["budget"] and info["method"] == "components_order2"
+    assert [r["rows"] for r in info["rounds"]] == ([17] if rounds == 1 else [6, 6, 5])
+    assert len(info["objective_measured_at_refits"]) == rounds
+    for r in info["rounds"]:
+        cand = r["predicted_candidates"]
+        assert min(cand.values()) <= cand["first_order_topk"] and r["method"] in cand
+    assert info["scores_are_contributions"] is False
+    assert sel.scores[sel.mask].min() > sel.scores[~sel.mask].max()
+    assert set(info["components_predicted"]) == set(info["components_before"])
+    first = _det("group_first_order", objective=objective, max_flagged=17).fit(X, y, ctx)
+    assert first.info_["method"] == "components_order1" and first.get_support().sum() == 17
+    # first-order top-k = the 17 rows with the most negative linearised effect
+    np.testing.assert_array_equal(np.sort(first.get_support(indices=True)),
+                                  np.sort(np.argsort(first.row_effects_, kind="stable")[:17]))
+
+
+def test_components_actual_effect_on_worst_group_loss(problem):
+    """After retraining without the selection, the (hard) worst-group loss is lower than before and lower than
+    after removing random rows at the same budget."""
+    from tda_clean.influence import WorstGroupLoss
+
+    X, y, groups, ctx = problem
+    objective = WorstGroupLoss(ctx.X_val, ctx.y_val, ("g=" + ctx.groups_val["g"]).to_numpy())
+    base = objective.values(ctx.model)[0]
+
+    def after(mask):
+        model = ctx.make_model(0)
+        fit_model(model, X[~mask], y[~mask], TRAIN, 0, progress=False)
+        return objective.values(model)[0] - base
+
+    det = _det_with("group_second_order", {"rounds": 2}, objective="worst_group_loss", max_flagged=30, iters=20)
+    change = after(det.fit(X, y, ctx).get_support())
+    rand = _det("random", max_flagged=30).fit(X, y, ctx)
+    assert change < 0
+    assert change < after(rand.get_support())
+    # measured at the refit between rounds: lower than before
+    measured = det.info_["objective_measured_at_refits"]
+    assert measured[1] < measured[0]
+
+
+def test_components_bad_settings(problem):
+    X, y, _, ctx = problem
+    with pytest.raises(InputError, match="components"):
+        _det_with("group_second_order", {"components": "yes"}, max_flagged=5).fit(X, y, ctx)
+    with pytest.raises(InputError, match="not max-type"):
+        _det_with("group_first_order", {"components": "on"}, objective="val_loss", max_flagged=5).fit(X, y, ctx)
+    with pytest.raises(InputError, match="rounds"):
+        _det_with("group_second_order", {"rounds": 0}, max_flagged=5).fit(X, y, ctx)
+    with pytest.raises(InputError, match="temperature"):
+        _det_with("group_second_order", {"temperature": -1.0}, max_flagged=5).fit(X, y, ctx)
 
 
 def test_d3m_alignment_scores(problem):
