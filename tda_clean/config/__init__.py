@@ -1,5 +1,7 @@
 """Typed, validated, hashable run configuration (pydantic v2, frozen, unknown keys rejected).
 
+Detector configs live in :mod:`tda_clean.config.detectors` and are re-exported here.
+
 ``load_config(path, overrides)`` reads YAML, applies ``a.b=c`` overrides and validates. Errors are raised as
 :class:`~tda_clean.errors.InputError` with a one-line message naming the key path (``data.path``) and, for
 enumerations, the allowed values.
@@ -12,13 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from tda_clean.config.base import _Frozen
+from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda_clean.config import ...``)
+    ActivationClusteringDetector, CleanlabDetector, D3MDetector, DeltaInfluenceDetector, Detector,
+    GroupFirstOrderDetector, GroupSecondOrderDetector, HarmfulDetector, InfluenceObjectiveName,
+    InfluenceRelabelDetector, InfluenceThresholdDetector, RandomDetector, SelfInfluenceDetector,
+    SpectralSignatureDetector,
+)
 from tda_clean.errors import InputError
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -181,203 +188,7 @@ class TrainConfig(_Frozen):
     dtype: Literal["float32", "float64"] = "float32"
 
 
-# -------------------------------------------------------------------------------- detection + action
-class CleanlabDetector(_Frozen):
-    """Confident learning (cleanlab) on out-of-sample predicted probabilities from ``folds``-fold
-    cross-validation with the run's model family. ``max_flagged`` caps the flagged rows (most suspicious first)."""
-
-    kind: Literal["cleanlab"] = "cleanlab"
-    folds: int = Field(default=5, ge=2)
-    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"] = (
-        "prune_by_noise_rate"
-    )
-    max_flagged: int | None = Field(default=None, ge=1)
-
-
-class _InfluenceDetectorBase(_Frozen):
-    """Shared settings of the influence detectors (``tda_clean.selection.influence_detectors``).
-
-    ``solver`` picks the curvature solver, ``params`` the parameter subset (``head`` = last layer, exact-solver
-    friendly), ``damping`` is added to the Hessian (``auto`` = 0.01 x its mean eigenvalue; use 0 for an L2
-    logistic model trained with lbfgs). Budget: at most ``max_flagged`` rows and/or a ``fraction`` of the
-    training rows (5% when neither is set). ``dtype`` of the influence computation (CUDA used when present).
-    """
-
-    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "exact"
-    params: Literal["all", "head"] = "head"
-    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    max_flagged: int | None = Field(default=None, ge=1)
-    fraction: float | None = Field(default=None, gt=0, lt=1)
-
-
-InfluenceObjectiveName = Literal[
-    "val_loss", "worst_group_loss", "group_loss_gap", "demographic_parity_gap", "equalized_odds_gap"
-]
-
-
-class SelfInfluenceDetector(_InfluenceDetectorBase):
-    """Label issues by self-influence ``g_i^T H^-1 g_i / n`` (highest first); suggested label = model argmax."""
-
-    kind: Literal["self_influence"] = "self_influence"
-
-
-class HarmfulDetector(_InfluenceDetectorBase):
-    """Rows whose removal most DECREASES ``objective`` on the validation split (validation loss, worst-group
-    loss, group loss gap, smooth demographic-parity / equalized-odds gap). ``group_column`` names the group
-    column for group objectives (default: the intersection of all group columns)."""
-
-    kind: Literal["harmful"] = "harmful"
-    objective: InfluenceObjectiveName = "val_loss"
-    group_column: str | None = None
-
-
-class InfluenceRelabelDetector(_InfluenceDetectorBase):
-    """Rows whose label flip most decreases ``objective`` on the validation split; suggests that label."""
-
-    kind: Literal["influence_relabel"] = "influence_relabel"
-    objective: InfluenceObjectiveName = "val_loss"
-    group_column: str | None = None
-
-
-class _GroupSelectorBase(_InfluenceDetectorBase):
-    """Shared settings of the group selectors (``tda_clean.selection.group_selectors``, issue 4): choose EXACTLY
-    ``max_flagged`` rows or ``fraction`` of the training rows (the smaller when both; 5% when neither) to remove
-    together so that ``objective`` on the validation split decreases most. Group objectives use ``group_column``
-    (default: the intersection of all group columns, e.g. sex x race). Influence runs in ``dtype`` (float64
-    default: second-order terms are small differences). Max-type objectives (``worst_group_loss``,
-    ``equalized_odds_gap``, ``demographic_parity_gap``) are handled by components (``components: auto``): every
-    group (x label) rate or loss is predicted at the predicted parameters and a soft-max of them (``sharpness``;
-    rates smoothed with ``temperature``) is minimised (``tda_clean.influence.group_minimax``)."""
-
-    objective: InfluenceObjectiveName = "worst_group_loss"
-    group_column: str | None = None
-    dtype: Literal["float32", "float64"] = "float64"
-    components: Literal["auto", "on", "off"] = "auto"
-    temperature: float = Field(default=0.3, gt=0)
-    sharpness: float = Field(default=50.0, gt=0)
-
-
-class GroupFirstOrderDetector(_GroupSelectorBase):
-    """First-order top-k: the rows whose first-order group influence most decreases the objective."""
-
-    kind: Literal["group_first_order"] = "group_first_order"
-
-
-class GroupSecondOrderDetector(_GroupSelectorBase):
-    """Second-order group selection (Basu et al. 2020, METHODS.md §3): ``greedy`` adds rows in ``steps`` rounds
-    re-scored with the second-order group influence of the set so far; ``relaxed`` runs ``iters`` steps of
-    projected gradient descent on the relaxed quadratic; ``best`` runs both and keeps the lowest predicted change
-    (the first-order top-k set competes too, so ``best`` is never predicted worse than first order). With
-    components, the budget is chosen in ``rounds`` slices with a warm-started refit on the kept rows in between."""
-
-    kind: Literal["group_second_order"] = "group_second_order"
-    method: Literal["greedy", "relaxed", "best"] = "best"
-    steps: int = Field(default=50, ge=1)
-    iters: int = Field(default=200, ge=1)
-    rounds: int = Field(default=3, ge=1)
-
-
-class D3MDetector(_InfluenceDetectorBase):
-    """D3M-style group alignment (Jain et al. 2024, METHODS.md §6) from the engine's influence scores: exactly
-    the budget's rows with the lowest alignment ``A_i = (1/G) sum_g L_g * influence(i -> L_g)`` over the
-    validation groups of ``group_column`` (default: the intersection of all group columns)."""
-
-    kind: Literal["d3m"] = "d3m"
-    group_column: str | None = None
-    dtype: Literal["float32", "float64"] = "float64"
-
-
-class RandomDetector(_Frozen):
-    """Uniformly random rows (seeded by the run seed): the floor every selector must beat at the same budget."""
-
-    kind: Literal["random"] = "random"
-    max_flagged: int | None = Field(default=None, ge=1)
-    fraction: float | None = Field(default=None, gt=0, lt=1)
-
-
-class DeltaInfluenceDetector(_Frozen):
-    """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, METHODS.md §4).
-
-    ``queries``: ``auto`` (trigger scan on validation inputs, else outlying rows of the suspected ``target``
-    class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
-    ``n_copies`` transformed copies per query (``transforms``: default all that apply to the data type; raw
-    pixels in [0, 1]), relabelled to random non-target classes. Flag rule: per-copy robust z of the support
-    change below ``-z_threshold`` in at least ``n_copies - tol`` copies for ``vote`` of the queries, and a
-    continuous score in the high cluster of a 2-means split (``split``: within the target class, or all rows)
-    more than ``min_gap_z`` robust deviations above the low cluster. ``train_gradient: margin`` (default) uses the
-    training rows' margin gradients (loss gradients vanish on well-fitted poisons).
-    """
-
-    kind: Literal["delta_influence"] = "delta_influence"
-    queries: Literal["auto", "rows", "file"] = "auto"
-    query_rows: tuple[int, ...] | None = None
-    query_file: str | None = None
-    target: int | None = Field(default=None, ge=0)
-    n_queries: int = Field(default=16, ge=1)
-    n_copies: int = Field(default=32, ge=1)
-    transforms: tuple[str, ...] | None = None
-    strength: float = Field(default=1.0, gt=0)
-    tol: int = Field(default=12, ge=0)
-    z_threshold: float = Field(default=2.0, gt=0)
-    vote: float = Field(default=0.5, gt=0, le=1)
-    split: Literal["target_class", "all"] = "target_class"
-    min_gap_z: float = Field(default=3.0, ge=0)
-    train_gradient: Literal["margin", "loss"] = "margin"
-    scan_min_flip: float = Field(default=0.2, gt=0, le=1)
-    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "ekfac"
-    params: Literal["all", "head"] = "all"
-    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    max_flagged: int | None = Field(default=None, ge=1)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _tol_below_copies(self) -> "DeltaInfluenceDetector":
-        if self.tol >= self.n_copies:
-            raise ValueError(f"tol={self.tol} must be below n_copies={self.n_copies}")
-        return self
-
-
-class InfluenceThresholdDetector(_InfluenceDetectorBase):
-    """Baseline of METHODS.md §4: support of each row for the target-class margin of the poisoned queries
-    (found like ``delta_influence``'s ``auto`` queries; training loss gradients, as in the paper's baseline),
-    flagged above a robust z ``z_threshold``."""
-
-    kind: Literal["influence_threshold"] = "influence_threshold"
-    n_queries: int = Field(default=16, ge=1)
-    z_threshold: float = Field(default=3.0, gt=0)
-    scan_min_flip: float = Field(default=0.2, gt=0, le=1)
-    target: int | None = Field(default=None, ge=0)
-
-
-class SpectralSignatureDetector(_Frozen):
-    """Spectral signatures (Tran et al. 2018): per label, squared projection of centred penultimate features on
-    the top singular vector; flags the top ``eps_factor`` x ``expected_rate`` of each class (1.5 x 5% default)."""
-
-    kind: Literal["spectral_signature"] = "spectral_signature"
-    expected_rate: float = Field(default=0.05, gt=0, lt=0.5)
-    eps_factor: float = Field(default=1.5, gt=0)
-
-
-class ActivationClusteringDetector(_Frozen):
-    """Activation clustering (Chen et al. 2018): per label, 2-means on the top ``n_components`` principal
-    components of penultimate features; the smaller cluster is flagged when it holds at most ``max_share``."""
-
-    kind: Literal["activation_clustering"] = "activation_clustering"
-    n_components: int = Field(default=10, ge=1)
-    max_share: float = Field(default=0.35, gt=0, lt=0.5)
-    seed: int = 0
-
-
-Detector = Annotated[
-    Union[CleanlabDetector, SelfInfluenceDetector, HarmfulDetector, InfluenceRelabelDetector,
-          GroupFirstOrderDetector, GroupSecondOrderDetector, D3MDetector, RandomDetector,
-          DeltaInfluenceDetector, InfluenceThresholdDetector, SpectralSignatureDetector, ActivationClusteringDetector],
-    Field(discriminator="kind"),
-]
-
-
+# ------------------------------------------------------------------------------------------ action
 class RemoveAction(_Frozen):
     """Drop the flagged rows from the training set."""
 
