@@ -106,23 +106,6 @@ def lr_model(theta: torch.Tensor, n_features: int, n_classes: int = 2):
     return model.eval()
 
 
-# --------------------------------------------------------------------------------------- MLP fit
-def lbfgs_fit(model, X, y, l2: float, max_iter: int = 500):
-    """Full-batch L-BFGS on mean CE + l2/2 ||theta||^2 (float64), in place from the model's current weights."""
-    Xt, yt = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, history_size=50, tolerance_grad=1e-9,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(Xt), yt) + 0.5 * l2 * sum((p * p).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return model.eval()
-
-
 # ------------------------------------------------------------------------------------ objectives
 def objectives(bundle, model):
     """``{"val_loss": MeanLoss, "loss_gap": GroupLossDifference(worst, best)}`` on the validation split."""
@@ -166,6 +149,7 @@ def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kin
         solver: str = "ekfac", activation: str = "tanh") -> dict:
     from tda_clean.influence import GradientSettings, InfluenceEngine
     from tda_clean.influence.group import GroupInfluence
+    from tda_clean.models.trainer import fit_to_optimum, training_loss
 
     torch.set_num_threads(1)
     bundle = adult(seed, max_rows)
@@ -183,7 +167,7 @@ def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kin
         net = MLP(d, 2, (16,)).double()
         if activation == "tanh":  # smooth: L-BFGS reaches a stationary point (ReLU stalls at gradient norm ~1e-2)
             net.body = torch.nn.Sequential(*[torch.nn.Tanh() if isinstance(m, torch.nn.ReLU) else m for m in net.body])
-        model = lbfgs_fit(net, X, y, L2, max_iter=2000)
+        model = fit_to_optimum(net, X, y, L2, max_iter=2000, history_size=50)
         engine = InfluenceEngine(model, (X, y), l2=L2, solver=solver, damping="auto",
                                  gradients=GradientSettings(params="all"))
     fit_s = time.perf_counter() - t0
@@ -206,7 +190,7 @@ def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kin
         else:
             import copy
 
-            m1 = lbfgs_fit(copy.deepcopy(model).train(), X[keep], y[keep], L2)
+            m1 = fit_to_optimum(copy.deepcopy(model).train(), X[keep], y[keep], L2, history_size=50)
         for k, o in objs.items():
             actual[k].append(float(o.values(m1)[0]) - base[k])
         if j % 40 == 0:
@@ -233,7 +217,7 @@ def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kin
     if model_kind != "logistic":
         Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
         model.zero_grad()
-        (torch.nn.functional.cross_entropy(model(Xt), yt) + 0.5 * L2 * sum((q * q).sum() for q in model.parameters())).backward()
+        training_loss(model, Xt, yt, L2).backward()
         grad_norm = float(torch.cat([q.grad.reshape(-1) for q in model.parameters()]).norm())
         model.zero_grad()
     else:

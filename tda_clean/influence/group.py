@@ -38,8 +38,9 @@ same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the
   of a well-fitted model: measured on Adult, Pearson 0.45 -> 0.999, see BENCHMARKS.md "Group influence").
   :meth:`GroupInfluence.objective_change` reports ``first`` (Koh et al.: ``grad f^T dtheta1``), ``second_linear``
   (Basu et al.: ``grad f^T dtheta2``) and ``second`` = ``grad f^T dtheta2 + 1/2 dtheta2^T Hf dtheta2`` (the
-  default second order). The selectors' :class:`QuadraticGroupModel` uses ``df2 + 1/2 dtheta1^T Hf dtheta1``,
-  which is quadratic in the membership vector and equal to ``second`` up to O(p^3).
+  default second order). The selectors' :class:`~tda_clean.influence.group_quadratic.QuadraticGroupModel` uses
+  ``df2 + 1/2 dtheta1^T Hf dtheta1``, which is quadratic in the membership vector and equal to ``second`` up to
+  O(p^3).
 
 Max-type objectives (equalized-odds / demographic-parity gaps, worst-group loss) are handled component by component
 in :mod:`tda_clean.influence.group_minimax` (every component predicted at theta* + dtheta, their max minimised).
@@ -60,6 +61,7 @@ from torch.nn import functional as F
 from tda_clean.errors import InputError
 from tda_clean.influence.estimators import InfluenceEngine
 from tda_clean.influence.gradients import as_tensors, cross_entropy_row
+from tda_clean.influence.group_quadratic import QuadraticGroupModel, _project_capped_simplex  # noqa: F401 (re-export)
 from tda_clean.influence.objectives import Objective
 
 
@@ -344,7 +346,7 @@ class GroupInfluence:
                                     {**self.engine._info(), "regularized_rows": self.regularized_rows,
                                      "objective_curvature": curved}, second_linear=linear)
 
-    def row_terms(self, objective: Objective, objective_curvature: bool = True) -> "QuadraticGroupModel":
+    def row_terms(self, objective: Objective, objective_curvature: bool = True) -> QuadraticGroupModel:
         """The quadratic model of a scalar objective's group change over all rows (for the selectors)."""
         a = self.query(objective)
         if a.shape[0] != 1:
@@ -373,137 +375,6 @@ class GroupInfluence:
                 diag_f = (AG * Hf(AG)).sum(1)
         return QuadraticGroupModel(s=s.double(), G=G, R=R, diag=diag.double(), solver=self.solver, n=self.n,
                                    exact_diagonal=exact, Hf=Hf, diag_f=diag_f.double())
-
-
-# ----------------------------------------------------------------------------------- quadratic model
-@dataclass
-class QuadraticGroupModel:
-    """Predicted change of a scalar objective as a function of a membership vector ``w`` (n,), at a FIXED
-    group size ``m`` (the budget): ``Q(w) = a1 s^T w + a2 (R^T w)^T A^-1 (G^T w) + (c1^2/2) u^T Hf u`` with
-    ``u = A^-1 G^T w`` (coefficients of ``m``; the last term is the objective's curvature along dtheta1).
-
-    s (n,) = ``a^T gt_i``; G (n, p) = ``gt_i``; R (n, p) = ``Ht_i a``; diag (n,) = ``r_i^T A^-1 gt_i`` (zero when
-    the solver is not exact: a 1/m-relative term). For 0/1 ``w`` with ``sum(w) = m`` this is exactly
-    :meth:`GroupInfluence.objective_change`'s second order.
-    """
-
-    s: torch.Tensor
-    G: torch.Tensor
-    R: torch.Tensor
-    diag: torch.Tensor
-    solver: Any
-    n: int
-    exact_diagonal: bool = True
-    Hf: Any = None  # V (k, p) -> Hf V, the objective's Hessian; None = f taken as linear
-    diag_f: torch.Tensor | None = None  # (n,) (A^-1 gt_i)^T Hf (A^-1 gt_i) when exact
-
-    def coef(self, m: int) -> tuple[float, float, float]:
-        c1, a1, a2 = coefficients(np.array([m]), self.n)
-        return float(c1[0]), float(a1[0]), float(a2[0])
-
-    def _uv(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = w.to(self.G)
-        X = self.solver.solve(torch.stack([self.G.T @ w, self.R.T @ w]))
-        return X[0], X[1]  # u = A^-1 g_w, v = A^-1 H_w a
-
-    def _hf(self, u: torch.Tensor) -> torch.Tensor:
-        return self.Hf(u[None])[0] if self.Hf is not None else torch.zeros_like(u)
-
-    def value(self, w: torch.Tensor, m: int, order: int = 2) -> float:
-        """``Q(w)`` (``order=2``) or its first-order part ``c1 s^T w``."""
-        c1, a1, a2 = self.coef(m)
-        sw = float(self.s @ w.to(self.s))
-        if order == 1:
-            return c1 * sw
-        u, v = self._uv(w)
-        return a1 * sw + a2 * float((self.R.T @ w.to(self.R)) @ u) + 0.5 * c1 * c1 * float(u @ self._hf(u))
-
-    def gradient(self, w: torch.Tensor, m: int) -> torch.Tensor:
-        """``dQ/dw`` (n,) = ``a1 s + a2 (R u + G v) + c1^2 G A^-1 Hf u``."""
-        c1, a1, a2 = self.coef(m)
-        u, v = self._uv(w)
-        return a1 * self.s + (a2 * (self.R @ u + self.G @ v) + c1 * c1 * (self.G @ self._ainv_hf(u))).double()
-
-    def _ainv_hf(self, u: torch.Tensor) -> torch.Tensor:
-        if self.Hf is None:
-            return torch.zeros_like(u)
-        return self.solver.solve(self._hf(u)[None])[0]
-
-    def contributions(self, w: torch.Tensor, m: int) -> np.ndarray:
-        """(n,) per-row share of ``Q(w)``: ``a1 s_i + (a2/2)(r_i^T u + gt_i^T v) + (c1^2/2) gt_i^T A^-1 Hf u``;
-        sums to Q(w) over ``w``'s rows (weighted by w)."""
-        c1, a1, a2 = self.coef(m)
-        u, v = self._uv(w)
-        out = a1 * self.s + (0.5 * a2 * (self.R @ u + self.G @ v) + 0.5 * c1 * c1 * (self.G @ self._ainv_hf(u))).double()
-        return out.cpu().numpy()
-
-    # ------------------------------------------------------------------------------ optimisers
-    def greedy(self, m: int, steps: int = 50, init: np.ndarray | None = None,
-               candidates: np.ndarray | None = None) -> np.ndarray:
-        """Greedy MINIMISATION of Q over sets of exactly ``m`` rows: ``steps`` rounds, each adding the
-        ``ceil(m/steps)`` rows with the smallest exact marginal change (second-order re-scoring, diagonal
-        included when exact). ``candidates`` (bool (n,)) restricts the pool. Returns sorted positions."""
-        n = self.n
-        pool = np.ones(n, dtype=bool) if candidates is None else candidates.copy()
-        if int(pool.sum()) < m:
-            raise InputError(f"budget: {m} rows requested but the candidate pool has {int(pool.sum())}")
-        w = torch.zeros(n, dtype=self.G.dtype, device=self.G.device)
-        chosen = np.zeros(n, dtype=bool)
-        if init is not None:
-            w[torch.as_tensor(init)] = 1.0
-            chosen[init] = True
-        b = max(1, int(np.ceil((m - chosen.sum()) / max(1, steps))))
-        c1, a1, a2 = self.coef(m)
-        diag_f = torch.zeros_like(self.s) if self.diag_f is None else self.diag_f
-        while chosen.sum() < m:
-            u, v = self._uv(w)
-            marg = (a1 * self.s + (a2 * (self.R @ u + self.G @ v + self.diag.to(self.G))
-                                   + c1 * c1 * (self.G @ self._ainv_hf(u))).double()
-                    + 0.5 * c1 * c1 * diag_f).cpu().numpy()
-            marg[chosen | ~pool] = np.inf
-            take = min(b, m - int(chosen.sum()))
-            idx = np.argpartition(marg, take - 1)[:take] if take < len(marg) else np.arange(len(marg))
-            idx = idx[np.isfinite(marg[idx])]
-            chosen[idx] = True
-            w[torch.as_tensor(idx)] = 1.0
-        return np.flatnonzero(chosen)
-
-    def relaxed(self, m: int, iters: int = 200, lr: float = 0.5, init: np.ndarray | None = None,
-                candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Relaxed quadratic (METHODS.md §3): minimise Q(w) over ``w in [0,1]^n, sum w = m`` by projected
-        gradient descent (step normalised by the largest gradient entry, decaying), then round to the top ``m``.
-        Returns ``(positions (m,), w (n,))``."""
-        n = self.n
-        pool = np.ones(n, dtype=bool) if candidates is None else candidates
-        if int(pool.sum()) < m:
-            raise InputError(f"budget: {m} rows requested but the candidate pool has {int(pool.sum())}")
-        cap = torch.as_tensor(pool, dtype=torch.float64)
-        w = torch.zeros(n, dtype=torch.float64)
-        if init is not None:
-            w[torch.as_tensor(init)] = 1.0
-        else:
-            w = cap * (m / float(cap.sum()))
-        for t in range(iters):
-            g = self.gradient(w, m).cpu()
-            g = g - g[pool].mean() if pool.any() else g
-            step = lr / (1 + t / 20) / max(float(g.abs().max()), 1e-300)
-            w = _project_capped_simplex(w - step * g, m, cap)
-        order = np.lexsort((self.s.cpu().numpy(), -w.numpy()))  # ties: smaller first-order s first
-        order = order[pool[order]]
-        return np.sort(order[:m]), w.numpy()
-
-
-def _project_capped_simplex(x: torch.Tensor, m: int, cap: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection onto ``{w : 0 <= w <= cap, sum w = m}`` (cap in {0, 1}) by bisection on the shift."""
-    lo, hi = float(x.min()) - 1.0, float(x.max())
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        total = float(torch.minimum(torch.clamp(x - mid, min=0), cap).sum())
-        if total > m:
-            lo = mid
-        else:
-            hi = mid
-    return torch.minimum(torch.clamp(x - 0.5 * (lo + hi), min=0), cap)
 
 
 def group_influence(model, train, groups, objective: Objective | None = None, *, l2: float,

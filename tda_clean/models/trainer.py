@@ -121,6 +121,31 @@ def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, on_epoch, show) -> T
     return result
 
 
+def fit_to_optimum(model: nn.Module, X: np.ndarray, y: np.ndarray, l2: float, *, max_iter: int = 500,
+                   history_size: int = 100, tolerance_grad: float = 1e-9, tolerance_change: float = 1e-14) -> nn.Module:
+    """Minimise the (unweighted) training objective above over all rows of ``X`` (n, *feature_shape), ``y`` (n,)
+    by one full-batch strong-Wolfe L-BFGS run of at most ``max_iter`` iterations, in place from the model's current
+    weights (warm start), in the model's own dtype and device (a float64 model for a tight optimum). No config,
+    seed, history or callbacks: for retraining references (influence tests, benchmarks) where only the optimum
+    matters. Returns ``model`` in eval mode.
+    """
+    param = next(model.parameters())
+    Xt = _tensor(X, param.device, param.dtype)
+    yt = torch.as_tensor(y, dtype=torch.long, device=param.device)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, history_size=history_size,
+                            tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = training_loss(model, Xt, yt, l2)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return model.eval()
+
+
 def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, show) -> TrainResult:
     result = TrainResult(model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tda_clean.models.trainer import fit_to_optimum
+
 
 def blobs(n: int = 40, d: int = 4, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian blobs: X (n, d) float64, y (n,) int64."""
@@ -15,15 +17,4 @@ def blobs(n: int = 40, d: int = 4, classes: int = 3, seed: int = 0) -> tuple[np.
 
 def fit_convex(model: torch.nn.Module, X: np.ndarray, y: np.ndarray, l2: float, steps: int = 300) -> torch.nn.Module:
     """Train to the optimum of mean CE + l2/2 ||theta||^2 with full-batch L-BFGS in float64."""
-    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=steps, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(Xt), yt) + 0.5 * l2 * sum((p * p).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return model.eval()
+    return fit_to_optimum(model, X, y, l2, max_iter=steps, tolerance_grad=1e-12)
