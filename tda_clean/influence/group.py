@@ -51,7 +51,7 @@ its optimum); CG / LiSSA / K-FAC solvers of the engine give the approximate vers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ from torch.func import grad, jvp, vmap
 from torch.nn import functional as F
 
 from tda_clean.errors import InputError
+from tda_clean.influence.curvature import hvp_mode, loss_hvps
 from tda_clean.influence.estimators import InfluenceEngine
 from tda_clean.influence.gradients import as_tensors, cross_entropy_row
 from tda_clean.influence.group_quadratic import QuadraticGroupModel, _project_capped_simplex  # noqa: F401 (re-export)
@@ -242,21 +243,16 @@ class GroupInfluence:
             raise InputError(f"group_hvp: {len(pos)} groups but {V.shape[0]} vectors")
         X, y = self.engine.loss.X, self.engine.loss.y
         space, theta = self.engine.space, self.engine.loss.theta
-
-        def sum_loss(th, Xb, yb):
-            return F.cross_entropy(space.forward(th, Xb), yb, reduction="sum")
-
-        g = grad(sum_loss)
         bs = max(self.engine.settings.batch_size, 4096)
         out = torch.zeros_like(V)
-        with torch.no_grad():
-            for j, p in enumerate(pos):
-                idx = torch.as_tensor(p, device=X.device)
-                for start in range(0, len(idx), bs):
-                    sub = idx[start : start + bs]
-                    Xb, yb = X[sub], y[sub]
-                    out[j] += jvp(lambda th: g(th, Xb, yb), (theta,), (V[j],))[1]
-                out[j] += len(p) * self._shift() * V[j]
+        for j, p in enumerate(pos):
+            idx = torch.as_tensor(p, device=X.device)
+            for start in range(0, len(idx), bs):
+                sub = idx[start : start + bs]
+                Xb, yb = X[sub], y[sub]
+                out[j] += loss_hvps(lambda th: F.cross_entropy(space.forward(th, Xb), yb, reduction="sum"),
+                                    theta, V[j : j + 1], hvp_mode(space, len(sub)))[0]
+            out[j] += len(p) * self._shift() * V[j]
         return out
 
     def _membership(self, pos: list[np.ndarray]) -> torch.Tensor:
@@ -287,10 +283,9 @@ class GroupInfluence:
         Needs the exact solver (builds ``A``); for tests and small models.
         """
         s = self.solver
-        if not hasattr(s, "eigenvectors_"):
+        if not hasattr(s, "matrix_"):
             raise InputError("newton_change: needs the exact solver (it builds the full Hessian)")
-        Q, lam = s.eigenvectors_, s.eigenvalues_ + s.damping_
-        A = (Q * lam) @ Q.T
+        A = s.matrix_
         pos = group_positions(groups, self.n)
         gU, sizes = self.group_gradients(pos)
         p_ = s.p_
@@ -355,7 +350,7 @@ class GroupInfluence:
         G = self.row_gradients()
         R = self.row_hvps(a[0])
         s = G @ a[0]
-        exact = hasattr(self.solver, "eigenvectors_")
+        exact = hasattr(self.solver, "matrix_")
         space = self.engine.space
         Hf = None
         if objective_curvature:

@@ -25,8 +25,9 @@ from torch import nn
 
 from tda_clean.errors import InputError
 from tda_clean.influence.estimators import InfluenceResult, train_arrays
-from tda_clean.influence.gradients import iter_per_sample_grads
-from tda_clean.influence.objectives import Objective
+from tda_clean.influence import layer_grads
+from tda_clean.influence.gradients import as_tensors, check_finite_rows, cross_entropy_row, iter_per_sample_grads
+from tda_clean.influence.objectives import Objective, PerSampleObjective
 from tda_clean.influence.params import ParamSpace, prepare_model
 from tda_clean.influence.settings import GradientSettings
 
@@ -48,7 +49,12 @@ class CheckpointRecorder:
             self.checkpoints.append((epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
 
 
-def _similarity(space: ParamSpace, X, y, Q: torch.Tensor, memory_mb: float, cosine: bool, n: int) -> torch.Tensor:
+def _similarity(space: ParamSpace, X, y, objective: Objective, memory_mb: float, cosine: bool, n: int) -> torch.Tensor:
+    """(m, n) float64 ``q_j . g_i`` (or cosines) of the objective's outputs and the training rows."""
+    fast = _factored_similarity(space, X, y, objective, cosine, n)
+    if fast is not None:
+        return fast
+    Q = objective.query_gradients(space, memory_mb)
     out = torch.zeros(Q.shape[0], n, dtype=torch.float64)
     if cosine:
         Q = Q / Q.norm(dim=1, keepdim=True).clamp_min(1e-30)
@@ -56,6 +62,38 @@ def _similarity(space: ParamSpace, X, y, Q: torch.Tensor, memory_mb: float, cosi
         if cosine:
             G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
         out[:, rows] = (Q @ G.T).double().cpu()
+    return out
+
+
+def _checked_factors(space: ParamSpace, X: torch.Tensor, y: torch.Tensor, loss, what: str, offset: int = 0):
+    factors = layer_grads.linear_factors(space, X, y, loss)
+    if factors is not None:
+        check_finite_rows(torch.cat([torch.cat(f, dim=1) for f in factors], dim=1), what=what, offset=offset)
+    return factors
+
+
+def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: bool, n: int,
+                         block: int = 4096) -> torch.Tensor | None:
+    """Same as the materialised path when every selected layer is a Linear on 2-D inputs and the objective is
+    defined row by row (``layer_grads.linear_factors``): ``(m + block) x (width)`` work instead of ``n x p``."""
+    if not isinstance(objective, PerSampleObjective) or (cosine and objective.reduce == "mean"):
+        return None
+    Xq, tq = as_tensors(space, objective.X, objective.targets)
+    fq = _checked_factors(space, Xq, tq, objective.row_value, f"{objective.name} query gradients")
+    if fq is None:
+        return None
+    Xt, yt = as_tensors(space, X, y)
+    out = torch.zeros(1 if objective.reduce == "mean" else len(Xq), n, dtype=torch.float64)
+    for start in range(0, n, block):
+        rows = slice(start, min(n, start + block))
+        ft = _checked_factors(space, Xt[rows], yt[rows], cross_entropy_row, "per-sample gradients", offset=start)
+        if ft is None:
+            return None
+        D = layer_grads.factored_dots(fq, ft)
+        if cosine:
+            D = D / (layer_grads.factored_sq_norms(fq).sqrt()[:, None] * layer_grads.factored_sq_norms(ft).sqrt()[None]
+                     ).clamp_min(1e-30)
+        out[:, rows] = (D.mean(0, keepdim=True) if objective.reduce == "mean" else D).double().cpu()
     return out
 
 
@@ -78,8 +116,7 @@ def tracin_cp(model: nn.Module, checkpoints: Sequence[tuple[int, dict]] | Sequen
         work.load_state_dict(state)
         work.eval()
         space = ParamSpace(work, gradients.params)
-        Q = objective.query_gradients(space, gradients.memory_mb)
-        part = rate * _similarity(space, X, y, Q, gradients.memory_mb, cosine=False, n=len(X))
+        part = rate * _similarity(space, X, y, objective, gradients.memory_mb, cosine=False, n=len(X))
         total = part if total is None else total + part
     return InfluenceResult(total.numpy(), objective.name, "tracin_cp", {"checkpoints": len(checkpoints)})
 
@@ -91,6 +128,5 @@ def gradient_similarity(model: nn.Module, train, objective: Objective, *, kind: 
         raise InputError(f"gradient_similarity.kind: {kind!r} is not one of dot, cosine")
     X, y = train_arrays(train)
     space = ParamSpace(prepare_model(model, gradients), gradients.params)
-    Q = objective.query_gradients(space, gradients.memory_mb)
-    scores = _similarity(space, X, y, Q, gradients.memory_mb, cosine=kind == "cosine", n=len(X))
+    scores = _similarity(space, X, y, objective, gradients.memory_mb, cosine=kind == "cosine", n=len(X))
     return InfluenceResult(scores.numpy(), objective.name, f"grad_{kind}", {})

@@ -180,3 +180,21 @@ def _load(model, state):
     m = copy.deepcopy(model)
     m.load_state_dict(state)
     return m.eval()
+
+
+@pytest.mark.parametrize("objective", ["margin", "mean_loss"])
+@pytest.mark.parametrize("kind", ["dot", "cosine"])
+@pytest.mark.parametrize("subset", ["all", "head", ("body.0",)])
+def test_similarity_from_linear_factors_matches_materialised_gradients(mlp, objective, kind, subset):
+    """The MLP takes the rank-one Linear-factor path; the reference multiplies materialised per-sample gradients."""
+    from tda_clean.influence import ParamSpace, per_sample_grads
+    from tda_clean.influence.objectives import Margin
+
+    model, X, y = mlp
+    obj = Margin(X[:5], y[:5]) if objective == "margin" else MeanLoss(X[:5], y[:5])
+    space = ParamSpace(model, subset)
+    Q, G = obj.query_gradients(space), per_sample_grads(space, X, y)
+    if kind == "cosine":
+        Q, G = Q / Q.norm(dim=1, keepdim=True), G / G.norm(dim=1, keepdim=True)
+    got = gradient_similarity(model, (X, y), obj, kind=kind, gradients=GradientSettings(params=subset)).scores
+    np.testing.assert_allclose(got, (Q @ G.T).numpy(), rtol=1e-9, atol=1e-12)

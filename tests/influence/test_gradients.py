@@ -3,22 +3,72 @@ import pytest
 import torch
 
 from tda_clean.errors import InputError
-from tda_clean.influence import ParamSpace, per_sample_grads, per_sample_grads_loop
+from tda_clean.influence import ParamSpace, layer_grads, per_sample_grads, per_sample_grads_loop
+from tda_clean.influence.gradients import cross_entropy_row
+
+
+@pytest.fixture(params=["layers", "vmap"])
+def rule(request, monkeypatch):
+    """Run a test through the layer-wise rule (default for Linear/Conv2d) and through vmap(grad)."""
+    if request.param == "vmap":
+        monkeypatch.setattr(layer_grads, "supported", lambda space: False)
+    return request.param
 
 
 @pytest.mark.parametrize("subset", ["all", "head", ("body.0",)])
-def test_vmap_matches_loop_mlp(mlp, subset):
+def test_per_sample_grads_match_loop_mlp(mlp, subset, rule):
     model, X, y = mlp
     space = ParamSpace(model, subset)
+    assert layer_grads.supported(space) == (rule == "layers")
     G = per_sample_grads(space, X, y)
     assert G.shape == (len(X), space.p)
     torch.testing.assert_close(G, per_sample_grads_loop(space, X, y), rtol=1e-6, atol=1e-12)
 
 
-def test_vmap_matches_loop_cnn(cnn):
+def test_per_sample_grads_match_loop_cnn(cnn, rule):
     model, X, y = cnn
     space = ParamSpace(model, "all")
     torch.testing.assert_close(per_sample_grads(space, X, y), per_sample_grads_loop(space, X, y), rtol=1e-6, atol=1e-12)
+
+
+def test_layer_rule_with_another_row_loss_strided_conv_and_sequence_input():
+    """Margin-type row loss, a strided / dilated conv without bias, and a Linear over (n, T, d) inputs."""
+    from tda_clean.influence.objectives import Margin
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, stride=2, padding=2, dilation=2, bias=False),
+                                torch.nn.Tanh(), torch.nn.Flatten(2), torch.nn.Linear(9, 4), torch.nn.Flatten(1),
+                                torch.nn.Linear(12, 5)).double().eval()
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(6, 2, 5, 5)), rng.integers(0, 5, 6)
+    space = ParamSpace(model, "all")
+    assert layer_grads.supported(space)
+    G = per_sample_grads(space, X, y, loss=Margin.row_value)
+    torch.testing.assert_close(G, per_sample_grads_loop(space, X, y, loss=Margin.row_value), rtol=1e-6, atol=1e-12)
+
+
+def test_unsupported_or_shared_layers_fall_back_to_vmap():
+    """A LayerNorm parameter is not covered by the layer rule; a Linear used twice makes it return None."""
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.norm, self.head = torch.nn.Linear(3, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(self.norm(torch.tanh(self.lin(torch.tanh(self.lin(x))))))
+
+    torch.manual_seed(1)
+    model = Shared().double().eval()
+    X, y = np.random.default_rng(1).normal(size=(5, 3)), np.array([0, 1, 1, 0, 1])
+    assert not layer_grads.supported(ParamSpace(model, "all"))
+    linear_only = ParamSpace(model, ("lin", "head"))
+    assert layer_grads.supported(linear_only)
+    assert layer_grads.layer_per_sample_grads(linear_only, torch.as_tensor(X), torch.as_tensor(y),
+                                              cross_entropy_row) is None
+    for space in (ParamSpace(model, "all"), linear_only):
+        torch.testing.assert_close(per_sample_grads(space, X, y), per_sample_grads_loop(space, X, y),
+                                   rtol=1e-6, atol=1e-12)
 
 
 def test_batching_invariance(mlp):

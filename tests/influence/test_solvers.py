@@ -42,6 +42,46 @@ def test_exact_matches_linalg_solve(convex):
     assert not solver.negative_curvature_ and solver.min_eigenvalue_ > 0
 
 
+def test_exact_solves_an_indefinite_damped_system_by_eigendecomposition():
+    """Untrained MLP, damping below -lambda_min: A = H + dI is indefinite but nonsingular. The Cholesky path cannot
+    take it; the eigendecomposition path must still give linalg.solve's answer (and the convex case uses Cholesky)."""
+    from tda_clean.models.factory import MLP
+
+    torch.manual_seed(5)
+    untrained = MLP(4, 3, (5,)).double().eval()
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, 30)
+    loss = _loss(untrained, X, y, 0.0)
+    lam = torch.linalg.eigvalsh(loss.hessian())
+    damping = float(-lam[0]) / 2  # shifts the most negative eigenvalue but leaves it negative
+    assert lam[0] + damping < 0 and bool(((lam + damping).abs() > 1e-6).all())
+    V = torch.randn(2, loss.p, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    H, ref = _reference(loss, damping, V)
+    with pytest.warns(NegativeCurvatureWarning):
+        solver = make_solver(ExactSettings(damping=damping)).fit(loss)
+    assert solver.factorization_ == "eigh" and solver.min_eigenvalue_ == pytest.approx(float(lam[0]), rel=1e-9)
+    torch.testing.assert_close(solver.solve(V), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_exact_takes_the_cholesky_path_on_a_convex_model(convex):
+    model, X, y, l2 = convex
+    solver = make_solver(ExactSettings(damping=0.01)).fit(_loss(model, X, y, l2))
+    assert solver.factorization_ == "cholesky" and not solver.negative_curvature_
+
+
+@pytest.mark.parametrize("fixture", ["mlp", "cnn"])
+def test_hvp_modes_agree(fixture, request):
+    """Reverse-over-reverse (one graph, a backward per vector) and vmap(jvp(grad)) give the same H V."""
+    from tda_clean.influence.curvature import loss_hvps
+
+    model, X, y = request.getfixturevalue(fixture)
+    loss = _loss(model, X, y, 0.0)
+    V = torch.randn(4, loss.p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f = lambda th: loss._sum_loss(th, loss.X, loss.y)  # noqa: E731
+    torch.testing.assert_close(loss_hvps(f, loss.theta, V, "reverse"), loss_hvps(f, loss.theta, V, "vmap"),
+                               rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("settings", [CGSettings(damping=0.5, tol=1e-10),
                                       LissaSettings(damping=0.5, depth=1000, tol=1e-8)], ids=["cg", "lissa"])
 def test_iterative_match_exact_on_convex(convex, settings):
