@@ -113,13 +113,14 @@ VMAP_MAX_ROWS = 256  # below this many rows (and without conv layers) vmap beats
 
 
 def hvp_mode(space: ParamSpace, rows: int) -> HvpMode:
-    """How :func:`loss_hvps` pushes vectors through ``rows`` training rows (deterministic: no timing involved).
+    """How :func:`loss_hvps` pushes vectors through ``rows`` training rows (deterministic: no timing involved);
+    "conv" means a convolution among the layers that own the selected parameters.
 
     Measured on 2 CPU threads, 100 vectors (BENCHMARKS.md, issue 3): reverse-over-reverse (one graph, one backward
     per vector) is 2x faster than ``vmap(jvp(grad))`` on a 1,347-row MLP batch and 1.5-2.5x on a CNN at any batch
     size; ``vmap`` is 4x faster on an MLP batch of 128 rows, where the per-call overhead of the loop dominates.
     """
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in space.model.modules())
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in space.owners().values())
     return "reverse" if has_conv or rows >= VMAP_MAX_ROWS else "vmap"
 
 

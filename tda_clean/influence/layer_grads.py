@@ -36,10 +36,16 @@ def _layer_ok(module: nn.Module) -> bool:
 
 
 def supported(space: ParamSpace) -> bool:
-    """True when every selected parameter is a weight/bias of a supported layer (see module docstring)."""
+    """True when every selected parameter is a weight/bias of a supported layer (see module docstring) that no
+    other module shares (tied weights would need the other uses' terms too)."""
     owners = space.owners()
-    return all(_layer_ok(owners[n.rsplit(".", 1)[0] if "." in n else ""]) and n.rsplit(".", 1)[-1] in ("weight", "bias")
-               for n in space.names)
+    if not all(_layer_ok(owners[n.rsplit(".", 1)[0] if "." in n else ""]) and n.rsplit(".", 1)[-1] in ("weight", "bias")
+               for n in space.names):
+        return False
+    uses: dict[int, int] = {}
+    for _, param in space.model.named_parameters(remove_duplicate=False):
+        uses[id(param)] = uses.get(id(param), 0) + 1
+    return all(uses[id(t)] == 1 for t in space.tensors())
 
 
 def _linear_grads(a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +57,7 @@ def _linear_grads(a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch
 def _conv_grads(module: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = a.shape[0]
     D = d.reshape(n, d.shape[1], -1)                                    # (n, C_out, L)
-    per_row = a[0].numel() * module.kernel_size[0] * module.kernel_size[1] * a.element_size()
+    per_row = a.shape[1] * module.kernel_size[0] * module.kernel_size[1] * D.shape[2] * a.element_size()
     step = max(1, _UNFOLD_BYTES // max(per_row, 1))
     W = torch.empty(n, *module.weight.shape, dtype=d.dtype, device=d.device)
     for s in range(0, n, step):
@@ -60,16 +66,23 @@ def _conv_grads(module: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> tuple[to
     return W, D.sum(2)
 
 
-def layer_per_sample_grads(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
-                           loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
-    """``G`` (n, p): per-row gradients of ``loss(logits_i, y_i)`` over ``space`` at its current values, in the
-    order of ``space.names``; ``None`` if a selected layer ran more than once. Requires :func:`supported`."""
-    owners = {name: module for name, module in space.owners().items()}
-    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in owners}
+Records = dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]]  # owner name -> (layer, input a, delta)
+
+
+def _record(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
+            loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Records | None:
+    """One forward of ``X`` (n, ...) with hooks on the selected layers, one backward of ``sum_i loss(logits_i, y_i)``
+    to their outputs. ``None`` where the layer-wise rule would be wrong or cannot run: a model in training mode
+    (batch statistics and dropout couple rows), a layer that ran more than once, was called with keyword inputs,
+    ran without grad, or whose output was modified in place (e.g. ``ReLU(inplace=True)``)."""
+    if space.model.training:
+        return None
+    owners = space.owners()
+    seen: dict[str, list] = {name: [] for name in owners}
 
     def record(name: str):
         def hook(module, inputs, output):
-            seen[name].append((inputs[0].detach(), output))
+            seen[name].append((inputs[0].detach() if inputs else None, output, output._version))
         return hook
 
     handles = [module.register_forward_hook(record(name)) for name, module in owners.items()]
@@ -77,18 +90,29 @@ def layer_per_sample_grads(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
         theta = space.flat().requires_grad_(True)  # puts every layer output in the graph
         with torch.enable_grad():
             logits = space.forward(theta, X)
-            if any(len(v) != 1 for v in seen.values()):
-                return None
+            for calls in seen.values():
+                if len(calls) != 1 or calls[0][0] is None or not calls[0][1].requires_grad \
+                        or calls[0][1]._version != calls[0][2]:
+                    return None
             outputs = [seen[name][0][1] for name in owners]
-            total = vmap(loss)(logits, y).sum()
-            deltas = torch.autograd.grad(total, outputs, allow_unused=True)
+            deltas = torch.autograd.grad(vmap(loss)(logits, y).sum(), outputs, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
+    return {name: (module, seen[name][0][0], torch.zeros_like(seen[name][0][1]) if d is None else d.detach())
+            for (name, module), d in zip(owners.items(), deltas)}
+
+
+def layer_per_sample_grads(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
+                           loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """``G`` (n, p): per-row gradients of ``loss(logits_i, y_i)`` over ``space`` at its current values, in the
+    order of ``space.names``; ``None`` when the rule does not apply to this forward pass (:func:`_record`).
+    Requires :func:`supported`."""
+    records = _record(space, X, y, loss)
+    if records is None:
+        return None
     grads: dict[str, torch.Tensor] = {}
-    for (name, module), delta in zip(owners.items(), deltas):
-        a, out = seen[name][0]
-        delta = torch.zeros_like(out) if delta is None else delta.detach()
+    for name, (module, a, delta) in records.items():
         w, b = _linear_grads(a, delta) if type(module) is nn.Linear else _conv_grads(module, a, delta)
         prefix = f"{name}." if name else ""
         grads[prefix + "weight"], grads[prefix + "bias"] = w, b
@@ -106,33 +130,21 @@ def linear_factors(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
     row i's gradient over layer l is ``delta_i (x) a~_i`` with ``a~ = [a, 1]`` (weight and bias selected), ``a``
     (weight only) or ``1`` (bias only), so ``g_i . g_j = sum_l (delta_i . delta_j)(a~_i . a~_j)``.
 
-    ``None`` when the subset has another layer type, a layer ran twice, or a Linear saw inputs of more than 2 dims.
+    ``None`` when the subset has another layer type, the forward pass is not covered (:func:`_record`), or a Linear
+    saw inputs of more than 2 dims.
     """
-    owners = space.owners()
-    if not all(type(m) is nn.Linear for m in owners.values()):
+    if not supported(space) or not all(type(m) is nn.Linear for m in space.owners().values()):
         return None
-    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in owners}
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: seen[name].append((inp[0].detach(), out)))
-               for name, m in owners.items()]
-    try:
-        theta = space.flat().requires_grad_(True)
-        with torch.enable_grad():
-            logits = space.forward(theta, X)
-            if any(len(v) != 1 or v[0][0].dim() != 2 for v in seen.values()):
-                return None
-            outputs = [seen[name][0][1] for name in owners]
-            deltas = torch.autograd.grad(vmap(loss)(logits, y).sum(), outputs, allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
+    records = _record(space, X, y, loss)
+    if records is None or any(a.dim() != 2 for _, a, _ in records.values()):
+        return None
     selected = set(space.names)
     factors: LinearFactors = []
-    for (name, _), delta in zip(owners.items(), deltas):
-        a, out = seen[name][0]
+    for name, (_, a, delta) in records.items():
         prefix = f"{name}." if name else ""
         parts = ([a] if prefix + "weight" in selected else []) + \
                 ([torch.ones(len(a), 1, dtype=a.dtype, device=a.device)] if prefix + "bias" in selected else [])
-        factors.append((torch.zeros_like(out) if delta is None else delta.detach(), torch.cat(parts, dim=1)))
+        factors.append((delta, torch.cat(parts, dim=1)))
     return factors
 
 

@@ -44,9 +44,10 @@ def _check_choice(value, owner: str, key: str, allowed: tuple[str, ...]) -> None
 
 @dataclass(frozen=True)
 class ExactSettings:
-    """Damped eigendecomposition of the full Hessian over the parameter subset (p <= ``max_params``).
+    """Direct solve with the full damped Hessian over the parameter subset (p <= ``max_params``): Cholesky, or an
+    eigendecomposition when ``H + damping I`` is not positive definite (see ``solvers.ExactSolver``).
 
-    ``float64``: build and decompose the Hessian in float64 whatever the model dtype.
+    ``float64``: build and factor the Hessian in float64 whatever the model dtype.
     """
 
     kind: Literal["exact"] = "exact"

@@ -12,18 +12,25 @@ from tda_clean.influence.settings import CGSettings, ExactSettings, LissaSetting
 _SINGULAR_RTOL = 1e-12
 
 
+def _negative_tolerance(dtype: torch.dtype) -> float:
+    """Relative size below which an eigenvalue of H counts as zero, not negative (float rounding of H)."""
+    return max(1e-9, 100 * torch.finfo(dtype).eps)
+
+
 @register_solver("exact")
 class ExactSolver(CurvatureSolver):
     """Direct solve with the full damped matrix ``A = H + damping I`` (p, p).
 
     Builds the Hessian from HVPs, so it refuses ``p > settings.max_params`` (use ``params="head"`` or the
-    cg / lissa / ekfac solvers). ``A`` positive definite (the usual case): Cholesky factor, ``solve(V)`` by two
-    triangular solves. ``A`` indefinite but nonsingular (a non-convex model with little damping): damped
-    eigendecomposition ``A = Q diag(lam + damping) Q^T`` instead (about 20x slower to fit at p = 5,000).
+    cg / lissa / ekfac solvers). ``A`` positive definite and well conditioned (the usual case): Cholesky factor,
+    ``solve(V)`` by two triangular solves. Otherwise (``A`` indefinite, singular or nearly so): the eigendecomposition
+    ``H = Q diag(lam) Q^T``, which solves an indefinite nonsingular system and refuses a singular one (about 20x
+    slower to fit at p = 5,000).
 
-    Attributes after fit: ``matrix_`` (p, p) = ``A``, ``damping_``, ``negative_curvature_`` (H itself is not
-    positive definite: its Cholesky factorisation fails), ``factorization_`` (``"cholesky"`` or ``"eigh"``) and
-    ``min_eigenvalue_`` of H (computed on first access when the Cholesky path was taken: an eigenvalue solve).
+    Attributes after fit: ``matrix_`` (p, p) = ``A``, ``damping_``, ``factorization_`` (``"cholesky"`` or
+    ``"eigh"``), ``negative_curvature_`` (H has an eigenvalue below ``-tol * ||H||``, tol = max(1e-9, 100 eps):
+    on the Cholesky path, the factorisation of ``H + tol ||H|| I`` fails) and ``min_eigenvalue_`` of H (computed
+    on first access after a Cholesky fit: an eigenvalue solve). ``||H||`` is the Gershgorin bound max_i sum_j |H_ij|.
     """
 
     name = "exact"
@@ -39,25 +46,26 @@ class ExactSolver(CurvatureSolver):
         self.p_, self.out_dtype_ = loss.p, loss.dtype
         work = torch.float64 if s.float64 else loss.dtype
         H = loss.hessian(chunk=s.hvp_chunk, dtype=work)
-        diag = torch.diagonal(H)
-        self.damping_ = resolve_damping(s.damping, lambda: float(diag.mean()))  # mean eigenvalue = trace / p
-        eye = torch.eye(loss.p, dtype=work, device=H.device)
-        scale = max(float(diag.abs().max()), 1e-30) if loss.p else 1.0  # <= the largest |eigenvalue| of H
-        self._hessian, self._min_eigenvalue = H, None
-        self.matrix_ = H + self.damping_ * eye
-        L, info = torch.linalg.cholesky_ex(self.matrix_)
-        pivots_ok = int(info) == 0 and float(torch.diagonal(L).min() ** 2) > _SINGULAR_RTOL * scale
-        if pivots_ok:
-            self.factorization_, self.factor_ = "cholesky", L
-            self.negative_curvature_ = int(torch.linalg.cholesky_ex(H + 1e-9 * scale * eye)[1]) != 0
+        self.damping_ = resolve_damping(s.damping, lambda: float(torch.diagonal(H).mean()))  # trace / p
+        scale = max(float(H.abs().sum(1).max()), 1e-30) if loss.p else 1.0  # >= the largest |eigenvalue| of H
+        tol = _negative_tolerance(work) * scale
+        for stale in ("factor_", "eigenvalues_", "eigenvectors_", "inv_eigenvalues_"):
+            self.__dict__.pop(stale, None)
+        H.diagonal().add_(self.damping_)  # H becomes A in place: one p x p matrix kept
+        self.matrix_, self._min_eigenvalue = H, None
+        if self._cholesky(H, work):
+            H.diagonal().add_(tol - self.damping_)
+            self.negative_curvature_ = int(torch.linalg.cholesky_ex(H)[1]) != 0
+            H.diagonal().add_(self.damping_ - tol)
             if self.negative_curvature_:
-                warn_negative_curvature("exact", "its Cholesky factorisation fails; H + damping*I is still positive "
-                                                 "definite")
+                warn_negative_curvature("exact", f"H + {tol:.2g} I is not positive definite; H + damping*I is")
             return self
-        lam, Q = torch.linalg.eigh(H)  # indefinite (or singular) damped system
+        H.diagonal().sub_(self.damping_)
+        lam, Q = torch.linalg.eigh(H)
+        H.diagonal().add_(self.damping_)
         self.factorization_, self.eigenvalues_, self.eigenvectors_ = "eigh", lam, Q
         self._min_eigenvalue = float(lam[0])
-        self.negative_curvature_ = self._min_eigenvalue < -1e-9 * scale
+        self.negative_curvature_ = self._min_eigenvalue < -tol
         if self.negative_curvature_:
             warn_negative_curvature("exact", f"smallest eigenvalue {self._min_eigenvalue:.3g}")
         shifted = lam + self.damping_
@@ -70,12 +78,25 @@ class ExactSolver(CurvatureSolver):
         self.inv_eigenvalues_ = 1.0 / shifted
         return self
 
+    def _cholesky(self, A: torch.Tensor, work: torch.dtype) -> bool:
+        """Factor ``A``; accept it only if a seeded test solve has a small residual (pivots alone can hide a
+        near-singular A)."""
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) != 0:
+            return False
+        v = torch.randn(len(A), 1, dtype=work, generator=torch.Generator().manual_seed(0)).to(A.device)
+        x = torch.cholesky_solve(v, L)
+        if not bool(torch.isfinite(x).all()) or float((A @ x - v).norm()) > torch.finfo(work).eps ** 0.5 * float(v.norm()):
+            return False
+        self.factorization_, self.factor_ = "cholesky", L
+        return True
+
     @property
     def min_eigenvalue_(self) -> float:
         """Smallest eigenvalue of the undamped H (an eigenvalue solve on first access after a Cholesky fit)."""
         self._check_fitted()
         if self._min_eigenvalue is None:
-            self._min_eigenvalue = float(torch.linalg.eigvalsh(self._hessian)[0])
+            self._min_eigenvalue = float(torch.linalg.eigvalsh(self.matrix_)[0]) - self.damping_
         return self._min_eigenvalue
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:

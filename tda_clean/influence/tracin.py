@@ -90,6 +90,8 @@ def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: 
         if ft is None:
             return None
         D = layer_grads.factored_dots(fq, ft)
+        if not bool(torch.isfinite(D).all()):  # finite factors, overflowing product: the materialised path names rows
+            return None
         if cosine:
             D = D / (layer_grads.factored_sq_norms(fq).sqrt()[:, None] * layer_grads.factored_sq_norms(ft).sqrt()[None]
                      ).clamp_min(1e-30)

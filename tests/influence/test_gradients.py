@@ -99,3 +99,48 @@ def test_nan_rows_are_named(mlp):
 def test_unknown_module_is_named(mlp):
     with pytest.raises(InputError, match="'nope' not found"):
         ParamSpace(mlp[0], ("nope",))
+
+
+class _InPlace(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu_(self.a(x)))  # modifies a's output in place
+
+
+class _Tied(_InPlace):
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Linear(4, 4)
+        self.c.weight = torch.nn.Parameter(self.a.weight.new_zeros(4, 4) + 0.1)
+        self.d = torch.nn.Linear(4, 4)
+        self.d.weight = self.c.weight  # one Parameter, two modules
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.d(torch.tanh(self.c(torch.tanh(self.a(x)))))))
+
+
+class _NoGradAndKwargs(_InPlace):
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.a(x)
+        return self.b(input=torch.tanh(h))
+
+
+@pytest.mark.parametrize("cls", [_InPlace, _Tied, _NoGradAndKwargs])
+def test_layer_rule_refuses_forward_passes_it_would_get_wrong(cls):
+    """In-place edits of a layer output, tied weights, a layer run without grad or called with keywords: the
+    per-sample gradients (and the factored dot products) still equal the loop reference."""
+    from tda_clean.influence import gradient_similarity
+    from tda_clean.influence.objectives import PerSampleLoss
+
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    X, y = np.random.default_rng(0).normal(size=(6, 3)), np.array([0, 1, 1, 0, 1, 0])
+    space = ParamSpace(model, "all")
+    ref = per_sample_grads_loop(space, X, y)
+    torch.testing.assert_close(per_sample_grads(space, X, y), ref, rtol=1e-6, atol=1e-12)
+    sim = gradient_similarity(model, (X, y), PerSampleLoss(X[:2], y[:2])).scores
+    np.testing.assert_allclose(sim, (ref[:2] @ ref.T).numpy(), rtol=1e-9, atol=1e-12)
