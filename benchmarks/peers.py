@@ -35,13 +35,18 @@ from benchmarks import compare_settings as S  # noqa: E402
 from benchmarks.common import MODELS, RESULTS, load_data, load_trained, machine, margins, peak_rss_mb  # noqa: E402
 
 
+SLOW_S = 30.0  # a run longer than this is not repeated (its warm-up share is negligible)
+
+
 def best_of(fn, repeats: int):
-    """(result of the last run, best wall time over ``repeats`` runs)."""
+    """(result of the last run, best wall time over ``repeats`` runs; one run if it took more than SLOW_S)."""
     best, out = float("inf"), None
     for _ in range(repeats):
         t = time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - t)
+        if best > SLOW_S:
+            break
     return out, best
 
 

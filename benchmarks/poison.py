@@ -130,7 +130,19 @@ def _evaluate(model, bundle: DataBundle) -> dict[str, float]:
     return {"accuracy": acc, "attack_success_rate": asr}
 
 
-def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECTORS, tmp: Path = Path("/tmp")):
+UNLEARN = ("retrain", "newton", "finetune", "ascent")
+
+
+def unlearn_config(spec: str) -> UnlearnAction:
+    """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> UnlearnAction (values parsed as numbers)."""
+    method, _, rest = spec.partition(":")
+    fields = {k: float(v) if "." in v or "e" in v else int(v)
+              for k, v in (item.split("=", 1) for item in rest.split(",") if item)}
+    return UnlearnAction(method=method, **fields)
+
+
+def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECTORS, tmp: Path = Path("/tmp"),
+            unlearn_specs=UNLEARN):
     clean, bundle, model_cfg, train_cfg = scenario(dataset, trigger, rate, seed)
     X, y, truth = bundle.train.X, bundle.train.y, bundle.corrupted_mask
     row: dict = {"dataset": dataset, "trigger": trigger, "rate": rate, "seed": seed, "n_train": len(y),
@@ -186,8 +198,8 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
         from tda_clean.actions.unlearn import unlearn
 
         row["unlearn"] = {}
-        for method in ("retrain", "newton", "finetune", "ascent"):
-            cfg = UnlearnAction(method=method)
+        for method in unlearn_specs:
+            cfg = unlearn_config(method)
             out, info = unlearn(cfg, model, X, y, delta_mask, train_cfg, seed, make_model=context.make_model,
                                 X_val=bundle.val.X, y_val=bundle.val.y)
             row["unlearn"][method] = {"seconds": info["seconds"], **_evaluate(out, bundle)}
@@ -232,7 +244,8 @@ def summarize(paths: list[str]) -> str:
         group = [r for r in rows if (r["dataset"], r["trigger"], r["rate"]) == key and "unlearn" in r]
         if not group:
             continue
-        for method in ("retrain", "newton", "finetune", "ascent"):
+        methods = [m for m in dict.fromkeys(m for r in group for m in r["unlearn"]) if all(m in r["unlearn"] for r in group)]
+        for method in methods:
             sec = [r["unlearn"][method]["seconds"] for r in group]
             speed = [r["unlearn"]["retrain"]["seconds"] / max(r["unlearn"][method]["seconds"], 1e-9) for r in group]
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {method} | {ms(sec)} | {np.mean(speed):.1f}x "
@@ -248,6 +261,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.01, 0.05])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
+    parser.add_argument("--unlearn", nargs="+", default=list(UNLEARN),
+                        help="unlearning methods on delta_influence's rows, e.g. retrain finetune:epochs=2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--summarize", nargs="+", default=None)
@@ -261,7 +276,7 @@ def main(argv=None) -> int:
     for rate in args.rates:
         for seed in args.seeds:
             print(f"{args.dataset} {args.trigger} rate={rate} seed={seed}", flush=True)
-            row = run_one(args.dataset, args.trigger, rate, seed, tuple(args.detectors))
+            row = run_one(args.dataset, args.trigger, rate, seed, tuple(args.detectors), unlearn_specs=tuple(args.unlearn))
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     return 0

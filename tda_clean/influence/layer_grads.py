@@ -16,6 +16,7 @@ layer ran more than once in the forward pass (shared weights), and callers fall 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -121,38 +122,60 @@ def layer_per_sample_grads(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
 
 
 # ------------------------------------------------------------------------ dot products without materialising G
-LinearFactors = list[tuple[torch.Tensor, torch.Tensor]]  # per selected Linear layer: (delta (n, out), a~ (n, k))
+@dataclass
+class GradientParts:
+    """Per-row gradients of ``n`` rows in a form for dot products (:func:`gradient_parts`).
 
-
-def linear_factors(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
-                   loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LinearFactors | None:
-    """Rank-one factors of the per-row gradients when every selected layer is an ``nn.Linear`` on 2-D inputs:
-    row i's gradient over layer l is ``delta_i (x) a~_i`` with ``a~ = [a, 1]`` (weight and bias selected), ``a``
-    (weight only) or ``1`` (bias only), so ``g_i . g_j = sum_l (delta_i . delta_j)(a~_i . a~_j)``.
-
-    ``None`` when the subset has another layer type, the forward pass is not covered (:func:`_record`), or a Linear
-    saw inputs of more than 2 dims.
+    factors: per selected ``nn.Linear`` on 2-D inputs, ``(delta (n, out), a~ (n, k))``: the row's gradient over
+             the layer is ``delta_i (x) a~_i`` with ``a~ = [a, 1]`` (weight and bias selected), ``a`` (weight only)
+             or ``1`` (bias only).
+    dense:   ``(n, q)`` materialised gradients of every other selected parameter (conv layers), or ``None``.
     """
-    if not supported(space) or not all(type(m) is nn.Linear for m in space.owners().values()):
+
+    factors: list[tuple[torch.Tensor, torch.Tensor]]
+    dense: torch.Tensor | None
+
+    def rows_for_check(self) -> torch.Tensor:
+        """(n, .) every number the parts hold, for a finite check naming rows."""
+        return torch.cat([torch.cat(f, dim=1) for f in self.factors] + ([self.dense] if self.dense is not None else []),
+                         dim=1)
+
+
+def gradient_parts(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
+                   loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> GradientParts | None:
+    """The per-row gradients of ``loss(logits_i, y_i)`` over ``space``, Linear layers as rank-one factors (so
+    ``g_i . g_j = sum_l (delta_i . delta_j)(a~_i . a~_j) + dense_i . dense_j``); ``None`` where
+    :func:`layer_per_sample_grads` would be (unsupported subset or forward pass)."""
+    if not supported(space):
         return None
     records = _record(space, X, y, loss)
-    if records is None or any(a.dim() != 2 for _, a, _ in records.values()):
+    if records is None:
         return None
     selected = set(space.names)
-    factors: LinearFactors = []
-    for name, (_, a, delta) in records.items():
+    factors, dense = [], []
+    for name, (module, a, delta) in records.items():
         prefix = f"{name}." if name else ""
-        parts = ([a] if prefix + "weight" in selected else []) + \
-                ([torch.ones(len(a), 1, dtype=a.dtype, device=a.device)] if prefix + "bias" in selected else [])
-        factors.append((delta, torch.cat(parts, dim=1)))
-    return factors
+        has_w, has_b = prefix + "weight" in selected, prefix + "bias" in selected
+        if type(module) is nn.Linear and a.dim() == 2:
+            parts = ([a] if has_w else []) + ([torch.ones(len(a), 1, dtype=a.dtype, device=a.device)] if has_b else [])
+            factors.append((delta, torch.cat(parts, dim=1)))
+            continue
+        w, b = _linear_grads(a, delta) if type(module) is nn.Linear else _conv_grads(module, a, delta)
+        dense += ([w.reshape(len(a), -1)] if has_w else []) + ([b.reshape(len(a), -1)] if has_b else [])
+    return GradientParts(factors, torch.cat(dense, dim=1) if dense else None)
 
 
-def factored_dots(left: LinearFactors, right: LinearFactors) -> torch.Tensor:
-    """``(m, n)`` gradient dot products ``g_i . g_j`` from two sets of :func:`linear_factors` (m and n rows)."""
-    return sum((dl @ dr.T) * (al @ ar.T) for (dl, al), (dr, ar) in zip(left, right))
+def part_dots(left: GradientParts, right: GradientParts) -> torch.Tensor:
+    """``(m, n)`` gradient dot products ``g_i . g_j`` of two :class:`GradientParts` (m and n rows)."""
+    out = sum((dl @ dr.T) * (al @ ar.T) for (dl, al), (dr, ar) in zip(left.factors, right.factors))
+    if left.dense is not None:
+        out = out + left.dense @ right.dense.T
+    return out
 
 
-def factored_sq_norms(factors: LinearFactors) -> torch.Tensor:
-    """``(n,)`` squared gradient norms ``||g_i||^2`` from :func:`linear_factors`."""
-    return sum((d * d).sum(1) * (a * a).sum(1) for d, a in factors)
+def part_sq_norms(parts: GradientParts) -> torch.Tensor:
+    """``(n,)`` squared gradient norms ``||g_i||^2``."""
+    out = sum((d * d).sum(1) * (a * a).sum(1) for d, a in parts.factors)
+    if parts.dense is not None:
+        out = out + (parts.dense * parts.dense).sum(1)
+    return out

@@ -213,15 +213,15 @@ class LissaSolver(CurvatureSolver):
                     rows = torch.randint(0, self.loss_.n, (s.batch_size,), generator=gen).to(V.device)
                 Hh = self.loss_.hvp(h, rows=rows)
                 new = V + (1 - d) * h - Hh / self.scale_
-                if not bool(torch.isfinite(new).all()):
+                if not bool(torch.isfinite(new.sum())):  # NaN/inf reach the sum: one pass over the batch
                     self.negative_curvature_ = True
                     raise InputError(
                         f"lissa solver diverged at step {step} (scale={self.scale_:.3g}, damping={self.damping_:.3g}): "
                         "raise scale or damping (negative curvature makes the series diverge)"
                     )
-                change = (new - h).norm(dim=1)
+                converged = s.batch_size is None and bool(((new - h).norm(dim=1) <= s.tol * new.norm(dim=1)).all())
                 h = new
-                if s.batch_size is None and bool((change <= s.tol * h.norm(dim=1)).all()):
+                if converged:
                     break
             self.steps_ = step + 1
             total += h / self.scale_

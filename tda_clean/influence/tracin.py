@@ -66,16 +66,17 @@ def _similarity(space: ParamSpace, X, y, objective: Objective, memory_mb: float,
 
 
 def _checked_factors(space: ParamSpace, X: torch.Tensor, y: torch.Tensor, loss, what: str, offset: int = 0):
-    factors = layer_grads.linear_factors(space, X, y, loss)
-    if factors is not None:
-        check_finite_rows(torch.cat([torch.cat(f, dim=1) for f in factors], dim=1), what=what, offset=offset)
-    return factors
+    parts = layer_grads.gradient_parts(space, X, y, loss)
+    if parts is not None:
+        check_finite_rows(parts.rows_for_check(), what=what, offset=offset)
+    return parts
 
 
 def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: bool, n: int,
                          block: int = 4096) -> torch.Tensor | None:
-    """Same as the materialised path when every selected layer is a Linear on 2-D inputs and the objective is
-    defined row by row (``layer_grads.linear_factors``): ``(m + block) x (width)`` work instead of ``n x p``."""
+    """Same as the materialised path, with Linear layers' gradients as rank-one factors
+    (``layer_grads.gradient_parts``), when the subset is made of Linear / Conv2d layers and the objective is defined
+    row by row: only conv parameters are materialised."""
     if not isinstance(objective, PerSampleObjective) or (cosine and objective.reduce == "mean"):
         return None
     Xq, tq = as_tensors(space, objective.X, objective.targets)
@@ -89,11 +90,11 @@ def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: 
         ft = _checked_factors(space, Xt[rows], yt[rows], cross_entropy_row, "per-sample gradients", offset=start)
         if ft is None:
             return None
-        D = layer_grads.factored_dots(fq, ft)
+        D = layer_grads.part_dots(fq, ft)
         if not bool(torch.isfinite(D).all()):  # finite factors, overflowing product: the materialised path names rows
             return None
         if cosine:
-            D = D / (layer_grads.factored_sq_norms(fq).sqrt()[:, None] * layer_grads.factored_sq_norms(ft).sqrt()[None]
+            D = D / (layer_grads.part_sq_norms(fq).sqrt()[:, None] * layer_grads.part_sq_norms(ft).sqrt()[None]
                      ).clamp_min(1e-30)
         out[:, rows] = (D.mean(0, keepdim=True) if objective.reduce == "mean" else D).double().cpu()
     return out

@@ -185,7 +185,7 @@ def _load(model, state):
 @pytest.mark.parametrize("objective", ["margin", "mean_loss"])
 @pytest.mark.parametrize("kind", ["dot", "cosine"])
 @pytest.mark.parametrize("subset", ["all", "head", ("body.0",)])
-def test_similarity_from_linear_factors_matches_materialised_gradients(mlp, objective, kind, subset):
+def test_similarity_from_gradient_parts_matches_materialised_gradients(mlp, objective, kind, subset):
     """The MLP takes the rank-one Linear-factor path; the reference multiplies materialised per-sample gradients."""
     from tda_clean.influence import ParamSpace, per_sample_grads
     from tda_clean.influence.objectives import Margin
@@ -197,4 +197,20 @@ def test_similarity_from_linear_factors_matches_materialised_gradients(mlp, obje
     if kind == "cosine":
         Q, G = Q / Q.norm(dim=1, keepdim=True), G / G.norm(dim=1, keepdim=True)
     got = gradient_similarity(model, (X, y), obj, kind=kind, gradients=GradientSettings(params=subset)).scores
+    np.testing.assert_allclose(got, (Q @ G.T).numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["dot", "cosine"])
+def test_similarity_with_conv_layers_matches_materialised_gradients(cnn, kind):
+    """Conv parameters are materialised, the dense and head Linear layers factored; same numbers as G Q^T."""
+    from tda_clean.influence import ParamSpace, per_sample_grads
+    from tda_clean.influence.objectives import Margin
+
+    model, X, y = cnn
+    obj = Margin(X[:4], y[:4])
+    space = ParamSpace(model, "all")
+    Q, G = obj.query_gradients(space), per_sample_grads(space, X, y)
+    if kind == "cosine":
+        Q, G = Q / Q.norm(dim=1, keepdim=True), G / G.norm(dim=1, keepdim=True)
+    got = gradient_similarity(model, (X, y), obj, kind=kind, gradients=GradientSettings(params="all")).scores
     np.testing.assert_allclose(got, (Q @ G.T).numpy(), rtol=1e-9, atol=1e-12)
