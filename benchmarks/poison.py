@@ -134,11 +134,9 @@ UNLEARN = ("retrain", "newton", "finetune", "ascent")
 
 
 def unlearn_config(spec: str) -> UnlearnAction:
-    """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> UnlearnAction (values parsed as numbers)."""
+    """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> UnlearnAction (pydantic coerces the strings)."""
     method, _, rest = spec.partition(":")
-    fields = {k: float(v) if "." in v or "e" in v else int(v)
-              for k, v in (item.split("=", 1) for item in rest.split(",") if item)}
-    return UnlearnAction(method=method, **fields)
+    return UnlearnAction(method=method, **dict(item.split("=", 1) for item in rest.split(",") if item))
 
 
 def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECTORS, tmp: Path = Path("/tmp"),

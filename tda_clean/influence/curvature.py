@@ -109,19 +109,20 @@ class TrainingLoss:
 
 
 HvpMode = Literal["reverse", "vmap"]
-VMAP_MAX_ROWS = 256  # below this many rows (and without conv layers) vmap beats the per-vector backward loop
+REVERSE_MIN_WORK = 4_000_000  # rows x selected parameters above which the per-vector backward loop wins
 
 
 def hvp_mode(space: ParamSpace, rows: int) -> HvpMode:
-    """How :func:`loss_hvps` pushes vectors through ``rows`` training rows (deterministic: no timing involved);
-    "conv" means a convolution among the layers that own the selected parameters.
+    """How :func:`loss_hvps` pushes vectors through ``rows`` training rows (deterministic: no timing involved).
 
-    Measured on 2 CPU threads, 100 vectors (BENCHMARKS.md, issue 3): reverse-over-reverse (one graph, one backward
-    per vector) is 2x faster than ``vmap(jvp(grad))`` on a 1,347-row MLP batch and 1.5-2.5x on a CNN at any batch
-    size; ``vmap`` is 4x faster on an MLP batch of 128 rows, where the per-call overhead of the loop dominates.
+    ``reverse`` when a convolution owns selected parameters or ``rows * p >= REVERSE_MIN_WORK``, else ``vmap``.
+    Measured on 100 vectors (BENCHMARKS.md, issue 3): reverse-over-reverse (one graph, one backward per vector) is
+    2.3x faster than ``vmap(jvp(grad))`` on the 4,810-parameter MLP over 1,347 rows and 1.5-2.5x on the CNN at any
+    batch size; ``vmap`` is 1.4-2x faster below ~4e6 (MLP over 512 rows, last layers alone), where the per-call
+    overhead of the loop dominates.
     """
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in space.owners().values())
-    return "reverse" if has_conv or rows >= VMAP_MAX_ROWS else "vmap"
+    return "reverse" if has_conv or rows * space.p >= REVERSE_MIN_WORK else "vmap"
 
 
 def loss_hvps(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, V: torch.Tensor,
