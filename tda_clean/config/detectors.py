@@ -131,8 +131,8 @@ class DeltaInfluenceDetector(_Frozen):
     ``n_copies`` transformed copies per query (``transforms``: default all that apply to the data type; raw
     pixels in [0, 1]), relabelled to random non-target classes. Flag rule: per-copy robust z of the support
     change below ``-z_threshold`` in at least ``n_copies - tol`` copies for ``vote`` of the queries, and a
-    continuous score in the high cluster of a 2-means split (``split``: within the target class, or all rows)
-    more than ``min_gap_z`` robust deviations above the low cluster. ``train_gradient: margin`` (default) uses the
+    continuous score more than ``min_gap_z`` robust deviations above the low cluster of a 2-means split
+    (``split``: within the target class, or all rows). ``train_gradient: margin`` (default) uses the
     training rows' margin gradients (loss gradients vanish on well-fitted poisons).
     """
 

@@ -18,10 +18,11 @@ For query q and copy k: ``Δ_qk = S_qk - S_q0`` (n,). Each row of Δ is normalis
 divided by 1.4826 x MAD), so thresholds are scale-free: ``z_qk,i < -z_threshold`` is a drop. A row is flagged
 by query q when it drops in at least ``n_copies - tol`` copies, and flagged overall when at least
 ``ceil(vote * n_queries)`` queries flag it, AND its continuous score ``delta_scores_`` (the mean over queries
-of the median over copies of ``-z``) falls in the high cluster of a 2-means split within the target class
-(see :class:`DeltaInfluenceSelector`). Measured on digits BadNets, CNN, rates 0.5/1/5% x seeds 0-2 with the
-defaults (BENCHMARKS.md, issue 5): rank AUC of ``delta_scores_`` 0.957-1.000, precision 0.56-1.00 and recall
-0.64-1.00 per run -- good at 5%, not yet reliable at 0.5-1% (one run of nine drops to AUC 0.957).
+of the median over copies of ``-z``) lies more than ``min_gap_z`` robust deviations above the low cluster of a
+2-means split within the target class (see :class:`DeltaInfluenceSelector`). Measured on digits BadNets, CNN,
+rates 0.5/1/5% x seeds 0-2 with the defaults (BENCHMARKS.md, issue 5): rank AUC of ``delta_scores_``
+0.957-1.000, precision 0.63-1.00 and recall 0.64-1.00 per run -- good at 5%, not yet reliable at 0.5-1% (one run
+of nine drops to AUC 0.957). Fashion-MNIST 1%: rank AUC 0.9998-1.000.
 
 Queries (``queries``):
   * ``"rows"``: training row positions ``query_rows`` (e.g. inputs reported as attacked);
@@ -171,9 +172,12 @@ class DeltaInfluenceSelector(BaseSelector):
 
     Flag rule (all relative, no score-scale constants): a row is flagged when (1) it is in the pool (rows
     labelled the target class for ``split="target_class"``, the dirty-label backdoor setting; every row for
-    ``"all"``), (2) its continuous score lies above the 2-means (Otsu) cut of the pool's scores and more than
-    ``min_gap_z`` robust deviations above the low cluster, and (3) at least ``ceil(vote * n_queries)`` queries
-    saw its support drop (per-copy z below ``-z_threshold``) in at least ``n_copies - tol`` copies.
+    ``"all"``), (2) its continuous score lies more than ``min_gap_z`` robust deviations (median / 1.4826 MAD)
+    above the low cluster of the 2-means (Otsu) split of the pool's scores, and (3) at least
+    ``ceil(vote * n_queries)`` queries saw its support drop (per-copy z below ``-z_threshold``) in at least
+    ``n_copies - tol`` copies. The split only locates the clean rows: poisons' scores are skewed, and on
+    Fashion-MNIST the Otsu cut itself fell inside the poison cluster (22 of 60 flagged at precision 1.000, rank
+    AUC 0.9998), so the cut is not a condition.
 
     Learned state: ``scores_`` (vote share + tie-break),
     ``delta_scores_`` (continuous), ``votes_`` (n,), ``support_``, ``threshold_`` (NaN: rule-based),
@@ -340,7 +344,7 @@ class DeltaInfluenceSelector(BaseSelector):
         needed = int(math.ceil(self.vote * len(Xq) - 1e-9))
         pool = (y == target) if self.split == "target_class" else np.ones(len(y), dtype=bool)
         cut, gap_z = split_high_cluster(cont, pool)
-        support = pool & (cont > cut) & (gap_z > self.min_gap_z) & (votes >= needed)
+        support = pool & (gap_z > self.min_gap_z) & (votes >= needed)
         if self.max_flagged is not None and support.sum() > self.max_flagged:
             keep = np.flatnonzero(support)[np.argsort(-cont[support], kind="stable")[: self.max_flagged]]
             support = np.zeros_like(support)
