@@ -6,16 +6,23 @@ import sys, math, numpy as np, torch
 sys.path.insert(0, '/work/main')
 from benchmarks.poison import scenario, _train, _evaluate
 from tda_clean.selection.delta_influence import delta_votes, split_high_cluster
-torch.set_num_threads(2)
-for seed in (1, 2):
-    d = np.load(f"/tmp/dump_fashion_0.01_{seed}.npz")
-    votes, cont = delta_votes(d["S"], 2.0, 12)
-    needed = int(math.ceil(0.5 * d["S"].shape[0] - 1e-9))
-    pool = d["y"] == int(d["target"])
-    cut, gz = split_high_cluster(cont, pool)
-    mask = pool & (gz > 3.0) & (votes >= needed)
-    clean, bundle, model_cfg, train_cfg = scenario("fashion", "patch", 0.01, seed)
-    assert (bundle.corrupted_mask == d["truth"]).all()
-    X, y = bundle.train.X, bundle.train.y
-    m, t = _train(model_cfg, train_cfg, bundle, X[~mask], y[~mask], seed)
-    print(seed, "flagged", int(mask.sum()), "tp", int((mask & d["truth"]).sum()), "retrain", round(t, 1), _evaluate(m, bundle), flush=True)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    for seed in (1, 2):
+        d = np.load(f"/tmp/dump_fashion_0.01_{seed}.npz")
+        votes, cont = delta_votes(d["S"], 2.0, 12)
+        needed = int(math.ceil(0.5 * d["S"].shape[0] - 1e-9))
+        pool = d["y"] == int(d["target"])
+        cut, gz = split_high_cluster(cont, pool)
+        mask = pool & (gz > 3.0) & (votes >= needed)
+        clean, bundle, model_cfg, train_cfg = scenario("fashion", "patch", 0.01, seed)
+        assert (bundle.corrupted_mask == d["truth"]).all()
+        X, y = bundle.train.X, bundle.train.y
+        m, t = _train(model_cfg, train_cfg, bundle, X[~mask], y[~mask], seed)
+        print(seed, "flagged", int(mask.sum()), "tp", int((mask & d["truth"]).sum()), "retrain", round(t, 1), _evaluate(m, bundle), flush=True)
+
+
+if __name__ == "__main__":
+    main()
