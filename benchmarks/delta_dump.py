@@ -3,7 +3,8 @@
     python benchmarks/delta_dump.py fashion 0.01 1 2      # -> /tmp/dump_<dataset>_<rate>_<seed>.npz
 """
 import sys, numpy as np, torch
-sys.path.insert(0, '/work/main')
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.poison import scenario, _train
 from tda_clean.config import parse_config
 from tda_clean.selection import FitContext, make_detector
