@@ -1,4 +1,4 @@
-"""Retrain Fashion 1% without the rows the current flag rule picks from dumped supports (benchmarks/delta_dump.py).
+"""Retrain Fashion 1% without the rows Δ-influence flagged in a dump of benchmarks/delta_dump.py.
 
     python benchmarks/delta_retrain_dumped.py [SEED ...]      # default: 1 2
 """
@@ -6,18 +6,13 @@ import sys, math, numpy as np, torch
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.poison import scenario, _train, _evaluate
-from tda_clean.selection.delta_influence import delta_votes, split_high_cluster
 
 
 def main() -> None:
     torch.set_num_threads(2)
     for seed in [int(a) for a in sys.argv[1:]] or [1, 2]:
         d = np.load(f"/tmp/dump_fashion_0.01_{seed}.npz")
-        votes, cont = delta_votes(d["S"], 2.0, 12)
-        needed = int(math.ceil(0.5 * d["S"].shape[0] - 1e-9))
-        pool = d["y"] == int(d["target"])
-        cut, gz = split_high_cluster(cont, pool)
-        mask = pool & (gz > 3.0) & (votes >= needed)
+        mask = d["support"]  # the detector's own flags at dump time
         clean, bundle, model_cfg, train_cfg = scenario("fashion", "patch", 0.01, seed)
         assert (bundle.corrupted_mask == d["truth"]).all()
         X, y = bundle.train.X, bundle.train.y

@@ -23,18 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import MODELS, RESULTS, load_data, machine, write_json  # noqa: E402
-
-
-def best(fn, repeats):
-    """(result, best wall time of ``repeats`` runs; one run if it took more than 30 s, as in peers.best_of)."""
-    t_best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        t_best = min(t_best, time.perf_counter() - t)
-        if t_best > 30.0:
-            break
-    return out, t_best
+from benchmarks.peers import best_of as best  # noqa: E402
 
 
 def run(name: str, n_test: int, repeats: int) -> list[dict]:

@@ -117,9 +117,9 @@ def hvp_mode(space: ParamSpace, rows: int) -> HvpMode:
 
     ``reverse`` when a convolution owns selected parameters or ``rows * p >= REVERSE_MIN_WORK``, else ``vmap``.
     Measured on 100 vectors (BENCHMARKS.md, issue 3): reverse-over-reverse (one graph, one backward per vector) is
-    2.3x faster than ``vmap(jvp(grad))`` on the 4,810-parameter MLP over 1,347 rows and 1.5-2.5x on the CNN at any
-    batch size; ``vmap`` is 1.4-2x faster below ~4e6 (MLP over 512 rows, last layers alone), where the per-call
-    overhead of the loop dominates.
+    1.8x faster than ``vmap(jvp(grad))`` on the 4,810-parameter MLP over 1,347 rows and 1.6-2.6x on the CNN at any
+    batch size; ``vmap`` is 1.3-6x faster below ~4e6 (MLP over 128-512 rows, last layers alone), where the per-call
+    overhead of the loop dominates (``benchmarks/engine_micro.py``).
     """
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in space.owners().values())
     return "reverse" if has_conv or rows * space.p >= REVERSE_MIN_WORK else "vmap"
@@ -132,6 +132,8 @@ def loss_hvps(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
     ``reverse``: build ``grad loss`` with its graph once, then one backward per vector; ``vmap``: forward-over-
     reverse ``jvp(grad)`` vectorised over the rows of ``V``. Both are exact (they agree to float rounding).
     """
+    if len(V) == 0:
+        return torch.zeros_like(V)
     if mode == "vmap":
         g = grad(loss)
         with torch.no_grad():
@@ -142,8 +144,7 @@ def loss_hvps(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
     if not g.requires_grad:  # loss linear in theta
         return torch.zeros_like(V)
     last = len(V) - 1
-    return torch.stack([torch.autograd.grad(g, th, v, retain_graph=i < last)[0] for i, v in enumerate(V)]) \
-        if len(V) else torch.zeros_like(V)
+    return torch.stack([torch.autograd.grad(g, th, v, retain_graph=i < last)[0] for i, v in enumerate(V)])
 
 
 def resolve_damping(damping: Damping, mean_eigenvalue: Callable[[], float]) -> float:

@@ -2,8 +2,7 @@
 
 ``per_sample_grads(model, X, y)`` returns ``G`` of shape ``(n, p)`` with ``G[i] = d loss(f(x_i; theta), y_i) / d theta``
 over the :class:`~tda_clean.influence.params.ParamSpace`; ``loss`` defaults to the unregularised cross-entropy
-of one row (the ``g_i`` of METHODS.md §1). Subsets made of Linear / Conv2d weights and biases take the layer-wise
-rule of :mod:`~tda_clean.influence.layer_grads` (one batched backward); anything else takes ``vmap(grad)``. Rows are processed in batches sized from a memory budget, so the
+of one row (the ``g_i`` of METHODS.md §1). Rows are processed in batches sized from a memory budget, so the
 result does not depend on the budget. ``per_sample_grads_loop`` is the plain autograd reference for tests.
 
 Every result is checked row-wise: NaN/inf gradients raise :class:`InputError` naming the row positions.
@@ -18,7 +17,6 @@ from torch.func import grad, vmap
 from torch.nn import functional as F
 
 from tda_clean.errors import InputError
-from tda_clean.influence import layer_grads
 from tda_clean.influence.params import ParamSpace
 
 # row loss: (logits (C,), label () long) -> scalar
@@ -78,13 +76,10 @@ def iter_per_sample_grads(
         return loss(space.forward(th, x.unsqueeze(0))[0], label)
 
     per_row = vmap(grad(one), in_dims=(None, 0, 0))
-    by_layers = layer_grads.supported(space)
     for start in range(0, n, size):
         rows = slice(start, min(n, start + size))
-        G = layer_grads.layer_per_sample_grads(space, Xt[rows], yt[rows], loss) if by_layers else None
-        if G is None:  # a layer the layer-wise rule does not cover, or one that ran twice
-            with torch.no_grad():
-                G = per_row(theta, Xt[rows], yt[rows])
+        with torch.no_grad():
+            G = per_row(theta, Xt[rows], yt[rows])
         if check_finite:
             check_finite_rows(G, offset=start)
         yield rows, G

@@ -1,4 +1,4 @@
-"""Per-sample gradients of Linear and Conv2d parameters from one batched backward pass (no ``vmap``).
+"""Per-row gradient dot products for Linear and Conv2d parameters from one batched backward pass.
 
 For a layer applied row-wise, ``out_i = W a_i + b``, the gradient of row i's loss is
 
@@ -6,13 +6,15 @@ For a layer applied row-wise, ``out_i = W a_i + b``, the gradient of row i's los
 
 where ``t`` runs over the positions the weights are shared across (sequence positions for Linear on (n, ..., d)
 inputs, output pixels for Conv2d, whose ``a_i[t]`` is the unfolded input patch). Rows do not interact in an eval-
-mode model, so one backward pass of ``sum_i loss_i`` gives every ``delta_i``. This is the hook-based method of
-Opacus and captum's ``sample_wise_grads_per_batch``; it replaces ``vmap(grad)``, which re-runs the layer
-arithmetic once per row: measured 5-10x faster on the benchmark MLP and CNN (BENCHMARKS.md, issue 3).
+mode model, so one backward pass of ``sum_i loss_i`` gives every ``delta_i`` (the hook-based method of Opacus and
+captum's ``sample_wise_grads_per_batch``). For a Linear layer on 2-D inputs the row gradient is rank one, so dot
+products ``g_i . g_j`` never need it expanded (:func:`gradient_parts`, used by TracIn-CP and gradient similarity:
+MLP 0.20 s -> 0.03 s, CNN 0.51 s -> 0.15 s, BENCHMARKS.md issue 3). Materialising full per-sample gradients this
+way was measured no faster than ``vmap(grad)`` (``benchmarks/engine_micro.py``), so ``gradients.py`` keeps vmap.
 
 :func:`supported` says whether a parameter subset can use it (every selected parameter is the weight or bias of an
-``nn.Linear`` or of a zero-padded, ungrouped ``nn.Conv2d``); :func:`layer_per_sample_grads` returns ``None`` when a
-layer ran more than once in the forward pass (shared weights), and callers fall back to ``vmap``.
+``nn.Linear`` or of a zero-padded, ungrouped ``nn.Conv2d``, shared by no other module); :func:`gradient_parts`
+returns ``None`` when the forward pass is not covered, and callers fall back to materialised gradients.
 """
 from __future__ import annotations
 
@@ -104,23 +106,6 @@ def _record(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
             for (name, module), d in zip(owners.items(), deltas)}
 
 
-def layer_per_sample_grads(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
-                           loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
-    """``G`` (n, p): per-row gradients of ``loss(logits_i, y_i)`` over ``space`` at its current values, in the
-    order of ``space.names``; ``None`` when the rule does not apply to this forward pass (:func:`_record`).
-    Requires :func:`supported`."""
-    records = _record(space, X, y, loss)
-    if records is None:
-        return None
-    grads: dict[str, torch.Tensor] = {}
-    for name, (module, a, delta) in records.items():
-        w, b = _linear_grads(a, delta) if type(module) is nn.Linear else _conv_grads(module, a, delta)
-        prefix = f"{name}." if name else ""
-        grads[prefix + "weight"], grads[prefix + "bias"] = w, b
-    n = len(X)
-    return torch.cat([grads[name].reshape(n, -1) for name in space.names], dim=1)
-
-
 # ------------------------------------------------------------------------ dot products without materialising G
 @dataclass
 class GradientParts:
@@ -145,7 +130,7 @@ def gradient_parts(space: ParamSpace, X: torch.Tensor, y: torch.Tensor,
                    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> GradientParts | None:
     """The per-row gradients of ``loss(logits_i, y_i)`` over ``space``, Linear layers as rank-one factors (so
     ``g_i . g_j = sum_l (delta_i . delta_j)(a~_i . a~_j) + dense_i . dense_j``); ``None`` where
-    :func:`layer_per_sample_grads` would be (unsupported subset or forward pass)."""
+    the subset or the forward pass is not covered (:func:`supported`, :func:`_record`)."""
     if not supported(space):
         return None
     records = _record(space, X, y, loss)

@@ -83,6 +83,7 @@ def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: 
     fq = _checked_factors(space, Xq, tq, objective.row_value, f"{objective.name} query gradients")
     if fq is None:
         return None
+    q_norm = layer_grads.part_sq_norms(fq).sqrt()[:, None] if cosine else None
     Xt, yt = as_tensors(space, X, y)
     out = torch.zeros(1 if objective.reduce == "mean" else len(Xq), n, dtype=torch.float64)
     for start in range(0, n, block):
@@ -94,8 +95,7 @@ def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: 
         if not bool(torch.isfinite(D).all()):  # finite factors, overflowing product: the materialised path names rows
             return None
         if cosine:
-            D = D / (layer_grads.part_sq_norms(fq).sqrt()[:, None] * layer_grads.part_sq_norms(ft).sqrt()[None]
-                     ).clamp_min(1e-30)
+            D = D / (q_norm * layer_grads.part_sq_norms(ft).sqrt()[None]).clamp_min(1e-30)
         out[:, rows] = (D.mean(0, keepdim=True) if objective.reduce == "mean" else D).double().cpu()
     return out
 

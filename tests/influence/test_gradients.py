@@ -7,32 +7,24 @@ from tda_clean.influence import ParamSpace, layer_grads, per_sample_grads, per_s
 from tda_clean.influence.gradients import cross_entropy_row
 
 
-@pytest.fixture(params=["layers", "vmap"])
-def rule(request, monkeypatch):
-    """Run a test through the layer-wise rule (default for Linear/Conv2d) and through vmap(grad)."""
-    if request.param == "vmap":
-        monkeypatch.setattr(layer_grads, "supported", lambda space: False)
-    return request.param
-
-
 @pytest.mark.parametrize("subset", ["all", "head", ("body.0",)])
-def test_per_sample_grads_match_loop_mlp(mlp, subset, rule):
+def test_vmap_matches_loop_mlp(mlp, subset):
     model, X, y = mlp
     space = ParamSpace(model, subset)
-    assert layer_grads.supported(space) == (rule == "layers")
     G = per_sample_grads(space, X, y)
     assert G.shape == (len(X), space.p)
     torch.testing.assert_close(G, per_sample_grads_loop(space, X, y), rtol=1e-6, atol=1e-12)
 
 
-def test_per_sample_grads_match_loop_cnn(cnn, rule):
+def test_vmap_matches_loop_cnn(cnn):
     model, X, y = cnn
     space = ParamSpace(model, "all")
     torch.testing.assert_close(per_sample_grads(space, X, y), per_sample_grads_loop(space, X, y), rtol=1e-6, atol=1e-12)
 
 
 def test_layer_rule_with_another_row_loss_strided_conv_and_sequence_input():
-    """Margin-type row loss, a strided / dilated conv without bias, and a Linear over (n, T, d) inputs."""
+    """Margin-type row loss, a strided / dilated conv without bias, and a Linear over (n, T, d) inputs: the gradient
+    parts give the same dot products as materialised loop gradients."""
     from tda_clean.influence.objectives import Margin
 
     torch.manual_seed(0)
@@ -43,11 +35,14 @@ def test_layer_rule_with_another_row_loss_strided_conv_and_sequence_input():
     X, y = rng.normal(size=(6, 2, 5, 5)), rng.integers(0, 5, 6)
     space = ParamSpace(model, "all")
     assert layer_grads.supported(space)
-    G = per_sample_grads(space, X, y, loss=Margin.row_value)
-    torch.testing.assert_close(G, per_sample_grads_loop(space, X, y, loss=Margin.row_value), rtol=1e-6, atol=1e-12)
+    parts = layer_grads.gradient_parts(space, torch.as_tensor(X), torch.as_tensor(y), Margin.row_value)
+    assert len(parts.factors) == 1 and parts.dense is not None  # last Linear factored; conv and 3-D Linear dense
+    G = per_sample_grads_loop(space, X, y, loss=Margin.row_value)
+    torch.testing.assert_close(layer_grads.part_dots(parts, parts), G @ G.T, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(layer_grads.part_sq_norms(parts), (G * G).sum(1), rtol=1e-9, atol=1e-12)
 
 
-def test_unsupported_or_shared_layers_fall_back_to_vmap():
+def test_unsupported_or_shared_layers_are_refused():
     """A LayerNorm parameter is not covered by the layer rule; a Linear used twice makes it return None."""
 
     class Shared(torch.nn.Module):
@@ -64,8 +59,7 @@ def test_unsupported_or_shared_layers_fall_back_to_vmap():
     assert not layer_grads.supported(ParamSpace(model, "all"))
     linear_only = ParamSpace(model, ("lin", "head"))
     assert layer_grads.supported(linear_only)
-    assert layer_grads.layer_per_sample_grads(linear_only, torch.as_tensor(X), torch.as_tensor(y),
-                                              cross_entropy_row) is None
+    assert layer_grads.gradient_parts(linear_only, torch.as_tensor(X), torch.as_tensor(y), cross_entropy_row) is None
     for space in (ParamSpace(model, "all"), linear_only):
         torch.testing.assert_close(per_sample_grads(space, X, y), per_sample_grads_loop(space, X, y),
                                    rtol=1e-6, atol=1e-12)
@@ -132,7 +126,7 @@ class _NoGradAndKwargs(_InPlace):
 @pytest.mark.parametrize("cls", [_InPlace, _Tied, _NoGradAndKwargs])
 def test_layer_rule_refuses_forward_passes_it_would_get_wrong(cls):
     """In-place edits of a layer output, tied weights, a layer run without grad or called with keywords: the
-    per-sample gradients (and the factored dot products) still equal the loop reference."""
+    factored dot products are refused and gradient similarity still equals the loop reference."""
     from tda_clean.influence import gradient_similarity
     from tda_clean.influence.objectives import PerSampleLoss
 
@@ -140,6 +134,8 @@ def test_layer_rule_refuses_forward_passes_it_would_get_wrong(cls):
     model = cls().double().eval()
     X, y = np.random.default_rng(0).normal(size=(6, 3)), np.array([0, 1, 1, 0, 1, 0])
     space = ParamSpace(model, "all")
+    assert not layer_grads.supported(space) or layer_grads.gradient_parts(
+        space, torch.as_tensor(X), torch.as_tensor(y), cross_entropy_row) is None
     ref = per_sample_grads_loop(space, X, y)
     torch.testing.assert_close(per_sample_grads(space, X, y), ref, rtol=1e-6, atol=1e-12)
     sim = gradient_similarity(model, (X, y), PerSampleLoss(X[:2], y[:2])).scores

@@ -1,0 +1,68 @@
+"""Micro-benchmarks behind the engine's fast paths (issue 3): HVP modes, Cholesky vs eigendecomposition,
+layer-wise vs vmap per-sample gradients, the finite check. Best of 3, 2 threads, benchmark weights of lds.py.
+
+    python benchmarks/engine_micro.py
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import load_data  # noqa: E402
+from benchmarks.ours_matching import factory_model  # noqa: E402
+
+
+def best_ms(fn, repeats: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * min(times)
+
+
+def main() -> None:
+    from tda_clean.influence import ParamSpace, layer_grads, per_sample_grads
+    from tda_clean.influence.curvature import loss_hvps
+    from tda_clean.influence.gradients import check_finite_rows
+
+    torch.set_num_threads(2)
+    Xtr, ytr, _, _ = load_data()
+    print("HVP of 100 vectors (ms): model, subset, rows -> reverse / vmap")
+    for name, subset in (("mlp", "all"), ("mlp", "head"), ("cnn", "all"), ("cnn", "head")):
+        model, _ = factory_model(name)
+        space = ParamSpace(model, subset)
+        theta = space.flat()
+        for rows in (128, 512, 1347):
+            X, y = torch.as_tensor(Xtr[:rows]).float(), torch.as_tensor(ytr[:rows]).long()
+            f = lambda th: F.cross_entropy(space.forward(th, X), y, reduction="sum")  # noqa: E731
+            V = torch.randn(100, space.p, generator=torch.Generator().manual_seed(0))
+            r, v = (best_ms(lambda m=m: loss_hvps(f, theta, V, m)) for m in ("reverse", "vmap"))
+            print(f"  {name} {subset} p={space.p} rows={rows}: {r:.1f} / {v:.1f}", flush=True)
+    H = torch.randn(4810, 4810, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    A = H @ H.T / 4810 + torch.eye(4810, dtype=torch.float64)
+    print(f"p = 4,810 float64: Cholesky {best_ms(lambda: torch.linalg.cholesky(A), 1):.0f} ms, "
+          f"eigh {best_ms(lambda: torch.linalg.eigh(A), 1):.0f} ms", flush=True)
+    print("per-sample gradients, 1,347 rows, all parameters (ms): layer-wise / vmap; finite check on G")
+    for name in ("mlp", "cnn"):
+        model, _ = factory_model(name)
+        space = ParamSpace(model, "all")
+        lay = best_ms(lambda: per_sample_grads(space, Xtr, ytr, check_finite=False))
+        orig = layer_grads.supported
+        layer_grads.supported = lambda s: False
+        vm = best_ms(lambda: per_sample_grads(space, Xtr, ytr, check_finite=False))
+        layer_grads.supported = orig
+        G = per_sample_grads(space, Xtr, ytr, check_finite=False)
+        full = best_ms(lambda: torch.isfinite(G.reshape(len(G), -1)).all(dim=1))
+        fast = best_ms(lambda: check_finite_rows(G))
+        print(f"  {name}: {lay:.1f} / {vm:.1f}; finite check row-sum {fast:.1f} vs element-wise {full:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
