@@ -4,8 +4,10 @@
     python benchmarks/group_fidelity.py --model mlp     # tanh MLP on a 3,000-row subset, EK-FAC solver
     python benchmarks/group_fidelity.py --groups 5 --sizes 0.01 0.1   # quick look
 
-Groups (issue 4): ``random``; ``cell`` = a random subset of one sex x race x label cell; ``kmeans`` = the rows
-nearest to a k-means centre in (standardised) feature space; ``gradkmeans`` = the same in gradient space.
+Groups (issue 4): ``random``; ``cell`` = a random subset of one sex x race x label cell; ``feature`` = a random
+subset of the rows sharing one one-hot feature value and one label (any categorical column, Koh et al. 2019);
+``kmeans`` = the rows nearest to a k-means centre in (standardised) feature space; ``gradkmeans`` = the same in
+gradient space (per-row training-loss gradients at theta*).
 Sizes 0.5%, 1%, 5%, 10%, 20%, 30% of the training rows, ``--groups`` (20) per size and kind.
 Objectives on the validation split: ``val_loss`` (mean cross-entropy) and ``loss_gap`` (mean loss of the worst
 sex x race group minus the best one, groups fixed at the trained model).
@@ -34,8 +36,8 @@ from scipy.stats import pearsonr, spearmanr
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SIZES = (0.005, 0.01, 0.05, 0.1, 0.2, 0.3)
-KINDS = ("random", "cell", "kmeans", "gradkmeans")
-DEFAULT_KINDS = ("random", "cell", "kmeans")
+KINDS = ("random", "cell", "feature", "kmeans", "gradkmeans")
+DEFAULT_KINDS = KINDS
 L2 = 1e-3
 
 
@@ -120,7 +122,7 @@ def objectives(bundle, model):
 
 
 def make_groups(bundle, G: np.ndarray, sizes, count: int, seed: int, kinds=KINDS) -> list:
-    from tda_clean.groups import cell_groups, cluster_groups, group_frame, random_groups
+    from tda_clean.groups import cell_groups, cluster_groups, feature_value_groups, group_frame, random_groups
 
     n = len(bundle.train)
     frame = group_frame(bundle.train)
@@ -131,6 +133,9 @@ def make_groups(bundle, G: np.ndarray, sizes, count: int, seed: int, kinds=KINDS
             out += [(size, g) for g in random_groups(n, size, count, s)]
         if "cell" in kinds:
             out += [(size, g) for g in cell_groups(frame, ["sex", "race", "label"], size, count, s)]
+        if "feature" in kinds:
+            out += [(size, g) for g in feature_value_groups(bundle.train.X, bundle.train.feature_names,
+                                                            bundle.train.y, size, count, s)]
         if "kmeans" in kinds:
             out += [(size, g) for g in cluster_groups(bundle.train.X, size, count, s, n_clusters=count, kind="kmeans")]
         if "gradkmeans" in kinds:

@@ -7,6 +7,8 @@ small JSON-able ``info``); :func:`tda_clean.influence.group.group_positions` acc
   (``==, !=, <, <=, >, >=, in, not in`` joined by ``and`` / ``or`` / ``not``; unknown columns or values raise an
   :class:`InputError` that lists the valid ones);
 * :func:`cell_groups`      random subsets of one cell of several columns (e.g. sex x race x label);
+* :func:`feature_value_groups` random subsets of the rows sharing one feature value (a one-hot column) and
+  one label, over all two-valued columns;
 * :func:`cluster_groups`   the ``size`` rows nearest to each k-means centre, in feature space or in gradient space
   (pass per-row gradients as ``Z``);
 * :func:`random_groups`    uniform random draws;
@@ -165,20 +167,52 @@ def cell_groups(frame: pd.DataFrame, columns: Sequence[str], size: int | float, 
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(f"cell_groups: unknown column {missing[0]!r} (valid columns: {', '.join(map(str, frame.columns))})")
-    n_total = len(frame) if n_total is None else n_total
-    k = resolve_size(size, n_total)
     keys = frame[list(columns)].astype(str).agg("&".join, axis=1).to_numpy()
     cells = {c: np.flatnonzero(keys == c) for c in sorted(set(keys))}
+    return _groups_in_cells(cells, size, count, seed, len(frame) if n_total is None else n_total, "cell",
+                            f"cell of {list(columns)}")
+
+
+def feature_value_groups(X: np.ndarray, feature_names: Sequence[str], labels: np.ndarray, size: int | float,
+                         count: int, seed: int) -> list[Group]:
+    """``count`` random groups of ``size`` rows sharing one feature value and one label (Koh et al. 2019).
+
+    ``X`` (n, d): every column with exactly two distinct values (a one-hot category or a binary feature, also
+    after standardisation) defines, per label in ``labels`` (n,), the cell of rows at its larger value, named
+    ``"<feature>&label=<y>"``. A fractional
+    ``size`` is a fraction of all n rows; cells too small are skipped; groups cycle over the eligible cells of
+    ALL indicator columns in a seeded order.
+    """
+    X = np.asarray(X).reshape(len(X), -1)
+    labels = np.asarray(labels)
+    if len(feature_names) != X.shape[1] or len(labels) != len(X):
+        raise InputError(f"feature_value_groups: X has {X.shape[1]} columns and {len(X)} rows but "
+                         f"{len(feature_names)} feature names and {len(labels)} labels")
+    cells = {}
+    for j, name in enumerate(feature_names):
+        values = np.unique(X[:, j])
+        if len(values) != 2:
+            continue
+        for label in np.unique(labels):
+            cells[f"{name}&label={label}"] = np.flatnonzero((X[:, j] == values[1]) & (labels == label))
+    if not cells:
+        raise InputError("feature_value_groups: X has no two-valued (indicator) column to form feature-value groups")
+    return _groups_in_cells(cells, size, count, seed, len(X), "feature", "feature-value x label cell")
+
+
+def _groups_in_cells(cells: dict[str, np.ndarray], size: int | float, count: int, seed: int, n_total: int,
+                     kind: str, what: str) -> list[Group]:
+    """``count`` random ``size``-row subsets of the cells large enough, cycling over them in a seeded order."""
+    k = resolve_size(size, n_total)
     eligible = [c for c, rows in cells.items() if len(rows) >= k]
     if not eligible:
-        raise InputError(f"cell_groups: no cell of {list(columns)} has {k} rows (largest: "
-                         f"{max(len(r) for r in cells.values())})")
+        raise InputError(f"{kind}_groups: no {what} has {k} rows (largest: {max(len(r) for r in cells.values())})")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(eligible))
     out = []
     for j in range(count):
         cell = eligible[order[j % len(eligible)]]
-        out.append(_make(f"cell{j}:{cell}", rng.choice(cells[cell], size=k, replace=False), "cell", cell=cell, size=k))
+        out.append(_make(f"{kind}{j}:{cell}", rng.choice(cells[cell], size=k, replace=False), kind, cell=cell, size=k))
     return out
 
 

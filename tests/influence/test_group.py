@@ -12,7 +12,7 @@ import torch
 
 from tda_clean.errors import InputError
 from tda_clean.groups import (
-    cell_groups, cluster_groups, group_frame, predicate_group, predicate_mask, random_groups, resolve_size, row_id_group,
+    cell_groups, cluster_groups, feature_value_groups, group_frame, predicate_group, predicate_mask, random_groups, resolve_size, row_id_group,
 )
 from tda_clean.influence import InfluenceEngine, MeanLoss
 from tda_clean.influence.group import GroupInfluence, coefficients, group_positions, objective_hvp
@@ -198,6 +198,18 @@ def test_group_builders_and_their_errors():
     cells = cell_groups(frame, ["sex", "label"], 2, 3, seed=0)
     for c in cells:
         assert len(set(frame.loc[c.positions, "sex"])) == 1 and len(set(frame.loc[c.positions, "label"])) == 1
+    Xf = np.array([[1, 0, 0.3], [1, 0, 1.7], [0, 1, 2.0], [1, 0, 0.1], [0, 1, 0.5], [1, 0, 0.9]])
+    Xf[:, 1] = Xf[:, 1] * 2.5 - 0.7                                     # a standardised indicator still counts
+    lab = np.array([0, 0, 1, 0, 1, 1])
+    feats = feature_value_groups(Xf, ["a", "b", "age"], lab, 2, 4, seed=0)   # "age" is not 0/1: no cells
+    assert {g.info["cell"] for g in feats} == {"a&label=0", "b&label=1"}
+    for g in feats:
+        col = 0 if g.info["cell"].startswith("a") else 1
+        assert len(g) == 2 and (Xf[g.positions, col] == Xf[:, col].max()).all() and len(set(lab[g.positions])) == 1
+    with pytest.raises(InputError, match="feature-value x label cell has 4 rows"):
+        feature_value_groups(Xf, ["a", "b", "age"], lab, 4, 1, seed=0)
+    with pytest.raises(InputError, match="no two-valued"):
+        feature_value_groups(Xf[:, 2:], ["age"], lab, 1, 1, seed=0)
     Z = np.concatenate([np.zeros((20, 2)), np.full((20, 2), 10.0)]) + np.random.default_rng(0).normal(size=(40, 2)) * 0.1
     clusters = cluster_groups(Z, 15, 2, seed=0, n_clusters=2)
     assert {frozenset((c.positions >= 20).tolist()) for c in clusters} == {frozenset([False]), frozenset([True])}
