@@ -87,6 +87,20 @@ def _out_grads(layer: _Layer, g: torch.Tensor) -> torch.Tensor:
     return g.reshape(g.shape[0], -1, g.shape[-1])
 
 
+def _sum_sq_in_basis(g: torch.Tensor, a: torch.Tensor, QS: torch.Tensor, QA: torch.Tensor) -> torch.Tensor:
+    """``sum_n (Q_S^T M_n Q_A)**2`` (out, inp) for ``M_n = sum_t g_nt a_nt^T``; ``g`` (n, T, out), ``a`` (n, T, inp).
+
+    With one location (T = 1: Linear layers) ``M_n`` is rank one, so the projected matrix is ``u_n w_n^T`` with
+    ``u_n = Q_S^T g_n``, ``w_n = Q_A^T a_n`` and the sum is ``(u*u)^T (w*w)``: n (out^2 + inp^2 + out inp) work
+    instead of n out inp (out + inp), e.g. 64x less for a 6,273 -> 64 layer.
+    """
+    if g.shape[1] == 1:
+        u, w = g[:, 0] @ QS, a[:, 0] @ QA
+        return (u * u).T @ (w * w)
+    M = torch.einsum("nto,nti->noi", g, a)
+    return ((QS.T @ M @ QA) ** 2).sum(0)
+
+
 @register_solver("kfac", "ekfac")
 class KFACSolver(CurvatureSolver):
     """K-FAC / EK-FAC (``settings.kind``). After fit: ``eigenvalues_`` {layer: (out, inp)} of the CE part,
@@ -119,8 +133,7 @@ class KFACSolver(CurvatureSolver):
             corrected = {l.name: torch.zeros(l.out, l.inp, dtype=loss.dtype, device=loss.device) for l in self.layers_}
             for rows, acts, grads in self._passes(loss, labels):
                 for l in self.layers_:
-                    M = torch.einsum("nto,nti->noi", grads[l.name], acts[l.name])
-                    corrected[l.name] += ((self.QS_[l.name].T @ M @ self.QA_[l.name]) ** 2).sum(0)
+                    corrected[l.name] += _sum_sq_in_basis(grads[l.name], acts[l.name], self.QS_[l.name], self.QA_[l.name])
             self.eigenvalues_ = {k: v / loss.n for k, v in corrected.items()}
         allv = torch.cat([v.reshape(-1) for v in self.eigenvalues_.values()]) + self.l2_
         self.damping_ = resolve_damping(self.settings.damping, lambda: float(allv.mean()))
