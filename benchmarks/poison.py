@@ -184,6 +184,9 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
 
             delta_mask = mask
             entry["auc"] = float(roc_auc_score(truth, det.delta_scores_))
+            pool = y == det.target_                 # the flag rule's pool: rows labelled the target class
+            if truth[pool].any() and not truth[pool].all():
+                entry["auc_target_class"] = float(roc_auc_score(truth[pool], det.delta_scores_[pool]))
             entry["query_source"] = det.info_.get("query_source")
         if mask.any():
             after, t_retrain = _train(model_cfg, train_cfg, bundle, X[~mask], y[~mask], seed)
@@ -215,8 +218,14 @@ def summarize(paths: list[str]) -> str:
         v = np.asarray(values, dtype=float)
         return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
-    out.append("| dataset | trigger | rate | seeds | poisons | detector | flagged | precision | recall | ASR before | ASR after (retrain) | acc before | acc after | acc clean model |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def auc(entries):
+        if not all("auc" in e for e in entries):
+            return ""
+        inner = [e["auc_target_class"] for e in entries if "auc_target_class" in e]
+        return f"{min(e['auc'] for e in entries):.3f}" + (f" / {min(inner):.3f}" if len(inner) == len(entries) else "") + " (min)"
+
+    out.append("| dataset | trigger | rate | seeds | poisons | detector | flagged | precision | recall | rank AUC (all / target class) | ASR before | ASR after (retrain) | ASR clean model | acc before | acc after | acc clean model | detection s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in keys:
         group = [r for r in rows if (r["dataset"], r["trigger"], r["rate"]) == key]
         for kind in DETECTORS:
@@ -224,15 +233,16 @@ def summarize(paths: list[str]) -> str:
             if not es:
                 errs = [r["detectors"][kind]["error"][:60] for r in group if kind in r["detectors"]]
                 if errs:
-                    out.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(group)} | | {kind} | error: {errs[0]} |||||||")
+                    out.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(group)} | | {kind} | error: {errs[0]} ||||||||||")
                 continue
             out.append(
                 f"| {key[0]} | {key[1]} | {key[2]} | {len(es)} | {np.mean([r['n_poison'] for r in group]):.1f} | {kind} "
                 f"| {np.mean([e['n_flagged'] for e in es]):.1f} | {ms([e['precision'] for e in es])} "
-                f"| {ms([e['recall'] for e in es])} | {ms([r['before']['attack_success_rate'] for r in group])} "
+                f"| {ms([e['recall'] for e in es])} | {auc(es)} | {ms([r['before']['attack_success_rate'] for r in group])} "
                 f"| {ms([e['after_retrain']['attack_success_rate'] for e in es])} "
+                f"| {ms([r['clean_model']['attack_success_rate'] for r in group])} "
                 f"| {ms([r['before']['accuracy'] for r in group])} | {ms([e['after_retrain']['accuracy'] for e in es])} "
-                f"| {ms([r['clean_model']['accuracy'] for r in group])} |")
+                f"| {ms([r['clean_model']['accuracy'] for r in group])} | {np.mean([e['seconds'] for e in es]):.0f} |")
     out.append("")
     out.append("Unlearning on delta_influence's flagged rows (time of the unlearning step itself; speed-up vs retrain):")
     out.append("")

@@ -96,8 +96,15 @@ class TrainingLoss:
 
     def hessian(self, chunk: int = 256, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Full ``H`` (p, p), built from batched HVPs on basis vectors, symmetrised."""
+        from tda_clean.progress import progress_bar
+
         eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
-        H = torch.cat([self.hvp(eye[a : a + chunk]) for a in range(0, self.p, chunk)])
+        blocks = []
+        with progress_bar(self.p, "hessian columns", "col", worth_showing=self.p > chunk) as bar:
+            for a in range(0, self.p, chunk):
+                blocks.append(self.hvp(eye[a : a + chunk]))
+                bar.update(len(blocks[-1]))
+        H = torch.cat(blocks)
         H = 0.5 * (H + H.T)
         return H if dtype is None else H.to(dtype)
 

@@ -6,6 +6,7 @@ of one row (the ``g_i`` of METHODS.md §1). Rows are processed in batches sized 
 result does not depend on the budget. ``per_sample_grads_loop`` is the plain autograd reference for tests.
 
 Every result is checked row-wise: NaN/inf gradients raise :class:`InputError` naming the row positions.
+Streams of more than one block show a progress bar on an interactive terminal (stderr), never in logs or CI.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 from tda_clean.errors import InputError
 from tda_clean.influence.params import ParamSpace
+from tda_clean.progress import progress_bar
 
 # row loss: (logits (C,), label () long) -> scalar
 RowLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,13 +78,15 @@ def iter_per_sample_grads(
         return loss(space.forward(th, x.unsqueeze(0))[0], label)
 
     per_row = vmap(grad(one), in_dims=(None, 0, 0))
-    for start in range(0, n, size):
-        rows = slice(start, min(n, start + size))
-        with torch.no_grad():
-            G = per_row(theta, Xt[rows], yt[rows])
-        if check_finite:
-            check_finite_rows(G, offset=start)
-        yield rows, G
+    with progress_bar(n, "per-sample gradients", "row", worth_showing=n > size) as bar:
+        for start in range(0, n, size):
+            rows = slice(start, min(n, start + size))
+            with torch.no_grad():
+                G = per_row(theta, Xt[rows], yt[rows])
+            if check_finite:
+                check_finite_rows(G, offset=start)
+            bar.update(rows.stop - rows.start)
+            yield rows, G
 
 
 def per_sample_grads(

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from tda_clean.errors import InputError
 from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss, register_solver, resolve_damping
 from tda_clean.influence.settings import KFACSettings
+from tda_clean.progress import progress_bar
 
 
 @dataclass
@@ -158,8 +159,10 @@ class KFACSolver(CurvatureSolver):
     def _passes(self, loss: TrainingLoss, labels: torch.Tensor):
         """Yield ``(rows, acts {layer: (b, T, inp)}, grads {layer: (b, T, out)})`` per batch of training rows."""
         model = loss.space.model
+        bar = progress_bar(loss.n, f"{self.name} curvature pass", "row", worth_showing=loss.n > loss.batch_size)
         for a in range(0, loss.n, loss.batch_size):
             rows = slice(a, min(loss.n, a + loss.batch_size))
+            bar.update(rows.stop - rows.start)
             acts, outs, handles = {}, {}, []
             for l in self.layers_:
                 def hook(module, inputs, output, l=l):
@@ -177,6 +180,7 @@ class KFACSolver(CurvatureSolver):
                     h.remove()
             grads = {l.name: _out_grads(l, g.detach()) for l, g in zip(self.layers_, gouts)}
             yield rows, acts, grads
+        bar.close()
 
     def _apply(self, V: torch.Tensor, inverse: bool) -> torch.Tensor:
         V = self._check_vectors(V)

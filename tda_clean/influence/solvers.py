@@ -8,6 +8,7 @@ from tda_clean.influence.curvature import (
     CurvatureSolver, TrainingLoss, register_solver, resolve_damping, warn_negative_curvature,
 )
 from tda_clean.influence.settings import CGSettings, ExactSettings, LissaSettings
+from tda_clean.progress import progress_bar
 
 _SINGULAR_RTOL = 1e-12
 
@@ -141,26 +142,28 @@ class CGSolver(CurvatureSolver):
         target = (s.tol * V.norm(dim=1)) ** 2
         active = rr > target
         it = 0
-        while bool(active.any()) and it < s.max_iter:
-            AP = self.hvp(P)
-            pAp = (P * AP).sum(1)
-            bad = active & (pAp <= 0)
-            if bool(bad.any()):
-                self.negative_curvature_ = True
-                warn_negative_curvature("cg", "a search direction with d^T (H + damping I) d <= 0")
-                raise InputError(
-                    f"cg solver: H + damping*I is not positive definite with damping={self.damping_:.3g}; "
-                    "raise damping (or use the exact solver for an indefinite system)"
-                )
-            alpha = torch.where(active, rr / torch.where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rr))
-            X += alpha[:, None] * P
-            R -= alpha[:, None] * AP
-            rr_new = (R * R).sum(1)
-            beta = torch.where(active, rr_new / torch.where(active, rr, torch.ones_like(rr)), torch.zeros_like(rr))
-            P = R + beta[:, None] * P
-            rr = rr_new
-            active = rr > target
-            it += 1
+        with progress_bar(s.max_iter, "cg iterations", worth_showing=self.p_ * len(V) > 10**6) as bar:
+            while bool(active.any()) and it < s.max_iter:
+                bar.update()
+                AP = self.hvp(P)
+                pAp = (P * AP).sum(1)
+                bad = active & (pAp <= 0)
+                if bool(bad.any()):
+                    self.negative_curvature_ = True
+                    warn_negative_curvature("cg", "a search direction with d^T (H + damping I) d <= 0")
+                    raise InputError(
+                        f"cg solver: H + damping*I is not positive definite with damping={self.damping_:.3g}; "
+                        "raise damping (or use the exact solver for an indefinite system)"
+                    )
+                alpha = torch.where(active, rr / torch.where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rr))
+                X += alpha[:, None] * P
+                R -= alpha[:, None] * AP
+                rr_new = (R * R).sum(1)
+                beta = torch.where(active, rr_new / torch.where(active, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+                P = R + beta[:, None] * P
+                rr = rr_new
+                active = rr > target
+                it += 1
         self.iterations_ = it
         self.residuals_ = (rr.sqrt() / V.norm(dim=1).clamp_min(1e-300)).detach()
         return X
