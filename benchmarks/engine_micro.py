@@ -1,5 +1,5 @@
-"""Micro-benchmarks behind the engine's fast paths (issue 3): HVP modes, Cholesky vs eigendecomposition,
-layer-wise vs vmap per-sample gradients, the finite check. Best of 3, 2 threads, benchmark weights of lds.py.
+"""Micro-benchmarks behind the engine's fast paths (issue 3): HVP modes, Cholesky vs eigendecomposition, per-sample
+gradients and the finite check, EK-FAC's eigenvalue correction. Best of 3, 2 threads, benchmark weights of lds.py.
 
     python benchmarks/engine_micro.py
 """
@@ -28,9 +28,10 @@ def best_ms(fn, repeats: int = 3) -> float:
 
 
 def main() -> None:
-    from tda_clean.influence import ParamSpace, layer_grads, per_sample_grads
+    from tda_clean.influence import ParamSpace, per_sample_grads
     from tda_clean.influence.curvature import loss_hvps
     from tda_clean.influence.gradients import check_finite_rows
+    from tda_clean.influence.kfac import _sum_sq_in_basis
 
     torch.set_num_threads(2)
     Xtr, ytr, _, _ = load_data()
@@ -49,20 +50,25 @@ def main() -> None:
     A = H @ H.T / 4810 + torch.eye(4810, dtype=torch.float64)
     print(f"p = 4,810 float64: Cholesky {best_ms(lambda: torch.linalg.cholesky(A), 1):.0f} ms, "
           f"eigh {best_ms(lambda: torch.linalg.eigh(A), 1):.0f} ms", flush=True)
-    print("per-sample gradients, 1,347 rows, all parameters (ms): layer-wise / vmap; finite check on G")
+    print("per-sample gradients (vmap), 1,347 rows, all parameters (ms); finite check on G")
     for name in ("mlp", "cnn"):
         model, _ = factory_model(name)
         space = ParamSpace(model, "all")
-        lay = best_ms(lambda: per_sample_grads(space, Xtr, ytr, check_finite=False))
-        orig = layer_grads.supported
-        layer_grads.supported = lambda s: False
         vm = best_ms(lambda: per_sample_grads(space, Xtr, ytr, check_finite=False))
-        layer_grads.supported = orig
         G = per_sample_grads(space, Xtr, ytr, check_finite=False)
         full = best_ms(lambda: torch.isfinite(G.reshape(len(G), -1)).all(dim=1))
         fast = best_ms(lambda: check_finite_rows(G))
-        print(f"  {name}: {lay:.1f} / {vm:.1f}; finite check row-sum {fast:.1f} vs element-wise {full:.1f}", flush=True)
-
+        print(f"  {name}: {vm:.1f}; finite check row-sum {fast:.1f} vs element-wise {full:.1f}", flush=True)
+    print("EK-FAC eigenvalue correction of one Linear layer, 500 rows (ms): rank-one / projected (out x inp) matrices")
+    gen = torch.Generator().manual_seed(0)
+    for out, inp in ((64, 513), (64, 6273)):           # the digits CNN's and the Fashion-MNIST CNN's dense layer
+        g, a = torch.randn(500, 1, out, generator=gen), torch.randn(500, 1, inp, generator=gen)
+        QS = torch.linalg.qr(torch.randn(out, out, generator=gen))[0]
+        QA = torch.linalg.qr(torch.randn(inp, inp, generator=gen))[0]
+        fast = best_ms(lambda: _sum_sq_in_basis(g, a, QS, QA))
+        slow = best_ms(lambda: sum(((QS.T @ torch.einsum("nto,nti->noi", g[b:b + 50], a[b:b + 50]) @ QA) ** 2).sum(0)
+                                   for b in range(0, 500, 50)), 1)
+        print(f"  {out} x {inp}: {fast:.0f} / {slow:.0f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -233,7 +233,7 @@ def summarize(paths: list[str]) -> str:
             if not es:
                 errs = [r["detectors"][kind]["error"][:60] for r in group if kind in r["detectors"]]
                 if errs:
-                    out.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(group)} | | {kind} | error: {errs[0]} ||||||||||")
+                    out.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(group)} | | {kind} | error: {errs[0]} |||||||||||")
                 continue
             out.append(
                 f"| {key[0]} | {key[1]} | {key[2]} | {len(es)} | {np.mean([r['n_poison'] for r in group]):.1f} | {kind} "

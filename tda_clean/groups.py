@@ -170,7 +170,7 @@ def cell_groups(frame: pd.DataFrame, columns: Sequence[str], size: int | float, 
     keys = frame[list(columns)].astype(str).agg("&".join, axis=1).to_numpy()
     cells = {c: np.flatnonzero(keys == c) for c in sorted(set(keys))}
     return _groups_in_cells(cells, size, count, seed, len(frame) if n_total is None else n_total, "cell",
-                            f"cell of {list(columns)}")
+                            "cell_groups", f"cell of {list(columns)}")
 
 
 def feature_value_groups(X: np.ndarray, feature_names: Sequence[str], labels: np.ndarray, size: int | float,
@@ -183,30 +183,33 @@ def feature_value_groups(X: np.ndarray, feature_names: Sequence[str], labels: np
     ``size`` is a fraction of all n rows; cells too small are skipped; groups cycle over the eligible cells of
     ALL indicator columns in a seeded order.
     """
-    X = np.asarray(X).reshape(len(X), -1)
-    labels = np.asarray(labels)
+    X, labels = np.asarray(X), np.asarray(labels)
+    if len(X) == 0:
+        raise InputError("feature_value_groups: X has no rows")
+    X = X.reshape(len(X), -1)
     if len(feature_names) != X.shape[1] or len(labels) != len(X):
         raise InputError(f"feature_value_groups: X has {X.shape[1]} columns and {len(X)} rows but "
                          f"{len(feature_names)} feature names and {len(labels)} labels")
     cells = {}
     for j, name in enumerate(feature_names):
         values = np.unique(X[:, j])
-        if len(values) != 2:
+        if len(values) != 2 or np.isnan(values).any():
             continue
         for label in np.unique(labels):
             cells[f"{name}&label={label}"] = np.flatnonzero((X[:, j] == values[1]) & (labels == label))
     if not cells:
         raise InputError("feature_value_groups: X has no two-valued (indicator) column to form feature-value groups")
-    return _groups_in_cells(cells, size, count, seed, len(X), "feature", "feature-value x label cell")
+    return _groups_in_cells(cells, size, count, seed, len(X), "feature", "feature_value_groups",
+                            "feature-value x label cell")
 
 
 def _groups_in_cells(cells: dict[str, np.ndarray], size: int | float, count: int, seed: int, n_total: int,
-                     kind: str, what: str) -> list[Group]:
+                     kind: str, caller: str, what: str) -> list[Group]:
     """``count`` random ``size``-row subsets of the cells large enough, cycling over them in a seeded order."""
     k = resolve_size(size, n_total)
     eligible = [c for c, rows in cells.items() if len(rows) >= k]
     if not eligible:
-        raise InputError(f"{kind}_groups: no {what} has {k} rows (largest: {max(len(r) for r in cells.values())})")
+        raise InputError(f"{caller}: no {what} has {k} rows (largest: {max(len(r) for r in cells.values())})")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(eligible))
     out = []

@@ -8,4 +8,5 @@ from tqdm.auto import tqdm
 
 def progress_bar(total: int, desc: str, unit: str = "it", *, worth_showing: bool = True) -> tqdm:
     """A transient ``tqdm`` bar over ``total`` steps; disabled off a TTY or when ``worth_showing`` is False."""
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not (worth_showing and sys.stderr.isatty()))
+    terminal = bool(getattr(sys.stderr, "isatty", lambda: False)())   # sys.stderr may be None (pythonw, daemons)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not (worth_showing and terminal))

@@ -159,28 +159,28 @@ class KFACSolver(CurvatureSolver):
     def _passes(self, loss: TrainingLoss, labels: torch.Tensor):
         """Yield ``(rows, acts {layer: (b, T, inp)}, grads {layer: (b, T, out)})`` per batch of training rows."""
         model = loss.space.model
-        bar = progress_bar(loss.n, f"{self.name} curvature pass", "row", worth_showing=loss.n > loss.batch_size)
-        for a in range(0, loss.n, loss.batch_size):
-            rows = slice(a, min(loss.n, a + loss.batch_size))
-            bar.update(rows.stop - rows.start)
-            acts, outs, handles = {}, {}, []
-            for l in self.layers_:
-                def hook(module, inputs, output, l=l):
-                    acts[l.name] = _activations(l, inputs[0].detach())
-                    outs[l.name] = output
-                handles.append(l.module.register_forward_hook(hook))
-            try:
-                with torch.enable_grad():
-                    logits = model(loss.X[rows])
-                    ce = F.cross_entropy(logits, labels[rows], reduction="sum")
-                    names = [l.name for l in self.layers_]
-                    gouts = torch.autograd.grad(ce, [outs[k] for k in names])
-            finally:
-                for h in handles:
-                    h.remove()
-            grads = {l.name: _out_grads(l, g.detach()) for l, g in zip(self.layers_, gouts)}
-            yield rows, acts, grads
-        bar.close()
+        long = loss.n > loss.batch_size
+        with progress_bar(loss.n, f"{self.name} curvature pass", "row", worth_showing=long) as bar:
+            for a in range(0, loss.n, loss.batch_size):
+                rows = slice(a, min(loss.n, a + loss.batch_size))
+                bar.update(rows.stop - rows.start)
+                acts, outs, handles = {}, {}, []
+                for l in self.layers_:
+                    def hook(module, inputs, output, l=l):
+                        acts[l.name] = _activations(l, inputs[0].detach())
+                        outs[l.name] = output
+                    handles.append(l.module.register_forward_hook(hook))
+                try:
+                    with torch.enable_grad():
+                        logits = model(loss.X[rows])
+                        ce = F.cross_entropy(logits, labels[rows], reduction="sum")
+                        names = [l.name for l in self.layers_]
+                        gouts = torch.autograd.grad(ce, [outs[k] for k in names])
+                finally:
+                    for h in handles:
+                        h.remove()
+                grads = {l.name: _out_grads(l, g.detach()) for l, g in zip(self.layers_, gouts)}
+                yield rows, acts, grads
 
     def _apply(self, V: torch.Tensor, inverse: bool) -> torch.Tensor:
         V = self._check_vectors(V)

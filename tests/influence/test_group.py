@@ -206,7 +206,7 @@ def test_group_builders_and_their_errors():
     for g in feats:
         col = 0 if g.info["cell"].startswith("a") else 1
         assert len(g) == 2 and (Xf[g.positions, col] == Xf[:, col].max()).all() and len(set(lab[g.positions])) == 1
-    with pytest.raises(InputError, match="feature-value x label cell has 4 rows"):
+    with pytest.raises(InputError, match="feature_value_groups: no feature-value x label cell has 4 rows"):
         feature_value_groups(Xf, ["a", "b", "age"], lab, 4, 1, seed=0)
     with pytest.raises(InputError, match="no two-valued"):
         feature_value_groups(Xf[:, 2:], ["age"], lab, 1, 1, seed=0)
