@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tda_clean.errors import InputError
 from tda_clean.selection.base import BaseSelector, FitContext, register_selector, trained_model
@@ -299,7 +298,7 @@ class DeltaInfluenceSelector(BaseSelector):
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "DeltaInfluenceSelector":
         from tda_clean.data.transforms import check_transforms, default_transforms, random_copies
         from tda_clean.influence import GradientSettings, InfluenceEngine, Margin
-        from tda_clean.influence.gradients import iter_per_sample_grads
+        from tda_clean.influence.gradients import cross_entropy_row
 
         X, y = np.asarray(X), np.asarray(y)
         n_classes = context.n_classes or int(y.max()) + 1
@@ -327,17 +326,9 @@ class DeltaInfluenceSelector(BaseSelector):
         settings = GradientSettings(params=self.params, dtype=self.dtype, device="auto")
         engine = InfluenceEngine(model, (X, y), l2=context.train_config.l2, solver=self.solver,
                                  damping=self.damping, gradients=settings)
-        W = engine.inverse_hvp(Margin(Xall, Tall))  # (m, p)
-        S = torch.zeros(W.shape[0], engine.n, dtype=torch.float64)
-        if self.train_gradient == "margin":
-            blocks_g = iter_per_sample_grads(engine.space, engine.loss.X, engine.loss.y, loss=Margin.row_value,
-                                             memory_mb=settings.memory_mb)
-            sign = 1.0
-        else:
-            blocks_g, sign = engine.train_gradients(), -1.0
-        for rows, G in blocks_g:
-            S[:, rows] = sign * (W @ G.T).double().cpu() / engine.n
-        S = S.numpy().reshape(len(Xq), self.n_copies + 1, engine.n)
+        train_loss, sign = (Margin.row_value, 1.0) if self.train_gradient == "margin" else (cross_entropy_row, -1.0)
+        S = sign * engine.scores(Margin(Xall, Tall), train_loss)            # (m, n) supports
+        S = S.reshape(len(Xq), self.n_copies + 1, engine.n)
 
         self.supports_ = S  # (Q, N + 1, n) supports, for diagnostics and re-thresholding with delta_votes
         votes, cont = delta_votes(S, self.z_threshold, self.tol)

@@ -7,7 +7,7 @@ from tda_clean.influence import (
     CallableObjective, CheckpointRecorder, DemographicParityGap, EqualizedOddsGap, GradientSettings,
     GradientStore, GroupLossDifference, InfluenceEngine, Margin, MeanLoss, ParamSpace, PerSampleLoss,
     RandomProjector, WorstGroupLoss, compute_influence, gradient_similarity, pairwise_influence,
-    projected_influence, self_influence, tracin_cp,
+    per_sample_grads, projected_influence, self_influence, tracin_cp,
 )
 
 
@@ -214,3 +214,36 @@ def test_similarity_with_conv_layers_matches_materialised_gradients(cnn, kind):
         Q, G = Q / Q.norm(dim=1, keepdim=True), G / G.norm(dim=1, keepdim=True)
     got = gradient_similarity(model, (X, y), obj, kind=kind, gradients=GradientSettings(params="all")).scores
     np.testing.assert_allclose(got, (Q @ G.T).numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+@pytest.mark.parametrize("fixture, params", [("mlp", "all"), ("cnn", "all"), ("cnn", "head")])
+@pytest.mark.parametrize("reduce", ["none", "mean"])
+def test_kfac_eigenbasis_scores_match_materialised_path(request, kind, fixture, params, reduce):
+    """Scores computed in the Kronecker eigenbasis from layer factors equal W = A^-1 Q against materialised G."""
+    from tda_clean.influence import Margin
+    from tda_clean.influence.settings import KFACSettings
+
+    model, X, y = request.getfixturevalue(fixture)
+    engine = InfluenceEngine(model, (X, y), l2=0.05, solver=KFACSettings(kind=kind, damping=0.1),
+                             gradients=GradientSettings(params=params))
+    objective = Margin(X[:5], (np.asarray(y[:5]) + 1) % 3, reduce=reduce)
+    fast = engine._eigenbasis_scores(objective, Margin.row_value)
+    assert fast is not None and fast.shape == ((1 if reduce == "mean" else 5), len(y))
+    W = engine.inverse_hvp(objective)
+    G = per_sample_grads(engine.space, X, y, loss=Margin.row_value)
+    np.testing.assert_allclose(fast, (W @ G.T).numpy() / len(y), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(engine.influence(objective).scores, engine.scores_for(W), rtol=1e-9, atol=1e-12)
+
+
+def test_kfac_eigenbasis_scores_fall_back_in_train_mode(mlp):
+    """Train mode couples rows (dropout, batch norm): the hooks refuse and the materialised path answers."""
+    from tda_clean.influence import Margin
+
+    model, X, y = mlp
+    engine = InfluenceEngine(model, (X, y), l2=0.05, solver="ekfac")
+    engine.model.train()
+    try:
+        assert engine._eigenbasis_scores(Margin(X[:3], 0), Margin.row_value) is None
+    finally:
+        engine.model.eval()
