@@ -133,6 +133,17 @@ def _evaluate(model, bundle: DataBundle) -> dict[str, float]:
 UNLEARN = ("retrain", "newton", "finetune", "ascent")
 
 
+def blend_queries(model, bundle: DataBundle, path: Path) -> dict:
+    """Δ-influence query settings for the blended trigger: the corner-patch scan cannot find it, so up to 16
+    triggered validation inputs the model sends to the target are given as queries (saved to ``path``)."""
+    victims = bundle.val.subset(bundle.val.y != bundle.attack_target)
+    alpha, pattern_seed = (Blended.model_fields[k].default for k in ("alpha", "pattern_seed"))  # as in scenario()
+    Xq = blend_trigger(victims.X, blend_pattern(victims.X.shape[1:], pattern_seed), alpha)
+    pred = predict_proba(model, Xq).argmax(1)
+    np.save(path, Xq[pred == bundle.attack_target][:16])
+    return {"queries": "file", "query_file": str(path)}
+
+
 def unlearn_config(spec: str) -> UnlearnAction:
     """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> UnlearnAction (pydantic coerces the strings)."""
     method, _, rest = spec.partition(":")
@@ -159,15 +170,7 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
     for kind in detectors:
         raw = {"kind": kind}
         if kind == "delta_influence" and trigger == "blend":
-            # the corner-patch scan cannot find a blended trigger: give triggered validation inputs as queries
-            victims = bundle.val.subset(bundle.val.y != bundle.attack_target)
-            cfg_b = Blended(target=0, rate=rate)
-            Xq = blend_trigger(victims.X, blend_pattern(victims.X.shape[1:], cfg_b.pattern_seed), cfg_b.alpha)
-            pred = predict_proba(model, Xq).argmax(1)
-            Xq = Xq[pred == bundle.attack_target][:16]
-            path = tmp / f"poison_queries_{dataset}_{rate}_{seed}.npy"
-            np.save(path, Xq)
-            raw.update(queries="file", query_file=str(path))
+            raw.update(blend_queries(model, bundle, tmp / f"poison_queries_{dataset}_{rate}_{seed}.npy"))
         cfg = parse_config({"data": {"kind": "digits"}, "detector": raw}).detector
         start = time.perf_counter()
         try:
