@@ -194,8 +194,10 @@ def test_cron_schedule_fires_and_completes(tmp_path: Path, prefect_url: str, mlf
             assert done.parameters == {"config": str(config.absolute()), "overrides": ["detector.folds=2"]}
             assert set(task_names(pc, done.id).values()) == {"COMPLETED"}
     finally:
-        code = stop_group(serve, timeout=30, sig=signal.SIGINT)
+        code = stop_group(serve, timeout=60, sig=signal.SIGINT)
     assert code is not None, "serve did not stop"
+    # a serve SIGKILLed after the timeout never reaches its shutdown handler (seen once in CI on a loaded VM)
+    assert code != -signal.SIGKILL, f"serve ignored SIGINT for 60 s and was killed:\n{log.read_text()[-2000:]}"
     with prefect(prefect_url) as pc:  # stopping serve pauses the schedule (pause_on_shutdown)
         assert pc.read_deployment_by_name("clean/itest-every-minute").paused
 
