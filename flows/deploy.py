@@ -5,9 +5,10 @@
 creates (or updates) the deployment ``clean/NAME`` with the cron schedule and the parameters
 ``{"config": "<absolute path of CONFIG>", "overrides": [...]}``, then blocks polling the server for
 scheduled runs and runs each one in a subprocess. The config file is re-read at every scheduled run, so
-edits apply to the next night's run. Ctrl-C pauses the schedule and stops (on a loaded machine the first
-Ctrl-C was seen ignored: press it again). SIGTERM stops the process WITHOUT pausing the schedule (observed
-once: Prefect's SIGTERM handler exits before the pause), so the server keeps scheduling runs nobody serves.
+edits apply to the next night's run. Ctrl-C pauses the schedule and stops. SIGTERM stops the process
+WITHOUT pausing the schedule (observed once: Prefect's SIGTERM handler exits before the pause), so the server
+keeps scheduling runs nobody serves. A process started with SIGINT ignored (e.g. ``nohup ... &``) never sees
+Ctrl-C at all.
 
 The temporary local server Prefect starts when ``PREFECT_API_URL`` is unset lives only as long as one
 process and runs no scheduler, so ``serve_clean`` refuses to run without a reachable server. The worker
