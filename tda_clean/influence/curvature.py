@@ -32,6 +32,7 @@ from tda_clean.errors import InputError
 from tda_clean.influence.gradients import as_tensors
 from tda_clean.influence.params import ParamSpace
 from tda_clean.influence.settings import AUTO_DAMPING_FACTOR, Damping, SolverSettings
+from tda_clean.progress import progress_bar
 
 
 class NegativeCurvatureWarning(UserWarning):
@@ -96,8 +97,6 @@ class TrainingLoss:
 
     def hessian(self, chunk: int = 256, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Full ``H`` (p, p), built from batched HVPs on basis vectors, symmetrised."""
-        from tda_clean.progress import progress_bar
-
         eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
         blocks = []
         with progress_bar(self.p, "hessian columns", "col", worth_showing=self.p > chunk) as bar:

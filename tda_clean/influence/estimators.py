@@ -97,9 +97,10 @@ class InfluenceEngine:
         return store_fingerprint(model_fingerprint(self.model), np.asarray(self.X), np.asarray(self.y),
                                  str(self.space.subset), str(self.loss.dtype))
 
-    def train_gradients(self, label_override: np.ndarray | None = None,
-                        rows: slice | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield ``(rows, G_rows)`` blocks of per-row training-loss gradients ``(len(rows), p)``.
+    def train_gradients(self, label_override: np.ndarray | None = None, rows: slice | None = None,
+                        loss: RowLoss = cross_entropy_row) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(rows, G_rows)`` blocks of per-row gradients ``(len(rows), p)`` of ``loss`` (default the
+        training cross-entropy; only those are ever stored).
 
         ``label_override`` (n,) computes them for other labels (never stored). ``rows`` restricts them to one
         contiguous range of training rows (a shard); the yielded slices are absolute row positions.
@@ -107,11 +108,12 @@ class InfluenceEngine:
         y = self.y if label_override is None else label_override
         if rows is not None:
             start = rows.start or 0
-            for sub, G in iter_per_sample_grads(self.space, self.X[rows], y[rows], memory_mb=self.settings.memory_mb):
+            for sub, G in iter_per_sample_grads(self.space, self.X[rows], y[rows], loss=loss,
+                                                memory_mb=self.settings.memory_mb):
                 yield slice(start + sub.start, start + sub.stop), G
             return
-        if self.store_dir is None or label_override is not None:
-            yield from iter_per_sample_grads(self.space, self.X, y, memory_mb=self.settings.memory_mb)
+        if self.store_dir is None or label_override is not None or loss is not cross_entropy_row:
+            yield from iter_per_sample_grads(self.space, self.X, y, loss=loss, memory_mb=self.settings.memory_mb)
             return
         yield from self._stored_gradients()
 
@@ -151,16 +153,7 @@ class InfluenceEngine:
         never expanded before projecting. Same numbers as ``scores_for(inverse_hvp(objective))`` (tested).
         """
         fast = self._eigenbasis_scores(objective, train_loss)
-        if fast is not None:
-            return fast
-        W = self.inverse_hvp(objective)
-        if train_loss is cross_entropy_row:
-            return self.scores_for(W)
-        out = torch.zeros(W.shape[0], self.n, dtype=torch.float64)
-        for rows, G in iter_per_sample_grads(self.space, self.loss.X, self.loss.y, loss=train_loss,
-                                             memory_mb=self.settings.memory_mb):
-            out[:, rows] = (W @ G.T).double().cpu() / self.n
-        return out.numpy()
+        return fast if fast is not None else self.scores_for(self.inverse_hvp(objective), train_loss=train_loss)
 
     def _eigenbasis_scores(self, objective: Objective, train_loss: RowLoss) -> np.ndarray | None:
         from tda_clean.influence.kfac import KFACSolver
@@ -196,12 +189,13 @@ class InfluenceEngine:
             out[block.start - offset:block.stop - offset] = ((G * self.solver.solve(G)).sum(1) / self.n).double().cpu().numpy()
         return out
 
-    def scores_for(self, W: torch.Tensor, rows: slice | None = None) -> np.ndarray:
+    def scores_for(self, W: torch.Tensor, rows: slice | None = None,
+                   train_loss: RowLoss = cross_entropy_row) -> np.ndarray:
         """``(1/n) W G^T``: (m, n) influence of each training row (or of ``rows`` only) for precomputed
-        ``W = A^-1 Q`` (:meth:`inverse_hvp`)."""
+        ``W = A^-1 Q`` (:meth:`inverse_hvp`); ``G`` holds the rows' gradients of ``train_loss``."""
         offset = 0 if rows is None else (rows.start or 0)
         out = torch.zeros(W.shape[0], self.n if rows is None else len(range(self.n)[rows]), dtype=torch.float64)
-        for block, G in self.train_gradients(rows=rows):
+        for block, G in self.train_gradients(rows=rows, loss=train_loss):
             out[:, block.start - offset:block.stop - offset] = (W @ G.T).double().cpu() / self.n
         return out.numpy()
 

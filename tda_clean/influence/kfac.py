@@ -96,6 +96,15 @@ def _out_grads(layer: _Layer, g: torch.Tensor) -> torch.Tensor:
     return g.reshape(g.shape[0], -1, g.shape[-1])
 
 
+def _to_flat(layer: _Layer, M: torch.Tensor, out: torch.Tensor) -> None:
+    """Write a layer block ``M`` (..., out, inp) into the flat parameter layout ``out`` (..., p) in place:
+    ``[weight.flatten(), bias]`` of the layer's slices (the bias is the last column of ``M``)."""
+    w = layer.w_slice.stop - layer.w_slice.start
+    out[..., layer.w_slice] = M[..., : w // layer.out].reshape(*M.shape[:-2], -1)
+    if layer.b_slice is not None:
+        out[..., layer.b_slice] = M[..., -1]
+
+
 def _sum_sq_in_basis(g: torch.Tensor, a: torch.Tensor, QS: torch.Tensor, QA: torch.Tensor) -> torch.Tensor:
     """``sum_n (Q_S^T M_n Q_A)**2`` (out, inp) for ``M_n = sum_t g_nt a_nt^T``; ``g`` (n, T, out), ``a`` (n, T, inp).
 
@@ -202,11 +211,7 @@ class KFACSolver(CurvatureSolver):
             lam = self.eigenvalues_[l.name].to(V.dtype) + self.l2_ + self.damping_
             R = QS.T @ M @ QA
             R = R / lam if inverse else R * lam
-            M = QS @ R @ QA.T
-            w = l.w_slice.stop - l.w_slice.start
-            out[:, l.w_slice] = M[:, :, : w // l.out].reshape(k, -1)
-            if l.b_slice is not None:
-                out[:, l.b_slice] = M[:, :, -1]
+            _to_flat(l, QS @ R @ QA.T, out)
         return out
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
@@ -238,10 +243,7 @@ class KFACSolver(CurvatureSolver):
                 P = (grads[:, 0] @ QS)[:, :, None] * (acts[:, 0] @ QA)[:, None, :]
             else:
                 P = QS.T @ torch.einsum("nto,nti->noi", grads, acts) @ QA
-            w = l.w_slice.stop - l.w_slice.start
-            out[:, l.w_slice] = P[:, :, : w // l.out].reshape(len(X), -1)
-            if l.b_slice is not None:
-                out[:, l.b_slice] = P[:, :, -1]
+            _to_flat(l, P, out)
         return out
 
     def eigenbasis_scale(self) -> torch.Tensor:
@@ -249,9 +251,5 @@ class KFACSolver(CurvatureSolver):
         ``q^T A^-1 g = sum(q~ * g~ * scale)``."""
         out = torch.zeros(self.p_, dtype=self.loss_.dtype, device=self.loss_.device)
         for l in self.layers_:
-            lam = 1.0 / (self.eigenvalues_[l.name].to(out.dtype) + self.l2_ + self.damping_)
-            w = l.w_slice.stop - l.w_slice.start
-            out[l.w_slice] = lam[:, : w // l.out].reshape(-1)
-            if l.b_slice is not None:
-                out[l.b_slice] = lam[:, -1]
+            _to_flat(l, 1.0 / (self.eigenvalues_[l.name].to(out.dtype) + self.l2_ + self.damping_), out)
         return out

@@ -144,7 +144,6 @@ class CGSolver(CurvatureSolver):
         it = 0
         with progress_bar(s.max_iter, "cg iterations", worth_showing=self.p_ * len(V) > 10**6) as bar:
             while bool(active.any()) and it < s.max_iter:
-                bar.update()
                 AP = self.hvp(P)
                 pAp = (P * AP).sum(1)
                 bad = active & (pAp <= 0)
@@ -164,6 +163,7 @@ class CGSolver(CurvatureSolver):
                 rr = rr_new
                 active = rr > target
                 it += 1
+                bar.update()
         self.iterations_ = it
         self.residuals_ = (rr.sqrt() / V.norm(dim=1).clamp_min(1e-300)).detach()
         return X

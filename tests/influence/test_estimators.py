@@ -233,6 +233,7 @@ def test_kfac_eigenbasis_scores_match_materialised_path(request, kind, fixture, 
     W = engine.inverse_hvp(objective)
     G = per_sample_grads(engine.space, X, y, loss=Margin.row_value)
     np.testing.assert_allclose(fast, (W @ G.T).numpy() / len(y), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(engine.scores_for(W, train_loss=Margin.row_value), fast, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(engine.influence(objective).scores, engine.scores_for(W), rtol=1e-9, atol=1e-12)
 
 
