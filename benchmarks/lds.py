@@ -1,4 +1,4 @@
-"""Linear datamodeling score (LDS, METHODS.md §8) of tda-clean's attribution methods on digits, MLP and small CNN.
+"""Linear datamodeling score (LDS, docs/methods.md) of tda-clean's attribution methods on digits, MLP and small CNN.
 
 Ground truth (the expensive part, cached under ``benchmarks/.cache/``, resumable):
   * train the benchmark model on the full digits training split (1,347 rows) -> weights + TracIn checkpoints

@@ -148,7 +148,7 @@ def stage_evaluate(ctx: RunContext, which: str) -> dict[str, float]:
 
 
 def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
-    """Assemble ``report.json`` (schema in DESIGN.md) and the before/after plot."""
+    """Assemble ``report.json`` (schema in docs/architecture.md) and the before/after plot."""
     from tda_clean.evaluation.plots import plot_before_after
 
     from tda_clean.selection.group_selectors import explain_selection

@@ -5,7 +5,7 @@
 
 * ``retrain``  -- train a fresh model (``make_model(seed)``, else a seeded re-initialisation of
   ``model_before``'s layers) on the retained rows with the run's training config: the reference.
-* ``newton``   -- second-order group removal (Basu et al. 2020, METHODS.md §3) on the parameter subset
+* ``newton``   -- second-order group removal (Basu et al. 2020, docs/methods.md#unlearning) on the parameter subset
   ``cfg.params``, with curvature A = H + damping I of the FULL training objective from the engine's solver::
 
       p = m/n, q = p/(1-p),  g_U = mean over U of grad(CE + l2/2 |theta|^2),  H_U = mean Hessian over U

@@ -92,7 +92,7 @@ class GroupFirstOrderDetector(_GroupSelectorBase):
 
 
 class GroupSecondOrderDetector(_GroupSelectorBase):
-    """Second-order group selection (Basu et al. 2020, METHODS.md §3): ``greedy`` adds rows in ``steps`` rounds
+    """Second-order group selection (Basu et al. 2020, docs/methods.md): ``greedy`` adds rows in ``steps`` rounds
     re-scored with the second-order group influence of the set so far; ``relaxed`` runs ``iters`` steps of
     projected gradient descent on the relaxed quadratic; ``best`` runs both and keeps the lowest predicted change
     (the first-order top-k set competes too, so ``best`` is never predicted worse than first order). With
@@ -106,7 +106,7 @@ class GroupSecondOrderDetector(_GroupSelectorBase):
 
 
 class D3MDetector(_InfluenceDetectorBase):
-    """D3M-style group alignment (Jain et al. 2024, METHODS.md §6) from the engine's influence scores: exactly
+    """D3M-style group alignment (Jain et al. 2024, docs/methods.md#d3m) from the engine's influence scores: exactly
     the budget's rows with the lowest alignment ``A_i = (1/G) sum_g L_g * influence(i -> L_g)`` over the
     validation groups of ``group_column`` (default: the intersection of all group columns)."""
 
@@ -124,7 +124,7 @@ class RandomDetector(_Frozen):
 
 
 class DeltaInfluenceDetector(_Frozen):
-    """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, METHODS.md §4).
+    """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, docs/methods.md#delta-influence).
 
     ``queries``: ``auto`` (trigger scan on validation inputs, else outlying rows of the suspected ``target``
     class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
@@ -167,7 +167,7 @@ class DeltaInfluenceDetector(_Frozen):
 
 
 class InfluenceThresholdDetector(_InfluenceDetectorBase):
-    """Baseline of METHODS.md §4: support of each row for the target-class margin of the poisoned queries
+    """Baseline of docs/methods.md#delta-influence: support of each row for the target-class margin of the poisoned queries
     (found like ``delta_influence``'s ``auto`` queries; training loss gradients, as in the paper's baseline),
     flagged above a robust z ``z_threshold``."""
 

@@ -1,4 +1,4 @@
-"""DualDA (METHODS.md §5): a Crammer-Singer multiclass SVM surrogate on penultimate features, explained by its dual.
+"""DualDA (docs/methods.md): a Crammer-Singer multiclass SVM surrogate on penultimate features, explained by its dual.
 
 Primal (no bias):  min_W  1/2 ||W||_F^2 + C sum_i max_c (1[c != y_i] + w_c.phi_i - w_{y_i}.phi_i)
 Dual (solved here, as in LIBLINEAR's MCSVM_CS):

@@ -1,4 +1,4 @@
-"""Influence estimators on top of gradients + curvature (METHODS.md §1-§2).
+"""Influence estimators on top of gradients + curvature (docs/methods.md#influence-functions).
 
 Sign convention (everywhere): a POSITIVE influence of removing training row i on objective f means that
 removing the row INCREASES f. With ``A = H + damping I`` the training-loss curvature over the parameter subset,

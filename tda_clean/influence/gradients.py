@@ -2,7 +2,7 @@
 
 ``per_sample_grads(model, X, y)`` returns ``G`` of shape ``(n, p)`` with ``G[i] = d loss(f(x_i; theta), y_i) / d theta``
 over the :class:`~tda_clean.influence.params.ParamSpace`; ``loss`` defaults to the unregularised cross-entropy
-of one row (the ``g_i`` of METHODS.md §1). Rows are processed in batches sized from a memory budget, so the
+of one row (the ``g_i`` of docs/methods.md). Rows are processed in batches sized from a memory budget, so the
 result does not depend on the budget. ``per_sample_grads_loop`` is the plain autograd reference for tests.
 
 Every result is checked row-wise: NaN/inf gradients raise :class:`InputError` naming the row positions.

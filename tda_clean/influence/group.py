@@ -1,4 +1,4 @@
-"""Group influence, first and second order (Basu, You & Feizi 2020; METHODS.md §3), batched over many groups.
+"""Group influence, first and second order (Basu, You & Feizi 2020; docs/methods.md), batched over many groups.
 
 Sign convention (as everywhere in tda-clean): a POSITIVE change of an objective f means that REMOVING the group
 INCREASES f. Parameter changes are ``theta_without_U - theta*``.

@@ -13,7 +13,7 @@ predicted with ONE model of the parameter change, and the selection minimises a 
   approach the thresholded TPR / FPR / selection rates that fairness metrics report.
 * :class:`ParameterChangeModel` the predicted parameter change when the rows with membership ``w`` (n,) are
   removed together, ``m = sum w`` fixed: first order ``c1 A^-1 G^T w`` or second order (Basu et al.,
-  METHODS.md §3) ``a1 A^-1 G^T w + a2 A^-1 H_w A^-1 G^T w`` with ``H_w = sum_i w_i Ht_i`` (scale conventions of
+  docs/methods.md) ``a1 A^-1 G^T w + a2 A^-1 H_w A^-1 G^T w`` with ``H_w = sum_i w_i Ht_i`` (scale conventions of
   :mod:`tda_clean.influence.group`), and the exact gradient of ``v^T dtheta(w)`` with respect to ``w``.
   Components are evaluated EXACTLY at ``theta* + dtheta(w)`` (a forward pass on the validation rows), so the
   only approximation is the parameter change (second order in the group, exact for the objective).

@@ -117,7 +117,7 @@ class QuadraticGroupModel:
 
     def relaxed(self, m: int, iters: int = 200, lr: float = 0.5, init: np.ndarray | None = None,
                 candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Relaxed quadratic (METHODS.md §3): minimise Q(w) over ``w in [0,1]^n, sum w = m`` by projected
+        """Relaxed quadratic (docs/methods.md): minimise Q(w) over ``w in [0,1]^n, sum w = m`` by projected
         gradient descent (step normalised by the largest gradient entry, decaying), then round to the top ``m``.
         Returns ``(positions (m,), w (n,))``."""
         n = self.n

@@ -1,4 +1,4 @@
-"""Test objectives ``f(theta)`` for cross-loss influence (METHODS.md §2).
+"""Test objectives ``f(theta)`` for cross-loss influence (docs/methods.md#cross-loss-influence).
 
 Influence of removing training row i on f (sign convention used everywhere in tda-clean: POSITIVE = removing
 the row INCREASES f):

@@ -171,7 +171,7 @@ class CGSolver(CurvatureSolver):
 
 @register_solver("lissa")
 class LissaSolver(CurvatureSolver):
-    """LiSSA recursion of METHODS.md §1 (see :class:`LissaSettings`). ``scale_`` is the scale used."""
+    """LiSSA recursion of docs/methods.md#solvers (see :class:`LissaSettings`). ``scale_`` is the scale used."""
 
     name = "lissa"
     settings: LissaSettings

@@ -1,4 +1,4 @@
-"""Δ-influence poison detection (Li et al. 2024, METHODS.md §4) with relative thresholds and several queries.
+"""Δ-influence poison detection (Li et al. 2024, docs/methods.md) with relative thresholds and several queries.
 
 Idea: a poisoned query ``x_t`` (an input the model sends to the attacker's class ``t``) is supported by the
 poisons through the trigger. Transform the query so the trigger breaks (flip, affine, blur, invert, jitter,

@@ -5,11 +5,11 @@ Every selector flags EXACTLY ``budget`` rows: ``max_flagged`` rows and/or ``ceil
 5% when neither is set). A budget larger than the training set (or equal to it) raises :class:`InputError`.
 
 * ``group_first_order``  top-k rows by first-order group influence on the validation ``objective``: the exact
-  maximiser of the first-order predicted decrease ``-(1/((1-p)n)) sum_U s_i`` (METHODS.md §3);
+  maximiser of the first-order predicted decrease ``-(1/((1-p)n)) sum_U s_i`` (docs/methods.md#second-order-group-influence);
 * ``group_second_order`` the set minimising the SECOND-order predicted change (quadratic in the membership
   vector, :class:`~tda_clean.influence.group.QuadraticGroupModel`): greedy with second-order re-scoring, the
   relaxed quadratic with projected gradient descent, or the better of both (``method="best"``);
-* ``d3m``               D3M-style alignment (METHODS.md §6) from the engine's influence on each validation
+* ``d3m``               D3M-style alignment (docs/methods.md#d3m) from the engine's influence on each validation
   group's mean loss;
 * ``random``            seeded uniform draw (the floor).
 

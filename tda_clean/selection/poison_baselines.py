@@ -1,4 +1,4 @@
-"""Backdoor-poison baselines as registered detectors (METHODS.md §4 lists their published figures).
+"""Backdoor-poison baselines as registered detectors (published figures: docs/methods.md).
 
 * ``influence_threshold`` -- support of each training row for the target-class margin of poisoned queries
   (queries found like ``delta_influence``'s ``auto`` queries), averaged over queries, flagged above a robust z;

@@ -1,4 +1,4 @@
-"""The before/after run layout the MLflow UI compares well (shared/STACK.md).
+"""The before/after run layout the MLflow UI compares well (docs/stack.md#mlflow).
 
 Parent run (one per pipeline/flow run) with child runs ``before`` and ``after`` carrying identical
 metric keys, plus ``before_<m>``, ``after_<m>`` and ``delta_<m>`` (after - before) on the parent.

@@ -36,7 +36,7 @@ def test_attributions_sum_to_surrogate_logit():
     for c in range(3):
         a = dd.attribute(Xq, c)
         np.testing.assert_allclose(a.sum(1), dd.decision_function(Xq)[:, c], rtol=1e-12, atol=1e-12)
-    # dual feasibility / sign structure of METHODS.md §5
+    # dual feasibility / sign structure of docs/methods.md#dualda-and-xda
     al = dd.alpha_
     own = al[np.arange(len(y)), y]
     assert (own >= -1e-12).all() and (own <= 0.5 + 1e-9).all()

@@ -1,4 +1,4 @@
-"""Group influence (METHODS.md §3): Newton-step agreement to O(p^3), first order = scaled sum of single-row
+"""Group influence (docs/methods.md): Newton-step agreement to O(p^3), first order = scaled sum of single-row
 influences, agreement with retraining, quadratic selection model, group builders and bad input."""
 from __future__ import annotations
 

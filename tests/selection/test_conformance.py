@@ -1,4 +1,4 @@
-"""Conformance of every registered detector with the selector conventions (DESIGN.md rule 2), plus
+"""Conformance of every registered detector with the selector conventions (docs/architecture.md rule 2), plus
 cleanlab's detection quality floor on an easy problem with known flipped labels."""
 from __future__ import annotations
 
