@@ -122,10 +122,9 @@ def hvp_mode(space: ParamSpace, rows: int) -> HvpMode:
     """How :func:`loss_hvps` pushes vectors through ``rows`` training rows (deterministic: no timing involved).
 
     ``reverse`` when a convolution owns selected parameters or ``rows * p >= REVERSE_MIN_WORK``, else ``vmap``.
-    Measured on 100 vectors (BENCHMARKS.md, issue 3): reverse-over-reverse (one graph, one backward per vector) is
-    1.8x faster than ``vmap(jvp(grad))`` on the 4,810-parameter MLP over 1,347 rows and 1.6-2.6x on the CNN at any
-    batch size; ``vmap`` is 1.3-6x faster below ~4e6 (MLP over 128-512 rows, last layers alone), where the per-call
-    overhead of the loop dominates (``benchmarks/engine_micro.py``).
+    Reverse-over-reverse (one graph, one backward per vector) wins over ``vmap(jvp(grad))`` on conv layers and
+    on large ``rows * p``; ``vmap`` wins below ``REVERSE_MIN_WORK`` (small MLPs, last layers alone), where the
+    per-call overhead of the loop dominates (timings: BENCHMARKS.md, ``benchmarks/engine_micro.py``).
     """
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in space.owners().values())
     return "reverse" if has_conv or rows * space.p >= REVERSE_MIN_WORK else "vmap"

@@ -35,7 +35,7 @@ same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the
 * objective curvature. A change of f consistent to second order in p also needs f's own curvature
   ``Hf = d2 f(theta*)``: ``df = grad f^T dtheta + 1/2 dtheta^T Hf dtheta + O(p^3)`` (dtheta is O(p)). Without it the
   prediction misses most of the change of any objective whose gradient is small at theta* (the validation loss
-  of a well-fitted model: measured on Adult, Pearson 0.45 -> 0.999, see BENCHMARKS.md "Group influence").
+  of a well-fitted model; see BENCHMARKS.md "Group influence").
   :meth:`GroupInfluence.objective_change` reports ``first`` (Koh et al.: ``grad f^T dtheta1``), ``second_linear``
   (Basu et al.: ``grad f^T dtheta2``) and ``second`` = ``grad f^T dtheta2 + 1/2 dtheta2^T Hf dtheta2`` (the
   default second order). The selectors' :class:`~tda_clean.influence.group_quadratic.QuadraticGroupModel` uses

@@ -2,8 +2,8 @@
 
 Why. The equalized-odds gap, the demographic-parity gap and the worst-group loss are maxima (or spreads) of
 several components: per-(group, label) positive rates, per-group rates, per-group losses. Linearising the active
-branch at theta* and removing the rows that lower it most moves another group / label into the max (measured on
-Adult: the smooth EO gap was predicted to fall, the thresholded EOD rose 0.127 -> 0.183). Here every component is
+branch at theta* and removing the rows that lower it most moves another group / label into the max (on Adult the
+smooth EO gap was predicted to fall while the thresholded EOD rose: BENCHMARKS.md "Debiasing"). Here every component is
 predicted with ONE model of the parameter change, and the selection minimises a smooth max of them:
 
 * :class:`GroupComponents` the components ``c(theta)`` (J,) of a max-type objective on a validation split, as

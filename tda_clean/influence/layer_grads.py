@@ -9,7 +9,7 @@ inputs, output pixels for Conv2d, whose ``a_i[t]`` is the unfolded input patch).
 mode model, so one backward pass of ``sum_i loss_i`` gives every ``delta_i`` (the hook-based method of Opacus and
 captum's ``sample_wise_grads_per_batch``). For a Linear layer on 2-D inputs the row gradient is rank one, so dot
 products ``g_i . g_j`` never need it expanded (:func:`gradient_parts`, used by TracIn-CP and gradient similarity:
-MLP 0.20 s -> 0.03 s, CNN 0.51 s -> 0.15 s, BENCHMARKS.md issue 3). Materialising full per-sample gradients this
+timings in BENCHMARKS.md). Materialising full per-sample gradients this
 way was measured no faster than ``vmap(grad)`` (``benchmarks/engine_micro.py``), so ``gradients.py`` keeps vmap.
 
 :func:`supported` says whether a parameter subset can use it (every selected parameter is the weight or bias of an

@@ -25,8 +25,8 @@ class ExactSolver(CurvatureSolver):
     Builds the Hessian from HVPs, so it refuses ``p > settings.max_params`` (use ``params="head"`` or the
     cg / lissa / ekfac solvers). ``A`` positive definite and well conditioned (the usual case): Cholesky factor,
     ``solve(V)`` by two triangular solves. Otherwise (``A`` indefinite, singular or nearly so): the eigendecomposition
-    ``H = Q diag(lam) Q^T``, which solves an indefinite nonsingular system and refuses a singular one (about 20x
-    slower to fit at p = 5,000).
+    ``H = Q diag(lam) Q^T``, which solves an indefinite nonsingular system and refuses a singular one (slower
+    to fit).
 
     Attributes after fit: ``matrix_`` (p, p) = ``A``, ``damping_``, ``factorization_`` (``"cholesky"`` or
     ``"eigh"``), ``negative_curvature_`` (H has an eigenvalue below ``-tol * ||H||``, tol = max(1e-9, 100 eps):

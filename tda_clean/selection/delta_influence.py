@@ -19,10 +19,8 @@ divided by 1.4826 x MAD), so thresholds are scale-free: ``z_qk,i < -z_threshold`
 by query q when it drops in at least ``n_copies - tol`` copies, and flagged overall when at least
 ``ceil(vote * n_queries)`` queries flag it, AND its continuous score ``delta_scores_`` (the mean over queries
 of the median over copies of ``-z``) lies more than ``min_gap_z`` robust deviations above the low cluster of a
-2-means split within the target class (see :class:`DeltaInfluenceSelector`). Measured on digits BadNets, CNN,
-rates 0.5/1/5% x seeds 0-2 with the defaults (BENCHMARKS.md, issue 5): rank AUC of ``delta_scores_``
-0.957-1.000, precision 0.63-1.00 and recall 0.64-1.00 per run -- good at 5%, not yet reliable at 0.5-1% (one run
-of nine drops to AUC 0.957). Fashion-MNIST 1%: rank AUC 0.9998-1.000.
+2-means split within the target class (see :class:`DeltaInfluenceSelector`). Detection quality by
+dataset, trigger and poison rate: BENCHMARKS.md "Poison detection and unlearning".
 
 Queries (``queries``):
   * ``"rows"``: training row positions ``query_rows`` (e.g. inputs reported as attacked);
@@ -175,8 +173,8 @@ class DeltaInfluenceSelector(BaseSelector):
     above the low cluster of the 2-means (Otsu) split of the pool's scores, and (3) at least
     ``ceil(vote * n_queries)`` queries saw its support drop (per-copy z below ``-z_threshold``) in at least
     ``n_copies - tol`` copies. The split only locates the clean rows: poisons' scores are skewed, and on
-    Fashion-MNIST the Otsu cut itself fell inside the poison cluster (22 of 60 flagged at precision 1.000, rank
-    AUC 0.9998), so the cut is not a condition.
+    Fashion-MNIST the Otsu cut itself fell inside the poison cluster (BENCHMARKS.md, Fashion 1% seed 2),
+    so the cut is not a condition.
 
     Learned state: ``scores_`` (vote share + tie-break),
     ``delta_scores_`` (continuous), ``votes_`` (n,), ``support_``, ``threshold_`` (NaN: rule-based),

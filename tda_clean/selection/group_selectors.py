@@ -15,7 +15,7 @@ Every selector flags EXACTLY ``budget`` rows: ``max_flagged`` rows and/or ``ceil
 
 Max-type objectives (``worst_group_loss``, ``equalized_odds_gap``, ``demographic_parity_gap``; ``components``
 ``"auto"``/``"on"``; ``"off"`` keeps the scalar path above). Linearising the active branch of a max moves another
-group / label into the max (measured on Adult: EOD 0.127 -> 0.183). Both influence selectors then predict EVERY
+group / label into the max (BENCHMARKS.md "Debiasing"). Both influence selectors then predict EVERY
 component (per group x label smoothed positive rate ``mean sigmoid(logit p / temperature)``, per group rate, per
 group loss) at ``theta* + dtheta`` and minimise a smooth max (``sharpness``) of them
 (:mod:`tda_clean.influence.group_minimax`): ``group_first_order`` takes the top-k of the first-order linearised
@@ -29,10 +29,8 @@ candidates; ``scores_are_contributions`` is False (a max is not additive over ro
 every other row, ordered by ``row_effects_`` (the linearised per-row effect, negative = lowers the objective).
 Defaults: ``components="auto"``, ``temperature=0.3``, ``sharpness=50``, ``rounds=3`` (second order; first order is
 one shot). These are constructor parameters, not yet config fields: a YAML config gets the defaults. Cost per
-projected-gradient step: two per-row Hessian-vector passes over the training rows and four solves (Adult, p = 210:
-~0.5 s on one thread, so ``iters=30`` x 3 rounds ~ 50 s with the refits); ``rounds - 1`` refits with the run's
-trainer. Measured on Adult (BENCHMARKS.md "Debiasing"): EOD x0.48 at -0.31 accuracy points over seeds 0-2,
-x0.54 over seeds 0-4.
+projected-gradient step: two per-row Hessian-vector passes over the training rows and four solves; ``rounds - 1``
+refits with the run's trainer. Selection time and effect on Adult: BENCHMARKS.md "Debiasing".
 
 Scores (scalar path): HIGHER = more harmful. For the two influence-of-objective selectors ``scores_[i]`` is row i's share of
 the predicted DECREASE of the objective when the selected set is removed (``info["predicted_change"]`` is the
