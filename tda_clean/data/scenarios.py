@@ -36,6 +36,9 @@ def _flip(bundle: DataBundle, rows: np.ndarray, new_labels: np.ndarray, kind: st
     train = bundle.train
     y = train.y.copy()
     y[rows] = new_labels
+    emptied = sorted(set(train.y.tolist()) - set(y.tolist()))
+    if emptied:
+        raise InputError(f"scenario.rate: {kind} relabels every training row of class {emptied[0]}; lower the rate")
     mask = np.zeros(len(train), dtype=bool)
     mask[rows] = True
     info = {**bundle.info, "scenario": kind, "n_corrupted": int(mask.sum())}

@@ -52,18 +52,27 @@ def fairness_gaps(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) 
     }
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) -> dict[str, float]:
-    """accuracy, balanced_accuracy, per-group accuracy, worst_group_accuracy and fairness gaps."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame,
+                           exclude: tuple[str, ...] | list[str] = ()) -> dict[str, float]:
+    """accuracy, balanced_accuracy, per-group accuracy, worst_group_accuracy and fairness gaps.
+
+    Cells (``intersection_keys``) in ``exclude`` (too few test rows) keep their ``accuracy_<cell>`` but are left
+    out of ``worst_group_accuracy`` (omitted when no cell is left) and the gaps (omitted below two cells).
+    """
     out = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
     }
     if groups.shape[1]:
         per_group = group_accuracies(y_true, y_pred, groups)
-        cells = {k: v for k, v in per_group.items() if (GROUP_SEP in k) == (groups.shape[1] > 1)}
+        cells = {k: v for k, v in per_group.items()
+                 if (GROUP_SEP in k) == (groups.shape[1] > 1) and k.removeprefix("accuracy_") not in exclude}
         out.update(per_group)
-        out["worst_group_accuracy"] = min(cells.values())
-        out.update(fairness_gaps(y_true, y_pred, groups))
+        if cells:
+            out["worst_group_accuracy"] = min(cells.values())
+        keep = ~np.isin(intersection_keys(groups), list(exclude))
+        if len(cells) > 1:
+            out.update(fairness_gaps(y_true[keep], y_pred[keep], groups[keep]))
     return out
 
 
