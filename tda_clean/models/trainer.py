@@ -153,7 +153,7 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, 
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(seed)
     n = len(Xt)
-    best_state, best_val, stale, start = copy.deepcopy(model.state_dict()), float("inf"), 0, None
+    best_state, best_val, stale, first = copy.deepcopy(model.state_dict()), float("inf"), 0, None
     bar = tqdm(range(config.epochs), desc="train (adam)", disable=not show, leave=False)
     for epoch in bar:
         model.train()
@@ -166,10 +166,10 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, 
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-            start = total / len(idx) if start is None else start  # the first batch's loss, before any step
+            first = total / len(idx) if first is None else first  # the first batch's loss, before any step
         model.eval()
         result.train_loss.append(total / n)
-        _check_diverged([start, total / n], epoch, f"lower train.lr (now {config.lr:g})")
+        _check_diverged([first, total / n], epoch, f"lower train.lr (now {config.lr:g})")
         if on_epoch is not None:
             on_epoch(epoch, model)
         if val is None:
