@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -216,6 +217,7 @@ def test_exploding_adam_loss_stops_naming_train_lr():
         fit(model, X, y, TrainConfig(optimizer="adam", lr=1e9, epochs=20, batch_size=32), seed=0, X_val=X, y_val=y)
     message = str(info.value)
     assert message.startswith("train: the loss diverged (") and message.endswith("lower train.lr (now 1e+09)")
+    assert re.search(r"at epoch 0, 1\.\d+ at the start", message)  # ~log(3): the loss before any step
 
 
 def test_non_finite_lbfgs_loss_stops():
