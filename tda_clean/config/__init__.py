@@ -357,17 +357,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
 
 
 def _plain(data: Any, where: str) -> Any:
-    """Deep copy of plain YAML data, refusing aliases that expand past ``MAX_CONFIG_NODES`` or refer to
-    themselves (a "billion laughs" document is small but expands exponentially)."""
-    sizes: dict[int, int | None] = {}
+    """Deep copy of plain YAML data, refusing aliases that expand past ``MAX_CONFIG_NODES`` values (a "billion
+    laughs" document is small but expands exponentially; an alias inside itself expands without end)."""
+    sizes: dict[int, int] = {}
 
     def size(node: Any) -> int:
         if not isinstance(node, (dict, list)):
             return 1
-        if sizes.get(id(node), 0) is None:
-            raise InputError(f"{where}: an alias refers to itself")
         if id(node) not in sizes:
-            sizes[id(node)] = None
+            sizes[id(node)] = MAX_CONFIG_NODES + 1  # while counting it: reached again = a cycle
             sizes[id(node)] = 1 + sum(map(size, node.values() if isinstance(node, dict) else node))
         return sizes[id(node)]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from tda_clean.data.dataset import GROUP_SEP
+from tda_clean.data.dataset import GROUP_SEP, intersection_keys
 
 
 def group_accuracies(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) -> dict[str, float]:
@@ -25,15 +25,6 @@ def group_accuracies(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFram
         for key in sorted(set(keys)):
             out[f"accuracy_{key}"] = float(correct[keys == key].mean())
     return out
-
-
-def intersection_keys(groups: pd.DataFrame) -> np.ndarray:
-    """(n,) str, ``col=value`` joined by ``&`` over all group columns."""
-    parts = [(f"{c}=" + groups[c].astype(str)).to_numpy(dtype=object) for c in groups.columns]
-    keys = parts[0]
-    for p in parts[1:]:
-        keys = keys + GROUP_SEP + p
-    return keys.astype(str)
 
 
 def fairness_gaps(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) -> dict[str, float]:
@@ -54,11 +45,9 @@ def fairness_gaps(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame,
                            exclude: tuple[str, ...] | list[str] = ()) -> dict[str, float]:
-    """accuracy, balanced_accuracy, per-group accuracy, worst_group_accuracy and fairness gaps.
-
-    Cells (``intersection_keys``) in ``exclude`` (too few test rows) keep their ``accuracy_<cell>`` but are left
-    out of ``worst_group_accuracy`` (omitted when no cell is left) and the gaps (omitted below two cells).
-    """
+    """accuracy, balanced_accuracy, per-group accuracy, worst_group_accuracy and fairness gaps; cells
+    (``intersection_keys``) in ``exclude`` count only in their own ``accuracy_<cell>`` (worst-group needs one
+    kept cell, the gaps two)."""
     out = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
