@@ -423,3 +423,10 @@ def test_small_test_cells_are_listed_in_the_bundle_info(tmp_path):
     custom = config({"kind": "csv", "path": str(path), "label": "label", "groups": ["sex", "site"]},
                     evaluation={"min_group_size": 1})
     assert load_bundle(custom).info["small_groups"] == []
+
+
+def test_non_utf8_csv_is_one_line_naming_the_path(tmp_path):
+    path = tmp_path / "binary.csv"
+    path.write_bytes(b"\xff\xfe\x00\x01" + bytes(range(256)))
+    msg = _fails(path, csv_config(path))
+    assert msg.startswith(f"data.path: cannot read {path} as csv: 'utf-8' codec can't decode byte 0xff")
