@@ -109,7 +109,8 @@ def test_run_refuses_equalized_odds_objective_on_three_classes(tmp_path, table):
     three = tmp_path / "three.csv"
     frame.to_csv(three, index=False)
     message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", f"data.path={three}",
-                       "--set", "scenario={kind: none}", "--set", "detector={kind: harmful, objective: equalized_odds_gap}",
+                       "--set", "scenario={kind: none}",
+                       "--set", "detector={kind: harmful, objective: equalized_odds_gap}",
                        "--output", "out", inputs=(path, three))
     assert message == "detector.objective: equalized_odds_gap needs binary labels; the data has 3 classes"
 
