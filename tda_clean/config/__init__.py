@@ -333,8 +333,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str = "config"
-                    ) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
+                    source: str = "config") -> dict[str, Any]:
     """Return a copy of ``raw`` (read from ``source``) with each ``a.b.c=value`` applied (value parsed as YAML)."""
     result = _plain(raw, source)
     for item in overrides:
