@@ -13,3 +13,11 @@ class InputError(TdaCleanError, ValueError):
 
     exit_code = 2
 
+
+
+def one_line(exc: BaseException) -> str:
+    """A parse exception in one line: YAML's problem and position, else the first line of its message."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -251,3 +251,92 @@ def test_flat_view_uses_dotted_keys():
 def test_runconfig_requires_data():
     msg = _error({"seed": 1})
     assert "data: Field required" in msg
+
+
+# ------------------------------------------------------------------------------- bad input (issue: one line)
+def _load_error(path: Path, overrides=()) -> str:
+    before = path.read_bytes()
+    with pytest.raises(InputError) as info:
+        load_config(path, list(overrides))
+    assert path.read_bytes() == before
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff\xfe\x01binary", b"name: caf\xe9\n", b"a: \x00\n"])
+def test_binary_or_non_utf8_config_is_one_line_naming_the_file(tmp_path, content):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    message = _load_error(path)
+    assert message.startswith(f"{path}: not valid YAML (")
+
+
+def test_override_with_invalid_yaml_names_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    message = _load_error(path, ["name=[unclosed"])
+    assert message.startswith("--set name: not valid YAML (") and "line 1, column 10" in message
+
+
+@pytest.mark.timeout(60)
+def test_alias_bomb_is_refused_naming_the_file(tmp_path):
+    # 9 levels of 10 aliases: 10**9 leaves once expanded (tens of GB as JSON); refused from the alias graph
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    lines.append("seed: 1")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines))
+    message = _load_error(path)
+    assert message.startswith(f"{path}: expands to more than") and "aliases" in message
+
+
+@pytest.mark.timeout(60)
+def test_alias_bomb_in_an_override_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    bomb = "{a: &a [x, x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], " \
+           "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], " \
+           "e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d]}"
+    assert _load_error(path, [f"name={bomb}"]).startswith("--set name: expands to more than")
+
+
+def test_self_referencing_alias_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: &a [1, *a]\n")
+    assert _load_error(path).startswith(f"{path}: expands to more than")
+
+
+def test_oversized_config_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\n" + "# padding\n" * 200_000)
+    assert "bytes; a config file is at most" in _load_error(path)
+
+
+def test_a_few_aliases_still_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 4\ndata: &d {kind: digits}\ndetector: {kind: cleanlab, folds: 3}\n")
+    assert load_config(path).seed == 4
+
+
+@pytest.mark.parametrize("seed, fragment", [(2**70, "seed: Input should be less than 2147483648"),
+                                            (-1, "seed: Input should be greater than or equal to 0")])
+def test_seed_out_of_range_names_seed(seed, fragment):
+    assert _error(_with(seed=seed)) == f"config: {fragment}"
+
+
+@pytest.mark.parametrize("data, leaked", [
+    ({"features": ["a", "y"]}, "'y'"), ({"features": ["a", "uid"], "id_column": "uid"}, "'uid'")])
+def test_label_or_id_column_as_feature_is_refused(data, leaked):
+    msg = _error(_with(data={"kind": "csv", "path": "t.csv", "label": "y", **data}))
+    assert msg.startswith(f"config: data.features: {leaked} is the label or id column")
+
+
+def test_class_flip_rate_one_names_scenario_rate():
+    msg = _error(_with(scenario={"kind": "class_flip", "source": 0, "target": 1, "rate": 1.0}))
+    assert msg == "config: scenario.rate: Input should be less than 1"
+
+
+def test_min_group_size_is_validated():
+    assert parse_config(BASE).evaluation.min_group_size == 20
+    assert "evaluation.min_group_size:" in _error(_with(evaluation={"min_group_size": 0}))

@@ -23,9 +23,10 @@ from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda
     InfluenceRelabelDetector, InfluenceThresholdDetector, RandomDetector, SelfInfluenceDetector,
     SpectralSignatureDetector,
 )
-from tda_clean.errors import InputError
+from tda_clean.errors import InputError, one_line
 
-
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; more (or more nodes once aliases expand) is refused
+MAX_CONFIG_NODES = 100_000
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -72,6 +73,13 @@ class TableSource(_Frozen):
     features: tuple[str, ...] | None = None
     id_column: str | None = None
 
+    @model_validator(mode="after")
+    def _no_leak(self) -> "TableSource":
+        leaked = [c for c in (self.label, self.id_column) if c and c in (self.features or ())]
+        if leaked:
+            raise ValueError(f"features: {leaked[0]!r} is the label or id column; a model must not see it")
+        return self
+
 
 DataSource = Annotated[Union[DigitsSource, AdultSource, FashionMNISTSource, TableSource], Field(discriminator="kind")]
 
@@ -102,12 +110,13 @@ class UniformFlip(_Frozen):
 
 
 class ClassFlip(_Frozen):
-    """Flip a ``rate`` share of the training rows of class ``source`` to class ``target``."""
+    """Flip a ``rate`` share (below 1: the class must keep rows) of the training rows of class ``source`` to
+    class ``target``."""
 
     kind: Literal["class_flip"] = "class_flip"
     source: int
     target: int
-    rate: float = Field(gt=0, le=1)
+    rate: float = Field(gt=0, lt=1)
 
 
 class GroupFlip(_Frozen):
@@ -253,6 +262,14 @@ class GateConfig(_Frozen):
     max_equalized_odds_difference: float | None = Field(default=None, ge=0, le=1)
 
 
+class EvaluationConfig(_Frozen):
+    """Group cells (intersections of the group columns) with fewer than ``min_group_size`` test rows are left out
+    of ``worst_group_accuracy`` and the fairness gaps (their own ``accuracy_<cell>`` is still reported);
+    ``report.json`` lists them under ``dataset.small_groups``."""
+
+    min_group_size: int = Field(default=20, ge=1)
+
+
 class TrackingConfig(_Frozen):
     """MLflow tracking. ``tracking_uri`` defaults to ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``."""
 
@@ -278,7 +295,7 @@ class RunConfig(_Frozen):
     """One cleaning run: data -> scenario -> train -> detect -> act -> retrain -> evaluate -> gate."""
 
     name: str = "tda-clean"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**31)  # stages add small offsets; every RNG takes it
     data: DataSource
     split: SplitConfig = SplitConfig()
     scenario: Scenario = NoScenario()
@@ -287,6 +304,7 @@ class RunConfig(_Frozen):
     detector: Detector = CleanlabDetector()
     action: Action = RelabelAction()
     gate: GateConfig = GateConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
     # required: stop after detection, write review/candidates.csv + index.html; `tda-clean apply` continues
     review: Literal["none", "required"] = "none"
@@ -315,9 +333,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``a.b.c=value`` applied (value parsed as YAML)."""
-    result = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
+                    source: str = "config") -> dict[str, Any]:
+    """Return a copy of ``raw`` (read from ``source``) with each ``a.b.c=value`` applied (value parsed as YAML)."""
+    result = _plain(raw, source)
     for item in overrides:
         if "=" not in item:
             raise InputError(f"--set {item!r}: expected KEY.PATH=VALUE")
@@ -331,8 +350,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             if not isinstance(child, dict):
                 raise InputError(f"--set {item!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(text)
+        try:
+            node[keys[-1]] = _plain(yaml.safe_load(text), f"--set {path}")
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set {path}: not valid YAML ({one_line(exc)})") from None
     return result
+
+
+def _plain(data: Any, where: str) -> Any:
+    """Deep copy of plain YAML data, refusing aliases that expand past ``MAX_CONFIG_NODES`` values (a "billion
+    laughs" document is small but expands exponentially; an alias inside itself expands without end)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) not in sizes:
+            sizes[id(node)] = MAX_CONFIG_NODES + 1  # while counting it: reached again = a cycle
+            sizes[id(node)] = 1 + sum(map(size, node.values() if isinstance(node, dict) else node))
+        return sizes[id(node)]
+
+    if size(data) > MAX_CONFIG_NODES:
+        raise InputError(f"{where}: expands to more than {MAX_CONFIG_NODES} values (aliases); not a config")
+    return json.loads(json.dumps(data))
 
 
 def parse_config(raw: Any, source: str = "config") -> RunConfig:
@@ -350,13 +390,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise InputError(f"{path}: {path.stat().st_size} bytes; a config file is at most {MAX_CONFIG_BYTES}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"{path}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
-    return parse_config(apply_overrides(raw, overrides), source=str(path))
+    return parse_config(apply_overrides(raw, overrides, str(path)), source=str(path))
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
@@ -376,7 +418,10 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
             keys.append(str(part))
             node = None
     where = ".".join(keys) or "(top level)"
-    message = err["msg"]
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and ": " in message and message.split(": ", 1)[0].isidentifier():
+        key, message = message.split(": ", 1)  # a model validator naming its field: ``features: ...``
+        where = f"{where}.{key}" if keys else key
     if err["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{where}: {message}"

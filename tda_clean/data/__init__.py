@@ -40,9 +40,15 @@ def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
         for idx, X in zip(parts, X_parts)
     ]
     _check_groups_in_test(groups, splits[2])
+    objective = getattr(config.detector, "objective", "")
+    if objective in ("demographic_parity_gap", "equalized_odds_gap") and len(classes) != 2:
+        raise InputError(f"detector.objective: {objective} needs binary labels; the data has {len(classes)} classes")
+    cells, counts = np.unique(splits[2].group_keys(), return_counts=True)
     info = {"source": raw.name, "n_rows": int(len(y)), "n_train": len(splits[0]), "n_val": len(splits[1]),
             "n_test": len(splits[2]), "n_classes": len(classes), "feature_shape": list(splits[0].feature_shape),
-            "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0}
+            "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0,
+            # test cells left out of worst-group accuracy and the fairness gaps (evaluation.min_group_size)
+            "small_groups": [str(k) for k, n in zip(cells, counts) if k and n < config.evaluation.min_group_size]}
     return DataBundle(raw.name, *splits, info=info)
 
 

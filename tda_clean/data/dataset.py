@@ -13,6 +13,14 @@ import pandas as pd
 GROUP_SEP = "&"
 
 
+def intersection_keys(groups: pd.DataFrame) -> np.ndarray:
+    """(n,) str, ``col=value`` joined by ``&`` over all group columns of ``groups`` (n, g), g >= 1."""
+    keys = (f"{groups.columns[0]}=" + groups.iloc[:, 0].astype(str)).to_numpy(dtype=object)
+    for c in groups.columns[1:]:
+        keys = keys + GROUP_SEP + (f"{c}=" + groups[c].astype(str)).to_numpy(dtype=object)
+    return keys.astype(str)
+
+
 @dataclass(frozen=True)
 class IndexedDataset:
     """Rows with a stable identity.
@@ -57,13 +65,7 @@ class IndexedDataset:
 
     def group_keys(self) -> np.ndarray:
         """(n,) str: the intersectional group of each row, e.g. ``sex=Female&race=White`` ('' when no groups)."""
-        if self.groups.shape[1] == 0:
-            return np.full(len(self), "", dtype=object)
-        parts = [f"{c}=" + self.groups[c].astype(str) for c in self.groups.columns]
-        key = parts[0]
-        for p in parts[1:]:
-            key = key + GROUP_SEP + p
-        return key.to_numpy(dtype=object)
+        return intersection_keys(self.groups) if self.groups.shape[1] else np.full(len(self), "")
 
     def fingerprint(self) -> str:
         """Hash of ids, features, labels, weights and groups (16 hex digits)."""

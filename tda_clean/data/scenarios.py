@@ -36,6 +36,9 @@ def _flip(bundle: DataBundle, rows: np.ndarray, new_labels: np.ndarray, kind: st
     train = bundle.train
     y = train.y.copy()
     y[rows] = new_labels
+    emptied = sorted(set(train.y.tolist()) - set(y.tolist()))
+    if emptied:
+        raise InputError(f"scenario.rate: {kind} relabels every training row of class {emptied[0]}; lower the rate")
     mask = np.zeros(len(train), dtype=bool)
     mask[rows] = True
     info = {**bundle.info, "scenario": kind, "n_corrupted": int(mask.sum())}
@@ -101,14 +104,10 @@ def _backdoor(bundle: DataBundle, target: int, rate: float, seed: int, apply: Ca
                    k=int(round(rate * len(train))))
     X = train.X.copy()
     X[rows] = apply(train.X[rows])
-    poisoned = replace(_flip(bundle, rows, np.full(len(rows), target), kind).train, X=X)
+    flipped = _flip(bundle, rows, np.full(len(rows), target), kind)
     victims = test.subset(test.y != target)
-    triggered = replace(victims, X=apply(victims.X))
-    mask = np.zeros(len(train), dtype=bool)
-    mask[rows] = True
-    info = {**bundle.info, "scenario": kind, "n_corrupted": len(rows), "attack_target": target}
-    return replace(bundle, train=poisoned, corrupted_mask=mask, clean_train_y=train.y.copy(),
-                   triggered_test=triggered, attack_target=target, info=info)
+    return replace(flipped, train=replace(flipped.train, X=X), triggered_test=replace(victims, X=apply(victims.X)),
+                   attack_target=target, info={**flipped.info, "attack_target": target})
 
 
 def badnets(bundle: DataBundle, cfg: BadNets, seed: int) -> DataBundle:

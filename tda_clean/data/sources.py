@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, TableSource
-from tda_clean.errors import InputError
+from tda_clean.errors import InputError, one_line
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def load_table_source(cfg: TableSource) -> RawTable:
     try:
         df = pd.read_csv(cfg.path) if cfg.kind == "csv" else pd.read_parquet(cfg.path)
     except Exception as exc:
-        raise InputError(f"data.path: cannot read {cfg.path} as {cfg.kind}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"data.path: cannot read {cfg.path} as {cfg.kind}: {one_line(exc)}") from None
     available = ", ".join(map(str, df.columns))
     for key, cols in (("label", [cfg.label]), ("groups", list(cfg.groups)), ("features", list(cfg.features or ())),
                       ("id_column", [cfg.id_column] if cfg.id_column else [])):

@@ -29,12 +29,15 @@ def encode_labels(values: pd.Series, column: str) -> tuple[np.ndarray, tuple[str
 
 
 def check_no_missing(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
-    """InputError naming the columns with NaN (and how many) among ``columns``."""
-    counts = frame[list(columns)].isna().sum()
-    bad = counts[counts > 0]
-    if len(bad):
-        listed = ", ".join(f"{c!r} ({n})" for c, n in bad.items())
-        raise InputError(f"{what} columns with missing values: {listed}")
+    """InputError naming the columns among ``columns`` with NaN (or else +-inf), how many, and the first data row
+    (0-based, header not counted)."""
+    sub = frame[list(columns)]
+    for problem, bad in (("missing", sub.isna()), ("infinite", np.isinf(sub.select_dtypes("number")))):
+        counts = bad.sum()
+        listed = "; ".join(f"{c!r} ({n}) first at row {int(np.argmax(bad[c].to_numpy()))}"
+                           for c, n in counts[counts > 0].items())
+        if listed:
+            raise InputError(f"{what} columns with {problem} values: {listed}")
 
 
 def make_preprocessor(frame: pd.DataFrame, features: tuple[str, ...]) -> ColumnTransformer:

@@ -16,8 +16,6 @@ draws one transform per copy. Asking for an image transform on tabular data (or 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -131,13 +129,12 @@ def _image_op(name: str, t: torch.Tensor, rng: np.random.Generator, strength: fl
         return t + torch.as_tensor(rng.normal(0, 0.3 * strength, t.shape), dtype=t.dtype)
     if name == "channel_swap":
         return t[:, torch.as_tensor(rng.permutation(c) if c > 1 else [0])]
-    if name == "elastic":
-        disp = torch.as_tensor(rng.normal(0, 1, (n, 2, H, W)), dtype=t.dtype)
-        disp = _blur(disp, max(max(H, W) / 10, 0.8))
-        disp = disp / disp.std().clamp_min(1e-6) * 0.12 * strength  # displacement in [-1, 1] grid units
-        base = F.affine_grid(torch.eye(2, 3).unsqueeze(0).repeat(n, 1, 1), [n, 1, H, W], align_corners=False)
-        return F.grid_sample(t, base + disp.permute(0, 2, 3, 1), align_corners=False, padding_mode="border")
-    raise InputError(f"transforms: {name!r} is not an image transform ({', '.join(IMAGE_TRANSFORMS)})")
+    # elastic: the one name left that check_transforms admits for images
+    disp = torch.as_tensor(rng.normal(0, 1, (n, 2, H, W)), dtype=t.dtype)
+    disp = _blur(disp, max(max(H, W) / 10, 0.8))
+    disp = disp / disp.std().clamp_min(1e-6) * 0.12 * strength  # displacement in [-1, 1] grid units
+    base = F.affine_grid(torch.eye(2, 3).unsqueeze(0).repeat(n, 1, 1), [n, 1, H, W], align_corners=False)
+    return F.grid_sample(t, base + disp.permute(0, 2, 3, 1), align_corners=False, padding_mode="border")
 
 
 # ---------------------------------------------------------------------------------------- tabular ops
@@ -147,11 +144,9 @@ def _tabular_op(name: str, X: np.ndarray, rng: np.random.Generator, strength: fl
     s = np.ones(X.shape[1]) if scale is None else np.asarray(scale, dtype=np.float64)
     if name == "feature_noise":
         return X + rng.normal(0, 1.0 * strength, X.shape) * s
-    if name == "feature_mask":
-        mask = rng.random(X.shape) < min(0.9, 0.5 * strength)
-        f = np.zeros(X.shape[1]) if fill is None else np.asarray(fill, dtype=np.float64)
-        return np.where(mask, f[None, :], X)
-    raise InputError(f"transforms: {name!r} is not a tabular transform ({', '.join(TABULAR_TRANSFORMS)})")
+    mask = rng.random(X.shape) < min(0.9, 0.5 * strength)  # feature_mask
+    f = np.zeros(X.shape[1]) if fill is None else np.asarray(fill, dtype=np.float64)
+    return np.where(mask, f[None, :], X)
 
 
 def apply_transform(name: str, X: np.ndarray, rng: np.random.Generator, *, strength: float = 1.0,
@@ -181,7 +176,3 @@ def random_copies(x: np.ndarray, n_copies: int, names, rng: np.random.Generator,
         out[k] = apply_transform(name, np.asarray(x)[None], rng, **kwargs)[0]
     return out, order
 
-
-TRANSFORM_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
-    name: (lambda X, rng, _n=name, **kw: apply_transform(_n, X, rng, **kw)) for name in IMAGE_TRANSFORMS + TABULAR_TRANSFORMS
-}

@@ -15,7 +15,7 @@ def evaluate_model(model: nn.Module, bundle: DataBundle) -> dict[str, float]:
     """All held-out metrics of ``model`` on ``bundle.test`` (plus attack success on the triggered test set)."""
     test = bundle.test
     y_pred = predict_proba(model, test.X).argmax(axis=1)
-    metrics = classification_metrics(test.y, y_pred, test.groups)
+    metrics = classification_metrics(test.y, y_pred, test.groups, bundle.info.get("small_groups", ()))
     if bundle.triggered_test is not None and bundle.attack_target is not None:
         pred = predict_proba(model, bundle.triggered_test.X).argmax(axis=1)
         metrics["attack_success_rate"] = attack_success_rate(pred, bundle.attack_target)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from tda_clean.data.dataset import GROUP_SEP
+from tda_clean.data.dataset import GROUP_SEP, intersection_keys
 
 
 def group_accuracies(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) -> dict[str, float]:
@@ -27,15 +27,6 @@ def group_accuracies(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFram
     return out
 
 
-def intersection_keys(groups: pd.DataFrame) -> np.ndarray:
-    """(n,) str, ``col=value`` joined by ``&`` over all group columns."""
-    parts = [(f"{c}=" + groups[c].astype(str)).to_numpy(dtype=object) for c in groups.columns]
-    keys = parts[0]
-    for p in parts[1:]:
-        keys = keys + GROUP_SEP + p
-    return keys.astype(str)
-
-
 def fairness_gaps(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) -> dict[str, float]:
     """Demographic-parity and equalized-odds differences (fairlearn) over intersectional groups.
 
@@ -52,18 +43,25 @@ def fairness_gaps(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) 
     }
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) -> dict[str, float]:
-    """accuracy, balanced_accuracy, per-group accuracy, worst_group_accuracy and fairness gaps."""
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame,
+                           exclude: tuple[str, ...] | list[str] = ()) -> dict[str, float]:
+    """accuracy, balanced_accuracy, per-group accuracy, worst_group_accuracy and fairness gaps; cells
+    (``intersection_keys``) in ``exclude`` count only in their own ``accuracy_<cell>`` (worst-group needs one
+    kept cell, the gaps two)."""
     out = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
     }
     if groups.shape[1]:
         per_group = group_accuracies(y_true, y_pred, groups)
-        cells = {k: v for k, v in per_group.items() if (GROUP_SEP in k) == (groups.shape[1] > 1)}
+        cells = {k: v for k, v in per_group.items()
+                 if (GROUP_SEP in k) == (groups.shape[1] > 1) and k.removeprefix("accuracy_") not in exclude}
         out.update(per_group)
-        out["worst_group_accuracy"] = min(cells.values())
-        out.update(fairness_gaps(y_true, y_pred, groups))
+        if cells:
+            out["worst_group_accuracy"] = min(cells.values())
+        keep = ~np.isin(intersection_keys(groups), list(exclude))
+        if len(cells) > 1:
+            out.update(fairness_gaps(y_true[keep], y_pred[keep], groups[keep]))
     return out
 
 

@@ -9,6 +9,7 @@ validation loss, restoring the best weights.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -110,6 +111,7 @@ def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, on_epoch, show) -> T
     for epoch in tqdm(range(config.epochs), desc="train (lbfgs)", disable=not show, leave=False):
         loss = float(opt.step(closure).detach())
         result.train_loss.append(loss)
+        _check_diverged(result.train_loss, epoch, "raise train.l2 or check the features' scale")
         if val is not None:
             result.val_loss.append(evaluate_loss(model, *val))
         if on_epoch is not None:
@@ -151,7 +153,7 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, 
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(seed)
     n = len(Xt)
-    best_state, best_val, stale = copy.deepcopy(model.state_dict()), float("inf"), 0
+    best_state, best_val, stale, first = copy.deepcopy(model.state_dict()), float("inf"), 0, None
     bar = tqdm(range(config.epochs), desc="train (adam)", disable=not show, leave=False)
     for epoch in bar:
         model.train()
@@ -164,8 +166,10 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, 
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
+            first = total / len(idx) if first is None else first  # the first batch's loss, before any step
         model.eval()
         result.train_loss.append(total / n)
+        _check_diverged([first, total / n], epoch, f"lower train.lr (now {config.lr:g})")
         if on_epoch is not None:
             on_epoch(epoch, model)
         if val is None:
@@ -184,6 +188,13 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, 
         model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def _check_diverged(losses: list[float], epoch: int, hint: str) -> None:
+    """InputError when the latest loss is not finite or above 1000 x max(1, first loss): training diverged."""
+    if not math.isfinite(losses[-1]) or losses[-1] > 1e3 * max(1.0, losses[0]):
+        raise InputError(f"train: the loss diverged ({losses[-1]:.3g} at epoch {epoch}, {losses[0]:.3g} at the "
+                         f"start); {hint}")
 
 
 @torch.no_grad()

@@ -385,3 +385,48 @@ def test_group_value_without_test_rows(tmp_path):
     seed = next(s for s in range(50) if 17 not in set(stratified_split(y, SplitConfig(), s)[2]))
     msg = _fails(path, csv_config(path, groups=("sex", "region")).model_copy(update={"seed": seed}))
     assert "group column 'region': value 'islands' (1 rows) has no rows in the test split" in msg
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_infinite_feature_names_the_column_and_row(tmp_path, value):
+    frame = small_table()
+    frame.loc[[7, 12], "income"] = value
+    path = _write(tmp_path, frame)
+    assert _fails(path, csv_config(path)).endswith("feature columns with infinite values: 'income' (2) first at row 7")
+
+
+def test_nan_message_names_the_first_row(tmp_path):
+    frame = small_table()
+    frame.loc[[4, 9], "age"] = np.nan
+    path = _write(tmp_path, frame)
+    assert "'age' (2) first at row 4" in _fails(path, csv_config(path))
+
+
+@pytest.mark.parametrize("objective", ["equalized_odds_gap", "demographic_parity_gap"])
+def test_binary_objective_on_three_classes_names_detector_objective(tmp_path, objective):
+    frame = small_table()
+    frame["label"] = np.arange(len(frame)) % 3
+    path = _write(tmp_path, frame)
+    cfg = config({"kind": "csv", "path": str(path), "label": "label", "groups": ["sex"]},
+                 detector={"kind": "harmful", "objective": objective})
+    assert _fails(path, cfg) == f"detector.objective: {objective} needs binary labels; the data has 3 classes"
+
+
+def test_small_test_cells_are_listed_in_the_bundle_info(tmp_path):
+    frame = small_table(n=600)
+    frame["site"] = np.where(np.arange(len(frame)) % 50 == 0, "rare", "common")  # 12 rows, ~3 in test
+    path = _write(tmp_path, frame)
+    bundle = load_bundle(csv_config(path, groups=("sex", "site")))
+    n_test = pd.Series(bundle.test.group_keys()).value_counts()
+    assert sorted(bundle.info["small_groups"]) == sorted(k for k, n in n_test.items() if n < 20)
+    assert bundle.info["small_groups"] and all(k.endswith("&site=rare") for k in bundle.info["small_groups"])
+    custom = config({"kind": "csv", "path": str(path), "label": "label", "groups": ["sex", "site"]},
+                    evaluation={"min_group_size": 1})
+    assert load_bundle(custom).info["small_groups"] == []
+
+
+def test_non_utf8_csv_is_one_line_naming_the_path(tmp_path):
+    path = tmp_path / "binary.csv"
+    path.write_bytes(b"\xff\xfe\x00\x01" + bytes(range(256)))
+    msg = _fails(path, csv_config(path))
+    assert msg.startswith(f"data.path: cannot read {path} as csv: 'utf-8' codec can't decode byte 0xff")

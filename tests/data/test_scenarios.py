@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from tda_clean.config import BadNets, Blended, ClassFlip, GroupFlip, UniformFlip
 from tda_clean.data import DataBundle, load_bundle
@@ -79,10 +80,14 @@ def test_class_flip(clean_digits):
     assert_snapshot_equal(clean_digits, snap)
 
 
-def test_class_flip_rate_one_flips_the_whole_class(clean_digits):
-    bad = apply_scenario(clean_digits, ClassFlip(source=1, target=7, rate=1.0), seed=0)
-    np.testing.assert_array_equal(bad.corrupted_mask, clean_digits.train.y == 1)
-    assert not np.any(bad.train.y == 1)
+def test_class_flip_that_empties_the_class_blames_scenario_rate(clean_digits):
+    with pytest.raises(ValidationError, match="rate"):
+        ClassFlip(source=1, target=7, rate=1.0)  # refused where it is declared
+    snap = arrays_snapshot(clean_digits)
+    with pytest.raises(InputError) as info:  # rounds to every row of the class
+        apply_scenario(clean_digits, ClassFlip(source=1, target=7, rate=0.999), seed=0)
+    assert str(info.value) == "scenario.rate: class_flip relabels every training row of class 1; lower the rate"
+    assert_snapshot_equal(clean_digits, snap)
 
 
 def test_group_flip(clean_table):

@@ -176,3 +176,33 @@ def test_evaluate_model_uses_test_split_and_triggered_set():
     no_attack = evaluate_model(_ArgmaxOfInputs(3), DataBundle("toy", train, train, test))
     assert "attack_success_rate" not in no_attack
     assert {k: v for k, v in m.items() if k != "attack_success_rate"} == no_attack
+
+
+# ------------------------------------------------------------------ small group cells (evaluation.min_group_size)
+def test_excluded_cells_leave_worst_group_and_gaps_but_keep_their_accuracy():
+    m = classification_metrics(Y_TRUE, Y_PRED, GROUPS, exclude=["sex=F&race=b", "sex=M&race=b"])
+    assert m["accuracy_sex=F&race=b"] == pytest.approx(0.5)  # still reported under its stable name
+    assert m["worst_group_accuracy"] == pytest.approx(0.75)  # min(1.0, 0.75) over the kept cells
+    # kept cells F&a, M&a: selection rates 0.5, 0.75 -> 0.25; TPR 1, 1 and FPR 0, 0.5 -> 0.5
+    assert m["demographic_parity_difference"] == pytest.approx(0.25)
+    assert m["equalized_odds_difference"] == pytest.approx(0.5)
+    assert set(m) == set(classification_metrics(Y_TRUE, Y_PRED, GROUPS))
+
+
+def test_one_kept_cell_has_no_gaps_and_none_kept_has_no_worst_group():
+    one_column = GROUPS[["sex"]]
+    m = classification_metrics(Y_TRUE, Y_PRED, one_column, exclude=["sex=F"])
+    assert m["worst_group_accuracy"] == pytest.approx(5 / 8)
+    assert "demographic_parity_difference" not in m and "equalized_odds_difference" not in m
+    none_kept = classification_metrics(Y_TRUE, Y_PRED, one_column, exclude=["sex=F", "sex=M"])
+    assert "worst_group_accuracy" not in none_kept and none_kept["accuracy_sex=M"] == pytest.approx(5 / 8)
+
+
+def test_evaluate_model_excludes_the_bundles_small_groups():
+    test = _ds(np.array([0, 1, 1, 1, 1, 0, 1]), np.array([0, 1, 1, 1, 1, 1, 0]),
+               pd.DataFrame({"g": ["a", "a", "a", "a", "a", "b", "c"]}))
+    bundle = DataBundle("toy", test, test, test, info={"small_groups": ["g=b", "g=c"]})
+    m = evaluate_model(_ArgmaxOfInputs(3), bundle)
+    assert m["accuracy_g=b"] == 0.0 and m["accuracy_g=c"] == 0.0
+    assert m["worst_group_accuracy"] == 1.0  # one-row cells no longer read as a 0.000 worst group
+    assert "demographic_parity_difference" not in m

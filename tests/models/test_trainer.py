@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -206,3 +207,28 @@ def test_predict_proba():
     np.testing.assert_allclose(probs, ref, atol=1e-6)
     assert (probs.argmax(1) == y).mean() > 0.85
     assert predict_proba(model, np.zeros((0, 4), np.float32)).shape == (0, 3)
+
+
+# ------------------------------------------------------------------------------------------ divergence
+def test_exploding_adam_loss_stops_naming_train_lr():
+    X, y = _data()
+    model = build_model(MLPConfig(hidden=(8,)), X.shape[1:], 3, seed=0)
+    with pytest.raises(InputError) as info:
+        fit(model, X, y, TrainConfig(optimizer="adam", lr=1e9, epochs=20, batch_size=32), seed=0, X_val=X, y_val=y)
+    message = str(info.value)
+    assert message.startswith("train: the loss diverged (") and message.endswith("lower train.lr (now 1e+09)")
+    assert re.search(r"at epoch 0, 1\.\d+ at the start", message)  # ~log(3): the loss before any step
+
+
+def test_non_finite_lbfgs_loss_stops():
+    X, y = _data()
+    X[5, 2] = np.nan
+    with pytest.raises(InputError, match=r"^train: the loss diverged \(nan at epoch 0.*raise train.l2"):
+        fit(build_model(LogisticConfig(), X.shape[1:], 3, seed=0), X, y, TrainConfig(epochs=5), seed=0)
+
+
+def test_ordinary_adam_run_is_not_flagged():
+    X, y = _data()
+    result = fit(build_model(MLPConfig(hidden=(8,)), X.shape[1:], 3, seed=0), X, y,
+                 TrainConfig(optimizer="adam", lr=0.1, epochs=15, batch_size=32), seed=0)
+    assert len(result.train_loss) == 15 and result.train_loss[-1] < result.train_loss[0]

@@ -1,0 +1,130 @@
+"""Bad config, data and training input through the command line: exit 2, one line naming the key, column or file,
+no traceback, input unchanged; and small group cells reported in report.json. Subprocesses run this checkout's
+code in a temporary folder (``--engine local``, tracking off)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.tables import make_table, table_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tda_clean.cli", *args], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def _refused(tmp_path: Path, *args: str, inputs: tuple[Path, ...] = ()) -> str:
+    """Run; expect exit 2, no traceback, inputs byte-identical; return the one error line."""
+    before = [p.read_bytes() for p in inputs]
+    proc = _cli(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tda-clean: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert [p.read_bytes() for p in inputs] == before
+    return errors[0].removeprefix("tda-clean: error: ")
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> tuple[Path, Path]:
+    """A CSV (groups sex x site, a rare site) and its config; returns (config, csv)."""
+    frame = make_table()
+    frame["site"] = np.where(np.arange(len(frame)) % 200 == 0, "rare", "common")
+    csv = tmp_path / "t.csv"
+    frame.to_csv(csv, index=False)
+    config = table_config(csv)
+    config["data"]["groups"] = ["sex", "site"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, csv
+
+
+LOCAL = ("--engine", "local", "--set", "tracking.enabled=false")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overrides, expected", [
+    (["name=[unclosed"], "--set name: not valid YAML (expected ',' or ']', but got '<stream end>'"),
+    ([f"seed={2**70}"], "seed: Input should be less than 2147483648"),
+    (["seed=-1"], "seed: Input should be greater than or equal to 0"),
+    (["data.features=[age, label]"], "data.features: 'label' is the label or id column"),
+    (["scenario={kind: class_flip, source: 1, target: 0, rate: 1.0}"], "scenario.rate: Input should be less than 1"),
+], ids=["unclosed", "seed-2**70", "seed--1", "label-as-feature", "class-flip-rate-1"])
+def test_validate_refuses_bad_values_naming_the_key(tmp_path, table, overrides, expected):
+    path, csv = table
+    args = [a for item in overrides for a in ("--set", item)]
+    assert expected in _refused(tmp_path, "validate", str(path), *args, inputs=(path, csv))
+
+
+@pytest.mark.timeout(120)
+def test_binary_config_and_alias_bomb_name_the_file(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    assert _refused(tmp_path, "validate", str(binary), inputs=(binary,)).startswith(f"{binary}: not valid YAML (")
+    bomb = tmp_path / "bomb.yaml"  # 10**9 strings once expanded
+    bomb.write_text("\n".join(["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]))
+    assert _refused(tmp_path, "validate", str(bomb), inputs=(bomb,)).startswith(f"{bomb}: expands to more than")
+
+
+@pytest.mark.timeout(300)
+def test_run_refuses_infinite_feature_naming_column_and_row(tmp_path, table):
+    path, csv = table
+    frame = pd.read_csv(csv)
+    frame.loc[7, "score"] = np.inf
+    bad = tmp_path / "inf.csv"
+    frame.to_csv(bad, index=False)
+    message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", f"data.path={bad}", "--output", "out",
+                       inputs=(path, bad))
+    assert message == "feature columns with infinite values: 'score' (1) first at row 7"
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_run_with_exploding_learning_rate_stops_naming_train_lr(tmp_path, table):
+    path, csv = table
+    message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", "model.kind=mlp", "--set", "train.optimizer=adam",
+                       "--set", "train.lr=1e9", "--output", "out", inputs=(path, csv))
+    assert message.startswith("train: the loss diverged (") and message.endswith("lower train.lr (now 1e+09)")
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_run_refuses_equalized_odds_objective_on_three_classes(tmp_path, table):
+    path, csv = table
+    frame = pd.read_csv(csv)
+    frame["label"] = np.arange(len(frame)) % 3
+    three = tmp_path / "three.csv"
+    frame.to_csv(three, index=False)
+    message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", f"data.path={three}",
+                       "--set", "scenario={kind: none}",
+                       "--set", "detector={kind: harmful, objective: equalized_odds_gap}",
+                       "--output", "out", inputs=(path, three))
+    assert message == "detector.objective: equalized_odds_gap needs binary labels; the data has 3 classes"
+
+
+@pytest.mark.timeout(300)
+def test_run_reports_small_group_cells_and_leaves_them_out_of_worst_group(tmp_path, table):
+    path, csv = table
+    proc = _cli(tmp_path, "run", str(path), *LOCAL, "--output", "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    small = report["dataset"]["small_groups"]
+    assert small == ["sex=F&site=rare"]  # 6 rare rows in all; the F cell has a handful of test rows (< 20)
+    for stage in ("before", "after"):
+        metrics = report[stage]
+        assert f"accuracy_{small[0]}" in metrics  # still reported under its own name
+        kept = [v for k, v in metrics.items() if k.startswith("accuracy_") and "&" in k and k[9:] not in small]
+        assert metrics["worst_group_accuracy"] == min(kept)
