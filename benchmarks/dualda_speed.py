@@ -47,7 +47,10 @@ def run(name: str, n_test: int, repeats: int) -> list[dict]:
     p_all = sum(p.numel() for p in model.parameters())
     for params in ["head"] + (["all"] if p_all <= 10_000 else []):
         def setup():
-            eng = InfluenceEngine(model, (Xtr, ytr), InfluenceSpec(solver=ExactSettings(damping=0.1), gradients=GradientSettings(params=params)), TrainingObjective(l2))
+            eng = InfluenceEngine(model, (Xtr, ytr),
+                                  InfluenceSpec(solver=ExactSettings(damping=0.1),
+                                                gradients=GradientSettings(params=params)),
+                                  TrainingObjective(l2))
             eng.solver  # noqa: B018 -- fit: Hessian + eigendecomposition
             return eng
 

@@ -81,7 +81,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     X, y = rng.random((1000, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 1000)
     query = Margin(rng.random((132, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 132))
-    engine = InfluenceEngine(model, (X, y), InfluenceSpec(solver="ekfac", gradients=GradientSettings(params="all")), TrainingObjective(1e-4))
+    engine = InfluenceEngine(model, (X, y),
+                             InfluenceSpec(solver="ekfac", gradients=GradientSettings(params="all")),
+                             TrainingObjective(1e-4))
     engine.solver  # fit outside the timings
     start = time.perf_counter()
     fast = engine.scores(query, Margin.row_value)                          # K-FAC solver: the eigenbasis path

@@ -165,18 +165,25 @@ def our_methods(name: str, model, payload: dict, Xtr, ytr, Xq, yq) -> dict:
     from benchmarks import compare_settings as CS
 
     def exact_head():
-        r = compute_influence(model, train, objective, InfluenceSpec(solver=ExactSettings(damping=CS.DAMPING), gradients=head), TrainingObjective(l2))
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=ExactSettings(damping=CS.DAMPING), gradients=head),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def exact_all():
-        r = compute_influence(model, train, objective, InfluenceSpec(solver=ExactSettings(damping=CS.DAMPING), gradients=every), TrainingObjective(l2))
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=ExactSettings(damping=CS.DAMPING), gradients=every),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def damping_all():
         return CS.DAMPING  # fixed, as in the peer comparison (auto damping left H + dI indefinite for CG)
 
     def cg():
-        r = compute_influence(model, train, objective, InfluenceSpec(solver=CGSettings(damping=damping_all(), max_iter=CS.CG_ITERS, tol=1e-30), gradients=every), TrainingObjective(l2))
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=CGSettings(damping=damping_all(), max_iter=CS.CG_ITERS, tol=1e-30),
+                                            gradients=every),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def lissa():
@@ -186,7 +193,9 @@ def our_methods(name: str, model, payload: dict, Xtr, ytr, Xq, yq) -> dict:
         return -r.scores, r.info
 
     def ekfac():
-        r = compute_influence(model, train, objective, InfluenceSpec(solver=KFACSettings(kind="ekfac", damping=damping_all()), gradients=every), TrainingObjective(l2))
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=KFACSettings(kind="ekfac", damping=damping_all()), gradients=every),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def projected():

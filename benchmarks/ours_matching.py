@@ -47,7 +47,9 @@ def our_methods(name, model, payload, Xtr, ytr, Xq, yq) -> dict:
     train = (Xtr, ytr)
 
     def infl(solver, params):
-        return lambda: compute_influence(model, train, Margin(Xq, yq), InfluenceSpec(solver=solver, gradients=GradientSettings(params=params)), TrainingObjective(l2)).scores
+        return lambda: compute_influence(model, train, Margin(Xq, yq),
+                                         InfluenceSpec(solver=solver, gradients=GradientSettings(params=params)),
+                                         TrainingObjective(l2)).scores
 
     methods = {
         "exact (last layer)": infl(ExactSettings(damping=S.DAMPING), "head"),

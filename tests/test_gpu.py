@@ -25,6 +25,9 @@ def test_auto_device_trains_on_cuda_and_influence_matches_cpu():
     X, y = bundle.train.X[:300], bundle.train.y[:300]
     scores = {}
     for device in ("cuda", "cpu"):
-        engine = InfluenceEngine(model, (X, y), InfluenceSpec(solver={"kind": "exact", "damping": 0.01}, gradients=GradientSettings(params="head", dtype="float64", device=device)), TrainingObjective(cfg.train.l2))
+        engine = InfluenceEngine(model, (X, y),
+                                 InfluenceSpec(solver={"kind": "exact", "damping": 0.01},
+                                               gradients=GradientSettings(params="head", dtype="float64", device=device)),
+                                 TrainingObjective(cfg.train.l2))
         scores[device] = engine.self_influence()
     np.testing.assert_allclose(scores["cuda"], scores["cpu"], rtol=1e-8, atol=1e-12)

@@ -100,7 +100,7 @@ def _newton(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainCon
     for _ in range(cfg.steps - 1):                                        # Newton on the retained objective
         loss = TrainingLoss(ParamSpace(space.model, space.subset), X[keep], y[keep], objective)
         grad = _objective_grad(loss)
-        solver = make_solver(engine.solver_settings).fit(loss)
+        solver = make_solver(engine.spec.solver).fit(loss)
         delta = solver.solve(grad[None])[0]
         theta = theta - delta
         _set(space, theta)

@@ -222,7 +222,8 @@ class UnlearnAction(InfluenceFields):
     """Remove the flagged rows and produce the after-model by unlearning (``tda_clean.actions.unlearn``).
 
     ``method``: ``retrain`` (from scratch without the rows; the reference), ``newton`` (second-order group
-    removal update of METHODS.md §3 with the ``influence`` spec (:class:`InfluenceFields`), then ``steps - 1`` Newton steps on the
+    removal update of METHODS.md §3 with the ``influence`` spec (:class:`InfluenceFields`), then ``steps - 1``
+    Newton steps on the
     retained objective; exact for convex / last-layer), ``finetune`` (``epochs`` of Adam at ``lr`` on the
     retained rows, optionally re-initialising the head), ``ascent`` (gradient ascent on the forget set, weight
     ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows).

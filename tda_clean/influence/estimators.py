@@ -75,13 +75,11 @@ class InfluenceEngine:
     def __init__(self, model: nn.Module, train, spec: InfluenceSpec, training: TrainingObjective,
                  store_dir: str | Path | None = None):
         self.spec = spec
-        self.settings = spec.gradients
-        self.solver_settings = spec.solver
         self.training = training
-        self.model = prepare_model(model, self.settings)
+        self.model = prepare_model(model, spec.gradients)
         self.X, self.y = train_arrays(train)
-        self.space = ParamSpace(self.model, self.settings.params)
-        self.loss = TrainingLoss(self.space, self.X, self.y, training, batch_size=self.settings.batch_size)
+        self.space = ParamSpace(self.model, self.spec.gradients.params)
+        self.loss = TrainingLoss(self.space, self.X, self.y, training, batch_size=self.spec.gradients.batch_size)
         self.n = self.loss.n
         self.store_dir = store_dir
         self._solver: CurvatureSolver | None = None
@@ -90,7 +88,7 @@ class InfluenceEngine:
     def solver(self) -> CurvatureSolver:
         """The fitted curvature solver (fitted on first use)."""
         if self._solver is None:
-            self._solver = make_solver(self.solver_settings).fit(self.loss)
+            self._solver = make_solver(self.spec.solver).fit(self.loss)
         return self._solver
 
     # ----------------------------------------------------------------------------- gradients
@@ -112,11 +110,11 @@ class InfluenceEngine:
         if rows is not None:
             start = rows.start or 0
             for sub, G in iter_per_sample_grads(self.space, self.X[rows], y[rows], loss=loss,
-                                                memory_mb=self.settings.memory_mb):
+                                                memory_mb=self.spec.gradients.memory_mb):
                 yield slice(start + sub.start, start + sub.stop), G
             return
         if self.store_dir is None or label_override is not None or not default:
-            yield from iter_per_sample_grads(self.space, self.X, y, loss=loss, memory_mb=self.settings.memory_mb)
+            yield from iter_per_sample_grads(self.space, self.X, y, loss=loss, memory_mb=self.spec.gradients.memory_mb)
             return
         yield from self._stored_gradients()
 
@@ -133,23 +131,24 @@ class InfluenceEngine:
             yield rows, torch.as_tensor(block, device=self.loss.device)
 
     def _chunk_rows(self) -> int:
-        return min(self.n, rows_per_batch(self.space.p, self.loss.theta.element_size(), self.settings.memory_mb))
+        return min(self.n, rows_per_batch(self.space.p, self.loss.theta.element_size(), self.spec.gradients.memory_mb))
 
     # ------------------------------------------------------------------------------ queries
     def inverse_hvp(self, objective: Objective) -> torch.Tensor:
         """``A^-1 q`` for each query gradient of ``objective``: (m, p)."""
-        Q = objective.query_gradients(self.space, self.settings.memory_mb)
+        Q = objective.query_gradients(self.space, self.spec.gradients.memory_mb)
         return self.solver.solve(Q)
 
     def influence(self, objective: Objective) -> InfluenceResult:
         """Influence of removing each training row on ``objective`` -> :class:`InfluenceResult` (m, n)."""
-        return InfluenceResult(self.scores(objective), objective.name, self.solver_settings.kind, self._info())
+        return InfluenceResult(self.scores(objective), objective.name, self.spec.solver.kind, self._info())
 
     def scores(self, objective: Objective, train_loss: RowLoss | None = None) -> np.ndarray:
         """(m, n) ``(1/n) q_j^T A^-1 g_i``, ``q_j`` the objective's query gradients and ``g_i`` the gradient of
         ``train_loss(logits_i, y_i)`` at training row i (default the training loss: the influence of removing row i).
 
-        With a solver that scores in an eigenbasis (``solver.eigenbasis``: K-FAC / EK-FAC), a row-wise objective and no gradient store, both sides are projected on the
+        With a solver that scores in an eigenbasis (``solver.eigenbasis``: K-FAC / EK-FAC), a row-wise objective and
+        no gradient store, both sides are projected on the
         Kronecker eigenbasis from their layer factors, where ``A^-1`` is diagonal
         (:meth:`KFACSolver.eigenbasis_gradients`): no (m, p) back-projection, and Linear layers' row gradients are
         never expanded before projecting. Same numbers as ``scores_for(inverse_hvp(objective))`` (tested).
@@ -169,7 +168,7 @@ class InfluenceEngine:
         Q = (Q.mean(0, keepdim=True) if objective.reduce == "mean" else Q) * solver.eigenbasis_scale()
         out = torch.zeros(len(Q), self.n, dtype=torch.float64)
         row_elems = int(np.prod(self.loss.X.shape[1:]))
-        size = rows_per_batch(self.space.p, Q.element_size(), self.settings.memory_mb, row_elems)
+        size = rows_per_batch(self.space.p, Q.element_size(), self.spec.gradients.memory_mb, row_elems)
         for start in range(0, self.n, size):
             rows = slice(start, min(self.n, start + size))
             G = solver.eigenbasis_gradients(self.loss.X[rows], self.loss.y[rows], train_loss or self.training.row)
@@ -221,7 +220,7 @@ class InfluenceEngine:
     def _info(self) -> dict[str, Any]:
         s = self.solver
         return {"damping": float(s.damping_), "negative_curvature": bool(s.negative_curvature_),
-                "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.solver_settings.kind}
+                "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.spec.solver.kind}
 
 
 # ------------------------------------------------------------------------------------- one-call API

@@ -159,7 +159,7 @@ class GroupInfluence:
 
     ``regularized_rows`` (default True): per-row gradients include ``l2 theta*`` (retraining keeps ``l2``); see
     the module docstring for the scale convention. Per-row quantities are computed in row blocks of
-    ``engine.settings.batch_size``; nothing of size (n, p) is kept unless :meth:`row_terms` is asked for.
+    ``engine.spec.gradients.batch_size``; nothing of size (n, p) is kept unless :meth:`row_terms` is asked for.
     """
 
     def __init__(self, engine: InfluenceEngine, *, regularized_rows: bool = True):
@@ -183,7 +183,7 @@ class GroupInfluence:
     def _row_blocks(self):
         """Yield ``(rows, X_rows, y_rows)`` tensor blocks of the training rows."""
         X, y = self.engine.loss.X, self.engine.loss.y
-        bs = self.engine.settings.batch_size
+        bs = self.engine.spec.gradients.batch_size
         for start in range(0, self.n, bs):
             rows = slice(start, min(self.n, start + bs))
             yield rows, X[rows], y[rows]
@@ -236,7 +236,7 @@ class GroupInfluence:
             raise InputError(f"group_hvp: {len(pos)} groups but {V.shape[0]} vectors")
         X, y = self.engine.loss.X, self.engine.loss.y
         space, theta = self.engine.space, self.engine.loss.theta
-        bs = max(self.engine.settings.batch_size, 4096)
+        bs = max(self.engine.spec.gradients.batch_size, 4096)
         out = torch.zeros_like(V)
         for j, p in enumerate(pos):
             idx = torch.as_tensor(p, device=X.device)

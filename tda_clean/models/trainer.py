@@ -2,7 +2,8 @@
 
 Objective (the TRAINING loss that influence functions differentiate): :class:`~tda_clean.objective.TrainingObjective`
     L(theta) = sum_i w_i * CE(f(x_i; theta), y_i) / sum_i w_i  +  (l2 / 2) * ||theta||^2
-with w_i = 1 unless sample weights are given (``training_objective(config)``). ``lbfgs`` minimises it full-batch (convex models converge to
+with w_i = 1 unless sample weights are given (``training_objective(config)``). ``lbfgs`` minimises it full-batch
+(convex models converge to
 the unique optimum); ``adam`` runs mini-batches in an order drawn from ``seed`` with early stopping on the
 validation loss, restoring the best weights.
 """

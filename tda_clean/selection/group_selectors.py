@@ -37,8 +37,9 @@ x0.54 over seeds 0-4.
 Scores: HIGHER = more harmful. On the scalar path ``contributions_[i]`` (``Selection.contributions``) is row i's
 share of the predicted change of the objective when the selected set is removed (``info["predicted_change"]`` is
 the change itself, negative = decrease; the flagged rows' contributions sum to it) and ``scores_ = -contributions_``;
-the report passes ``selection.contributions`` to :func:`explain_selection`. ``suggested_labels_`` (for ``action: relabel``) is, per row, the
-label whose first-order flip most decreases the objective (the given label when no flip helps).
+the report passes ``selection.contributions`` to :func:`explain_selection`. ``suggested_labels_`` (for
+``action: relabel``) is, per row, the label whose first-order flip most decreases the objective (the given label
+when no flip helps).
 """
 from __future__ import annotations
 

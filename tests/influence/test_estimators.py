@@ -24,8 +24,14 @@ def test_self_influence_is_diagonal_of_pairwise(convex):
 def test_influence_invariant_to_chunking(mlp):
     model, X, y = mlp
     obj = MeanLoss(X[:10], y[:10])
-    a = compute_influence(model, (X, y), obj, InfluenceSpec(solver={"kind": "exact", "damping": 0.1}, gradients=GradientSettings(batch_size=7, memory_mb=1e-3)), TrainingObjective(0.05))
-    b = compute_influence(model, (X, y), obj, InfluenceSpec(solver={"kind": "exact", "damping": 0.1}, gradients=GradientSettings(batch_size=4096)), TrainingObjective(0.05))
+    a = compute_influence(model, (X, y), obj,
+                          InfluenceSpec(solver={"kind": "exact", "damping": 0.1},
+                                        gradients=GradientSettings(batch_size=7, memory_mb=1e-3)),
+                          TrainingObjective(0.05))
+    b = compute_influence(model, (X, y), obj,
+                          InfluenceSpec(solver={"kind": "exact", "damping": 0.1},
+                                        gradients=GradientSettings(batch_size=4096)),
+                          TrainingObjective(0.05))
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-15)
 
 
@@ -48,7 +54,10 @@ def test_removal_sign_matches_retraining_direction(convex):
 def test_float64_option_on_float32_model(convex):
     model, X, y, l2 = convex
     m32 = __import__("copy").deepcopy(model).float()
-    res = compute_influence(m32, (X, y), MeanLoss(X, y), InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=GradientSettings(dtype="float64")), TrainingObjective(l2))
+    res = compute_influence(m32, (X, y), MeanLoss(X, y),
+                            InfluenceSpec(solver={"kind": "exact", "damping": 0.0},
+                                          gradients=GradientSettings(dtype="float64")),
+                            TrainingObjective(l2))
     ref = compute_influence(model, (X, y), MeanLoss(X, y), EXACT0, TrainingObjective(l2))
     np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-4, atol=1e-8)
     assert next(m32.parameters()).dtype == torch.float32  # caller's model untouched
@@ -110,17 +119,25 @@ def test_gradient_store_reuse_and_mismatch(tmp_path, convex):
     obj = MeanLoss(X, y)
     ref = compute_influence(model, (X, y), obj, EXACT0, TrainingObjective(l2)).scores
     settings = GradientSettings(memory_mb=0.002)  # several chunks
-    first = compute_influence(model, (X, y), obj, InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings), TrainingObjective(l2), store_dir=tmp_path / "g")
-    again = compute_influence(model, (X, y), obj, InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings), TrainingObjective(l2), store_dir=tmp_path / "g")
+    first = compute_influence(model, (X, y), obj,
+                              InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings),
+                              TrainingObjective(l2), store_dir=tmp_path / "g")
+    again = compute_influence(model, (X, y), obj,
+                              InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings),
+                              TrainingObjective(l2), store_dir=tmp_path / "g")
     np.testing.assert_allclose(first.scores, ref, rtol=1e-12)
     np.testing.assert_allclose(again.scores, ref, rtol=1e-12)
-    store = GradientStore.open(tmp_path / "g", fingerprint=InfluenceEngine(model, (X, y), InfluenceSpec(), TrainingObjective(l2)).fingerprint(),
+    store = GradientStore.open(tmp_path / "g", fingerprint=InfluenceEngine(model, (X, y),
+                                                                           InfluenceSpec(),
+                                                                           TrainingObjective(l2)).fingerprint(),
                                n=len(X), p=ParamSpace(model).p, dtype="float64", chunk_rows=store_chunk(tmp_path))
     assert store.complete and store.n_chunks > 1
     y2 = y.copy()
     y2[0] = (y2[0] + 1) % 3
     with pytest.raises(InputError, match="built for fingerprint"):
-        compute_influence(model, (X, y2), obj, InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings), TrainingObjective(l2), store_dir=tmp_path / "g")
+        compute_influence(model, (X, y2), obj,
+                          InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings),
+                          TrainingObjective(l2), store_dir=tmp_path / "g")
 
 
 def store_chunk(tmp_path):
@@ -226,7 +243,10 @@ def test_kfac_eigenbasis_scores_match_materialised_path(request, kind, fixture, 
     from tda_clean.config.influence import KFACSettings
 
     model, X, y = request.getfixturevalue(fixture)
-    engine = InfluenceEngine(model, (X, y), InfluenceSpec(solver=KFACSettings(kind=kind, damping=0.1), gradients=GradientSettings(params=params)), TrainingObjective(0.05))
+    engine = InfluenceEngine(model, (X, y),
+                             InfluenceSpec(solver=KFACSettings(kind=kind, damping=0.1),
+                                           gradients=GradientSettings(params=params)),
+                             TrainingObjective(0.05))
     objective = Margin(X[:5], (np.asarray(y[:5]) + 1) % 3, reduce=reduce)
     fast = engine._eigenbasis_scores(objective, Margin.row_value)
     assert fast is not None and fast.shape == ((1 if reduce == "mean" else 5), len(y))

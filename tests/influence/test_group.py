@@ -150,7 +150,8 @@ def test_cg_solver_agrees_with_exact_on_convex(convex):
     groups = [np.arange(0, 8), np.arange(20, 26)]
     objective = MeanLoss(X[:10], y[:10])
     exact = GroupInfluence(InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2)))
-    cg = GroupInfluence(InfluenceEngine(model, (X, y), InfluenceSpec(solver={"kind": "cg", "damping": 0.0}), TrainingObjective(l2)))
+    cg = GroupInfluence(InfluenceEngine(model, (X, y),
+                                        InfluenceSpec(solver={"kind": "cg", "damping": 0.0}), TrainingObjective(l2)))
     np.testing.assert_allclose(cg.objective_change(groups, objective).second,
                                exact.objective_change(groups, objective).second, rtol=1e-5)
 

@@ -43,7 +43,8 @@ def poisoned():
 @pytest.fixture(scope="module")
 def detected(poisoned):
     bundle, _, context = poisoned
-    det = make_detector(DeltaInfluenceDetector()).fit(bundle.train.X, bundle.train.y, context)
+    det = make_detector(DeltaInfluenceDetector()).fit(
+            bundle.train.X, bundle.train.y, context)
     return det
 
 
@@ -86,17 +87,21 @@ def test_queries_not_predicted_as_one_class_are_refused(poisoned):
     pred = predict_proba(model, bundle.train.X).argmax(1)
     rows = (int(np.flatnonzero(pred == 1)[0]), int(np.flatnonzero(pred == 2)[0]))
     with pytest.raises(InputError, match="not predicted as one single class"):
-        DeltaInfluenceSelector(DeltaInfluenceDetector(queries="rows", query_rows=rows)).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(queries="rows", query_rows=rows)).fit(
+            bundle.train.X, bundle.train.y, context)
     with pytest.raises(InputError, match="query_rows: position 99999"):
-        DeltaInfluenceSelector(DeltaInfluenceDetector(queries="rows", query_rows=(99999,))).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(queries="rows", query_rows=(99999,))).fit(
+            bundle.train.X, bundle.train.y, context)
 
 
 def test_transform_that_does_not_apply_is_refused(poisoned):
     bundle, _, context = poisoned
     with pytest.raises(InputError, match="'feature_mask' does not apply to image data"):
-        DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("hflip", "feature_mask"))).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("hflip", "feature_mask"))).fit(
+            bundle.train.X, bundle.train.y, context)
     with pytest.raises(InputError, match="'channel_swap' needs images with at least two channels"):
-        DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("channel_swap",))).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("channel_swap",))).fit(
+            bundle.train.X, bundle.train.y, context)
     X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     with pytest.raises(InputError, match="'blur' does not apply to tabular data"):
         DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("blur",))).fit(X, np.arange(30) % 2, context)
