@@ -21,6 +21,7 @@ from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit, training_loss, training_objective
 from tda_clean.objective import TrainingObjective
 from tda_clean.selection import FitContext, make_detector
+from tda_clean.selection.base import cap_flagged
 from tests.unit_helpers import blobs, torch_single_thread
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
@@ -97,6 +98,9 @@ def test_one_budget_rule():
     assert Budget().rows(101) == 6 and Budget().cap(101) is None                    # 5% default, rounded up
     assert Budget(max_flagged=4, fraction=0.1).rows(101) == 4 == Budget(max_flagged=4).cap(101)
     assert Budget(max_flagged=40, fraction=0.1).rows(101) == 11 and Budget(max_flagged=500).rows(20) == 20
+    flagged, scores = np.array([True, False, True, True, True]), np.array([0.5, 9.0, 0.7, 0.5, 0.1])
+    np.testing.assert_array_equal(cap_flagged(flagged, scores, 2), [True, False, True, False, False])  # ties: first
+    assert cap_flagged(flagged, scores, None) is flagged and cap_flagged(flagged, scores, 4) is flagged
 
 
 # ------------------------------------------------------------------------------------ one training objective

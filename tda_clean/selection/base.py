@@ -181,6 +181,14 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
+def cap_flagged(flagged: np.ndarray, scores: np.ndarray, cap: int | None) -> np.ndarray:
+    """``flagged`` (n,) bool limited to its ``cap`` highest ``scores`` (n,) (ties by position); unchanged when
+    ``cap`` is None or not exceeded."""
+    if cap is None or flagged.sum() <= cap:
+        return flagged
+    return top_k_mask(np.where(flagged, scores, -np.inf), cap)
+
+
 # Registry: config ``detector.kind`` -> factory taking the detector config. The orchestration looks names
 # up here and never branches on them.
 DETECTORS: dict[str, Callable[[Any], BaseSelector]] = {}

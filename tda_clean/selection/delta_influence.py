@@ -46,7 +46,9 @@ import numpy as np
 
 from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.errors import InputError
-from tda_clean.selection.base import BaseSelector, FitContext, influence_engine, register_selector, trained_model
+from tda_clean.selection.base import (
+    BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
+)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -293,11 +295,7 @@ class DeltaInfluenceSelector(BaseSelector):
         pool = (y == target) if self.spec.split == "target_class" else np.ones(len(y), dtype=bool)
         cut, gap_z = split_high_cluster(cont, pool)
         support = pool & (gap_z > self.spec.min_gap_z) & (votes >= needed)
-        cap = self.spec.budget.cap(len(y))
-        if cap is not None and support.sum() > cap:
-            keep = np.flatnonzero(support)[np.argsort(-cont[support], kind="stable")[:cap]]
-            support = np.zeros_like(support)
-            support[keep] = True
+        support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)

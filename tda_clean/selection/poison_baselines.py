@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from tda_clean.config import DeltaInfluenceDetector, InfluenceThresholdDetector
-from tda_clean.selection.base import BaseSelector, FitContext, influence_engine, register_selector, trained_model
+from tda_clean.selection.base import (
+    BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
+)
 from tda_clean.selection.delta_influence import (
     DeltaInfluenceSelector, penultimate, robust_z, spectral_outlier_scores,
 )
@@ -45,15 +47,9 @@ class InfluenceThresholdSelector(BaseSelector):
         engine = influence_engine(X, y, context, spec.influence, self.name, model=model)
         support = -engine.influence(Margin(Xq, target)).scores  # (Q, n)
         score = robust_z(support, axis=1).mean(0)
-        flagged = score > spec.z_threshold
         cap = spec.budget.cap(len(y))
-        if cap is not None and flagged.sum() > cap:
-            keep = np.argsort(-score, kind="stable")[:cap]
-            flagged = np.zeros(len(y), dtype=bool)
-            flagged[keep] = True
-            flagged &= score > spec.z_threshold
         self.scores_ = score
-        self.support_ = flagged
+        self.support_ = cap_flagged(score > spec.z_threshold, score, cap)
         self.threshold_ = float(spec.z_threshold) if cap is None else float("nan")
         self.target_ = target
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq))}
