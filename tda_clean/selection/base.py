@@ -69,8 +69,8 @@ class Selection:
     info:        small JSON-able metadata.
     suggested_weights: (n,) float in [0, 1] or None, the detector's training weight for each row (``reweight``).
     contributions: (n,) float or None, each row's additive share of the predicted objective change when the
-                 flagged rows are removed together (negative = decrease); set by group selectors whose
-                 prediction is a sum over rows.
+                 flagged rows are removed together (negative = decrease); set by the selectors whose
+                 prediction is a sum over rows (``harmful``, the group selectors' scalar path).
     """
 
     mask: np.ndarray
