@@ -1,5 +1,6 @@
 """Detector configs (``detector.kind``): one pydantic model per selector in :mod:`tda_clean.selection`, joined in
-the :data:`Detector` discriminated union. Fields map one to one onto the selector's constructor arguments."""
+the :data:`Detector` discriminated union. A selector takes its config whole as ``spec`` (the simple ones field by
+field); influence settings and budgets are read through ``spec.influence`` and ``spec.budget``."""
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
