@@ -77,7 +77,7 @@ def make_selector(method: str, objective: str, fraction: float, iters: int, temp
     det = make_detector(detector_config(kind, objective, fraction, iters))
     if extra.get("components") == "on":
         extra = {**extra, "temperature": temperature}
-    return type(det)(**{**det.get_params(), **extra}) if extra else det
+    return type(det)(type(det.spec).model_validate({**det.spec.model_dump(), **extra})) if extra else det
 
 
 def fairlearn_eg(bundle, seed: int) -> dict[str, float]:
@@ -118,7 +118,7 @@ def run_seed(seed: int, objective: str, fraction: float, methods, iters: int = 3
     model = lr_model(theta, d)
     context = FitContext(seed=seed, model=model, train_config=TrainConfig(l2=L2, dtype="float64", device="cpu"),
                          X_val=bundle.val.X.astype(np.float64), y_val=bundle.val.y, groups_val=bundle.val.groups,
-                         groups=bundle.train.groups, n_classes=2)
+                         n_classes=2)
     out = {"before": {**evaluate(model, bundle), "seconds": 0.0, "n_removed": 0}}
     for method in methods:
         if method not in SELECTORS:

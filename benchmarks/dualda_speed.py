@@ -28,9 +28,9 @@ from benchmarks.peers import best_of as best  # noqa: E402
 
 def run(name: str, n_test: int, repeats: int) -> list[dict]:
     from tda_clean.influence.dualda import DualDA
-    from tda_clean.influence.estimators import InfluenceEngine
+    from tda_clean.influence import InfluenceEngine, InfluenceSpec, TrainingObjective
     from tda_clean.influence.objectives import Margin
-    from tda_clean.influence.settings import DualDASettings, ExactSettings, GradientSettings
+    from tda_clean.config.influence import DualDASettings, ExactSettings, GradientSettings
 
     from benchmarks.ours_matching import factory_model
 
@@ -47,8 +47,10 @@ def run(name: str, n_test: int, repeats: int) -> list[dict]:
     p_all = sum(p.numel() for p in model.parameters())
     for params in ["head"] + (["all"] if p_all <= 10_000 else []):
         def setup():
-            eng = InfluenceEngine(model, (Xtr, ytr), l2=l2, solver=ExactSettings(damping=0.1),
-                                  gradients=GradientSettings(params=params))
+            eng = InfluenceEngine(model, (Xtr, ytr),
+                                  InfluenceSpec(solver=ExactSettings(damping=0.1),
+                                                gradients=GradientSettings(params=params)),
+                                  TrainingObjective(l2))
             eng.solver  # noqa: B018 -- fit: Hessian + eigendecomposition
             return eng
 

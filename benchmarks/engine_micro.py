@@ -74,14 +74,16 @@ def main() -> None:
     import numpy as np
 
     from tda_clean.config import CNNConfig
-    from tda_clean.influence import GradientSettings, InfluenceEngine, Margin
+    from tda_clean.influence import GradientSettings, InfluenceEngine, InfluenceSpec, Margin, TrainingObjective
     from tda_clean.models.factory import build_model
 
     model = build_model(CNNConfig(channels=(16, 32), hidden=64), (1, 28, 28), 10, seed=0).eval()
     rng = np.random.default_rng(0)
     X, y = rng.random((1000, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 1000)
     query = Margin(rng.random((132, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 132))
-    engine = InfluenceEngine(model, (X, y), l2=1e-4, solver="ekfac", gradients=GradientSettings(params="all"))
+    engine = InfluenceEngine(model, (X, y),
+                             InfluenceSpec(solver="ekfac", gradients=GradientSettings(params="all")),
+                             TrainingObjective(1e-4))
     engine.solver  # fit outside the timings
     start = time.perf_counter()
     fast = engine.scores(query, Margin.row_value)                          # K-FAC solver: the eigenbasis path

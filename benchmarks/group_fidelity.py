@@ -152,7 +152,7 @@ def corr(a, b) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------- main
 def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kinds=KINDS,
         solver: str = "ekfac", activation: str = "tanh") -> dict:
-    from tda_clean.influence import GradientSettings, InfluenceEngine
+    from tda_clean.influence import GradientSettings, InfluenceEngine, InfluenceSpec, TrainingObjective
     from tda_clean.influence.group import GroupInfluence
     from tda_clean.models.trainer import fit_to_optimum, training_loss
 
@@ -164,7 +164,8 @@ def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kin
     if model_kind == "logistic":
         theta = newton_lr(X, y, L2)
         model = lr_model(theta, d)
-        engine = InfluenceEngine(model, (X, y), l2=L2, solver="exact", damping=0.0)
+        engine = InfluenceEngine(model, (X, y),
+                                 InfluenceSpec(solver={"kind": "exact", "damping": 0.0}), TrainingObjective(L2))
     else:
         from tda_clean.models.factory import MLP
 
@@ -173,8 +174,10 @@ def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kin
         if activation == "tanh":  # smooth: L-BFGS reaches a stationary point (ReLU stalls at gradient norm ~1e-2)
             net.body = torch.nn.Sequential(*[torch.nn.Tanh() if isinstance(m, torch.nn.ReLU) else m for m in net.body])
         model = fit_to_optimum(net, X, y, L2, max_iter=2000, history_size=50)
-        engine = InfluenceEngine(model, (X, y), l2=L2, solver=solver, damping="auto",
-                                 gradients=GradientSettings(params="all"))
+        engine = InfluenceEngine(model, (X, y),
+                                 InfluenceSpec(solver={"kind": solver, "damping": "auto"},
+                                               gradients=GradientSettings(params="all")),
+                                 TrainingObjective(L2))
     fit_s = time.perf_counter() - t0
     gi = GroupInfluence(engine)
     objs = objectives(bundle, model)
@@ -229,7 +232,7 @@ def run(model_kind: str, sizes, count: int, seed: int, max_rows: int | None, kin
         grad_norm = float("nan")
     return {"model": model_kind, "activation": activation if model_kind != "logistic" else None,
             "grad_norm_at_fit": grad_norm, "n_train": len(y), "p": engine.space.p, "sizes": list(sizes), "groups_per": count,
-            "seed": seed, "l2": L2, "solver": engine.solver_settings.kind, "damping": float(engine.solver.damping_),
+            "seed": seed, "l2": L2, "solver": engine.spec.solver.kind, "damping": float(engine.solver.damping_),
             "timings_s": {"fit": fit_s, "predict_all_groups": predict_s, "retrain_all_groups": retrain_s},
             "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads",

@@ -152,7 +152,8 @@ def our_methods(name: str, model, payload: dict, Xtr, ytr, Xq, yq) -> dict:
     try:
         from tda_clean.influence.estimators import compute_influence, projected_influence
         from tda_clean.influence.objectives import Margin
-        from tda_clean.influence.settings import CGSettings, ExactSettings, GradientSettings, KFACSettings, LissaSettings
+        from tda_clean.config.influence import CGSettings, ExactSettings, GradientSettings, KFACSettings, LissaSettings
+        from tda_clean.influence import InfluenceSpec, TrainingObjective
     except Exception as exc:  # engine not importable yet
         print(f"engine not importable: {exc!r}", flush=True)
         return {}
@@ -164,30 +165,37 @@ def our_methods(name: str, model, payload: dict, Xtr, ytr, Xq, yq) -> dict:
     from benchmarks import compare_settings as CS
 
     def exact_head():
-        r = compute_influence(model, train, objective, l2=l2, solver=ExactSettings(damping=CS.DAMPING), gradients=head)
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=ExactSettings(damping=CS.DAMPING), gradients=head),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def exact_all():
-        r = compute_influence(model, train, objective, l2=l2, solver=ExactSettings(damping=CS.DAMPING), gradients=every)
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=ExactSettings(damping=CS.DAMPING), gradients=every),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def damping_all():
         return CS.DAMPING  # fixed, as in the peer comparison (auto damping left H + dI indefinite for CG)
 
     def cg():
-        r = compute_influence(model, train, objective, l2=l2, solver=CGSettings(damping=damping_all(), max_iter=CS.CG_ITERS, tol=1e-30),
-                              gradients=every)
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=CGSettings(damping=damping_all(), max_iter=CS.CG_ITERS, tol=1e-30),
+                                            gradients=every),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def lissa():
         s = LissaSettings(damping=damping_all(), depth=CS.LISSA["depth"], batch_size=CS.LISSA["batch_size"],
                           scale=CS.LISSA["scale"], repeats=1, tol=0.0, seed=0)
-        r = compute_influence(model, train, objective, l2=l2, solver=s, gradients=every)
+        r = compute_influence(model, train, objective, InfluenceSpec(solver=s, gradients=every), TrainingObjective(l2))
         return -r.scores, r.info
 
     def ekfac():
-        r = compute_influence(model, train, objective, l2=l2, solver=KFACSettings(kind="ekfac", damping=damping_all()),
-                              gradients=every)
+        r = compute_influence(model, train, objective,
+                              InfluenceSpec(solver=KFACSettings(kind="ekfac", damping=damping_all()), gradients=every),
+                              TrainingObjective(l2))
         return -r.scores, r.info
 
     def projected():
@@ -213,7 +221,7 @@ def our_methods(name: str, model, payload: dict, Xtr, ytr, Xq, yq) -> dict:
 
     try:
         from tda_clean.influence.dualda import DualDA
-        from tda_clean.influence.settings import DualDASettings
+        from tda_clean.config.influence import DualDASettings
 
         def dualda():
             dd = DualDA.from_model(model, Xtr, ytr, DualDASettings(C=1.0), n_classes=10)

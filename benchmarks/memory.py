@@ -45,7 +45,7 @@ def main(argv=None):
     from tda_clean.config import MLPConfig, TrainConfig
     from tda_clean.influence.estimators import projected_influence
     from tda_clean.influence.objectives import PerSampleLoss
-    from tda_clean.influence.settings import GradientSettings
+    from tda_clean.config.influence import GradientSettings
     from tda_clean.models.factory import build_model
     from tda_clean.models.trainer import fit
 

@@ -40,14 +40,16 @@ def factory_model(name: str):
 def our_methods(name, model, payload, Xtr, ytr, Xq, yq) -> dict:
     from tda_clean.influence.estimators import compute_influence
     from tda_clean.influence.objectives import Margin
-    from tda_clean.influence.settings import CGSettings, ExactSettings, GradientSettings, KFACSettings, LissaSettings
+    from tda_clean.config.influence import CGSettings, ExactSettings, GradientSettings, KFACSettings, LissaSettings
+    from tda_clean.influence import InfluenceSpec, TrainingObjective
 
     l2 = MODELS[name]["train"]["l2"]
     train = (Xtr, ytr)
 
     def infl(solver, params):
-        return lambda: compute_influence(model, train, Margin(Xq, yq), l2=l2, solver=solver,
-                                         gradients=GradientSettings(params=params)).scores
+        return lambda: compute_influence(model, train, Margin(Xq, yq),
+                                         InfluenceSpec(solver=solver, gradients=GradientSettings(params=params)),
+                                         TrainingObjective(l2)).scores
 
     methods = {
         "exact (last layer)": infl(ExactSettings(damping=S.DAMPING), "head"),

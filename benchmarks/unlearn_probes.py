@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.poison import _evaluate, _train, scenario  # noqa: E402
 from tda_clean.influence.gradients import iter_per_sample_grads  # noqa: E402
 from tda_clean.influence.params import ParamSpace  # noqa: E402
-from tda_clean.models.trainer import l2_penalty  # noqa: E402
+from tda_clean.models.trainer import training_loss  # noqa: E402
 
 
 def head_refit(model, X, keep, y, l2: float = 1e-3):
@@ -71,7 +71,7 @@ def complement(model, X, y, forget_mask, weight: float, batch_size: int, seed: i
         fidx = forget[torch.randint(0, len(forget), (min(batch_size, len(forget)),), generator=gen)]
         opt.zero_grad()
         p = F.softmax(out(Xt[fidx]), 1).gather(1, yt[fidx][:, None]).squeeze(1)
-        loss = F.cross_entropy(out(Xt[idx]), yt[idx]) + l2_penalty(out, l2) \
+        loss = training_loss(out, Xt[idx], yt[idx], l2) \
             + weight * (-torch.log1p(-p.clamp(max=1 - 1e-6))).mean()
         loss.backward()
         opt.step()

@@ -94,7 +94,7 @@ def stage_detect(ctx: RunContext, mapper=serial_map) -> dict[str, Any]:
     context = FitContext(
         seed=cfg.seed, make_model=lambda s: make_model(ctx, bundle, s), train_config=cfg.train,
         model=load_model(ctx, "before", bundle), X_val=bundle.val.X, y_val=bundle.val.y,
-        groups_val=bundle.val.groups, groups=bundle.train.groups, n_classes=bundle.train.n_classes,
+        groups_val=bundle.val.groups, n_classes=bundle.train.n_classes,
         map=mapper, shard_rows=cfg.runner.shard_rows,
     )
     selection = make_detector(cfg.detector).fit(bundle.train.X, bundle.train.y, context).to_selection()
@@ -155,7 +155,7 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
 
     passed, reasons = check_gate(ctx.config.gate, parts["after"])
     bundle, selection = DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION))
-    contributions = -selection.scores if selection.info.get("scores_are_contributions") else None
+    contributions = selection.contributions
     groups = bundle.train.groups if bundle.train.groups.shape[1] else None
     report = {
         "status": "completed",

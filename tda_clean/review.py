@@ -1,8 +1,9 @@
 """Human review before acting: candidates to CSV + a static HTML page; approvals validated and applied.
 
 ``write_review(ctx)`` lists every flagged row with its scores, the suggested action, its groups, the
-validation rows it influences most (exact last-layer influence of the before-model, sign convention:
-positive = removing the row INCREASES that validation row's loss) and, for images, a thumbnail.
+validation rows it influences most (influence of the before-model with the detector's influence spec, else
+exact last-layer influence, ``REVIEW_SPEC``; sign convention: positive = removing the row INCREASES that
+validation row's loss) and, for images, a thumbnail.
 ``read_approvals(ctx, path)`` validates a filled-in file (columns ``row_id``, ``approved``) against the
 candidates; the pipeline's act stage then touches approved rows only and audits the rejected ones.
 """
@@ -16,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tda_clean.config.influence import ExactSettings, GradientSettings, InfluenceSpec
 from tda_clean.data.dataset import DataBundle
 from tda_clean.errors import InputError
 from tda_clean.run_dir import RunContext
 from tda_clean.selection.base import Selection
 
 CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
+REVIEW_SPEC = InfluenceSpec(solver=ExactSettings(damping=0.0), gradients=GradientSettings(params="head", dtype="float64"))
 _YES, _NO = {"yes", "y", "true", "1", "approve", "approved"}, {"no", "n", "false", "0", "reject", "rejected"}
 
 
@@ -40,8 +43,9 @@ def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, 
     })
     for column in train.groups.columns:
         frame[f"group_{column}"] = train.groups[column].to_numpy()[idx]
+    spec = getattr(ctx.config.detector, "influence", REVIEW_SPEC)
     frame["most_influenced_val_rows"] = _influenced_val_rows(load_model(ctx, "before", bundle), bundle, idx,
-                                                             ctx.config.train.l2, top_val)
+                                                             spec, ctx.config.train, top_val)
     frame["reason"] = list(selection.reasons)
     frame["approved"] = ""
     return frame
@@ -53,14 +57,15 @@ def _action_text(kind: str, label: int, suggestion: int | None) -> str:
     return kind
 
 
-def _influenced_val_rows(model, bundle: DataBundle, idx: np.ndarray, l2: float, top: int) -> list[str]:
+def _influenced_val_rows(model, bundle: DataBundle, idx: np.ndarray, spec: InfluenceSpec, train_config,
+                         top: int) -> list[str]:
     """``row_id:influence`` of the ``top`` validation rows whose loss each candidate moves most."""
     if len(idx) == 0:
         return []
-    from tda_clean.influence import GradientSettings, InfluenceEngine, PerSampleLoss, per_sample_grads
+    from tda_clean.influence import InfluenceEngine, PerSampleLoss, per_sample_grads
+    from tda_clean.models.trainer import training_objective
 
-    engine = InfluenceEngine(model, (bundle.train.X, bundle.train.y), l2=l2, solver="exact", damping=0.0,
-                             gradients=GradientSettings(params="head", dtype="float64"))
+    engine = InfluenceEngine(model, (bundle.train.X, bundle.train.y), spec, training_objective(train_config))
     W = engine.inverse_hvp(PerSampleLoss(bundle.val.X, bundle.val.y))  # (m_val, p)
     G = per_sample_grads(engine.space, bundle.train.X[idx], bundle.train.y[idx])  # (k, p)
     scores = (G @ W.T).cpu().numpy() / engine.n  # (k, m_val)

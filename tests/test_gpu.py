@@ -8,7 +8,7 @@ import torch
 
 from tda_clean.config import parse_config
 from tda_clean.data import load_bundle
-from tda_clean.influence import GradientSettings, InfluenceEngine
+from tda_clean.influence import GradientSettings, InfluenceEngine, InfluenceSpec, TrainingObjective
 from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit
 
@@ -25,7 +25,9 @@ def test_auto_device_trains_on_cuda_and_influence_matches_cpu():
     X, y = bundle.train.X[:300], bundle.train.y[:300]
     scores = {}
     for device in ("cuda", "cpu"):
-        engine = InfluenceEngine(model, (X, y), l2=cfg.train.l2, solver="exact", damping=0.01,
-                                 gradients=GradientSettings(params="head", dtype="float64", device=device))
+        engine = InfluenceEngine(model, (X, y),
+                                 InfluenceSpec(solver={"kind": "exact", "damping": 0.01},
+                                               gradients=GradientSettings(params="head", dtype="float64", device=device)),
+                                 TrainingObjective(cfg.train.l2))
         scores[device] = engine.self_influence()
     np.testing.assert_allclose(scores["cuda"], scores["cpu"], rtol=1e-8, atol=1e-12)

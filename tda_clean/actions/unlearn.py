@@ -5,10 +5,11 @@
 
 * ``retrain``  -- train a fresh model (``make_model(seed)``, else a seeded re-initialisation of
   ``model_before``'s layers) on the retained rows with the run's training config: the reference.
-* ``newton``   -- second-order group removal (Basu et al. 2020, docs/methods.md#unlearning) on the parameter subset
-  ``cfg.params``, with curvature A = H + damping I of the FULL training objective from the engine's solver::
+* ``newton``   -- second-order group removal (Basu et al. 2020, docs/methods.md#unlearning) with the influence spec
+  ``cfg.influence`` (parameter subset, solver, damping): curvature A = H + damping I of the FULL training
+  objective (:class:`~tda_clean.objective.TrainingObjective`) from the engine's solver::
 
-      p = m/n, q = p/(1-p),  g_U = mean over U of grad(CE + l2/2 |theta|^2),  H_U = mean Hessian over U
+      p = m/n, q = p/(1-p),  g_U = mean over U of grad(loss + l2/2 |theta|^2),  H_U = mean Hessian over U
       dtheta = q A^-1 g_U + q^2 (A^-1 H_U - I) A^-1 g_U          (order 2; order 1 keeps the first term)
 
   followed by ``cfg.steps - 1`` Newton steps on the RETAINED objective (curvature refitted on the retained
@@ -31,12 +32,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from tda_clean.config import TrainConfig, UnlearnAction
 from tda_clean.errors import InputError
-
-METHODS = ("retrain", "newton", "finetune", "ascent")
 
 
 def _check(cfg: UnlearnAction, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray) -> np.ndarray:
@@ -75,36 +73,34 @@ def _retrain(cfg, model_before, X, y, mask, train_config, seed, make_model, X_va
 
 # ------------------------------------------------------------------------------------------------ newton
 def _newton(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainConfig, seed, *_):
-    from tda_clean.influence import GradientSettings, InfluenceEngine
-    from tda_clean.influence.curvature import TrainingLoss, make_solver
-    from tda_clean.influence.gradients import per_sample_grads
+    from tda_clean.influence import InfluenceEngine, make_solver
+    from tda_clean.influence.curvature import TrainingLoss
     from tda_clean.influence.params import ParamSpace
-    from tda_clean.influence.settings import solver_settings
+    from tda_clean.models.trainer import training_objective
 
     model = copy.deepcopy(model_before).eval()
-    l2 = float(train_config.l2)
-    engine = InfluenceEngine(model, (X, y), l2=l2, solver=cfg.solver, damping=cfg.damping,
-                             gradients=GradientSettings(params=cfg.params))
+    objective = training_objective(train_config)
+    engine = InfluenceEngine(model, (X, y), cfg.influence, objective)
     space = engine.space                     # over ``engine.model`` (== model unless a cast copy was made)
     theta = space.flat().clone()
     n, m = len(y), int(mask.sum())
     p = m / n
     q = p / (1 - p)
     Xf, yf = X[mask], y[mask]
-    g_u = per_sample_grads(space, Xf, yf).mean(0) + l2 * theta          # mean grad of (CE + l2/2 |theta|^2) over U
+    g_u = _objective_grad(TrainingLoss(space, Xf, yf, objective))       # mean grad of the objective over U
     v = engine.solver.solve(g_u[None])[0]                                 # A^-1 g_U
     step = q * v
     if cfg.order == 2:
-        H_u = TrainingLoss(space, Xf, yf, l2)                             # hvp: mean CE Hessian over U + l2 I
+        H_u = TrainingLoss(space, Xf, yf, objective)                      # hvp: mean loss Hessian over U + l2 I
         step = step + q * q * (engine.solver.solve(H_u.hvp(v[None]))[0] - v)
     theta = theta + step
     _set(space, theta)
     norms = [float(step.norm())]
     keep = ~mask
     for _ in range(cfg.steps - 1):                                        # Newton on the retained objective
-        loss = TrainingLoss(ParamSpace(space.model, space.subset), X[keep], y[keep], l2)
+        loss = TrainingLoss(ParamSpace(space.model, space.subset), X[keep], y[keep], objective)
         grad = _objective_grad(loss)
-        solver = make_solver(solver_settings(cfg.solver, cfg.damping)).fit(loss)
+        solver = make_solver(engine.spec.solver).fit(loss)
         delta = solver.solve(grad[None])[0]
         theta = theta - delta
         _set(space, theta)
@@ -112,7 +108,7 @@ def _newton(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainCon
     out = space.model
     if out is not model:                                                  # cast copy: copy values back
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in out.state_dict().items()})
-    return model.eval(), {"params": str(cfg.params), "p": int(space.p), "order": int(cfg.order), "steps": cfg.steps,
+    return model.eval(), {"params": str(space.subset), "p": int(space.p), "order": int(cfg.order), "steps": cfg.steps,
                           "step_norms": norms, "damping": float(engine.solver.damping_),
                           "param_change_norm": float((theta - engine.loss.theta).norm())}
 
@@ -126,20 +122,19 @@ def _set(space, theta: torch.Tensor) -> None:
 
 
 def _objective_grad(loss) -> torch.Tensor:
-    """Gradient of the training objective (mean CE + l2/2 |theta|^2) at the space's current parameters."""
+    """Gradient (p,) of the training objective of ``loss`` (a ``TrainingLoss``) at the space's current parameters."""
     theta = loss.space.flat().clone().requires_grad_(True)
     total = 0.0
     with torch.enable_grad():
         for s in loss._slices():
-            total = total + F.cross_entropy(loss.space.forward(theta, loss.X[s]), loss.y[s], reduction="sum")
-        value = total / loss.n + 0.5 * loss.l2 * (theta * theta).sum()
-        (g,) = torch.autograd.grad(value, theta)
+            total = total + loss.objective.data_sum(loss.space.forward(theta, loss.X[s]), loss.y[s])
+        (g,) = torch.autograd.grad(total / loss.n + loss.objective.regulariser(theta), theta)
     return g.detach()
 
 
 # --------------------------------------------------------------------------------------- finetune / ascent
 def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainConfig, seed, ascent: bool):
-    from tda_clean.models.trainer import l2_penalty, resolve_device, resolve_dtype
+    from tda_clean.models.trainer import resolve_device, resolve_dtype, training_loss, training_objective
 
     model = copy.deepcopy(model_before)
     device, dtype = resolve_device(train_config.device), resolve_dtype(train_config.dtype)
@@ -161,10 +156,10 @@ def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             opt.zero_grad()
-            loss = F.cross_entropy(model(Xt[idx]), yt[idx]) + l2_penalty(model, train_config.l2)
+            loss = training_loss(model, Xt[idx], yt[idx], train_config.l2)
             if ascent and len(forget):
                 fidx = forget[torch.randint(0, len(forget), (min(bs, len(forget)),), generator=gen).to(device)]
-                forget_loss = F.cross_entropy(model(Xt[fidx]), yt[fidx])
+                forget_loss = training_objective(train_config).data_mean(model(Xt[fidx]), yt[fidx])
                 loss = loss - cfg.ascent_weight * torch.clamp(forget_loss, max=cfg.max_forget_loss)
             loss.backward()
             opt.step()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -22,6 +22,9 @@ from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda
     GroupFirstOrderDetector, GroupSecondOrderDetector, HarmfulDetector, InfluenceObjectiveName,
     InfluenceRelabelDetector, InfluenceThresholdDetector, RandomDetector, SelfInfluenceDetector,
     SpectralSignatureDetector,
+)
+from tda_clean.config.influence import (  # noqa: F401  (re-exported)
+    Budget, GradientSettings, InfluenceFields, InfluenceSpec,
 )
 from tda_clean.errors import InputError, one_line
 
@@ -224,21 +227,21 @@ class NoAction(_Frozen):
     kind: Literal["none"] = "none"
 
 
-class UnlearnAction(_Frozen):
+class UnlearnAction(InfluenceFields):
     """Remove the flagged rows and produce the after-model by unlearning (``tda_clean.actions.unlearn``).
 
     ``method``: ``retrain`` (from scratch without the rows; the reference), ``newton`` (second-order group
-    removal update of docs/methods.md on ``params`` with ``solver``, then ``steps - 1`` Newton steps on the
+    removal update of docs/methods.md#unlearning with the ``influence`` spec (:class:`InfluenceFields`), then
+    ``steps - 1`` Newton steps on the
     retained objective; exact for convex / last-layer), ``finetune`` (``epochs`` of Adam at ``lr`` on the
     retained rows, optionally re-initialising the head), ``ascent`` (gradient ascent on the forget set, weight
     ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows).
     """
 
     kind: Literal["unlearn"] = "unlearn"
+    device: ClassVar[str] = "model"
     method: Literal["retrain", "newton", "finetune", "ascent"] = "newton"
-    params: Literal["all", "head"] = "head"
-    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "exact"
-    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
+    dtype: Literal["model", "float32", "float64"] = "model"
     order: Literal[1, 2] = 2
     steps: int = Field(default=2, ge=1)
     epochs: int = Field(default=5, ge=1)

@@ -1,5 +1,6 @@
 """Detector configs (``detector.kind``): one pydantic model per selector in :mod:`tda_clean.selection`, joined in
-the :data:`Detector` discriminated union. Fields map one to one onto the selector's constructor arguments."""
+the :data:`Detector` discriminated union. A selector takes its config whole as ``spec`` (the simple ones field by
+field); influence settings and budgets are read through ``spec.influence`` and ``spec.budget``."""
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
@@ -7,6 +8,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from tda_clean.config.base import _Frozen
+from tda_clean.config.influence import BudgetFields, InfluenceFields, SolverKind
 
 
 class CleanlabDetector(_Frozen):
@@ -21,21 +23,10 @@ class CleanlabDetector(_Frozen):
     max_flagged: int | None = Field(default=None, ge=1)
 
 
-class _InfluenceDetectorBase(_Frozen):
-    """Shared settings of the influence detectors (``tda_clean.selection.influence_detectors``).
-
-    ``solver`` picks the curvature solver, ``params`` the parameter subset (``head`` = last layer, exact-solver
-    friendly), ``damping`` is added to the Hessian (``auto`` = 0.01 x its mean eigenvalue; use 0 for an L2
-    logistic model trained with lbfgs). Budget: at most ``max_flagged`` rows and/or a ``fraction`` of the
-    training rows (5% when neither is set). ``dtype`` of the influence computation (CUDA used when present).
-    """
-
-    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "exact"
-    params: Literal["all", "head"] = "head"
-    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    max_flagged: int | None = Field(default=None, ge=1)
-    fraction: float | None = Field(default=None, gt=0, lt=1)
+class _InfluenceDetectorBase(InfluenceFields, BudgetFields):
+    """Shared settings of the influence detectors (``tda_clean.selection.influence_detectors``): the influence
+    fields (:class:`~tda_clean.config.influence.InfluenceFields`) and a budget of at most ``max_flagged`` rows
+    and/or a ``fraction`` of the training rows (5% when neither is set)."""
 
 
 InfluenceObjectiveName = Literal[
@@ -115,15 +106,13 @@ class D3MDetector(_InfluenceDetectorBase):
     dtype: Literal["float32", "float64"] = "float64"
 
 
-class RandomDetector(_Frozen):
+class RandomDetector(BudgetFields):
     """Uniformly random rows (seeded by the run seed): the floor every selector must beat at the same budget."""
 
     kind: Literal["random"] = "random"
-    max_flagged: int | None = Field(default=None, ge=1)
-    fraction: float | None = Field(default=None, gt=0, lt=1)
 
 
-class DeltaInfluenceDetector(_Frozen):
+class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, docs/methods.md#delta-influence).
 
     ``queries``: ``auto`` (trigger scan on validation inputs, else outlying rows of the suspected ``target``
@@ -152,11 +141,8 @@ class DeltaInfluenceDetector(_Frozen):
     min_gap_z: float = Field(default=3.0, ge=0)
     train_gradient: Literal["margin", "loss"] = "margin"
     scan_min_flip: float = Field(default=0.2, gt=0, le=1)
-    solver: Literal["exact", "cg", "lissa", "kfac", "ekfac"] = "ekfac"
+    solver: SolverKind = "ekfac"
     params: Literal["all", "head"] = "all"
-    damping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = "auto"
-    dtype: Literal["float32", "float64"] = "float32"
-    max_flagged: int | None = Field(default=None, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")

@@ -3,15 +3,19 @@
 Sign convention everywhere: a POSITIVE influence of removing training row i on objective f means removing the
 row INCREASES f. Main entry points::
 
-    from tda_clean.influence import compute_influence, self_influence, MeanLoss
-    res = compute_influence(model, (X, y), MeanLoss(X_val, y_val), l2=cfg.l2, solver="exact")
-    res.scores          # (m, n): predicted change of f when each training row is removed
+    from tda_clean.influence import InfluenceEngine, InfluenceSpec, MeanLoss, TrainingObjective
+    engine = InfluenceEngine(model, (X, y), InfluenceSpec(solver="exact"), TrainingObjective(l2=cfg.l2))
+    engine.influence(MeanLoss(X_val, y_val)).scores   # (m, n): change of f when each training row is removed
 
-Solvers: ``"exact" | "cg" | "lissa" | "kfac" | "ekfac"`` by name or as settings objects
-(:class:`ExactSettings`, :class:`CGSettings`, :class:`LissaSettings`, :class:`KFACSettings`).
+The :class:`InfluenceSpec` holds the solver settings (:class:`ExactSettings`, :class:`CGSettings`,
+:class:`LissaSettings`, :class:`KFACSettings`; a bare name means that solver's defaults) with their damping, and
+the :class:`GradientSettings` (parameter subset, dtype, device).
 """
+from tda_clean.config.influence import (
+    CGSettings, DualDASettings, ExactSettings, GradientSettings, InfluenceSpec, KFACSettings, LissaSettings,
+)
 from tda_clean.influence.curvature import (
-    SOLVERS, CurvatureSolver, NegativeCurvatureWarning, TrainingLoss, make_solver, register_solver,
+    SOLVERS, CurvatureSolver, NegativeCurvatureWarning, TrainingLoss, register_solver,
 )
 from tda_clean.influence.dualda import DualDA, model_features
 from tda_clean.influence.estimators import (
@@ -25,12 +29,10 @@ from tda_clean.influence.objectives import (
 )
 from tda_clean.influence.params import ParamSpace, model_fingerprint
 from tda_clean.influence.projection import RandomProjector
-from tda_clean.influence.settings import (
-    CGSettings, DualDASettings, ExactSettings, GradientSettings, KFACSettings, LissaSettings, solver_settings,
-)
-from tda_clean.influence.solvers import CGSolver, ExactSolver, LissaSolver
+from tda_clean.influence.solvers import CGSolver, ExactSolver, LissaSolver, make_solver
 from tda_clean.influence.store import GradientStore, store_fingerprint
 from tda_clean.influence.tracin import CheckpointRecorder, gradient_similarity, tracin_cp
+from tda_clean.objective import TrainingObjective
 
 __all__ = [
     "SOLVERS", "CurvatureSolver", "NegativeCurvatureWarning", "TrainingLoss", "make_solver", "register_solver",
@@ -39,6 +41,6 @@ __all__ = [
     "KFACSolver", "CallableObjective", "DemographicParityGap", "EqualizedOddsGap", "GroupLossDifference", "Margin",
     "MeanLoss", "Objective", "PerSampleLoss", "ScalarObjective", "WorstGroupLoss", "ParamSpace", "model_fingerprint",
     "RandomProjector", "CGSettings", "DualDASettings", "ExactSettings", "GradientSettings", "KFACSettings",
-    "LissaSettings", "solver_settings", "CGSolver", "ExactSolver", "LissaSolver", "GradientStore",
+    "LissaSettings", "InfluenceSpec", "TrainingObjective", "CGSolver", "ExactSolver", "LissaSolver", "GradientStore",
     "store_fingerprint", "CheckpointRecorder", "gradient_similarity", "tracin_cp",
 ]

@@ -1,10 +1,11 @@
 """Curvature of the training loss behind one interface: ``fit(loss)``, ``hvp(V)``, ``solve(V)``.
 
-The curvature is the Hessian of the TRAINING objective the trainer minimises, restricted to the parameter subset:
+The curvature is the Hessian of the TRAINING objective the trainer minimises (:class:`~tda_clean.objective.
+TrainingObjective`, unweighted), restricted to the parameter subset:
 
-    L(theta) = (1/n) sum_i CE(f(x_i; theta), y_i) + (l2/2) ||theta||^2,   H = d^2 L / d theta^2 = H_CE + l2 I
+    L(theta) = (1/n) sum_i loss(f(x_i; theta), y_i) + (l2/2) ||theta||^2,   H = d^2 L / d theta^2 = H_loss + l2 I
 
-and every solver works on the damped system ``A = H + damping I`` (K-FAC solvers replace ``H_CE`` by their
+and every solver works on the damped system ``A = H + damping I`` (K-FAC solvers replace ``H_loss`` by their
 Kronecker approximation). Vectors come in batches ``V`` of shape ``(k, p)``:
 
 * ``hvp(V)``   -> ``(k, p)`` rows ``A v``
@@ -14,8 +15,9 @@ After ``fit`` a solver exposes ``damping_`` (the value used), ``negative_curvatu
 have a negative eigenvalue / direction; a warning is also emitted) and ``min_eigenvalue_`` where known.
 A damping that leaves ``A`` singular raises :class:`InputError`.
 
-Solvers register by name in ``SOLVERS`` (``register_solver``); ``make_solver(settings)`` builds one from its
-settings object, whose ``kind`` is the registered name.
+Solvers register by name in ``SOLVERS`` (``register_solver``); ``tda_clean.influence.solvers.make_solver(settings)``
+builds one from its settings object, whose ``kind`` is the registered name. Solvers declare what they can do as
+class attributes (``eigenbasis``: scores ``q^T A^-1 g`` from gradients projected on the solver's eigenbasis).
 """
 from __future__ import annotations
 
@@ -26,12 +28,12 @@ from typing import Callable, ClassVar, Literal
 import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
-from torch.nn import functional as F
 
+from tda_clean.config.influence import AUTO_DAMPING_FACTOR, Damping, SolverSettings
 from tda_clean.errors import InputError
 from tda_clean.influence.gradients import as_tensors
 from tda_clean.influence.params import ParamSpace
-from tda_clean.influence.settings import AUTO_DAMPING_FACTOR, Damping, SolverSettings
+from tda_clean.objective import TrainingObjective
 from tda_clean.progress import progress_bar
 
 
@@ -40,20 +42,19 @@ class NegativeCurvatureWarning(UserWarning):
 
 
 class TrainingLoss:
-    """The training objective above over a :class:`ParamSpace`, on training rows ``X`` (n, ...), ``y`` (n,).
+    """The training ``objective`` over a :class:`ParamSpace`, on training rows ``X`` (n, ...), ``y`` (n,).
 
     ``batch_size`` rows go through one forward pass in HVPs; results do not depend on it.
     """
 
-    def __init__(self, space: ParamSpace, X, y, l2: float, batch_size: int = 1024):
-        if l2 < 0:
-            raise InputError(f"l2: expected >= 0, got {l2}")
+    def __init__(self, space: ParamSpace, X, y, objective: TrainingObjective, batch_size: int = 1024):
+        self.objective = objective
         self.space = space
         self.X, self.y = as_tensors(space, X, y)
         if len(self.X) == 0:
             raise InputError("training set is empty: influence needs at least one training row")
         self.n = len(self.X)
-        self.l2 = float(l2)
+        self.l2 = float(objective.l2)
         self.batch_size = int(batch_size)
         self.theta = space.flat()
 
@@ -70,14 +71,14 @@ class TrainingLoss:
         return self.theta.device
 
     def _sum_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.space.forward(theta, X), y, reduction="sum")
+        return self.objective.data_sum(self.space.forward(theta, X), y)
 
     def value(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """``L(theta)`` (scalar) at ``theta`` (p,), default the current parameters."""
         theta = self.theta if theta is None else theta
         with torch.no_grad():
             total = sum(self._sum_loss(theta, self.X[s], self.y[s]) for s in self._slices())
-        return total / self.n + 0.5 * self.l2 * (theta * theta).sum()
+        return total / self.n + self.objective.regulariser(theta)
 
     def _slices(self, rows: torch.Tensor | None = None):
         n = self.n if rows is None else len(rows)
@@ -172,6 +173,7 @@ class CurvatureSolver(ABC):
     """Base class: ``fit(loss)`` once, then ``hvp(V)`` / ``solve(V)`` on ``(k, p)`` batches (see module doc)."""
 
     name: ClassVar[str] = "base"
+    eigenbasis: ClassVar[bool] = False  # provides eigenbasis_gradients / eigenbasis_scale (see kfac.py)
 
     def __init__(self, settings: SolverSettings):
         self.settings = settings
@@ -214,12 +216,3 @@ def register_solver(*kinds: str) -> Callable[[type[CurvatureSolver]], type[Curva
 
     return wrap
 
-
-def make_solver(settings: SolverSettings) -> CurvatureSolver:
-    """Build the registered solver for ``settings.kind``."""
-    import tda_clean.influence.kfac  # noqa: F401  (registers kfac/ekfac)
-    import tda_clean.influence.solvers  # noqa: F401  (registers exact/cg/lissa)
-
-    if settings.kind not in SOLVERS:
-        raise InputError(f"solver: {settings.kind!r} is not registered (available: {', '.join(sorted(SOLVERS))})")
-    return SOLVERS[settings.kind](settings)

@@ -23,7 +23,7 @@ from torch import nn
 
 from tda_clean.errors import InputError
 from tda_clean.influence.gradients import as_tensors
-from tda_clean.influence.settings import DualDASettings
+from tda_clean.config.influence import DualDASettings
 
 
 def model_features(model: nn.Module, X, batch_size: int = 1024) -> np.ndarray:

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from tda_clean.config.influence import GradientSettings, InfluenceSpec
 from tda_clean.errors import InputError
-from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss, make_solver
-from tda_clean.influence.gradients import (
-    RowLoss, as_tensors, check_finite_rows, cross_entropy_row, iter_per_sample_grads, rows_per_batch,
-)
+from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss
+from tda_clean.influence.gradients import RowLoss, as_tensors, check_finite_rows, iter_per_sample_grads, rows_per_batch
 from tda_clean.influence.objectives import Objective, PerSampleLoss, PerSampleObjective
 from tda_clean.influence.params import ParamSpace, model_fingerprint, prepare_model
 from tda_clean.influence.projection import RandomProjector
-from tda_clean.influence.settings import GradientSettings, SolverSettings, solver_settings
+from tda_clean.influence.solvers import make_solver
 from tda_clean.influence.store import GradientStore, store_fingerprint
+from tda_clean.objective import TrainingObjective
 
 
 @dataclass(frozen=True)
@@ -65,22 +65,21 @@ class InfluenceEngine:
     """Curvature fitted once on the training set; per-row gradients streamed in chunks (optionally from a
     memory-mapped :class:`GradientStore`).
 
-    model:      a trained model (never modified; a cast copy is used when ``gradients.dtype/device`` ask for it).
-    train:      training rows, ``X`` (n, ...), ``y`` (n,).
-    l2:         the trainer's L2 coefficient (``TrainConfig.l2``): part of the Hessian.
-    solver:     ``"exact" | "cg" | "lissa" | "kfac" | "ekfac"`` or a settings object.
-    damping:    overrides the damping of a solver given by name (``"auto"`` or a float).
-    store_dir:  optional directory of a gradient store (created, reused, or refused on fingerprint mismatch).
+    model:     a trained model (never modified; a cast copy is used when ``spec.gradients.dtype/device`` ask).
+    train:     training rows, ``X`` (n, ...), ``y`` (n,).
+    spec:      the :class:`InfluenceSpec` (solver settings with their damping, gradient settings), used whole.
+    training:  the :class:`TrainingObjective` the model was trained with (its loss and ``l2`` make the Hessian).
+    store_dir: optional directory of a gradient store (created, reused, or refused on fingerprint mismatch).
     """
 
-    def __init__(self, model: nn.Module, train, *, l2: float, solver: "str | SolverSettings" = "exact",
-                 damping=None, gradients: GradientSettings = GradientSettings(), store_dir: str | Path | None = None):
-        self.settings = gradients
-        self.solver_settings = solver_settings(solver, damping)
-        self.model = prepare_model(model, gradients)
+    def __init__(self, model: nn.Module, train, spec: InfluenceSpec, training: TrainingObjective,
+                 store_dir: str | Path | None = None):
+        self.spec = spec
+        self.training = training
+        self.model = prepare_model(model, spec.gradients)
         self.X, self.y = train_arrays(train)
-        self.space = ParamSpace(self.model, gradients.params)
-        self.loss = TrainingLoss(self.space, self.X, self.y, l2, batch_size=gradients.batch_size)
+        self.space = ParamSpace(self.model, self.spec.gradients.params)
+        self.loss = TrainingLoss(self.space, self.X, self.y, training, batch_size=self.spec.gradients.batch_size)
         self.n = self.loss.n
         self.store_dir = store_dir
         self._solver: CurvatureSolver | None = None
@@ -89,7 +88,7 @@ class InfluenceEngine:
     def solver(self) -> CurvatureSolver:
         """The fitted curvature solver (fitted on first use)."""
         if self._solver is None:
-            self._solver = make_solver(self.solver_settings).fit(self.loss)
+            self._solver = make_solver(self.spec.solver).fit(self.loss)
         return self._solver
 
     # ----------------------------------------------------------------------------- gradients
@@ -98,22 +97,24 @@ class InfluenceEngine:
                                  str(self.space.subset), str(self.loss.dtype))
 
     def train_gradients(self, label_override: np.ndarray | None = None, rows: slice | None = None,
-                        loss: RowLoss = cross_entropy_row) -> Iterator[tuple[slice, torch.Tensor]]:
+                        loss: RowLoss | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(rows, G_rows)`` blocks of per-row gradients ``(len(rows), p)`` of ``loss`` (default the
-        training cross-entropy; only those are ever stored).
+        training objective's per-row loss; only those are ever stored).
 
         ``label_override`` (n,) computes them for other labels (never stored). ``rows`` restricts them to one
         contiguous range of training rows (a shard); the yielded slices are absolute row positions.
         """
         y = self.y if label_override is None else label_override
+        default = loss is None
+        loss = self.training.row if default else loss
         if rows is not None:
             start = rows.start or 0
             for sub, G in iter_per_sample_grads(self.space, self.X[rows], y[rows], loss=loss,
-                                                memory_mb=self.settings.memory_mb):
+                                                memory_mb=self.spec.gradients.memory_mb):
                 yield slice(start + sub.start, start + sub.stop), G
             return
-        if self.store_dir is None or label_override is not None or loss is not cross_entropy_row:
-            yield from iter_per_sample_grads(self.space, self.X, y, loss=loss, memory_mb=self.settings.memory_mb)
+        if self.store_dir is None or label_override is not None or not default:
+            yield from iter_per_sample_grads(self.space, self.X, y, loss=loss, memory_mb=self.spec.gradients.memory_mb)
             return
         yield from self._stored_gradients()
 
@@ -123,31 +124,31 @@ class InfluenceEngine:
                                    dtype=dtype, chunk_rows=self._chunk_rows())
         for chunk in store.missing_chunks():
             rows = store.chunk_slice(chunk)
-            for _, G in iter_per_sample_grads(self.space, self.X[rows], self.y[rows], batch_size=rows.stop - rows.start):
+            for _, G in iter_per_sample_grads(self.space, self.X[rows], self.y[rows], loss=self.training.row,
+                                              batch_size=rows.stop - rows.start):
                 store.write_chunk(chunk, G.cpu().numpy())
         for rows, block in store.iter_chunks():
             yield rows, torch.as_tensor(block, device=self.loss.device)
 
     def _chunk_rows(self) -> int:
-        from tda_clean.influence.gradients import rows_per_batch
-
-        return min(self.n, rows_per_batch(self.space.p, self.loss.theta.element_size(), self.settings.memory_mb))
+        return min(self.n, rows_per_batch(self.space.p, self.loss.theta.element_size(), self.spec.gradients.memory_mb))
 
     # ------------------------------------------------------------------------------ queries
     def inverse_hvp(self, objective: Objective) -> torch.Tensor:
         """``A^-1 q`` for each query gradient of ``objective``: (m, p)."""
-        Q = objective.query_gradients(self.space, self.settings.memory_mb)
+        Q = objective.query_gradients(self.space, self.spec.gradients.memory_mb)
         return self.solver.solve(Q)
 
     def influence(self, objective: Objective) -> InfluenceResult:
         """Influence of removing each training row on ``objective`` -> :class:`InfluenceResult` (m, n)."""
-        return InfluenceResult(self.scores(objective), objective.name, self.solver_settings.kind, self._info())
+        return InfluenceResult(self.scores(objective), objective.name, self.spec.solver.kind, self._info())
 
-    def scores(self, objective: Objective, train_loss: RowLoss = cross_entropy_row) -> np.ndarray:
+    def scores(self, objective: Objective, train_loss: RowLoss | None = None) -> np.ndarray:
         """(m, n) ``(1/n) q_j^T A^-1 g_i``, ``q_j`` the objective's query gradients and ``g_i`` the gradient of
-        ``train_loss(logits_i, y_i)`` at training row i (default cross-entropy: the influence of removing row i).
+        ``train_loss(logits_i, y_i)`` at training row i (default the training loss: the influence of removing row i).
 
-        With a K-FAC / EK-FAC solver, a row-wise objective and no gradient store, both sides are projected on the
+        With a solver that scores in an eigenbasis (``solver.eigenbasis``: K-FAC / EK-FAC), a row-wise objective and
+        no gradient store, both sides are projected on the
         Kronecker eigenbasis from their layer factors, where ``A^-1`` is diagonal
         (:meth:`KFACSolver.eigenbasis_gradients`): no (m, p) back-projection, and Linear layers' row gradients are
         never expanded before projecting. Same numbers as ``scores_for(inverse_hvp(objective))`` (tested).
@@ -155,11 +156,8 @@ class InfluenceEngine:
         fast = self._eigenbasis_scores(objective, train_loss)
         return fast if fast is not None else self.scores_for(self.inverse_hvp(objective), train_loss=train_loss)
 
-    def _eigenbasis_scores(self, objective: Objective, train_loss: RowLoss) -> np.ndarray | None:
-        from tda_clean.influence.kfac import KFACSolver
-
-        if not isinstance(objective, PerSampleObjective) or self.store_dir is not None \
-                or not isinstance(self.solver, KFACSolver):
+    def _eigenbasis_scores(self, objective: Objective, train_loss: RowLoss | None) -> np.ndarray | None:
+        if not isinstance(objective, PerSampleObjective) or self.store_dir is not None or not self.solver.eigenbasis:
             return None
         solver = self.solver
         Xq, tq = as_tensors(self.space, objective.X, objective.targets)
@@ -170,10 +168,10 @@ class InfluenceEngine:
         Q = (Q.mean(0, keepdim=True) if objective.reduce == "mean" else Q) * solver.eigenbasis_scale()
         out = torch.zeros(len(Q), self.n, dtype=torch.float64)
         row_elems = int(np.prod(self.loss.X.shape[1:]))
-        size = rows_per_batch(self.space.p, Q.element_size(), self.settings.memory_mb, row_elems)
+        size = rows_per_batch(self.space.p, Q.element_size(), self.spec.gradients.memory_mb, row_elems)
         for start in range(0, self.n, size):
             rows = slice(start, min(self.n, start + size))
-            G = solver.eigenbasis_gradients(self.loss.X[rows], self.loss.y[rows], train_loss)
+            G = solver.eigenbasis_gradients(self.loss.X[rows], self.loss.y[rows], train_loss or self.training.row)
             if G is None:
                 return None
             check_finite_rows(G, offset=start)
@@ -189,8 +187,7 @@ class InfluenceEngine:
             out[block.start - offset:block.stop - offset] = ((G * self.solver.solve(G)).sum(1) / self.n).double().cpu().numpy()
         return out
 
-    def scores_for(self, W: torch.Tensor, rows: slice | None = None,
-                   train_loss: RowLoss = cross_entropy_row) -> np.ndarray:
+    def scores_for(self, W: torch.Tensor, rows: slice | None = None, train_loss: RowLoss | None = None) -> np.ndarray:
         """``(1/n) W G^T``: (m, n) influence of each training row (or of ``rows`` only) for precomputed
         ``W = A^-1 Q`` (:meth:`inverse_hvp`); ``G`` holds the rows' gradients of ``train_loss``."""
         offset = 0 if rows is None else (rows.start or 0)
@@ -223,32 +220,26 @@ class InfluenceEngine:
     def _info(self) -> dict[str, Any]:
         s = self.solver
         return {"damping": float(s.damping_), "negative_curvature": bool(s.negative_curvature_),
-                "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.solver_settings.kind}
+                "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.spec.solver.kind}
 
 
 # ------------------------------------------------------------------------------------- one-call API
-def compute_influence(model: nn.Module, train, objective: Objective, *, l2: float,
-                      solver: "str | SolverSettings" = "exact", damping=None,
-                      gradients: GradientSettings = GradientSettings(),
+def compute_influence(model: nn.Module, train, objective: Objective, spec: InfluenceSpec, training: TrainingObjective,
                       store_dir: str | Path | None = None) -> InfluenceResult:
     """Influence of removing each training row on ``objective`` (m, n); see :class:`InfluenceEngine`."""
-    engine = InfluenceEngine(model, train, l2=l2, solver=solver, damping=damping, gradients=gradients,
-                             store_dir=store_dir)
-    return engine.influence(objective)
+    return InfluenceEngine(model, train, spec, training, store_dir=store_dir).influence(objective)
 
 
-def self_influence(model: nn.Module, train, *, l2: float, solver: "str | SolverSettings" = "exact", damping=None,
-                   gradients: GradientSettings = GradientSettings()) -> np.ndarray:
+def self_influence(model: nn.Module, train, spec: InfluenceSpec, training: TrainingObjective) -> np.ndarray:
     """(n,) self-influence ``(1/n) g_i^T A^-1 g_i`` (high = the model had to bend to fit the row)."""
-    return InfluenceEngine(model, train, l2=l2, solver=solver, damping=damping, gradients=gradients).self_influence()
+    return InfluenceEngine(model, train, spec, training).self_influence()
 
 
-def pairwise_influence(model: nn.Module, train, query=None, *, l2: float, solver: "str | SolverSettings" = "exact",
-                       damping=None, gradients: GradientSettings = GradientSettings()) -> np.ndarray:
+def pairwise_influence(model: nn.Module, train, spec: InfluenceSpec, training: TrainingObjective,
+                       query=None) -> np.ndarray:
     """(m, n) influence of removing training row i on the loss of query row j (query defaults to ``train``)."""
     Xq, yq = train_arrays(train if query is None else query)
-    return compute_influence(model, train, PerSampleLoss(Xq, yq), l2=l2, solver=solver, damping=damping,
-                             gradients=gradients).scores
+    return compute_influence(model, train, PerSampleLoss(Xq, yq), spec, training).scores
 
 
 def projected_influence(model: nn.Module, train, objective: Objective, *, l2: float, k: int = 512,

@@ -15,19 +15,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch.func import grad, vmap
-from torch.nn import functional as F
 
 from tda_clean.errors import InputError
 from tda_clean.influence.params import ParamSpace
+from tda_clean.objective import TrainingObjective
 from tda_clean.progress import progress_bar
 
 # row loss: (logits (C,), label () long) -> scalar
 RowLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def cross_entropy_row(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one row: ``logits`` (C,), ``label`` () -> scalar."""
-    return F.cross_entropy(logits.unsqueeze(0), label.unsqueeze(0))
+cross_entropy_row: RowLoss = TrainingObjective().row  # cross-entropy of one row: logits (C,), label () -> scalar
 
 
 def as_tensors(model_or_space, X, y=None) -> tuple[torch.Tensor, torch.Tensor | None]:

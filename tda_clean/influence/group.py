@@ -56,13 +56,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch.func import grad, jvp, vmap
-from torch.nn import functional as F
 
 from tda_clean.errors import InputError
 from tda_clean.influence.curvature import hvp_mode, loss_hvps
 from tda_clean.influence.estimators import InfluenceEngine
-from tda_clean.influence.gradients import as_tensors, cross_entropy_row
-from tda_clean.influence.group_quadratic import QuadraticGroupModel, _project_capped_simplex  # noqa: F401 (re-export)
+from tda_clean.influence.gradients import as_tensors
+from tda_clean.influence.group_quadratic import (  # noqa: F401 (re-export)
+    QuadraticGroupModel, _project_capped_simplex, coefficients,
+)
 from tda_clean.influence.objectives import Objective
 
 
@@ -104,14 +105,6 @@ def group_positions(groups: Any, n: int) -> list[np.ndarray]:
     if not out:
         raise InputError("groups: no groups given")
     return out
-
-
-def coefficients(m, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(c1, a1, a2)`` per group size ``m`` (array): first-order ``1/((1-p)n)``, second-order
-    ``(1-2p)/((1-p)^2 n)`` and ``1/((1-p)^2 n^2)`` (module docstring)."""
-    m = np.asarray(m, dtype=float)
-    p = m / n
-    return 1.0 / ((1 - p) * n), (1 - 2 * p) / ((1 - p) ** 2 * n), 1.0 / ((1 - p) ** 2 * n * n)
 
 
 def objective_value(objective: Objective, model) -> torch.Tensor:
@@ -166,7 +159,7 @@ class GroupInfluence:
 
     ``regularized_rows`` (default True): per-row gradients include ``l2 theta*`` (retraining keeps ``l2``); see
     the module docstring for the scale convention. Per-row quantities are computed in row blocks of
-    ``engine.settings.batch_size``; nothing of size (n, p) is kept unless :meth:`row_terms` is asked for.
+    ``engine.spec.gradients.batch_size``; nothing of size (n, p) is kept unless :meth:`row_terms` is asked for.
     """
 
     def __init__(self, engine: InfluenceEngine, *, regularized_rows: bool = True):
@@ -190,7 +183,7 @@ class GroupInfluence:
     def _row_blocks(self):
         """Yield ``(rows, X_rows, y_rows)`` tensor blocks of the training rows."""
         X, y = self.engine.loss.X, self.engine.loss.y
-        bs = self.engine.settings.batch_size
+        bs = self.engine.spec.gradients.batch_size
         for start in range(0, self.n, bs):
             rows = slice(start, min(self.n, start + bs))
             yield rows, X[rows], y[rows]
@@ -199,7 +192,7 @@ class GroupInfluence:
         space, theta = self.engine.space, self.engine.loss.theta
 
         def one(th, x, label):
-            return cross_entropy_row(space.forward(th, x.unsqueeze(0))[0], label)
+            return self.engine.training.row(space.forward(th, x.unsqueeze(0))[0], label)
 
         g = grad(one)
 
@@ -243,14 +236,14 @@ class GroupInfluence:
             raise InputError(f"group_hvp: {len(pos)} groups but {V.shape[0]} vectors")
         X, y = self.engine.loss.X, self.engine.loss.y
         space, theta = self.engine.space, self.engine.loss.theta
-        bs = max(self.engine.settings.batch_size, 4096)
+        bs = max(self.engine.spec.gradients.batch_size, 4096)
         out = torch.zeros_like(V)
         for j, p in enumerate(pos):
             idx = torch.as_tensor(p, device=X.device)
             for start in range(0, len(idx), bs):
                 sub = idx[start : start + bs]
                 Xb, yb = X[sub], y[sub]
-                out[j] += loss_hvps(lambda th: F.cross_entropy(space.forward(th, Xb), yb, reduction="sum"),
+                out[j] += loss_hvps(lambda th: self.engine.training.data_sum(space.forward(th, Xb), yb),
                                     theta, V[j : j + 1], hvp_mode(space, len(sub)))[0]
             out[j] += len(p) * self._shift() * V[j]
         return out
@@ -371,15 +364,3 @@ class GroupInfluence:
         return QuadraticGroupModel(s=s.double(), G=G, R=R, diag=diag.double(), solver=self.solver, n=self.n,
                                    exact_diagonal=exact, Hf=Hf, diag_f=diag_f.double())
 
-
-def group_influence(model, train, groups, objective: Objective | None = None, *, l2: float,
-                    solver="exact", damping=None, gradients=None, order: int = 2):
-    """One call: :class:`GroupInfluenceResult` for ``objective``, or the (k, p) parameter change without one."""
-    from tda_clean.influence.settings import GradientSettings
-
-    engine = InfluenceEngine(model, train, l2=l2, solver=solver, damping=damping,
-                             gradients=gradients or GradientSettings())
-    gi = GroupInfluence(engine)
-    if objective is None:
-        return gi.parameter_change(groups, order=order)
-    return gi.objective_change(groups, objective)

@@ -164,7 +164,7 @@ class ParameterChangeModel:
         return self.gi.solver.solve(v.reshape(1, -1))[0]
 
     def coef(self, m: float) -> tuple[float, float, float]:
-        from tda_clean.influence.group import coefficients
+        from tda_clean.influence.group_quadratic import coefficients
 
         c1, a1, a2 = coefficients(np.array([float(m)]), self.n)
         return float(c1[0]), float(a1[0]), float(a2[0])
@@ -218,7 +218,7 @@ def minimax_select(pcm: ParameterChangeModel, comps: GroupComponents, space, the
                    pool: np.ndarray | None = None, iters: int = 100, lr: float = 0.5) -> MinimaxResult:
     """Choose exactly ``m`` rows of ``pool`` (bool (n,), default all) whose removal minimises the predicted
     max-type objective (module docstring). Deterministic (no random step)."""
-    from tda_clean.influence.group import _project_capped_simplex
+    from tda_clean.influence.group_quadratic import _project_capped_simplex
 
     n = pcm.n
     pool = np.ones(n, dtype=bool) if pool is None else np.asarray(pool, dtype=bool)

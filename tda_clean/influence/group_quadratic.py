@@ -6,7 +6,7 @@ Built by :meth:`tda_clean.influence.group.GroupInfluence.row_terms` and used by 
 the rows INCREASES the objective f; ``w`` (n,) is the membership vector over the ``n`` training rows, ``p`` the
 size of the parameter subset, ``A = H + damping I`` the engine's curvature, ``a = A^-1 grad f`` (p,), ``gt_i`` and
 ``Ht_i`` the per-row gradient and curvature (with the ``l2`` term) and ``(c1, a1, a2)`` the first- and
-second-order coefficients of the group size ``m`` (:func:`tda_clean.influence.group.coefficients`). The
+second-order coefficients of the group size ``m`` (:func:`coefficients`). The
 optimisers (:meth:`QuadraticGroupModel.greedy`, :meth:`QuadraticGroupModel.relaxed`) MINIMISE the model.
 """
 from __future__ import annotations
@@ -18,6 +18,14 @@ import numpy as np
 import torch
 
 from tda_clean.errors import InputError
+
+
+def coefficients(m, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(c1, a1, a2)`` per group size ``m`` (array): first-order ``1/((1-p)n)``, second-order
+    ``(1-2p)/((1-p)^2 n)`` and ``1/((1-p)^2 n^2)`` (module docstring)."""
+    m = np.asarray(m, dtype=float)
+    p = m / n
+    return 1.0 / ((1 - p) * n), (1 - 2 * p) / ((1 - p) ** 2 * n), 1.0 / ((1 - p) ** 2 * n * n)
 
 
 @dataclass
@@ -42,9 +50,7 @@ class QuadraticGroupModel:
     diag_f: torch.Tensor | None = None  # (n,) (A^-1 gt_i)^T Hf (A^-1 gt_i) when exact
 
     def coef(self, m: int) -> tuple[float, float, float]:
-        """``(c1, a1, a2)`` at group size ``m`` (:func:`tda_clean.influence.group.coefficients`)."""
-        from tda_clean.influence.group import coefficients  # group.py imports this module
-
+        """``(c1, a1, a2)`` at group size ``m`` (:func:`coefficients`)."""
         c1, a1, a2 = coefficients(np.array([m]), self.n)
         return float(c1[0]), float(a1[0]), float(a2[0])
 

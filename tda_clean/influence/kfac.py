@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tda_clean.config.influence import KFACSettings
 from tda_clean.errors import InputError
 from tda_clean.influence import layer_grads
 from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss, register_solver, resolve_damping
-from tda_clean.influence.settings import KFACSettings
 from tda_clean.progress import progress_bar
 
 
@@ -124,6 +124,7 @@ class KFACSolver(CurvatureSolver):
     ``damping_``, ``negative_curvature_`` (always False: the Fisher is PSD), ``min_eigenvalue_``."""
 
     name = "ekfac"
+    eigenbasis = True
     settings: KFACSettings
 
     def fit(self, loss: TrainingLoss) -> "KFACSolver":
@@ -189,7 +190,7 @@ class KFACSolver(CurvatureSolver):
                 try:
                     with torch.enable_grad():
                         logits = model(loss.X[rows])
-                        ce = F.cross_entropy(logits, labels[rows], reduction="sum")
+                        ce = loss.objective.data_sum(logits, labels[rows])
                         names = [l.name for l in self.layers_]
                         gouts = torch.autograd.grad(ce, [outs[k] for k in names])
                 finally:

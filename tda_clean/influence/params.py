@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 from tda_clean.errors import InputError
-from tda_clean.influence.settings import GradientSettings, ParamSubset
+from tda_clean.config.influence import GradientSettings, ParamSubset
 
 
 class ParamSpace:

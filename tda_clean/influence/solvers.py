@@ -1,13 +1,15 @@
-"""Exact, conjugate-gradient and LiSSA solvers for ``(H + damping I) x = v`` (interface in ``curvature.py``)."""
+"""Exact, conjugate-gradient and LiSSA solvers for ``(H + damping I) x = v`` (interface in ``curvature.py``), and
+``make_solver``: the registered solver (these three, K-FAC / EK-FAC from ``kfac.py``) for a settings object."""
 from __future__ import annotations
 
 import torch
 
+from tda_clean.config.influence import CGSettings, ExactSettings, LissaSettings, SolverSettings
 from tda_clean.errors import InputError
 from tda_clean.influence.curvature import (
-    CurvatureSolver, TrainingLoss, register_solver, resolve_damping, warn_negative_curvature,
+    SOLVERS, CurvatureSolver, TrainingLoss, register_solver, resolve_damping, warn_negative_curvature,
 )
-from tda_clean.influence.settings import CGSettings, ExactSettings, LissaSettings
+from tda_clean.influence.kfac import KFACSolver  # noqa: F401  (registers kfac / ekfac)
 from tda_clean.progress import progress_bar
 
 _SINGULAR_RTOL = 1e-12
@@ -229,3 +231,10 @@ class LissaSolver(CurvatureSolver):
             self.steps_ = step + 1
             total += h / self.scale_
         return total / s.repeats
+
+
+def make_solver(settings: SolverSettings) -> CurvatureSolver:
+    """Build the registered solver for ``settings.kind`` (unfitted)."""
+    if settings.kind not in SOLVERS:
+        raise InputError(f"solver: {settings.kind!r} is not registered (available: {', '.join(sorted(SOLVERS))})")
+    return SOLVERS[settings.kind](settings)

@@ -29,7 +29,7 @@ from tda_clean.influence import layer_grads
 from tda_clean.influence.gradients import as_tensors, check_finite_rows, cross_entropy_row, iter_per_sample_grads
 from tda_clean.influence.objectives import Objective, PerSampleObjective
 from tda_clean.influence.params import ParamSpace, prepare_model
-from tda_clean.influence.settings import GradientSettings
+from tda_clean.config.influence import GradientSettings
 
 
 class CheckpointRecorder:

@@ -1,8 +1,9 @@
 """Seeded, deterministic training of the factory models.
 
-Objective (the TRAINING loss that influence functions differentiate):
+Objective (the TRAINING loss that influence functions differentiate): :class:`~tda_clean.objective.TrainingObjective`
     L(theta) = sum_i w_i * CE(f(x_i; theta), y_i) / sum_i w_i  +  (l2 / 2) * ||theta||^2
-with w_i = 1 unless sample weights are given. ``lbfgs`` minimises it full-batch (convex models converge to
+with w_i = 1 unless sample weights are given (``training_objective(config)``). ``lbfgs`` minimises it full-batch
+(convex models converge to
 the unique optimum); ``adam`` runs mini-batches in an order drawn from ``seed`` with early stopping on the
 validation loss, restoring the best weights.
 """
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from tda_clean.config import TrainConfig
 from tda_clean.errors import InputError
+from tda_clean.objective import TrainingObjective
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,18 +39,18 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def l2_penalty(model: nn.Module, l2: float) -> torch.Tensor:
-    """``(l2 / 2) * ||theta||^2`` over all trainable parameters."""
-    return 0.5 * l2 * sum((p * p).sum() for p in model.parameters() if p.requires_grad)
+def training_objective(config: TrainConfig) -> TrainingObjective:
+    """The objective a run's models are trained with (and influence differentiates)."""
+    return TrainingObjective(l2=config.l2)
 
 
 def training_loss(
     model: nn.Module, X: torch.Tensor, y: torch.Tensor, l2: float, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The training objective above on a batch (weights normalised within the batch)."""
-    losses = F.cross_entropy(model(X), y, reduction="none")
-    mean = losses.mean() if weight is None else (losses * weight).sum() / weight.sum()
-    return mean + l2_penalty(model, l2)
+    """The training objective above on a batch (weights normalised within the batch) over all trainable
+    parameters."""
+    params = (p for p in model.parameters() if p.requires_grad)
+    return TrainingObjective(l2=l2).value(model(X), y, params, weight)
 
 
 @dataclass

@@ -38,7 +38,7 @@ class FitContext:
 
     ``make_model(seed)`` builds a fresh untrained model of the run's family; ``train_config`` trains it
     (``tda_clean.models.trainer.fit``); ``model`` is the model already trained on the full training set;
-    ``X_val``/``y_val`` a clean validation split; ``groups`` the training rows' group columns (a DataFrame).
+    ``X_val``/``y_val`` a clean validation split, ``groups_val`` its group columns (a DataFrame).
     ``map(fn, items)`` runs independent shards of work (``serial_map`` here; Prefect tasks on threads or Dask
     under the flow) and ``shard_rows`` sizes them; a detector's result must not depend on either.
     """
@@ -50,7 +50,6 @@ class FitContext:
     X_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     groups_val: Any = None
-    groups: Any = None
     n_classes: int | None = None
     map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map
     shard_rows: int | None = None
@@ -62,13 +61,16 @@ class Selection:
 
     mask:        (n,) bool, True = flagged.
     indices:     (k,) int positions of flagged rows, most suspicious first (k = mask.sum()).
-    scores:      (n,) float, higher = more suspicious.
+    scores:      (n,) float, higher = more suspicious (only that, whatever the detector).
     threshold:   float, flagged rows score above it (NaN when the selection is budget-based).
     detector:    registered name of the detector.
     suggested_labels: (n,) int or None, the detector's label for each row (for ``relabel``).
     reasons:     (k,) str, one human-readable reason per flagged row, aligned with ``indices``.
     info:        small JSON-able metadata.
     suggested_weights: (n,) float in [0, 1] or None, the detector's training weight for each row (``reweight``).
+    contributions: (n,) float or None, each row's additive share of the predicted objective change when the
+                 flagged rows are removed together (negative = decrease); set by the selectors whose
+                 prediction is a sum over rows (``harmful``, the group selectors' scalar path).
     """
 
     mask: np.ndarray
@@ -80,6 +82,7 @@ class Selection:
     reasons: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     suggested_weights: np.ndarray | None = None
+    contributions: np.ndarray | None = None
 
     @property
     def n_flagged(self) -> int:
@@ -98,7 +101,7 @@ class Selection:
         import json
 
         arrays = {"mask": self.mask, "indices": self.indices, "scores": self.scores}
-        for name in ("suggested_labels", "suggested_weights"):
+        for name in ("suggested_labels", "suggested_weights", "contributions"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         meta = {"threshold": self.threshold, "detector": self.detector, "reasons": list(self.reasons), "info": self.info}
@@ -115,6 +118,7 @@ class Selection:
                 detector=meta["detector"],
                 suggested_labels=f["suggested_labels"] if "suggested_labels" in f.files else None,
                 suggested_weights=f["suggested_weights"] if "suggested_weights" in f.files else None,
+                contributions=f["contributions"] if "contributions" in f.files else None,
                 reasons=tuple(meta["reasons"]), info=meta["info"],
             )
 
@@ -163,6 +167,7 @@ class BaseSelector:
             detector=self.name,
             suggested_labels=getattr(self, "suggested_labels_", None),
             suggested_weights=getattr(self, "suggested_weights_", None),
+            contributions=getattr(self, "contributions_", None),
             reasons=tuple(self.reason(int(i)) for i in order),
             info=dict(getattr(self, "info_", {})),
         )
@@ -176,15 +181,36 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
+def cap_flagged(flagged: np.ndarray, scores: np.ndarray, cap: int | None) -> np.ndarray:
+    """``flagged`` (n,) bool limited to its ``cap`` highest ``scores`` (n,) (ties by position); unchanged when
+    ``cap`` is None or not exceeded."""
+    if cap is None or flagged.sum() <= cap:
+        return flagged
+    return top_k_mask(np.where(flagged, scores, -np.inf), cap)
+
+
 # Registry: config ``detector.kind`` -> factory taking the detector config. The orchestration looks names
 # up here and never branches on them.
 DETECTORS: dict[str, Callable[[Any], BaseSelector]] = {}
 
 
 def register_selector(kind: str, cls: type[BaseSelector]) -> type[BaseSelector]:
-    """Register ``cls`` under config ``kind``; it is built from the config's fields (all but ``kind``)."""
-    DETECTORS[kind] = lambda cfg: cls(**cfg.model_dump(exclude={"kind"}))
+    """Register ``cls`` under config ``kind``; it is built from the config: passed whole when the constructor
+    takes a ``spec``, else field by field (all but ``kind``)."""
+    whole = "spec" in inspect.signature(cls.__init__).parameters
+    DETECTORS[kind] = lambda cfg: cls(cfg) if whole else cls(**cfg.model_dump(exclude={"kind"}))
     return cls
+
+
+def influence_engine(X: np.ndarray, y: np.ndarray, context: FitContext, spec, owner: str, model=None):
+    """The one place a detector builds its :class:`~tda_clean.influence.InfluenceEngine`: ``spec``
+    (:class:`~tda_clean.config.influence.InfluenceSpec`) whole, the training objective of the context's training
+    config, on ``model`` (default the context's trained model)."""
+    from tda_clean.influence import InfluenceEngine
+    from tda_clean.models.trainer import training_objective
+
+    model = trained_model(X, y, context, owner) if model is None else model
+    return InfluenceEngine(model, (X, y), spec, training_objective(context.train_config))
 
 
 def trained_model(X: np.ndarray, y: np.ndarray, context: FitContext, owner: str) -> nn.Module:

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from tda_clean.errors import InputError
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.models.trainer import predict_proba
-from tda_clean.selection.base import BaseSelector, FitContext, register_selector
+from tda_clean.selection.base import BaseSelector, FitContext, cap_flagged, register_selector
 
 
 def out_of_sample_probs(X: np.ndarray, y: np.ndarray, context: FitContext, folds: int) -> np.ndarray:
@@ -51,11 +51,7 @@ class ConfidentLearningSelector(BaseSelector):
         # n_jobs=1: forked pool workers would be killed at exit under Prefect (noisy TerminationSignal traces)
         issues = find_label_issues(labels=y, pred_probs=probs, filter_by=self.filter_by, n_jobs=1)
         self.scores_ = 1.0 - get_label_quality_scores(y, probs, method="self_confidence")
-        if self.max_flagged is not None and issues.sum() > self.max_flagged:
-            ranked = np.flatnonzero(issues)[np.argsort(-self.scores_[issues], kind="stable")]
-            issues = np.zeros_like(issues)
-            issues[ranked[: self.max_flagged]] = True
-        self.support_ = issues
+        self.support_ = cap_flagged(issues, self.scores_, self.max_flagged)
         self.threshold_ = float("nan")
         self.pred_probs_ = probs
         self.suggested_labels_ = probs.argmax(axis=1)

@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
+from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.errors import InputError
-from tda_clean.selection.base import BaseSelector, FitContext, register_selector, trained_model
-
-QUERY_SOURCES = ("auto", "rows", "file")
+from tda_clean.selection.base import (
+    BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
+)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -182,68 +183,29 @@ class DeltaInfluenceSelector(BaseSelector):
 
     name = "delta_influence"
 
-    def __init__(self, queries: str = "auto", query_rows: tuple[int, ...] | None = None, query_file: str | None = None,
-                 target: int | None = None, n_queries: int = 16, n_copies: int = 32,
-                 transforms: tuple[str, ...] | None = None, strength: float = 1.0, tol: int = 12,
-                 z_threshold: float = 2.0, vote: float = 0.5, split: str = "target_class", min_gap_z: float = 3.0,
-                 train_gradient: str = "margin", scan_min_flip: float = 0.2,
-                 solver: str = "ekfac", params: str = "all", damping: float | str = "auto", dtype: str = "float32",
-                 max_flagged: int | None = None, seed: int = 0):
-        self.queries = queries
-        self.query_rows = query_rows
-        self.query_file = query_file
-        self.target = target
-        self.n_queries = n_queries
-        self.n_copies = n_copies
-        self.transforms = transforms
-        self.strength = strength
-        self.tol = tol
-        self.z_threshold = z_threshold
-        self.vote = vote
-        self.split = split
-        self.min_gap_z = min_gap_z
-        self.train_gradient = train_gradient
-        self.scan_min_flip = scan_min_flip
-        self.solver = solver
-        self.params = params
-        self.damping = damping
-        self.dtype = dtype
-        self.max_flagged = max_flagged
-        self.seed = seed
+    def __init__(self, spec: DeltaInfluenceDetector = DeltaInfluenceDetector()):
+        self.spec = spec
 
-    # ------------------------------------------------------------------------------------ validation
     def _check_settings(self, n_classes: int) -> None:
-        if self.queries not in QUERY_SOURCES:
-            raise InputError(f"detector.queries: {self.queries!r} is not one of {', '.join(QUERY_SOURCES)}")
-        if self.n_copies < 1 or self.n_queries < 1:
-            raise InputError("detector.n_copies and detector.n_queries must be at least 1")
-        if not 0 <= self.tol < self.n_copies:
-            raise InputError(f"detector.tol: {self.tol} must be in [0, n_copies={self.n_copies})")
-        if not 0 < self.vote <= 1:
-            raise InputError(f"detector.vote: {self.vote} must be in (0, 1]")
-        if self.split not in ("target_class", "all"):
-            raise InputError(f"detector.split: {self.split!r} is not one of target_class, all")
-        if self.train_gradient not in ("margin", "loss"):
-            raise InputError(f"detector.train_gradient: {self.train_gradient!r} is not one of margin, loss")
-        if self.target is not None and not 0 <= self.target < n_classes:
-            raise InputError(f"detector.target: class {self.target} not in 0..{n_classes - 1}")
+        if self.spec.target is not None and not 0 <= self.spec.target < n_classes:
+            raise InputError(f"detector.target: class {self.spec.target} not in 0..{n_classes - 1}")
         if n_classes < 2:
             raise InputError("delta_influence: needs at least two classes (copies are relabelled to non-target classes)")
 
     # --------------------------------------------------------------------------------------- queries
     def _given_queries(self, model, X: np.ndarray) -> tuple[np.ndarray, int, dict[str, Any]]:
-        if self.queries == "rows":
-            if not self.query_rows:
+        if self.spec.queries == "rows":
+            if not self.spec.query_rows:
                 raise InputError("detector.queries=rows: give the training row positions in detector.query_rows")
-            rows = np.asarray(self.query_rows, dtype=np.int64)
+            rows = np.asarray(self.spec.query_rows, dtype=np.int64)
             bad = rows[(rows < 0) | (rows >= len(X))]
             if len(bad):
                 raise InputError(f"detector.query_rows: position {int(bad[0])} is outside 0..{len(X) - 1}")
             Xq, where = X[rows], "detector.query_rows"
         else:
-            if not self.query_file:
+            if not self.spec.query_file:
                 raise InputError("detector.queries=file: give a .npy file of inputs in detector.query_file")
-            path = Path(self.query_file)
+            path = Path(self.spec.query_file)
             if not path.is_file():
                 raise InputError(f"detector.query_file: file not found: {path}")
             Xq, where = np.load(path, allow_pickle=False).astype(X.dtype), "detector.query_file"
@@ -259,18 +221,18 @@ class DeltaInfluenceSelector(BaseSelector):
             raise InputError(f"{where}: the queries are not predicted as one single class ({shown}); Δ-influence "
                              "needs queries the model sends to the suspected target class -- drop the others")
         target = int(classes[0])
-        if self.target is not None and target != self.target:
-            raise InputError(f"{where}: the queries are predicted as class {target}, not detector.target={self.target}")
-        return Xq, target, {"query_source": self.queries}
+        if self.spec.target is not None and target != self.spec.target:
+            raise InputError(f"{where}: the queries are predicted as class {target}, not detector.target={self.spec.target}")
+        return Xq, target, {"query_source": self.spec.queries}
 
     def _auto_queries(self, model, X: np.ndarray, y: np.ndarray, context: FitContext) -> tuple[np.ndarray, int, dict]:
         probe = context.X_val if context.X_val is not None and len(context.X_val) else X
         if X.ndim >= 3:
-            found = trigger_scan(model, probe, self.scan_min_flip)
-            if found is not None and (self.target is None or found["target"] == self.target):
+            found = trigger_scan(model, probe, self.spec.scan_min_flip)
+            if found is not None and (self.spec.target is None or found["target"] == self.spec.target):
                 t = found["target"]
                 cand = np.flatnonzero((found["probs"].argmax(1) == t) & (found["base"] != t))
-                pick = spread_top(cand, found["probs"][:, t], found["base"], self.n_queries)
+                pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
                 info = {"query_source": "trigger_scan", "trigger": {k: found[k] for k in ("corner", "size", "value")},
                         "trigger_flip_rate": found["flip_rate"]}
                 return found["X"][pick], t, info
@@ -285,30 +247,29 @@ class DeltaInfluenceSelector(BaseSelector):
             outlier[rows] = s / max(np.median(s), 1e-12)
             k = max(1, int(math.ceil(0.01 * len(y))))
             strength[int(c)] = float(np.sort(outlier[rows])[-k:].mean())
-        t = int(self.target) if self.target is not None else max(strength, key=strength.get)
+        t = int(self.spec.target) if self.spec.target is not None else max(strength, key=strength.get)
         cand = np.flatnonzero((y == t) & (pred.argmax(1) == t))
         if len(cand) == 0:
             raise InputError(f"delta_influence: no training row labelled {t} is predicted as {t}; give queries")
-        pick = cand[np.argsort(-outlier[cand], kind="stable")[: self.n_queries]]
+        pick = cand[np.argsort(-outlier[cand], kind="stable")[: self.spec.n_queries]]
         return X[pick], t, {"query_source": "class_outliers"}
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "DeltaInfluenceSelector":
         from tda_clean.data.transforms import check_transforms, default_transforms, random_copies
-        from tda_clean.influence import GradientSettings, InfluenceEngine, Margin
-        from tda_clean.influence.gradients import cross_entropy_row
+        from tda_clean.influence import Margin
 
         X, y = np.asarray(X), np.asarray(y)
         n_classes = context.n_classes or int(y.max()) + 1
         self._check_settings(n_classes)
-        names = check_transforms(self.transforms, X) if self.transforms is not None else default_transforms(X)
+        names = check_transforms(self.spec.transforms, X) if self.spec.transforms is not None else default_transforms(X)
         model = trained_model(X, y, context, self.name)
-        if self.queries == "auto":
+        if self.spec.queries == "auto":
             Xq, target, info = self._auto_queries(model, X, y, context)
         else:
             Xq, target, info = self._given_queries(model, X)
 
-        rng = np.random.default_rng([self.seed, context.seed, 0xDE17A])
+        rng = np.random.default_rng([self.spec.seed, context.seed, 0xDE17A])
         others = np.array([c for c in range(n_classes) if c != target])
         scale = fill = None
         if X.ndim == 2:
@@ -316,28 +277,23 @@ class DeltaInfluenceSelector(BaseSelector):
         blocks, targets = [], []
         for x in Xq:
             kw = {} if X.ndim != 2 else {"scale": scale, "fill": fill}
-            copies, _ = random_copies(x, self.n_copies, names, rng, strength=self.strength, **kw)
+            copies, _ = random_copies(x, self.spec.n_copies, names, rng, strength=self.spec.strength, **kw)
             blocks += [x[None], copies]
-            targets += [[target], rng.choice(others, size=self.n_copies)]
+            targets += [[target], rng.choice(others, size=self.spec.n_copies)]
         Xall, Tall = np.concatenate(blocks), np.concatenate(targets)
 
-        settings = GradientSettings(params=self.params, dtype=self.dtype, device="auto")
-        engine = InfluenceEngine(model, (X, y), l2=context.train_config.l2, solver=self.solver,
-                                 damping=self.damping, gradients=settings)
-        train_loss, sign = (Margin.row_value, 1.0) if self.train_gradient == "margin" else (cross_entropy_row, -1.0)
+        engine = influence_engine(X, y, context, self.spec.influence, self.name, model=model)
+        train_loss, sign = (Margin.row_value, 1.0) if self.spec.train_gradient == "margin" else (None, -1.0)
         S = sign * engine.scores(Margin(Xall, Tall), train_loss)            # (m, n) supports
-        S = S.reshape(len(Xq), self.n_copies + 1, engine.n)
+        S = S.reshape(len(Xq), self.spec.n_copies + 1, engine.n)
 
         self.supports_ = S  # (Q, N + 1, n) supports, for diagnostics and re-thresholding with delta_votes
-        votes, cont = delta_votes(S, self.z_threshold, self.tol)
-        needed = int(math.ceil(self.vote * len(Xq) - 1e-9))
-        pool = (y == target) if self.split == "target_class" else np.ones(len(y), dtype=bool)
+        votes, cont = delta_votes(S, self.spec.z_threshold, self.spec.tol)
+        needed = int(math.ceil(self.spec.vote * len(Xq) - 1e-9))
+        pool = (y == target) if self.spec.split == "target_class" else np.ones(len(y), dtype=bool)
         cut, gap_z = split_high_cluster(cont, pool)
-        support = pool & (gap_z > self.min_gap_z) & (votes >= needed)
-        if self.max_flagged is not None and support.sum() > self.max_flagged:
-            keep = np.flatnonzero(support)[np.argsort(-cont[support], kind="stable")[: self.max_flagged]]
-            support = np.zeros_like(support)
-            support[keep] = True
+        support = pool & (gap_z > self.spec.min_gap_z) & (votes >= needed)
+        support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -346,8 +302,8 @@ class DeltaInfluenceSelector(BaseSelector):
         self.target_ = target
         self.queries_ = Xq
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq)),
-                      "n_copies": self.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
-                      "train_gradient": self.train_gradient}
+                      "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
+                      "train_gradient": self.spec.train_gradient}
         return self
 
     def reason(self, i: int) -> str:

@@ -25,47 +25,42 @@ slices of the budget, refitting the model on the kept rows (warm start, ``contex
 ``temperature`` < 1 brings the smoothed rates towards the thresholded TPR / FPR / selection rates that fairness
 metrics report (0.3 default). ``info`` then holds ``objective_before``, ``objective_measured_at_refits``,
 ``predicted_objective``, ``predicted_change`` (hard aggregate of the smoothed components) and per-round
-candidates; ``scores_are_contributions`` is False (a max is not additive over rows): flagged rows score above
+candidates; there are no ``contributions_`` (a max is not additive over rows): flagged rows score above
 every other row, ordered by ``row_effects_`` (the linearised per-row effect, negative = lowers the objective).
 Defaults: ``components="auto"``, ``temperature=0.3``, ``sharpness=50``, ``rounds=3`` (second order; first order is
-one shot). These are constructor parameters, not yet config fields: a YAML config gets the defaults. Cost per
+one shot). Cost per
 projected-gradient step: two per-row Hessian-vector passes over the training rows and four solves; ``rounds - 1``
 refits with the run's trainer. Selection time and effect on Adult: BENCHMARKS.md "Debiasing".
 
-Scores (scalar path): HIGHER = more harmful. For the two influence-of-objective selectors ``scores_[i]`` is row i's share of
-the predicted DECREASE of the objective when the selected set is removed (``info["predicted_change"]`` is the
-predicted change itself, negative = decrease), so ``-scores_`` over the flagged rows sums to it:
-``info["scores_are_contributions"] = True`` tells the report it may call :func:`explain_selection` with
-``predicted_contributions = -selection.scores``. ``suggested_labels_`` (for ``action: relabel``) is, per row, the
-label whose first-order flip most decreases the objective (the given label when no flip helps).
+Scores: HIGHER = more harmful. On the scalar path ``contributions_[i]`` (``Selection.contributions``) is row i's
+share of the predicted change of the objective when the selected set is removed (``info["predicted_change"]`` is
+the change itself, negative = decrease; the flagged rows' contributions sum to it) and ``scores_ = -contributions_``;
+the report passes ``selection.contributions`` to :func:`explain_selection`. ``suggested_labels_`` (for
+``action: relabel``) is, per row, the label whose first-order flip most decreases the objective (the given label
+when no flip helps).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from tda_clean.config import (
+    Budget, D3MDetector, GroupFirstOrderDetector, GroupSecondOrderDetector, RandomDetector,
+)
 from tda_clean.errors import InputError
 from tda_clean.influence.objectives import Objective
-from tda_clean.selection.base import BaseSelector, FitContext, register_selector, top_k_mask
-from tda_clean.selection.influence_detectors import DEFAULT_FRACTION, _group_keys, _InfluenceSelector, _objective
+from tda_clean.selection.base import BaseSelector, FitContext, influence_engine, register_selector, top_k_mask
+from tda_clean.selection.influence_detectors import _group_keys, _InfluenceSelector, _objective
 
 
-def exact_budget(n: int, max_flagged: int | None, fraction: float | None) -> int:
-    """Rows to flag: min of ``max_flagged`` and ``ceil(fraction n)`` (5% of n when neither); validated."""
-    caps = []
-    if max_flagged is not None:
-        if int(max_flagged) >= n:
-            raise InputError(f"detector.max_flagged={max_flagged}: the budget must be smaller than the candidate "
-                             f"pool ({n} training rows)")
-        caps.append(int(max_flagged))
-    if fraction is not None:
-        caps.append(int(math.ceil(fraction * n)))
-    if not caps:
-        caps.append(int(math.ceil(DEFAULT_FRACTION * n)))
-    k = min(caps)
+def exact_budget(n: int, budget: Budget) -> int:
+    """Rows to flag exactly: ``budget.rows(n)`` (5% of n when no limit is set), within ``[1, n - 1]``."""
+    if budget.max_flagged is not None and budget.max_flagged >= n:
+        raise InputError(f"detector.max_flagged={budget.max_flagged}: the budget must be smaller than the "
+                         f"candidate pool ({n} training rows)")
+    k = budget.rows(n)
     if k < 1 or k >= n:
         raise InputError(f"detector budget: {k} rows out of {n}; it must lie in [1, {n - 1}]")
     return k
@@ -74,23 +69,12 @@ def exact_budget(n: int, max_flagged: int | None, fraction: float | None) -> int
 class _GroupSelector(_InfluenceSelector):
     name = "group"
 
-    def __init__(self, objective: str = "worst_group_loss", group_column: str | None = None, solver: str = "exact",
-                 params: str = "head", damping: float | str = "auto", dtype: str = "float64",
-                 max_flagged: int | None = None, fraction: float | None = None, components: str = "auto",
-                 temperature: float = 0.3, sharpness: float = 50.0):
-        super().__init__(solver, params, damping, dtype, max_flagged, fraction)
-        self.objective = objective
-        self.group_column = group_column
-        self.components = components
-        self.temperature = temperature
-        self.sharpness = sharpness
-
     def _setup(self, X, y, context: FitContext):
         from tda_clean.influence.group import GroupInfluence
 
-        k = exact_budget(len(y), self.max_flagged, self.fraction)
+        k = exact_budget(len(y), self.spec.budget)
         model, engine = self._engine(X, y, context)
-        objective = _objective(self.objective, engine.model, context, self.group_column)
+        objective = _objective(self.spec.objective, engine.model, context, self.spec.group_column)
         return k, engine, GroupInfluence(engine), objective
 
     def _suggest_labels(self, engine, objective, y, context) -> np.ndarray:
@@ -101,31 +85,29 @@ class _GroupSelector(_InfluenceSelector):
 
     def _store(self, chosen: np.ndarray, contributions: np.ndarray, info: dict[str, Any]) -> None:
         n = len(contributions)
-        self.scores_ = -np.asarray(contributions, dtype=float)
+        self.contributions_ = np.asarray(contributions, dtype=float)
+        self.scores_ = -self.contributions_
         self.support_ = np.zeros(n, dtype=bool)
         self.support_[chosen] = True
         self.threshold_ = float("nan")
-        self.info_ = {"budget": int(len(chosen)), "objective": self.objective, "scores_are_contributions": True,
-                      **info}
+        self.info_ = {"budget": int(len(chosen)), "objective": self.spec.objective, **info}
 
     def reason(self, i: int) -> str:
-        if not self.info_.get("scores_are_contributions", True):
-            return (f"{self.name}: removing the selected set is predicted to change {self.objective} by "
-                    f"{self.info_['predicted_change']:.4g} (every component predicted); this row's linearised "
-                    f"effect {self.row_effects_[i]:.4g}")
-        return (f"{self.name}: removing the selected set is predicted to change {self.objective} by "
-                f"{self.info_['predicted_change']:.4g}; this row's share {-self.scores_[i]:.4g}")
+        change = (f"{self.name}: removing the selected set is predicted to change {self.spec.objective} by "
+                  f"{self.info_['predicted_change']:.4g}")
+        if getattr(self, "contributions_", None) is None:
+            return f"{change} (every component predicted); this row's linearised effect {self.row_effects_[i]:.4g}"
+        return f"{change}; this row's share {self.contributions_[i]:.4g}"
 
     # ------------------------------------------------------------------ max-type objectives: components
     def _use_components(self) -> bool:
         from tda_clean.influence.group_minimax import COMPONENT_OBJECTIVES
 
-        if self.components not in ("auto", "on", "off"):
-            raise InputError(f"detector.components: {self.components!r} is not one of auto, on, off")
-        if self.components == "on" and self.objective not in COMPONENT_OBJECTIVES:
-            raise InputError(f"detector.components=on: objective {self.objective!r} is not max-type (one of "
+        spec = self.spec
+        if spec.components == "on" and spec.objective not in COMPONENT_OBJECTIVES:
+            raise InputError(f"detector.components=on: objective {spec.objective!r} is not max-type (one of "
                              f"{', '.join(COMPONENT_OBJECTIVES)})")
-        return self.components != "off" and self.objective in COMPONENT_OBJECTIVES
+        return spec.components != "off" and spec.objective in COMPONENT_OBJECTIVES
 
     def _fit_components(self, X: np.ndarray, y: np.ndarray, context: FitContext, *, order: int, rounds: int,
                         iters: int) -> None:
@@ -136,20 +118,18 @@ class _GroupSelector(_InfluenceSelector):
         slices (``context.train_config``)."""
         import copy
 
-        from tda_clean.influence import GradientSettings, InfluenceEngine
         from tda_clean.influence.group import GroupInfluence
         from tda_clean.influence.group_minimax import (
             GroupComponents, ParameterChangeModel, components_at, first_order_select, minimax_select,
         )
         from tda_clean.models.trainer import fit as fit_model
 
-        if int(rounds) < 1:
-            raise InputError(f"detector.rounds: must be >= 1, got {rounds}")
+        spec = self.spec
         k, engine, _, objective = self._setup(X, y, context)
         engine0 = engine
-        keys = _group_keys(context.groups_val, self.group_column, len(context.y_val))
-        comps = GroupComponents(self.objective, context.X_val, context.y_val, keys, temperature=self.temperature,
-                                sharpness=self.sharpness)
+        keys = _group_keys(context.groups_val, spec.group_column, len(context.y_val))
+        comps = GroupComponents(spec.objective, context.X_val, context.y_val, keys, temperature=spec.temperature,
+                                sharpness=spec.sharpness)
         n = len(y)
         slices = [len(a) for a in np.array_split(np.arange(k), min(int(rounds), k))]
         removed = np.zeros(n, dtype=bool)
@@ -164,9 +144,7 @@ class _GroupSelector(_InfluenceSelector):
                 model = copy.deepcopy(model).train()
                 fit_model(model, X[kept], y[kept], context.train_config, context.seed, progress=False)
                 model.eval()
-                settings = GradientSettings(params=self.params, dtype=self.dtype, device="auto")
-                engine = InfluenceEngine(model, (X[kept], y[kept]), l2=context.train_config.l2, solver=self.solver,
-                                         damping=self.damping, gradients=settings)
+                engine = influence_engine(X[kept], y[kept], context, spec.influence, self.name, model=model)
                 measured.append(components_at(comps, engine.space, engine.loss.theta)[0])
             pcm = ParameterChangeModel(GroupInfluence(engine), order=order)
             if order == 1:
@@ -184,9 +162,9 @@ class _GroupSelector(_InfluenceSelector):
         self.scores_ = scores
         self.support_ = removed
         self.threshold_ = float("nan")
-        self.info_ = {**engine._info(), "budget": int(removed.sum()), "objective": self.objective,
-                      "scores_are_contributions": False, "method": f"components_order{order}",
-                      "rounds": per_round, "temperature": float(self.temperature),
+        self.info_ = {**engine._info(), "budget": int(removed.sum()), "objective": spec.objective,
+                      "method": f"components_order{order}", "rounds": per_round,
+                      "temperature": float(spec.temperature),
                       "objective_before": float(before),
                       "objective_measured_at_refits": [float(v) for v in measured],
                       "predicted_objective": float(result.predicted),
@@ -200,6 +178,9 @@ class GroupFirstOrderSelector(_GroupSelector):
 
     name = "group_first_order"
 
+    def __init__(self, spec: GroupFirstOrderDetector = GroupFirstOrderDetector()):
+        self.spec = spec
+
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupFirstOrderSelector":
         if self._use_components():
             self._fit_components(X, y, context, order=1, rounds=1, iters=0)
@@ -207,7 +188,7 @@ class GroupFirstOrderSelector(_GroupSelector):
         k, engine, gi, objective = self._setup(X, y, context)
         a = gi.query(objective)
         if a.shape[0] != 1:
-            raise InputError(f"{self.name}: objective {self.objective!r} must be scalar")
+            raise InputError(f"{self.name}: objective {self.spec.objective!r} must be scalar")
         s = (gi.row_gradients() @ a[0]).double().cpu().numpy()
         from tda_clean.influence.group import coefficients
 
@@ -226,33 +207,23 @@ class GroupSecondOrderSelector(_GroupSelector):
 
     name = "group_second_order"
 
-    def __init__(self, objective: str = "worst_group_loss", group_column: str | None = None, solver: str = "exact",
-                 params: str = "head", damping: float | str = "auto", dtype: str = "float64",
-                 max_flagged: int | None = None, fraction: float | None = None, method: str = "best",
-                 steps: int = 50, iters: int = 200, components: str = "auto", temperature: float = 0.3,
-                 sharpness: float = 50.0, rounds: int = 3):
-        super().__init__(objective, group_column, solver, params, damping, dtype, max_flagged, fraction,
-                         components, temperature, sharpness)
-        self.method = method
-        self.steps = steps
-        self.iters = iters
-        self.rounds = rounds
+    def __init__(self, spec: GroupSecondOrderDetector = GroupSecondOrderDetector()):
+        self.spec = spec
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupSecondOrderSelector":
-        if self.method not in ("greedy", "relaxed", "best"):
-            raise InputError(f"detector.method: {self.method!r} is not one of greedy, relaxed, best")
+        spec = self.spec
         if self._use_components():
-            self._fit_components(X, y, context, order=2, rounds=self.rounds, iters=self.iters)
+            self._fit_components(X, y, context, order=2, rounds=spec.rounds, iters=spec.iters)
             return self
         k, engine, gi, objective = self._setup(X, y, context)
         qm = gi.row_terms(objective)
         first_top = np.flatnonzero(top_k_mask(-qm.s.cpu().numpy(), k))
         candidates: dict[str, np.ndarray] = {}
-        if self.method in ("greedy", "best"):
-            candidates["greedy"] = qm.greedy(k, steps=self.steps)
-        if self.method in ("relaxed", "best"):
-            candidates["relaxed"] = qm.relaxed(k, iters=self.iters, init=first_top)[0]
-        if self.method == "best":  # never worse (as predicted) than the first-order top-k
+        if spec.method in ("greedy", "best"):
+            candidates["greedy"] = qm.greedy(k, steps=spec.steps)
+        if spec.method in ("relaxed", "best"):
+            candidates["relaxed"] = qm.relaxed(k, iters=spec.iters, init=first_top)[0]
+        if spec.method == "best":  # never worse (as predicted) than the first-order top-k
             candidates["first_order_topk"] = first_top
         values = {name: qm.value(_indicator(pos, len(y), qm), k) for name, pos in candidates.items()}
         used = min(values, key=values.get)
@@ -308,18 +279,15 @@ class D3MSelector(_InfluenceSelector):
 
     name = "d3m"
 
-    def __init__(self, group_column: str | None = None, solver: str = "exact", params: str = "head",
-                 damping: float | str = "auto", dtype: str = "float64", max_flagged: int | None = None,
-                 fraction: float | None = None):
-        super().__init__(solver, params, damping, dtype, max_flagged, fraction)
-        self.group_column = group_column
+    def __init__(self, spec: D3MDetector = D3MDetector()):
+        self.spec = spec
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "D3MSelector":
-        k = exact_budget(len(y), self.max_flagged, self.fraction)
+        k = exact_budget(len(y), self.spec.budget)
         if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
             raise InputError("d3m: needs a validation split (X_val, y_val) with group labels (groups_val)")
         model, engine = self._engine(X, y, context)
-        keys = _group_keys(context.groups_val, self.group_column, len(context.y_val))
+        keys = _group_keys(context.groups_val, self.spec.group_column, len(context.y_val))
         objective = GroupMeanLosses(context.X_val, context.y_val, keys)
         T = engine.influence(objective).scores  # (G, n)
         L = objective.values(engine.model)  # (G,)
@@ -340,12 +308,11 @@ class RandomSelector(BaseSelector):
 
     name = "random"
 
-    def __init__(self, max_flagged: int | None = None, fraction: float | None = None):
-        self.max_flagged = max_flagged
-        self.fraction = fraction
+    def __init__(self, spec: RandomDetector = RandomDetector()):
+        self.spec = spec
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "RandomSelector":
-        k = exact_budget(len(y), self.max_flagged, self.fraction)
+        k = exact_budget(len(y), self.spec.budget)
         self.scores_ = np.random.default_rng(context.seed).random(len(y))
         self.support_ = top_k_mask(self.scores_, k)
         self.threshold_ = float("nan")
@@ -362,8 +329,8 @@ def explain_selection(selection, train_groups, predicted_contributions, labels=N
 
     selection:               a :class:`~tda_clean.selection.Selection` over the n training rows.
     train_groups:            DataFrame (n, g) of the training rows' group columns (``bundle.train.groups``).
-    predicted_contributions: (n,) per-row share of the predicted objective change (for the group selectors:
-                             ``-selection.scores`` when ``selection.info["scores_are_contributions"]``), or None.
+    predicted_contributions: (n,) per-row share of the predicted objective change (``selection.contributions``
+                             of a group selector), or None.
     labels:                  optional (n,) labels: groups are then split by label too (``label=`` key).
 
     Returns one dict per group value combination among the flagged rows, largest |predicted change| first

@@ -5,60 +5,36 @@ All three need the trained model (``FitContext.model``; trained here from ``make
 when absent) and the trainer's ``l2`` (``FitContext.train_config.l2``, the Hessian contains it). The two
 objective-driven detectors need the validation split (``X_val``, ``y_val`` and, for group objectives,
 ``groups_val``). Scores follow the selection convention: HIGHER = more suspicious / more harmful.
-Budget: the top ``max_flagged`` rows and/or ``fraction`` of rows (5% when neither is set); the objective-driven
-detectors never flag a row with a non-positive score (a row whose removal would not help).
+Budget: the top ``spec.budget.rows(n)`` rows (``max_flagged`` and/or ``fraction``; 5% when neither is set); the
+objective-driven detectors never flag a row with a non-positive score (a row whose removal would not help).
+Each selector takes its detector config whole as ``spec`` (``spec.influence`` is the influence spec).
 """
 from __future__ import annotations
 
-import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from tda_clean.config import HarmfulDetector, InfluenceRelabelDetector, SelfInfluenceDetector
 from tda_clean.errors import InputError
-from functools import partial
+from tda_clean.selection.base import BaseSelector, FitContext, influence_engine, register_selector, shard_ranges, top_k_mask
 
-from tda_clean.selection.base import BaseSelector, FitContext, register_selector, shard_ranges, top_k_mask, trained_model
-
-DEFAULT_FRACTION = 0.05
 OBJECTIVES = ("val_loss", "worst_group_loss", "group_loss_gap", "demographic_parity_gap", "equalized_odds_gap")
 
 
 class _InfluenceSelector(BaseSelector):
     name = "influence"
-
-    def __init__(self, solver: str = "exact", params: str = "head", damping: float | str = "auto",
-                 dtype: str = "float32", max_flagged: int | None = None, fraction: float | None = None):
-        self.solver = solver
-        self.params = params
-        self.damping = damping
-        self.dtype = dtype
-        self.max_flagged = max_flagged
-        self.fraction = fraction
+    spec: Any  # the detector config (set by the subclass constructors)
 
     # ------------------------------------------------------------------------------------ helpers
-    def _budget(self, n: int) -> int:
-        caps = []
-        if self.max_flagged is not None:
-            caps.append(int(self.max_flagged))
-        if self.fraction is not None:
-            caps.append(int(math.ceil(self.fraction * n)))
-        if not caps:
-            caps.append(int(math.ceil(DEFAULT_FRACTION * n)))
-        return max(0, min(n, *caps))
-
     def _engine(self, X: np.ndarray, y: np.ndarray, context: FitContext):
-        from tda_clean.influence import GradientSettings, InfluenceEngine
-
-        model = trained_model(X, y, context, self.name)
-        settings = GradientSettings(params=self.params, dtype=self.dtype, device="auto")
-        engine = InfluenceEngine(model, (X, y), l2=context.train_config.l2, solver=self.solver,
-                                 damping=self.damping, gradients=settings)
-        return model, engine
+        engine = influence_engine(X, y, context, self.spec.influence, self.name)
+        return engine.model, engine
 
     def _finish(self, scores: np.ndarray, positive_only: bool, info: dict[str, Any]) -> None:
         scores = np.asarray(scores, dtype=float)
-        k = self._budget(len(scores))
+        k = self.spec.budget.rows(len(scores))
         if positive_only:
             k = min(k, int((scores > 0).sum()))
         self.scores_ = scores
@@ -145,6 +121,9 @@ class SelfInfluenceSelector(_InfluenceSelector):
 
     name = "self_influence"
 
+    def __init__(self, spec: SelfInfluenceDetector = SelfInfluenceDetector()):
+        self.spec = spec
+
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "SelfInfluenceSelector":
         from tda_clean.models.trainer import predict_proba
 
@@ -161,24 +140,20 @@ class HarmfulSelector(_InfluenceSelector):
 
     name = "harmful"
 
-    def __init__(self, objective: str = "val_loss", group_column: str | None = None, solver: str = "exact",
-                 params: str = "head", damping: float | str = "auto", dtype: str = "float32",
-                 max_flagged: int | None = None, fraction: float | None = None):
-        super().__init__(solver, params, damping, dtype, max_flagged, fraction)
-        self.objective = objective
-        self.group_column = group_column
+    def __init__(self, spec: HarmfulDetector = HarmfulDetector()):
+        self.spec = spec
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "HarmfulSelector":
         model, engine = self._engine(X, y, context)
-        objective = _objective(self.objective, engine.model, context, self.group_column)
+        objective = _objective(self.spec.objective, engine.model, context, self.spec.group_column)
         W = engine.inverse_hvp(objective)
         influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=1).sum(axis=0)
-        self._finish(-influence, positive_only=True,
-                     info={**engine._info(), "objective": self.objective, "scores_are_contributions": True})
+        self._finish(-influence, positive_only=True, info={**engine._info(), "objective": self.spec.objective})
+        self.contributions_ = influence  # (n,) first-order change of the objective when the row is removed
         return self
 
     def reason(self, i: int) -> str:
-        return f"removing the row is predicted to lower {self.objective} by {self.scores_[i]:.4g}"
+        return f"removing the row is predicted to lower {self.spec.objective} by {self.scores_[i]:.4g}"
 
 
 class InfluenceRelabelSelector(HarmfulSelector):
@@ -187,20 +162,23 @@ class InfluenceRelabelSelector(HarmfulSelector):
 
     name = "influence_relabel"
 
+    def __init__(self, spec: InfluenceRelabelDetector = InfluenceRelabelDetector()):
+        self.spec = spec
+
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "InfluenceRelabelSelector":
         model, engine = self._engine(X, y, context)
-        objective = _objective(self.objective, engine.model, context, self.group_column)
+        objective = _objective(self.spec.objective, engine.model, context, self.spec.group_column)
         n_classes = context.n_classes or int(model.head.out_features)
         gain = -engine.flip_influence(objective, n_classes)  # (n, C) predicted decrease; 0 at the given label
         gain[np.arange(len(y)), np.asarray(y)] = -np.inf
         best = gain.argmax(1)
         scores = gain[np.arange(len(y)), best]
         self.suggested_labels_ = np.where(scores > 0, best, np.asarray(y)).astype(np.int64)
-        self._finish(scores, positive_only=True, info={**engine._info(), "objective": self.objective})
+        self._finish(scores, positive_only=True, info={**engine._info(), "objective": self.spec.objective})
         return self
 
     def reason(self, i: int) -> str:
-        return (f"relabelling to {int(self.suggested_labels_[i])} is predicted to lower {self.objective} "
+        return (f"relabelling to {int(self.suggested_labels_[i])} is predicted to lower {self.spec.objective} "
                 f"by {self.scores_[i]:.4g}")
 
 

@@ -15,11 +15,13 @@ suspicious.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-from tda_clean.selection.base import BaseSelector, FitContext, register_selector, trained_model
+from tda_clean.config import DeltaInfluenceDetector, InfluenceThresholdDetector
+from tda_clean.selection.base import (
+    BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
+)
 from tda_clean.selection.delta_influence import (
     DeltaInfluenceSelector, penultimate, robust_z, spectral_outlier_scores,
 )
@@ -28,51 +30,32 @@ from tda_clean.selection.delta_influence import (
 class InfluenceThresholdSelector(BaseSelector):
     name = "influence_threshold"
 
-    def __init__(self, n_queries: int = 16, z_threshold: float = 3.0, scan_min_flip: float = 0.2,
-                 target: int | None = None, solver: str = "exact", params: str = "head",
-                 damping: float | str = "auto", dtype: str = "float32", max_flagged: int | None = None,
-                 fraction: float | None = None):
-        self.n_queries = n_queries
-        self.z_threshold = z_threshold
-        self.scan_min_flip = scan_min_flip
-        self.target = target
-        self.solver = solver
-        self.params = params
-        self.damping = damping
-        self.dtype = dtype
-        self.max_flagged = max_flagged
-        self.fraction = fraction
+    def __init__(self, spec: InfluenceThresholdDetector = InfluenceThresholdDetector()):
+        self.spec = spec
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "InfluenceThresholdSelector":
-        from tda_clean.influence import GradientSettings, InfluenceEngine, Margin
+        from tda_clean.influence import Margin
 
         X, y = np.asarray(X), np.asarray(y)
+        spec = self.spec
         model = trained_model(X, y, context, self.name)
-        finder = DeltaInfluenceSelector(n_queries=self.n_queries, target=self.target, scan_min_flip=self.scan_min_flip)
+        finder = DeltaInfluenceSelector(DeltaInfluenceDetector(n_queries=spec.n_queries, target=spec.target,
+                                                               scan_min_flip=spec.scan_min_flip))
         finder._check_settings(context.n_classes or int(y.max()) + 1)
         Xq, target, info = finder._auto_queries(model, X, y, context)
-        engine = InfluenceEngine(model, (X, y), l2=context.train_config.l2, solver=self.solver, damping=self.damping,
-                                 gradients=GradientSettings(params=self.params, dtype=self.dtype, device="auto"))
+        engine = influence_engine(X, y, context, spec.influence, self.name, model=model)
         support = -engine.influence(Margin(Xq, target)).scores  # (Q, n)
         score = robust_z(support, axis=1).mean(0)
-        flagged = score > self.z_threshold
-        caps = [int(self.max_flagged)] if self.max_flagged is not None else []
-        if self.fraction is not None:
-            caps.append(int(math.ceil(self.fraction * len(y))))
-        if caps and flagged.sum() > min(caps):
-            keep = np.argsort(-score, kind="stable")[: min(caps)]
-            flagged = np.zeros(len(y), dtype=bool)
-            flagged[keep] = True
-            flagged &= score > self.z_threshold
+        cap = spec.budget.cap(len(y))
         self.scores_ = score
-        self.support_ = flagged
-        self.threshold_ = float(self.z_threshold) if not caps else float("nan")
+        self.support_ = cap_flagged(score > spec.z_threshold, score, cap)
+        self.threshold_ = float(spec.z_threshold) if cap is None else float("nan")
         self.target_ = target
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq))}
         return self
 
     def reason(self, i: int) -> str:
-        return f"mean robust z {self.scores_[i]:.3g} of support for class-{self.target_} queries > {self.z_threshold}"
+        return f"mean robust z {self.scores_[i]:.3g} of support for class-{self.target_} queries > {self.spec.z_threshold}"
 
 
 class SpectralSignatureSelector(BaseSelector):

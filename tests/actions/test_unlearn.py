@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from tda_clean.actions.unlearn import METHODS, unlearn, unlearn_action
+from tda_clean.actions.unlearn import unlearn, unlearn_action
 from tda_clean.config import LogisticConfig, TrainConfig, UnlearnAction, parse_config
 from tda_clean.errors import InputError
 from tda_clean.models.factory import build_model
@@ -57,7 +57,7 @@ def test_second_order_beats_first_order(convex):
     assert dist[2] < 0.5 * dist[1]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ["retrain", "newton", "finetune", "ascent"])
 def test_every_method_runs_records_time_and_keeps_accuracy(convex, method):
     X, y, model, forget, _, _ = convex
     out, info = unlearn(UnlearnAction(method=method, epochs=5, lr=1e-2, reinit_head=False), model, X, y, forget, TRAIN, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tda_clean.config.influence import ExactSettings, InfluenceSpec
 from tda_clean.models.trainer import fit_to_optimum
 
 
@@ -18,3 +19,6 @@ def blobs(n: int = 40, d: int = 4, classes: int = 3, seed: int = 0) -> tuple[np.
 def fit_convex(model: torch.nn.Module, X: np.ndarray, y: np.ndarray, l2: float, steps: int = 300) -> torch.nn.Module:
     """Train to the optimum of mean CE + l2/2 ||theta||^2 with full-batch L-BFGS in float64."""
     return fit_to_optimum(model, X, y, l2, max_iter=steps, tolerance_grad=1e-12)
+
+
+EXACT0 = InfluenceSpec(solver=ExactSettings(damping=0.0))  # exact solve, no damping, all parameters, model dtype

@@ -1,4 +1,5 @@
 import numpy as np
+from pydantic import ValidationError
 import pytest
 import torch
 
@@ -79,5 +80,5 @@ def test_bad_input():
     X[4, 1] = np.inf
     with pytest.raises(InputError, match=r"row positions \[4\]"):
         DualDA().fit(X, y)
-    with pytest.raises(InputError, match="dualda.C"):
+    with pytest.raises(ValidationError, match="C"):
         DualDASettings(C=0)

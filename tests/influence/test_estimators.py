@@ -6,16 +6,17 @@ from tda_clean.errors import InputError
 from tda_clean.influence import (
     CallableObjective, CheckpointRecorder, DemographicParityGap, EqualizedOddsGap, GradientSettings,
     GradientStore, GroupLossDifference, InfluenceEngine, Margin, MeanLoss, ParamSpace, PerSampleLoss,
-    RandomProjector, WorstGroupLoss, compute_influence, gradient_similarity, pairwise_influence,
+    InfluenceSpec, RandomProjector, TrainingObjective, WorstGroupLoss, compute_influence, gradient_similarity, pairwise_influence,
     per_sample_grads, projected_influence, self_influence, tracin_cp,
 )
+from tests.influence.helpers import EXACT0
 
 
 def test_self_influence_is_diagonal_of_pairwise(convex):
     model, X, y, l2 = convex
-    pair = pairwise_influence(model, (X, y), l2=l2, solver="exact", damping=0.0)
+    pair = pairwise_influence(model, (X, y), EXACT0, TrainingObjective(l2))
     assert pair.shape == (len(X), len(X))
-    np.testing.assert_allclose(self_influence(model, (X, y), l2=l2, damping=0.0), np.diag(pair), rtol=1e-9)
+    np.testing.assert_allclose(self_influence(model, (X, y), EXACT0, TrainingObjective(l2)), np.diag(pair), rtol=1e-9)
     assert (np.diag(pair) > 0).all()  # removing a row raises its own loss (positive = removal increases f)
 
 
@@ -23,8 +24,14 @@ def test_self_influence_is_diagonal_of_pairwise(convex):
 def test_influence_invariant_to_chunking(mlp):
     model, X, y = mlp
     obj = MeanLoss(X[:10], y[:10])
-    a = compute_influence(model, (X, y), obj, l2=0.05, damping=0.1, gradients=GradientSettings(batch_size=7, memory_mb=1e-3))
-    b = compute_influence(model, (X, y), obj, l2=0.05, damping=0.1, gradients=GradientSettings(batch_size=4096))
+    a = compute_influence(model, (X, y), obj,
+                          InfluenceSpec(solver={"kind": "exact", "damping": 0.1},
+                                        gradients=GradientSettings(batch_size=7, memory_mb=1e-3)),
+                          TrainingObjective(0.05))
+    b = compute_influence(model, (X, y), obj,
+                          InfluenceSpec(solver={"kind": "exact", "damping": 0.1},
+                                        gradients=GradientSettings(batch_size=4096)),
+                          TrainingObjective(0.05))
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-15)
 
 
@@ -35,7 +42,7 @@ def test_removal_sign_matches_retraining_direction(convex):
 
     model, X, y, l2 = convex
     obj = MeanLoss(X, y)
-    pred = compute_influence(model, (X, y), obj, l2=l2, damping=0.0).per_row
+    pred = compute_influence(model, (X, y), obj, EXACT0, TrainingObjective(l2)).per_row
     base = obj.values(model)[0]
     actual = []
     for i in range(5):
@@ -47,8 +54,11 @@ def test_removal_sign_matches_retraining_direction(convex):
 def test_float64_option_on_float32_model(convex):
     model, X, y, l2 = convex
     m32 = __import__("copy").deepcopy(model).float()
-    res = compute_influence(m32, (X, y), MeanLoss(X, y), l2=l2, damping=0.0, gradients=GradientSettings(dtype="float64"))
-    ref = compute_influence(model, (X, y), MeanLoss(X, y), l2=l2, damping=0.0)
+    res = compute_influence(m32, (X, y), MeanLoss(X, y),
+                            InfluenceSpec(solver={"kind": "exact", "damping": 0.0},
+                                          gradients=GradientSettings(dtype="float64")),
+                            TrainingObjective(l2))
+    ref = compute_influence(model, (X, y), MeanLoss(X, y), EXACT0, TrainingObjective(l2))
     np.testing.assert_allclose(res.scores, ref.scores, rtol=1e-4, atol=1e-8)
     assert next(m32.parameters()).dtype == torch.float32  # caller's model untouched
 
@@ -87,10 +97,10 @@ def test_objective_gradient_matches_finite_difference(convex, make):
 
 def test_per_sample_objectives_have_one_row_per_query(convex):
     model, X, y, l2 = convex
-    res = compute_influence(model, (X, y), Margin(X[:5], y[:5]), l2=l2, damping=0.0)
+    res = compute_influence(model, (X, y), Margin(X[:5], y[:5]), EXACT0, TrainingObjective(l2))
     assert res.scores.shape == (5, len(X))
-    per = compute_influence(model, (X, y), PerSampleLoss(X[:5], y[:5]), l2=l2, damping=0.0).scores
-    mean = compute_influence(model, (X, y), MeanLoss(X[:5], y[:5]), l2=l2, damping=0.0).scores
+    per = compute_influence(model, (X, y), PerSampleLoss(X[:5], y[:5]), EXACT0, TrainingObjective(l2)).scores
+    mean = compute_influence(model, (X, y), MeanLoss(X[:5], y[:5]), EXACT0, TrainingObjective(l2)).scores
     np.testing.assert_allclose(per.mean(0), mean[0], rtol=1e-10, atol=1e-15)
 
 
@@ -98,28 +108,36 @@ def test_objective_independent_of_parameters_is_refused(convex):
     model, X, y, l2 = convex
     constant = CallableObjective(lambda m: torch.tensor(1.0, dtype=torch.float64), "constant")
     with pytest.raises(InputError, match="does not depend on the model parameters"):
-        compute_influence(model, (X, y), constant, l2=l2)
+        compute_influence(model, (X, y), constant, InfluenceSpec(), TrainingObjective(l2))
     detached = CallableObjective(lambda m: m(torch.as_tensor(X)).detach().sum(), "detached")
     with pytest.raises(InputError, match="does not depend"):
-        compute_influence(model, (X, y), detached, l2=l2)
+        compute_influence(model, (X, y), detached, InfluenceSpec(), TrainingObjective(l2))
 
 
 def test_gradient_store_reuse_and_mismatch(tmp_path, convex):
     model, X, y, l2 = convex
     obj = MeanLoss(X, y)
-    ref = compute_influence(model, (X, y), obj, l2=l2, damping=0.0).scores
+    ref = compute_influence(model, (X, y), obj, EXACT0, TrainingObjective(l2)).scores
     settings = GradientSettings(memory_mb=0.002)  # several chunks
-    first = compute_influence(model, (X, y), obj, l2=l2, damping=0.0, gradients=settings, store_dir=tmp_path / "g")
-    again = compute_influence(model, (X, y), obj, l2=l2, damping=0.0, gradients=settings, store_dir=tmp_path / "g")
+    first = compute_influence(model, (X, y), obj,
+                              InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings),
+                              TrainingObjective(l2), store_dir=tmp_path / "g")
+    again = compute_influence(model, (X, y), obj,
+                              InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings),
+                              TrainingObjective(l2), store_dir=tmp_path / "g")
     np.testing.assert_allclose(first.scores, ref, rtol=1e-12)
     np.testing.assert_allclose(again.scores, ref, rtol=1e-12)
-    store = GradientStore.open(tmp_path / "g", fingerprint=InfluenceEngine(model, (X, y), l2=l2).fingerprint(),
+    store = GradientStore.open(tmp_path / "g", fingerprint=InfluenceEngine(model, (X, y),
+                                                                           InfluenceSpec(),
+                                                                           TrainingObjective(l2)).fingerprint(),
                                n=len(X), p=ParamSpace(model).p, dtype="float64", chunk_rows=store_chunk(tmp_path))
     assert store.complete and store.n_chunks > 1
     y2 = y.copy()
     y2[0] = (y2[0] + 1) % 3
     with pytest.raises(InputError, match="built for fingerprint"):
-        compute_influence(model, (X, y2), obj, l2=l2, damping=0.0, gradients=settings, store_dir=tmp_path / "g")
+        compute_influence(model, (X, y2), obj,
+                          InfluenceSpec(solver={"kind": "exact", "damping": 0.0}, gradients=settings),
+                          TrainingObjective(l2), store_dir=tmp_path / "g")
 
 
 def store_chunk(tmp_path):
@@ -146,7 +164,7 @@ def test_projected_influence_approaches_fisher_influence(tmp_path, convex):
     model, X, y, l2 = convex
     obj = MeanLoss(X, y)
     res = projected_influence(model, (X, y), obj, l2=l2, k=400, seed=0, store_dir=tmp_path / "p")
-    exact = compute_influence(model, (X, y), obj, l2=l2, damping=0.0).per_row
+    exact = compute_influence(model, (X, y), obj, EXACT0, TrainingObjective(l2)).per_row
     assert np.corrcoef(res.per_row, exact)[0, 1] > 0.9
     again = projected_influence(model, (X, y), obj, l2=l2, k=400, seed=0, store_dir=tmp_path / "p")
     np.testing.assert_allclose(again.scores, res.scores)
@@ -222,11 +240,13 @@ def test_similarity_with_conv_layers_matches_materialised_gradients(cnn, kind):
 def test_kfac_eigenbasis_scores_match_materialised_path(request, kind, fixture, params, reduce):
     """Scores computed in the Kronecker eigenbasis from layer factors equal W = A^-1 Q against materialised G."""
     from tda_clean.influence import Margin
-    from tda_clean.influence.settings import KFACSettings
+    from tda_clean.config.influence import KFACSettings
 
     model, X, y = request.getfixturevalue(fixture)
-    engine = InfluenceEngine(model, (X, y), l2=0.05, solver=KFACSettings(kind=kind, damping=0.1),
-                             gradients=GradientSettings(params=params))
+    engine = InfluenceEngine(model, (X, y),
+                             InfluenceSpec(solver=KFACSettings(kind=kind, damping=0.1),
+                                           gradients=GradientSettings(params=params)),
+                             TrainingObjective(0.05))
     objective = Margin(X[:5], (np.asarray(y[:5]) + 1) % 3, reduce=reduce)
     fast = engine._eigenbasis_scores(objective, Margin.row_value)
     assert fast is not None and fast.shape == ((1 if reduce == "mean" else 5), len(y))
@@ -242,7 +262,7 @@ def test_kfac_eigenbasis_scores_fall_back_in_train_mode(mlp):
     from tda_clean.influence import Margin
 
     model, X, y = mlp
-    engine = InfluenceEngine(model, (X, y), l2=0.05, solver="ekfac")
+    engine = InfluenceEngine(model, (X, y), InfluenceSpec(solver="ekfac"), TrainingObjective(0.05))
     engine.model.train()
     try:
         assert engine._eigenbasis_scores(Margin(X[:3], 0), Margin.row_value) is None

@@ -14,10 +14,10 @@ from tda_clean.errors import InputError
 from tda_clean.groups import (
     cell_groups, cluster_groups, feature_value_groups, group_frame, predicate_group, predicate_mask, random_groups, resolve_size, row_id_group,
 )
-from tda_clean.influence import InfluenceEngine, MeanLoss
+from tda_clean.influence import InfluenceEngine, InfluenceSpec, MeanLoss, TrainingObjective
 from tda_clean.influence.group import GroupInfluence, coefficients, group_positions, objective_hvp
 from tda_clean.models.factory import LogisticRegression
-from tests.influence.helpers import blobs, fit_convex
+from tests.influence.helpers import EXACT0, blobs, fit_convex
 from tests.unit_helpers import torch_single_thread
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
@@ -39,7 +39,7 @@ def replicated():
     y = np.concatenate([yb] + [yt] * 8)
     torch.manual_seed(0)
     model = fit_convex(LogisticRegression(3, 2).double(), X, y, L2)
-    engine = InfluenceEngine(model, (X, y), l2=L2, solver="exact", damping=0.0)
+    engine = InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(L2))
     groups = [np.arange(60, 60 + 5 * j) for j in range(1, 9)]
     return model, X, y, GroupInfluence(engine), groups
 
@@ -76,7 +76,7 @@ def test_second_order_is_closer_to_retraining_than_first(replicated):
 @pytest.mark.parametrize("regularized", [False, True])
 def test_first_order_is_scaled_sum_of_single_row_influences(convex, regularized):
     model, X, y, l2 = convex
-    engine = InfluenceEngine(model, (X, y), l2=l2, solver="exact", damping=0.0)
+    engine = InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2))
     objective = MeanLoss(X[:10], y[:10])
     single = engine.influence(objective).per_row  # (1/n) a^T g_i
     gi = GroupInfluence(engine, regularized_rows=regularized)
@@ -111,7 +111,7 @@ def test_coefficients_follow_the_two_forms():
 
 def test_quadratic_model_matches_objective_change(convex):
     model, X, y, l2 = convex
-    engine = InfluenceEngine(model, (X, y), l2=l2, solver="exact", damping=0.0)
+    engine = InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2))
     objective = MeanLoss(X[:15], y[:15])
     gi = GroupInfluence(engine)
     qm = gi.row_terms(objective)
@@ -138,7 +138,7 @@ def test_quadratic_model_matches_objective_change(convex):
 
 def test_batched_groups_equal_one_by_one(convex):
     model, X, y, l2 = convex
-    gi = GroupInfluence(InfluenceEngine(model, (X, y), l2=l2, solver="exact", damping=0.0))
+    gi = GroupInfluence(InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2)))
     groups = [np.arange(0, 6), np.arange(10, 13), np.array([2, 30, 39])]
     batch = gi.parameter_change(groups, order=2)
     for j, g in enumerate(groups):
@@ -149,8 +149,9 @@ def test_cg_solver_agrees_with_exact_on_convex(convex):
     model, X, y, l2 = convex
     groups = [np.arange(0, 8), np.arange(20, 26)]
     objective = MeanLoss(X[:10], y[:10])
-    exact = GroupInfluence(InfluenceEngine(model, (X, y), l2=l2, solver="exact", damping=0.0))
-    cg = GroupInfluence(InfluenceEngine(model, (X, y), l2=l2, solver="cg", damping=0.0))
+    exact = GroupInfluence(InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2)))
+    cg = GroupInfluence(InfluenceEngine(model, (X, y),
+                                        InfluenceSpec(solver={"kind": "cg", "damping": 0.0}), TrainingObjective(l2)))
     np.testing.assert_allclose(cg.objective_change(groups, objective).second,
                                exact.objective_change(groups, objective).second, rtol=1e-5)
 
@@ -158,7 +159,7 @@ def test_cg_solver_agrees_with_exact_on_convex(convex):
 # ------------------------------------------------------------------------------------------ bad input
 def test_bad_groups_raise(convex):
     model, X, y, l2 = convex
-    gi = GroupInfluence(InfluenceEngine(model, (X, y), l2=l2, solver="exact", damping=0.0))
+    gi = GroupInfluence(InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2)))
     n = len(y)
     with pytest.raises(InputError, match="empty"):
         gi.parameter_change([np.array([], dtype=int)])
@@ -237,7 +238,7 @@ def test_group_fidelity_floor_on_adult_subset():
     X, y = bundle.train.X.astype(np.float64), bundle.train.y
     theta = newton_lr(X, y, 1e-3)
     model = lr_model(theta, X.shape[1])
-    gi = GroupInfluence(InfluenceEngine(model, (X, y), l2=1e-3, solver="exact", damping=0.0))
+    gi = GroupInfluence(InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(1e-3)))
     frame = group_frame(bundle.train)
     groups = []
     for j, size in enumerate((0.01, 0.05, 0.1, 0.2, 0.3)):
@@ -261,7 +262,7 @@ def _components_problem(convex):
     from tda_clean.influence.group_minimax import GroupComponents, ParameterChangeModel
 
     model, X, y, l2 = convex
-    engine = InfluenceEngine(model, (X, y), l2=l2, solver="exact", damping=0.0)
+    engine = InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2))
     gi = GroupInfluence(engine)
     groups = np.where(X[:, 0] > np.median(X[:, 0]), "hi", "lo")
     return engine, gi, groups, GroupComponents, ParameterChangeModel

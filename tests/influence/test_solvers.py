@@ -1,16 +1,17 @@
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from tda_clean.errors import InputError
 from tda_clean.influence import (
     CGSettings, ExactSettings, KFACSettings, LissaSettings, NegativeCurvatureWarning, ParamSpace, TrainingLoss,
-    make_solver, per_sample_grads,
+    TrainingObjective, make_solver, per_sample_grads,
 )
 
 
 def _loss(model, X, y, l2, subset="all", batch_size=16):
-    return TrainingLoss(ParamSpace(model, subset), X, y, l2, batch_size=batch_size)
+    return TrainingLoss(ParamSpace(model, subset), X, y, TrainingObjective(l2), batch_size=batch_size)
 
 
 def _reference(loss, damping, V):
@@ -204,7 +205,7 @@ def test_exact_refuses_too_many_parameters(mlp):
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(InputError, match="cg.damping"):
+    with pytest.raises(ValidationError, match="damping"):
         CGSettings(damping=-1.0)
-    with pytest.raises(InputError, match="lissa.depth"):
+    with pytest.raises(ValidationError, match="depth"):
         LissaSettings(depth=0)

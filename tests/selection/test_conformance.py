@@ -36,10 +36,9 @@ def _context(X: np.ndarray, y: np.ndarray, seed: int = 0) -> FitContext:
     model = make_model(seed)
     fit_model(model, X, y, TRAIN, seed, progress=False)
     Xv, yv, _, _ = blobs(60, seed=99, n_flip=0)
-    groups = pd.DataFrame({"g": np.where(X[:, 0] > 0, "right", "left")})
     groups_val = pd.DataFrame({"g": np.where(Xv[:, 0] > 0, "right", "left")})
     return FitContext(seed=seed, make_model=make_model, train_config=TRAIN, model=model, X_val=Xv, y_val=yv,
-                      groups_val=groups_val, groups=groups, n_classes=2)
+                      groups_val=groups_val, n_classes=2)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ def poisoned():
 @pytest.fixture(scope="module")
 def detected(poisoned):
     bundle, _, context = poisoned
-    det = make_detector(DeltaInfluenceDetector()).fit(bundle.train.X, bundle.train.y, context)
+    det = make_detector(DeltaInfluenceDetector()).fit(
+            bundle.train.X, bundle.train.y, context)
     return det
 
 
@@ -73,7 +74,8 @@ def test_default_delta_influence_recall_and_precision_floors(detected, poisoned)
 def test_given_query_rows_are_used(poisoned, detected):
     bundle, _, context = poisoned
     rows = np.flatnonzero(bundle.corrupted_mask)[:6]
-    det = DeltaInfluenceSelector(queries="rows", query_rows=tuple(int(r) for r in rows), n_copies=16, tol=6)
+    det = DeltaInfluenceSelector(DeltaInfluenceDetector(queries="rows", query_rows=tuple(int(r) for r in rows),
+                                                        n_copies=16, tol=6))
     det.fit(bundle.train.X, bundle.train.y, context)
     assert det.info_["query_source"] == "rows" and det.target_ == 0 and len(det.queries_) == 6
     quality = detection_metrics(det.get_support(), bundle.corrupted_mask)
@@ -85,20 +87,24 @@ def test_queries_not_predicted_as_one_class_are_refused(poisoned):
     pred = predict_proba(model, bundle.train.X).argmax(1)
     rows = (int(np.flatnonzero(pred == 1)[0]), int(np.flatnonzero(pred == 2)[0]))
     with pytest.raises(InputError, match="not predicted as one single class"):
-        DeltaInfluenceSelector(queries="rows", query_rows=rows).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(queries="rows", query_rows=rows)).fit(
+            bundle.train.X, bundle.train.y, context)
     with pytest.raises(InputError, match="query_rows: position 99999"):
-        DeltaInfluenceSelector(queries="rows", query_rows=(99999,)).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(queries="rows", query_rows=(99999,))).fit(
+            bundle.train.X, bundle.train.y, context)
 
 
 def test_transform_that_does_not_apply_is_refused(poisoned):
     bundle, _, context = poisoned
     with pytest.raises(InputError, match="'feature_mask' does not apply to image data"):
-        DeltaInfluenceSelector(transforms=("hflip", "feature_mask")).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("hflip", "feature_mask"))).fit(
+            bundle.train.X, bundle.train.y, context)
     with pytest.raises(InputError, match="'channel_swap' needs images with at least two channels"):
-        DeltaInfluenceSelector(transforms=("channel_swap",)).fit(bundle.train.X, bundle.train.y, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("channel_swap",))).fit(
+            bundle.train.X, bundle.train.y, context)
     X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     with pytest.raises(InputError, match="'blur' does not apply to tabular data"):
-        DeltaInfluenceSelector(transforms=("blur",)).fit(X, np.arange(30) % 2, context)
+        DeltaInfluenceSelector(DeltaInfluenceDetector(transforms=("blur",))).fit(X, np.arange(30) % 2, context)
 
 
 def test_poison_rate_of_half_or_more_is_refused():

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tda_clean.config import LogisticConfig, TrainConfig, parse_config
+from tda_clean.config import Budget, LogisticConfig, TrainConfig, parse_config
 from tda_clean.errors import InputError
 from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit as fit_model
@@ -37,7 +37,7 @@ def problem():
     model = build_model(LogisticConfig(), (3,), 2, 0)
     fit_model(model, X, y, TRAIN, 0, progress=False)
     ctx = FitContext(seed=0, make_model=lambda s: build_model(LogisticConfig(), (3,), 2, s), train_config=TRAIN,
-                     model=model, X_val=Xv, y_val=yv, groups_val=groups_val, groups=groups, n_classes=2)
+                     model=model, X_val=Xv, y_val=yv, groups_val=groups_val, n_classes=2)
     return X, y, groups, ctx
 
 
@@ -50,10 +50,8 @@ def _det(kind: str, **kw):
 
 
 def _det_with(kind: str, extra: dict, **kw):
-    """As :func:`_det`, plus constructor parameters that the config does not carry (``components``, ``rounds``,
-    ``temperature``, ...)."""
-    det = _det(kind, **kw)
-    return type(det)(**{**det.get_params(), **extra})
+    """As :func:`_det`, with the settings of ``extra`` (``components``, ``rounds``, ``temperature``, ...)."""
+    return _det(kind, **{**kw, **extra})
 
 
 KINDS = ("group_first_order", "group_second_order", "d3m", "random")
@@ -64,7 +62,7 @@ KINDS = ("group_first_order", "group_second_order", "d3m", "random")
 def test_budget_is_exact(kind, budget, problem):
     X, y, _, ctx = problem
     sel = _det(kind, **budget).fit(X, y, ctx).to_selection()
-    expected = exact_budget(len(y), budget.get("max_flagged"), budget.get("fraction"))
+    expected = exact_budget(len(y), Budget(**budget))
     assert sel.n_flagged == expected == len(sel.indices)
     assert sel.info["budget"] == expected
 
@@ -75,7 +73,7 @@ def test_budget_larger_than_pool_raises(kind, problem):
     with pytest.raises(InputError, match="smaller than the candidate pool"):
         _det(kind, max_flagged=len(y)).fit(X, y, ctx)
     with pytest.raises(InputError, match="candidate pool"):
-        exact_budget(10, 10, None)
+        exact_budget(10, Budget(max_flagged=10))
 
 
 @pytest.mark.parametrize("objective", ["equalized_odds_gap", "val_loss"])
@@ -138,7 +136,7 @@ def test_components_path_budget_rounds_and_prediction(objective, rounds, problem
     for r in info["rounds"]:
         cand = r["predicted_candidates"]
         assert min(cand.values()) <= cand["first_order_topk"] and r["method"] in cand
-    assert info["scores_are_contributions"] is False
+    assert sel.contributions is None  # a max is not additive over rows
     assert sel.scores[sel.mask].min() > sel.scores[~sel.mask].max()
     assert set(info["components_predicted"]) == set(info["components_before"])
     first = _det("group_first_order", objective=objective, max_flagged=17).fit(X, y, ctx)
