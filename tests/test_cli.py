@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tda_clean.cli import main
+from tests.commands import command_env, tda_clean
 from tests.tables import make_table, table_config, write_table
 
 
@@ -115,7 +116,7 @@ def test_console_script_exit_code_and_single_line(tmp_path):
     """The installed entry point, as a user runs it: exit code 2 and exactly one line on stderr."""
     config = table_config(write_table(tmp_path / "t.csv"))
     config["detector"]["foo"] = 1
-    proc = subprocess.run([sys.executable, "-m", "tda_clean.cli", "run", str(_write_config(tmp_path, config))],
+    proc = subprocess.run(tda_clean("run", str(_write_config(tmp_path, config))), env=command_env(),
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "detector.foo: unknown key" in proc.stderr

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import yaml
 from tda_clean.config import parse_config
 from tda_clean.errors import InputError
 from tda_clean.pipeline import run_pipeline
+from tests.commands import command_env, tda_clean
 
 CONFIG = {
     "name": "resume-test",
@@ -40,7 +40,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     """``tda-clean run`` as a user runs it: the Prefect flow (temporary local server), output to files."""
     log = cwd / f"log-{time.monotonic_ns()}.txt"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tda_clean.cli", "run", *args], cwd=cwd, stdout=out,
+        proc = subprocess.Popen(tda_clean("run", *args), cwd=cwd, env=command_env(), stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
     proc.log_path = log  # type: ignore[attr-defined]
     return proc

@@ -12,8 +12,7 @@ import yaml
 from tda_clean.actions import replay_audit
 from tda_clean.cli import main
 from tda_clean.data import DataBundle
-from tda_clean.pipeline import cleaned_train
-from tda_clean.run_dir import RunContext
+from tda_clean.run_dir import RunContext, cleaned_train
 from tda_clean.config import load_config
 
 CONFIG = {
