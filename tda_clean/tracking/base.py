@@ -36,6 +36,9 @@ class Tracker(Protocol):
     ) -> str:
         """Create a run (a child of ``parent_run_id`` when given) and return its id."""
 
+    def child_runs(self, parent_run_id: str) -> dict[str, str]:
+        """``{run name: run id}`` of the child runs of ``parent_run_id`` (the first one when names repeat)."""
+
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Log parameters; values longer than MLflow's limit (6,000 chars) are truncated."""
 
@@ -74,6 +77,9 @@ class NullTracker:
         self, name: str, *, parent_run_id: str | None = None, tags: dict[str, str] | None = None
     ) -> str:
         return ""
+
+    def child_runs(self, parent_run_id: str) -> dict[str, str]:
+        return {}
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         return None
