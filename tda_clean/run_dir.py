@@ -170,8 +170,9 @@ def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: 
     if fresh and run_dir.exists():
         foreign = foreign_entry(run_dir)
         if foreign is not None:
-            raise InputError(f"--output {run_dir}: --fresh deletes only tda-clean run folders, and {foreign} was not "
-                             "written by a run; remove it yourself or choose another folder")
+            what = "it is not one" if foreign == run_dir else f"{foreign} was not written by a run"
+            raise InputError(f"--output {run_dir}: --fresh deletes only tda-clean run folders, and {what}; "
+                             "clear it yourself or choose another folder")
         shutil.rmtree(run_dir)
     elif id_file.is_file():
         found = read_json(id_file)
