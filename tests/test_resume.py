@@ -108,3 +108,31 @@ def test_non_run_folder_is_refused(tmp_path: Path):
     with pytest.raises(InputError, match="not a tda-clean run folder"):
         run_pipeline(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "precious.txt").read_text() == "keep me"
+
+
+def test_log_stage_killed_then_resumed_logs_one_before_and_one_after(tmp_path: Path):
+    """The log stage dies after the child runs were created (as a SIGKILL would leave them); the rerun on the
+    same folder continues the same parent and reuses its children instead of adding a second pair."""
+    from tda_clean.tracking import InMemoryTracker
+
+    class DiesOnce(InMemoryTracker):
+        died = False
+
+        def log_artifact(self, run_id, path, artifact_path=None):
+            if not self.died:
+                self.died = True
+                raise RuntimeError("killed in the log stage")
+            super().log_artifact(run_id, path, artifact_path)
+
+    cfg = parse_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 3}, "detector": {"kind": "cleanlab", "folds": 2},
+                        "action": {"kind": "remove"}, "tracking": {"log_models": False}})
+    tracker = DiesOnce()
+    with pytest.raises(RuntimeError, match="killed in the log stage"):
+        run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    (parent,) = [r.run_id for r in tracker.runs.values() if r.parent_run_id is None]
+    assert sorted(tracker.child_runs(parent)) == ["after", "before"]
+    report = run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    assert report["mlflow"]["parent_run_id"] == parent and "log" not in report["resumed_stages"]
+    children = [r for r in tracker.runs.values() if r.parent_run_id == parent]
+    assert sorted(r.name for r in children) == ["after", "before"] and len(tracker.runs) == 3
+    assert {r.status for r in tracker.runs.values()} == {"FINISHED"}
