@@ -76,18 +76,16 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _review_command(args: argparse.Namespace) -> int:
     """``review RUN_DIR`` writes the candidates; ``apply RUN_DIR --approved FILE`` validates and continues the run."""
-    from tda_clean.data import DataBundle
-    from tda_clean.pipeline import run_pipeline
-    from tda_clean.review import read_approvals, write_review
-    from tda_clean.run_dir import CONFIG, DATA, SELECTION, RunContext
-    from tda_clean.selection import Selection
+    from tda_clean.pipeline import run_pipeline, stage_review
+    from tda_clean.review import read_approvals
+    from tda_clean.run_dir import CONFIG, SELECTION, RunContext
 
     run_dir = Path(args.run_dir)
     if not (run_dir / CONFIG).is_file() or not (run_dir / SELECTION).is_file():
         raise InputError(f"{run_dir}: not a run folder with a completed detection stage (run `tda-clean run` first)")
     ctx = RunContext(load_config(run_dir / CONFIG), run_dir)
     if args.command == "review":
-        paths = write_review(ctx, DataBundle.load(run_dir / DATA), Selection.load(run_dir / SELECTION))
+        paths = stage_review(ctx)
         print(f"{paths['n_candidates']} candidates: {paths['candidates']} (fill 'approved'), page: {paths['page']}")
         return 0
     if ctx.config.review != "required":

@@ -128,38 +128,37 @@ def stage_evaluate(ctx: RunContext, which: str) -> dict[str, float]:
 
 def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
     """The report, in the one shape ``run_pipeline`` returns: every key always present. A run stopped for review
-    has ``status`` ``"awaiting_review"``, empty ``before``/``after``/``actions`` and ``None`` for ``gate`` and
-    ``selection_explanation``; a completed one is also written to ``report.json`` with the before/after plot."""
+    has ``status`` ``"awaiting_review"``, empty ``before``/``after``/``actions`` and ``gate`` ``None``; a completed
+    one is also written to ``report.json`` (schema in DESIGN.md) with the before/after plot."""
     from tda_clean.evaluation.plots import plot_before_after
 
     from tda_clean.selection.group_selectors import explain_selection
 
+    done = "after" in parts
+    passed, reasons = check_gate(ctx.config.gate, parts["after"]) if done else (None, [])
+    bundle, selection = DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION))
+    contributions = -selection.scores if selection.info.get("scores_are_contributions") else None
+    groups = bundle.train.groups if bundle.train.groups.shape[1] else None
     report = {
-        "status": "completed" if "after" in parts else "awaiting_review",
+        "status": "completed" if done else "awaiting_review",
         "config_hash": ctx.config.config_hash(),
         "name": ctx.config.name,
         "dataset": parts["dataset"],
         "before": parts.get("before", {}),
         "after": parts.get("after", {}),
         "selection": parts["selection"],
-        "selection_explanation": None,
+        # which groups (and labels) the flagged rows come from, and their share of the predicted change
+        "selection_explanation": explain_selection(selection, groups, contributions, labels=bundle.train.y),
         "actions": parts.get("actions", {}),
-        "gate": None,
+        "gate": {"passed": passed, "reasons": reasons} if done else None,
         "review": parts.get("review"),
         "timings_s": dict(parts["timings_s"]),
         "resumed_stages": list(parts["resumed_stages"]),
         "mlflow": parts["mlflow"],
         "run_dir": str(ctx.run_dir),
     }
-    if report["status"] != "completed":
+    if not done:
         return report
-    passed, reasons = check_gate(ctx.config.gate, parts["after"])
-    bundle, selection = DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION))
-    contributions = -selection.scores if selection.info.get("scores_are_contributions") else None
-    groups = bundle.train.groups if bundle.train.groups.shape[1] else None
-    # which groups (and labels) the flagged rows come from, and their share of the predicted change
-    report["selection_explanation"] = explain_selection(selection, groups, contributions, labels=bundle.train.y)
-    report["gate"] = {"passed": passed, "reasons": reasons}
     ctx.write(PLOT, lambda tmp: plot_before_after(report["before"], report["after"], tmp, title=ctx.config.name))
     write_json_atomic(ctx.path(REPORT), report)
     return report

@@ -116,7 +116,7 @@ def read_approvals(ctx: RunContext, path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"--approved: file not found: {path}")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8")
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"--approved {path}: not UTF-8 text (byte {exc.start})") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:

