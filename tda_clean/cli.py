@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None, *, flow: Callable[..., dict[str, Any]] |
     ``serve(config_path, cron, name=, overrides=)`` the ``serve`` command (both given by ``flows/cli.py``)."""
     args = _parser().parse_args(argv)
     try:
-        if serve is None and args.command == "serve" or flow is None and args.command == "run" and args.engine == "prefect":
+        if (args.command == "serve" and serve is None) or (args.command == "run" and args.engine == "prefect"
+                                                           and flow is None):
             raise InputError(f"{args.command}: needs the Prefect flows: use the `tda-clean` command or --engine local")
         if args.command == "serve":
             serve(args.config, args.cron, name=args.name, overrides=args.overrides)

@@ -154,3 +154,14 @@ def test_run_pipeline_returns_one_shape(awaiting, tmp_path):
     assert waiting["status"] == "awaiting_review" and done["status"] == "completed"
     assert list(waiting) == list(done)
     assert waiting["gate"] is None and waiting["after"] == {} and done["review"] == waiting["review"]
+
+
+def test_approvals_saved_by_excel_with_a_byte_order_mark_are_read(awaiting, tmp_path):
+    from tda_clean.review import read_approvals
+
+    run = awaiting / "run"
+    ids = pd.read_csv(run / "review" / "candidates.csv")["row_id"].tolist()
+    path = tmp_path / "approved.csv"
+    path.write_text("row_id,approved\n" + "".join(f"{i},yes\n" for i in ids), encoding="utf-8-sig")
+    decisions = read_approvals(RunContext(load_config(run / "config.yaml"), run), path)
+    assert decisions["row_id"].tolist() == ids and decisions["approved"].all()

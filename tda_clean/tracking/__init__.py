@@ -32,4 +32,3 @@ def make_tracker(config: TrackingConfig) -> Tracker:
     from tda_clean.tracking.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(config.tracking_uri, config.experiment)
-
