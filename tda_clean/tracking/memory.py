@@ -140,7 +140,3 @@ class InMemoryTracker:
 
     def info(self) -> dict[str, Any]:
         return {"tracking_uri": "memory:", "experiment_id": self.experiment}
-
-    def children(self, parent_run_id: str) -> dict[str, RunRecord]:
-        """Child runs of ``parent_run_id`` by run name."""
-        return {r.name: r for r in self.runs.values() if r.parent_run_id == parent_run_id}
