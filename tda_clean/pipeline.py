@@ -30,7 +30,7 @@ from tda_clean.selection.base import serial_map
 
 RELEASE_ALIAS = "release"
 #: Stages whose results depend on the reviewers' decisions: recomputed when ``apply`` brings other decisions.
-AFTER_REVIEW = ("act", "train_after", "evaluate_after", "log")
+AFTER_REVIEW = ("act", "train_after", "evaluate_after", "log", "log_models")
 
 
 # -------------------------------------------------------------------------------------------- stages
@@ -181,12 +181,21 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
                         context="training")
     out = dict(children)
     if ctx.config.tracking.log_models:
-        models = {which: tracker.log_model(children[which], load_model(ctx, which, bundle), name=f"model_{which}")
-                  for which in ("before", "after")}
+        # what is logged is recorded as it happens: a killed log stage run again logs and registers nothing twice
+        done = read_json(ctx.marker("log_models")) if ctx.marker("log_models").is_file() else {}
+
+        def once(key: str, call: Callable[[], str]) -> str:
+            if key not in done:
+                done[key] = call()
+                write_json_atomic(ctx.marker("log_models"), done)
+            return done[key]
+
+        models = {which: once(f"model_{which}:{children[which]}", lambda: tracker.log_model(  # called at once
+            children[which], load_model(ctx, which, bundle), name=f"model_{which}")) for which in ("before", "after")}
         # the after-model is always registered; the `release` alias only moves to it when the gate passes
         alias = RELEASE_ALIAS if report["gate"]["passed"] else None
-        out["registered_version"] = tracker.register_model(children["after"], models["after"],
-                                                           name=ctx.config.name, alias=alias)
+        out["registered_version"] = once(f"version:{models['after']}", lambda: tracker.register_model(
+            children["after"], models["after"], name=ctx.config.name, alias=alias))
         out["release_alias"] = alias or ""
     return out
 

@@ -136,3 +136,28 @@ def test_log_stage_killed_then_resumed_logs_one_before_and_one_after(tmp_path: P
     children = [r for r in tracker.runs.values() if r.parent_run_id == parent]
     assert sorted(r.name for r in children) == ["after", "before"] and len(tracker.runs) == 3
     assert {r.status for r in tracker.runs.values()} == {"FINISHED"}
+
+
+def test_log_stage_killed_while_registering_logs_each_model_once(tmp_path: Path):
+    """Killed after both models were logged, before the registration: the rerun registers once, logs no model
+    again (what the log stage did is recorded in the run folder as it happens)."""
+    from tda_clean.tracking import InMemoryTracker
+
+    class DiesOnce(InMemoryTracker):
+        died = False
+
+        def register_model(self, run_id, model_id, *, name, alias=None):
+            if not self.died:
+                self.died = True
+                raise RuntimeError("killed while registering")
+            return super().register_model(run_id, model_id, name=name, alias=alias)
+
+    cfg = parse_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 3}, "detector": {"kind": "cleanlab", "folds": 2},
+                        "action": {"kind": "remove"}})
+    tracker = DiesOnce()
+    with pytest.raises(RuntimeError, match="killed while registering"):
+        run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    assert sorted((r.name, len(r.models)) for r in tracker.runs.values()) == [("after", 1), ("before", 1),
+                                                                               ("resume-test", 0)]
+    assert [v[0] for v in tracker.registry["resume-test"]["versions"]] == ["1"]
