@@ -165,7 +165,8 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, Any]) -> dict[str, str]:
-    """Everything to the tracker, with explicit run ids (safe from worker threads)."""
+    """Everything to the tracker, with explicit run ids (safe from worker threads). Run again after a kill, it
+    duplicates nothing: the parent's child runs are reused and the models logged so far are recorded."""
     from tda_clean.tracking.layout import log_before_after
 
     children = log_before_after(tracker, parent_run_id, report["before"], report["after"])
@@ -181,7 +182,6 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
                         context="training")
     out = dict(children)
     if ctx.config.tracking.log_models:
-        # what is logged is recorded as it happens: a killed log stage run again logs and registers nothing twice
         done = read_json(ctx.marker("log_models")) if ctx.marker("log_models").is_file() else {}
 
         def once(key: str, call: Callable[[], str]) -> str:
