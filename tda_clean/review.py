@@ -120,14 +120,16 @@ def read_approvals(ctx: RunContext, path: str | Path) -> pd.DataFrame:
     except UnicodeDecodeError as exc:
         raise InputError(f"--approved {path}: not UTF-8 text (byte {exc.start})") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
-        raise InputError(f"--approved {path}: not a CSV table with columns row_id, approved ({exc})".replace("\n", " ")) from None
+        text = str(exc).replace("\n", " ")
+        raise InputError(f"--approved {path}: not a CSV table with columns row_id, approved ({text})") from None
+    table = table[(table != "").any(axis=1)]  # blank lines are no rows; the index + 2 stays the line number
     missing = [c for c in ("row_id", "approved") if c not in table.columns]
     if missing:
         raise InputError(f"--approved {path}: missing column {missing[0]!r} (columns: {', '.join(table.columns)})")
-    whole = table["row_id"].str.strip().str.fullmatch(r"\d+")
+    whole = table["row_id"].str.strip().str.fullmatch(r"\d{1,18}")
     if not whole.all():
-        line = int(np.flatnonzero(~whole)[0])
-        raise InputError(f"--approved {path}: line {line + 2}, column row_id: {table['row_id'].iloc[line]!r} is not a "
+        line = table.index[~whole][0]
+        raise InputError(f"--approved {path}: line {line + 2}, column row_id: {table.loc[line, 'row_id']!r} is not a "
                          "row id (a whole number)")
     row_id = table["row_id"].astype(np.int64)
     known = set(pd.read_csv(ctx.path(CANDIDATES))["row_id"].astype(int))
@@ -137,11 +139,11 @@ def read_approvals(ctx: RunContext, path: str | Path) -> pd.DataFrame:
     if row_id.duplicated().any():
         raise InputError(f"--approved {path}: row_id {row_id[row_id.duplicated()].iloc[0]} appears twice")
     answer = table["approved"].str.strip().str.lower()
-    bad = np.flatnonzero(~answer.isin(_YES | _NO))
+    bad = table.index[~answer.isin(_YES | _NO)]
     if len(bad):
-        raise InputError(f"--approved {path}: line {bad[0] + 2}, column approved: row_id {row_id.iloc[bad[0]]} has "
-                         f"approved={table['approved'].iloc[bad[0]]!r}; use yes or no")
+        raise InputError(f"--approved {path}: line {bad[0] + 2}, column approved: row_id {row_id[bad[0]]} has "
+                         f"approved={table.loc[bad[0], 'approved']!r}; use yes or no")
     undecided = sorted(known - set(row_id))
     if undecided:
         raise InputError(f"--approved {path}: {len(undecided)} candidates have no decision (e.g. row_id {undecided[0]})")
-    return pd.DataFrame({"row_id": row_id, "approved": answer.isin(_YES).to_numpy()})
+    return pd.DataFrame({"row_id": row_id.to_numpy(), "approved": answer.isin(_YES).to_numpy()})

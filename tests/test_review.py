@@ -128,14 +128,16 @@ def test_every_candidate_approved_then_other_decisions(awaiting, tmp_path, capsy
         ("row_id,approved\n1,oui\u00e9\n".encode("latin-1"), "not UTF-8 text"),
         (b'row_id,approved\n"=HYPERLINK(""http://x"",""1"")",yes\n', "line 2, column row_id: '=HYPERLINK"),
         (None, "line 2, column row_id: '{id}.5' is not a row id"),
+        ("row_id,approved\n\n{id},maybe\n\n", "line 3, column approved: row_id {id} has approved='maybe'"),
     ],
-    ids=["empty", "not-utf8", "formula-id", "fractional-id"],
+    ids=["empty", "not-utf8", "formula-id", "fractional-id", "blank-lines"],
 )
 def test_unreadable_approvals_exit_2_naming_file_and_line(awaiting, tmp_path, capsys, content, message):
     run = _copy_run(awaiting, tmp_path)
     first = int(pd.read_csv(run / "review" / "candidates.csv")["row_id"].iloc[0])
     path = tmp_path / "approved.csv"
-    path.write_bytes(content if content is not None else f"row_id,approved\n{first}.5,yes\n".encode())
+    content = f"row_id,approved\n{first}.5,yes\n" if content is None else content
+    path.write_bytes(content.format(id=first).encode() if isinstance(content, str) else content)
     assert main(["apply", str(run), "--approved", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"--approved {path}: " in err and message.format(id=first) in err, err
