@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.commands import command_env, tda_clean  # noqa: E402
 from tests.integration.servers import base_env, start_mlflow, start_prefect  # noqa: E402
 
 COMPUTE = ("load", "train_before", "detect", "act", "train_after", "evaluate_before", "evaluate_after")
@@ -69,10 +70,11 @@ def variants(prefect_url: str, mlflow_url: str, breakdown: bool) -> dict[str, tu
 
 
 def run_once(config: Path, args: list[str], env: dict[str, str], out: Path) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "tda_clean.cli", "run", str(config), "--output", str(out), "--fresh", *args]
+    cmd = tda_clean("run", str(config), "--output", str(out), "--fresh", *args)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=out.parent, env=base_env(**env), capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=out.parent, env=command_env(base_env(**env)), capture_output=True, text=True,
+                          timeout=1800)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's own process tree (servers not yet reaped)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)

@@ -1,11 +1,11 @@
 """The ``clean`` Prefect flow: each pipeline stage runs as a task; the order lives in ``run_pipeline``.
 
-Run it with ``tda-clean run CONFIG`` or ``python -m flows.clean CONFIG``. With no ``PREFECT_API_URL`` set,
-Prefect starts its temporary local server; with no ``MLFLOW_TRACKING_URI``, MLflow writes ``./mlflow.db``.
+Run it with ``tda-clean run CONFIG`` (from a checkout: ``python -m flows.cli run CONFIG``). With no
+``PREFECT_API_URL`` set, Prefect starts its temporary local server; with no ``MLFLOW_TRACKING_URI``, MLflow
+writes ``./mlflow.db``.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,8 +16,9 @@ from prefect.runtime import flow_run
 
 from tda_clean.config import RunConfig, load_config
 from tda_clean.errors import TdaCleanError
-from flows.runners import check_dask_address, prefect_mapper
 from tda_clean.pipeline import run_pipeline, stage_detect, stage_load, stage_log, stage_report
+
+from .runners import check_dask_address, prefect_mapper
 
 IO_STAGES = (stage_load, stage_report, stage_log)  # read or write files / servers: worth a retry
 MAPPED_STAGES = (stage_detect,)  # run in the flow itself; their shards become tasks on the configured runner
@@ -60,9 +61,3 @@ def clean(config: RunConfig | str, output: str | None = None, overrides: list[st
                     f"gate {'passed' if report['gate']['passed'] else 'FAILED'}",
     )
     return report
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from tda_clean.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))

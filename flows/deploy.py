@@ -88,7 +88,7 @@ def serve_clean(
     path = Path(config_path).expanduser().absolute()
     config = load_config(path, list(overrides))
     prefect_api_url()
-    from flows.clean import clean
+    from .clean import clean
 
     deployment = name or config.name
     clean.serve(

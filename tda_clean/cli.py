@@ -1,4 +1,5 @@
-"""The ``tda-clean`` command.
+"""The ``tda-clean`` command's parser, output and library commands; ``flows/cli.py`` adds the Prefect engine
+and ``serve`` (this module never imports the flows).
 
     tda-clean run CONFIG [--set key.path=value ...] [--output DIR] [--fresh] [--engine prefect|local]
     tda-clean validate CONFIG [--set ...]
@@ -13,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from tda_clean.config import load_config
 from tda_clean.errors import InputError, TdaCleanError
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def format_table(report: dict[str, Any]) -> str:
     """The before/after table printed at the end of a run."""
+    from tda_clean.run_dir import REPORT
+
     rows = [("metric", "before", "after", "delta")]
     for key, before in report["before"].items():
         after = report["after"][key]
@@ -64,7 +68,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("gate: passed" if gate["passed"] else "gate: FAILED — " + "; ".join(gate["reasons"]))
     if report.get("resumed_stages"):
         lines.append(f"resumed (not recomputed): {', '.join(report['resumed_stages'])}")
-    lines.append(f"report: {report['run_dir']}/report.json")
+    lines.append(f"report: {Path(report['run_dir']) / REPORT}")
     if report["mlflow"].get("parent_run_id"):
         lines.append(f"mlflow: {report['mlflow']['tracking_uri']} run {report['mlflow']['parent_run_id']}")
     return "\n".join(lines)
@@ -72,28 +76,21 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _review_command(args: argparse.Namespace) -> int:
     """``review RUN_DIR`` writes the candidates; ``apply RUN_DIR --approved FILE`` validates and continues the run."""
-    from pathlib import Path
-
-    from tda_clean.data import DataBundle
-    from tda_clean.pipeline import DATA, SELECTION, run_pipeline
-    from tda_clean.review import APPROVALS, read_approvals, write_review
-    from tda_clean.run_dir import RunContext
-    from tda_clean.selection import Selection
+    from tda_clean.pipeline import run_pipeline, stage_review
+    from tda_clean.review import read_approvals
+    from tda_clean.run_dir import CONFIG, SELECTION, RunContext
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / SELECTION).is_file():
+    if not (run_dir / CONFIG).is_file() or not (run_dir / SELECTION).is_file():
         raise InputError(f"{run_dir}: not a run folder with a completed detection stage (run `tda-clean run` first)")
-    ctx = RunContext(load_config(run_dir / "config.yaml"), run_dir)
+    ctx = RunContext(load_config(run_dir / CONFIG), run_dir)
     if args.command == "review":
-        paths = write_review(ctx, DataBundle.load(run_dir / DATA), Selection.load(run_dir / SELECTION))
+        paths = stage_review(ctx)
         print(f"{paths['n_candidates']} candidates: {paths['candidates']} (fill 'approved'), page: {paths['page']}")
         return 0
     if ctx.config.review != "required":
         raise InputError(f"{run_dir}: this run was not configured with `review: required`; nothing to approve")
-    decisions = read_approvals(ctx, args.approved)
-    (run_dir / "review").mkdir(exist_ok=True)
-    decisions.to_csv(run_dir / APPROVALS, index=False)
-    report = run_pipeline(ctx.config, run_dir)
+    report = run_pipeline(ctx.config, run_dir, approvals=read_approvals(ctx, args.approved))
     print(format_table(report))
     return 0 if report["gate"]["passed"] else 3
 
@@ -105,13 +102,17 @@ def format_awaiting(result: dict[str, Any]) -> str:
             f"  then: tda-clean apply {result['run_dir']} --approved FILE")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, flow: Callable[..., dict[str, Any]] | None = None,
+         serve: Callable[..., None] | None = None) -> int:
+    """Run one command; ``flow(config, output=, fresh=)`` is the Prefect engine of ``run`` and
+    ``serve(config_path, cron, name=, overrides=)`` the ``serve`` command (both given by ``flows/cli.py``)."""
     args = _parser().parse_args(argv)
     try:
+        if (args.command == "serve" and serve is None) or (args.command == "run" and args.engine == "prefect"
+                                                           and flow is None):
+            raise InputError(f"{args.command}: needs the Prefect flows: use the `tda-clean` command or --engine local")
         if args.command == "serve":
-            from flows.deploy import serve_clean
-
-            serve_clean(args.config, args.cron, name=args.name, overrides=args.overrides)
+            serve(args.config, args.cron, name=args.name, overrides=args.overrides)
             return 0
         if args.command in ("review", "apply"):
             return _review_command(args)
@@ -120,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"valid": True, "config_hash": config.config_hash(), "name": config.name}))
             return 0
         if args.engine == "prefect":
-            from flows.clean import clean
-
-            report = clean(config, output=args.output, fresh=args.fresh)
+            report = flow(config, output=args.output, fresh=args.fresh)
         else:
             from tda_clean.pipeline import run_pipeline
 
@@ -138,7 +137,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(format_table(report))
     return 0 if report["gate"]["passed"] else 3
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

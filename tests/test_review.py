@@ -12,8 +12,7 @@ import yaml
 from tda_clean.actions import replay_audit
 from tda_clean.cli import main
 from tda_clean.data import DataBundle
-from tda_clean.pipeline import cleaned_train
-from tda_clean.run_dir import RunContext
+from tda_clean.run_dir import RunContext, cleaned_train
 from tda_clean.config import load_config
 
 CONFIG = {
@@ -94,3 +93,77 @@ def test_bad_approvals_apply_nothing(awaiting, tmp_path, capsys, table, message)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not (run / "audit.csv").exists() and not (run / "review" / "approvals.csv").exists()
+
+
+def _decide(run, tmp_path, approve) -> pd.DataFrame:
+    candidates = pd.read_csv(run / "review" / "candidates.csv")
+    decisions = candidates[["row_id"]].assign(approved=np.where(approve(np.arange(len(candidates))), "yes", "no"))
+    decisions.to_csv(tmp_path / "approved.csv", index=False)
+    return decisions
+
+
+def test_every_candidate_approved_then_other_decisions(awaiting, tmp_path, capsys):
+    """All approved (no rejected row to audit) applies; a second apply with other decisions uses the new ones."""
+    run = _copy_run(awaiting, tmp_path)
+    decisions = _decide(run, tmp_path, lambda i: i >= 0)
+    assert main(["apply", str(run), "--approved", str(tmp_path / "approved.csv")]) == 0
+    audit = pd.read_csv(run / "audit.csv")
+    assert set(audit["action"]) <= {"relabel"} and set(audit["row_id"]) <= set(decisions["row_id"])
+    first = json.loads((run / "report.json").read_text())
+    assert first["actions"]["relabeled"] == len(audit) > 0
+
+    _decide(run, tmp_path, lambda i: i < 0)  # now every candidate rejected
+    assert main(["apply", str(run), "--approved", str(tmp_path / "approved.csv")]) == 0
+    audit = pd.read_csv(run / "audit.csv")
+    assert set(audit["action"]) == {"keep"} and sorted(audit["row_id"]) == sorted(decisions["row_id"])
+    second = json.loads((run / "report.json").read_text())
+    assert second["actions"]["relabeled"] == 0
+    assert "act" not in second["resumed_stages"] and "train_after" not in second["resumed_stages"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not a CSV table with columns row_id, approved"),
+        ("row_id,approved\n1,oui\u00e9\n".encode("latin-1"), "not UTF-8 text"),
+        (b'row_id,approved\n"=HYPERLINK(""http://x"",""1"")",yes\n', "line 2, column row_id: '=HYPERLINK"),
+        (None, "line 2, column row_id: '{id}.5' is not a row id"),
+        ("row_id,approved\n\n{id},maybe\n\n", "line 3, column approved: row_id {id} has approved='maybe'"),
+    ],
+    ids=["empty", "not-utf8", "formula-id", "fractional-id", "blank-lines"],
+)
+def test_unreadable_approvals_exit_2_naming_file_and_line(awaiting, tmp_path, capsys, content, message):
+    run = _copy_run(awaiting, tmp_path)
+    first = int(pd.read_csv(run / "review" / "candidates.csv")["row_id"].iloc[0])
+    path = tmp_path / "approved.csv"
+    content = f"row_id,approved\n{first}.5,yes\n" if content is None else content
+    path.write_bytes(content.format(id=first).encode() if isinstance(content, str) else content)
+    assert main(["apply", str(run), "--approved", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--approved {path}: " in err and message.format(id=first) in err, err
+    assert not (run / "audit.csv").exists() and not (run / "review" / "approvals.csv").exists()
+
+
+def test_run_pipeline_returns_one_shape(awaiting, tmp_path):
+    """Stopped for review or completed: the same keys."""
+    from tda_clean.pipeline import run_pipeline
+
+    run = _copy_run(awaiting, tmp_path)
+    config = load_config(run / "config.yaml")
+    waiting = run_pipeline(config, run)
+    decisions = pd.read_csv(run / "review" / "candidates.csv")[["row_id"]].assign(approved=True)
+    done = run_pipeline(config, run, approvals=decisions)
+    assert waiting["status"] == "awaiting_review" and done["status"] == "completed"
+    assert list(waiting) == list(done)
+    assert waiting["gate"] is None and waiting["after"] == {} and done["review"] == waiting["review"]
+
+
+def test_approvals_saved_by_excel_with_a_byte_order_mark_are_read(awaiting, tmp_path):
+    from tda_clean.review import read_approvals
+
+    run = awaiting / "run"
+    ids = pd.read_csv(run / "review" / "candidates.csv")["row_id"].tolist()
+    path = tmp_path / "approved.csv"
+    path.write_text("row_id,approved\n" + "".join(f"{i},yes\n" for i in ids), encoding="utf-8-sig")
+    decisions = read_approvals(RunContext(load_config(run / "config.yaml"), run), path)
+    assert decisions["row_id"].tolist() == ids and decisions["approved"].all()

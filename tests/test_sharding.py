@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tda_clean.cli import main
+from flows.cli import main
 from tda_clean.config import parse_config
 from tda_clean.pipeline import run_pipeline
 from tests.tables import table_config, write_table

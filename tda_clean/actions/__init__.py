@@ -97,7 +97,7 @@ ACTIONS: dict[type, Callable[..., ActionResult]] = {
 def reject_rows(train: IndexedDataset, selection: Selection, rejected: np.ndarray) -> pd.DataFrame:
     """Audit rows (action ``keep``) for candidates a reviewer rejected: recorded, not changed."""
     audit = _audit(train, selection, rejected, "keep")
-    audit["reason"] = "rejected in review; " + audit["reason"]
+    audit["reason"] = "rejected in review; " + audit["reason"].astype(str)  # str even when empty (all approved)
     return audit
 
 

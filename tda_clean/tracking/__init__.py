@@ -1,12 +1,11 @@
 """Experiment tracking behind a small interface with explicit run ids.
 
-``import tda_clean.tracking`` never imports mlflow: :class:`MlflowTracker` is resolved lazily
-(``from tda_clean.tracking import MlflowTracker`` works and only then loads the module, which
-itself imports mlflow only when a tracker is constructed).
+``import tda_clean.tracking`` never imports mlflow: :func:`make_tracker` loads
+:mod:`tda_clean.tracking.mlflow_tracker` (which imports mlflow itself only when a tracker is constructed).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tda_clean.tracking.base import ERROR_TAG, PARENT_TAG, NullTracker, RunStatus, Tracker
 from tda_clean.tracking.keys import mlflow_key
@@ -15,10 +14,9 @@ from tda_clean.tracking.memory import InMemoryTracker, RunRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from tda_clean.config import TrackingConfig
-    from tda_clean.tracking.mlflow_tracker import MlflowTracker
 
 __all__ = [
-    "ERROR_TAG", "PARENT_TAG", "STAGE_TAG", "InMemoryTracker", "MlflowTracker", "NullTracker",
+    "ERROR_TAG", "PARENT_TAG", "STAGE_TAG", "InMemoryTracker", "NullTracker",
     "RunRecord", "RunStatus", "Tracker", "log_before_after", "make_tracker", "mlflow_key",
 ]
 
@@ -34,11 +32,3 @@ def make_tracker(config: TrackingConfig) -> Tracker:
     from tda_clean.tracking.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(config.tracking_uri, config.experiment)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "MlflowTracker":
-        from tda_clean.tracking.mlflow_tracker import MlflowTracker
-
-        return MlflowTracker
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

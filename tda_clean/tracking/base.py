@@ -36,6 +36,9 @@ class Tracker(Protocol):
     ) -> str:
         """Create a run (a child of ``parent_run_id`` when given) and return its id."""
 
+    def child_runs(self, parent_run_id: str) -> dict[str, str]:
+        """``{run name: run id}`` of the child runs of ``parent_run_id`` (the first one when names repeat)."""
+
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Log parameters; values longer than MLflow's limit (6,000 chars) are truncated."""
 
@@ -67,30 +70,16 @@ class Tracker(Protocol):
         """``{"tracking_uri": ..., "experiment_id": ...}`` (``None`` values when disabled)."""
 
 
-class NullTracker:
-    """Tracking disabled: every call is accepted and ignored; run ids are ``""``."""
+class NullTracker(Tracker):
+    """Tracking disabled: every call is accepted and ignored (the protocol's bodies do nothing); ids are ``""``."""
 
     def start_run(
         self, name: str, *, parent_run_id: str | None = None, tags: dict[str, str] | None = None
     ) -> str:
         return ""
 
-    def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        return None
-
-    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
-        return None
-
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        return None
-
-    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        return None
-
-    def log_dataset(
-        self, run_id: str, df: pd.DataFrame, *, name: str, targets: str | None, context: str
-    ) -> None:
-        return None
+    def child_runs(self, parent_run_id: str) -> dict[str, str]:
+        return {}
 
     def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
         return ""

@@ -23,7 +23,8 @@ def log_before_after(
 
     Both dicts come from the same evaluation code, so their keys must match exactly; a key
     present on one side only raises ``ValueError`` (listing the offending keys) before anything
-    is logged. Child runs are created, logged and ended FINISHED here.
+    is logged. Child runs are created (or, when a killed log stage runs again, the parent's existing
+    ``before``/``after`` children reused: never duplicated), logged and ended FINISHED here.
 
     Returns:
         ``{"before": child_run_id, "after": child_run_id}``.
@@ -38,8 +39,9 @@ def log_before_after(
     values = {"before": {k: float(v) for k, v in before.items()},
               "after": {k: float(v) for k, v in after.items()}}
     child_ids: dict[str, str] = {}
+    existing = tracker.child_runs(parent_run_id)
     for stage in STAGES:
-        run_id = tracker.start_run(stage, parent_run_id=parent_run_id, tags={STAGE_TAG: stage})
+        run_id = existing.get(stage) or tracker.start_run(stage, parent_run_id=parent_run_id, tags={STAGE_TAG: stage})
         tracker.log_metrics(run_id, values[stage])
         tracker.end_run(run_id, "FINISHED")
         child_ids[stage] = run_id

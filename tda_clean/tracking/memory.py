@@ -78,6 +78,11 @@ class InMemoryTracker:
                     )
             run.params.update(new)
 
+    def child_runs(self, parent_run_id: str) -> dict[str, str]:
+        with self._lock:
+            found = [r for r in self.runs.values() if r.parent_run_id == parent_run_id]
+        return {r.name: r.run_id for r in reversed(found)}
+
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         with self._lock:
             self._run(run_id).metrics.update({k: float(v) for k, v in metrics.items()})
@@ -135,7 +140,3 @@ class InMemoryTracker:
 
     def info(self) -> dict[str, Any]:
         return {"tracking_uri": "memory:", "experiment_id": self.experiment}
-
-    def children(self, parent_run_id: str) -> dict[str, RunRecord]:
-        """Child runs of ``parent_run_id`` by run name."""
-        return {r.name: r for r in self.runs.values() if r.parent_run_id == parent_run_id}

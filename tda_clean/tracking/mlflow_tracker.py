@@ -103,6 +103,11 @@ class MlflowTracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=mlflow_keys(all_tags))
         return str(run.info.run_id)
 
+    def child_runs(self, parent_run_id: str) -> dict[str, str]:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                       order_by=["attributes.start_time DESC"])
+        return {r.info.run_name: r.info.run_id for r in runs}
+
     def end_run(self, run_id: str, status: RunStatus, message: str | None = None) -> None:
         """Terminate the run; on FAILED the message is stored as the ``error`` tag first."""
         check_status(status)

@@ -1,6 +1,6 @@
 """The clean flow against a real Prefect server and a real MLflow server, everything read back over HTTP.
 
-Every run is a ``python -m tda_clean.cli`` subprocess with ``PREFECT_API_URL`` / the config's tracking URI
+Every run is a ``python -m flows.cli`` subprocess with ``PREFECT_API_URL`` / the config's tracking URI
 pointing at the servers started by the session fixture, on the small synthetic CSV of ``tests/tables.py``.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Iterator
 import pytest
 import yaml
 
+from tests.commands import command_env, tda_clean
 from tests.integration.servers import base_env, free_port, stop_group
 from tests.tables import table_config, write_table
 
@@ -41,7 +42,7 @@ def write_config(tmp_path: Path, name: str, mlflow_uri: str | None, experiment: 
 
 def cli(args: list[str], cwd: Path, prefect_url: str | None, timeout: float = 240) -> subprocess.CompletedProcess:
     env = base_env(**({"PREFECT_API_URL": prefect_url} if prefect_url else {}))
-    return subprocess.run([sys.executable, "-m", "tda_clean.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run(tda_clean(*args), cwd=cwd, env=command_env(env), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -172,9 +173,9 @@ def test_cron_schedule_fires_and_completes(tmp_path: Path, prefect_url: str, mlf
     started = time.monotonic()
     with open(log, "wb") as out:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "tda_clean.cli", "serve", str(config), "--cron", "* * * * *",
-             "--name", "itest-every-minute", "--set", "detector.folds=2"],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            tda_clean("serve", str(config), "--cron", "* * * * *", "--name", "itest-every-minute",
+                      "--set", "detector.folds=2"),
+            cwd=tmp_path, env=command_env(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_default_sigint)
     done = None
     try:

@@ -135,3 +135,16 @@ def test_param_cannot_change(tracked: tuple[Any, Any]) -> None:
     with pytest.raises(ValueError, match="seed"):
         tracker.log_params(run_id, {"seed": "1"})
     assert reader.runs()[run_id].params == {"seed": "0"}
+
+
+def test_log_before_after_again_reuses_the_children(tracked: tuple[Any, Any]) -> None:
+    """A log stage killed after the children were created and run again: still one ``before`` and one ``after``."""
+    tracker, reader = tracked
+    parent = tracker.start_run("parent")
+    first = log_before_after(tracker, parent, {"accuracy": 0.5}, {"accuracy": 0.6})
+    assert tracker.child_runs(parent) == first
+    again = log_before_after(tracker, parent, {"accuracy": 0.5}, {"accuracy": 0.7})
+    assert again == first
+    runs = reader.runs()
+    assert sorted(r.name for r in runs.values()) == ["after", "before", "parent"]
+    assert runs[first["after"]].metrics[reader.key("accuracy")] == 0.7
