@@ -6,7 +6,8 @@
     tda-clean review RUN_DIR
     tda-clean apply RUN_DIR --approved FILE
 
-Exit codes: 0 success, 2 invalid config or data (one-line message), 3 release gate failed, 1 anything else.
+Exit codes: 0 success, 2 invalid config or data (one-line message), 3 release gate failed, 130 / 143 stopped by
+SIGINT / SIGTERM, 1 anything else.
 """
 from __future__ import annotations
 
@@ -106,7 +107,13 @@ def format_awaiting(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from flows.lifetime import stop_on_signals
+
+    with stop_on_signals():  # SIGINT/SIGTERM: one line, exit 130/143
+        return _main(_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "serve":
             from flows.deploy import serve_clean
@@ -120,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"valid": True, "config_hash": config.config_hash(), "name": config.name}))
             return 0
         if args.engine == "prefect":
+            from flows.lifetime import prefect_api
+
+            prefect_api()  # PREFECT_API_URL answers, or a temporary server that dies with this process
             from flows.clean import clean
 
             report = clean(config, output=args.output, fresh=args.fresh)
@@ -130,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     except TdaCleanError as exc:
         print(f"tda-clean: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tda-clean: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"tda-clean: interrupted ({exc or 'SIGINT'}); completed stages are kept, rerun to resume",
+              file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     if report["status"] == "awaiting_review":
         print(format_awaiting(report))
         return 0
