@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -41,9 +41,9 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals(enabled: bool = True) -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM raise :class:`Interrupted` in the main thread (no-op in other threads)."""
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -57,12 +57,20 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """``preexec_fn`` of the server: SIGKILL when the parent dies (Linux), exit if it already has."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(1)
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when this process dies (Linux), or exits if it already has.
+
+    ``prctl`` is looked up here, in the parent: between fork and exec the child only calls it."""
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def _run_server_class():
@@ -75,7 +83,6 @@ def _run_server_class():
             import prefect
             from prefect.settings import get_current_settings
 
-            parent = os.getpid()
             return subprocess.Popen(  # the command line of Prefect 3.8's SubprocessASGIServer
                 [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                  "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
@@ -83,7 +90,7 @@ def _run_server_class():
                 env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                      "PREFECT__SERVER_FINAL": "1",
                      **get_current_settings().to_environment_variables(exclude_unset=True)},
-                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+                start_new_session=True, preexec_fn=_die_with_parent(),
             )
 
     return RunServer

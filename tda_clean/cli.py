@@ -109,8 +109,9 @@ def format_awaiting(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from flows.lifetime import stop_on_signals
 
-    with stop_on_signals():  # SIGINT/SIGTERM: one line, exit 130/143
-        return _main(_parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    with stop_on_signals(args.command != "serve"):  # one line, exit 130/143; serve: Prefect handles them
+        return _main(args)
 
 
 def _main(args: argparse.Namespace) -> int:

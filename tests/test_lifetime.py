@@ -110,3 +110,17 @@ def test_unreachable_prefect_api_url_is_one_line_exit_2(tmp_path: Path):
     assert len(stderr.strip().splitlines()) == 1, stderr
     assert stderr.startswith(f"tda-clean: error: Prefect server {url} is not reachable") and "PREFECT_API_URL" in stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_no_api_url_and_no_temporary_server_is_one_line_exit_2(tmp_path: Path, capsys):
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+
+    from tda_clean.cli import main
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(table_config(write_table(tmp_path / "t.csv"))))
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: False}, restore_defaults={PREFECT_API_URL}):
+        code = main(["run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("tda-clean: error: PREFECT_API_URL is not set"), err
+    assert not (tmp_path / "run").exists()
