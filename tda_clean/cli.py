@@ -6,8 +6,7 @@
     tda-clean review RUN_DIR
     tda-clean apply RUN_DIR --approved FILE
 
-Exit codes: 0 success, 2 invalid config or data (one-line message), 3 release gate failed, 130 / 143 stopped by
-SIGINT / SIGTERM, 1 anything else.
+Exit codes: 0 success, 2 invalid config or data (one line), 3 release gate failed, 130/143 SIGINT/SIGTERM, 1 other.
 """
 from __future__ import annotations
 
@@ -129,7 +128,6 @@ def _main(args: argparse.Namespace) -> int:
             return 0
         if args.engine == "prefect":
             from flows.lifetime import prefect_api
-
             prefect_api()  # PREFECT_API_URL answers, or a temporary server that dies with this process
             from flows.clean import clean
 
@@ -142,8 +140,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"tda-clean: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        print(f"tda-clean: interrupted ({exc or 'SIGINT'}); completed stages are kept, rerun to resume",
-              file=sys.stderr)
+        print(f"tda-clean: interrupted ({exc or 'SIGINT'}); completed stages kept, rerun to resume", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
     if report["status"] == "awaiting_review":
         print(format_awaiting(report))

@@ -78,7 +78,7 @@ def test_signal_stops_run_cleanly(tmp_path: Path, mlflow_uri: str, engine: str, 
     assert code == 128 + sig, stderr[-3000:]
     assert time.monotonic() - sent < 60, "shutdown took longer than a minute"
     ours = [line for line in stderr.splitlines() if line.startswith("tda-clean:")]
-    assert ours == [f"tda-clean: interrupted ({sig.name}); completed stages are kept, rerun to resume"], stderr
+    assert ours == [f"tda-clean: interrupted ({sig.name}); completed stages kept, rerun to resume"], stderr
     assert "Traceback" not in stderr, stderr[-3000:]
     assert not (tmp_path / "run" / "report.json").exists()
     assert not (tmp_path / "run" / "stages" / "train_before.json").exists()
