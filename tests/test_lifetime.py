@@ -18,6 +18,8 @@ from tests.conftest import live_descendants
 from tests.integration.servers import base_env, free_port
 from tests.tables import table_config, write_table
 
+linux_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc (Linux)")
+
 #: Training that runs for hours: the run is certainly inside ``train-before`` when the signal comes.
 ENDLESS_TRAIN = {"optimizer": "adam", "epochs": 1_000_000, "patience": 1_000_000, "batch_size": 1, "lr": 1e-4}
 
@@ -63,6 +65,7 @@ def _gone(pid: int, timeout: float = 20.0) -> bool:
     return False
 
 
+@linux_proc
 @pytest.mark.parametrize("engine", ["prefect", "local"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_run_cleanly(tmp_path: Path, mlflow_uri: str, engine: str, sig: signal.Signals):
@@ -91,6 +94,7 @@ def test_signal_stops_run_cleanly(tmp_path: Path, mlflow_uri: str, engine: str, 
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+@linux_proc
 def test_sigkilled_run_takes_its_prefect_server_along(tmp_path: Path):
     proc = _start_run(tmp_path, None)
     _wait_for(lambda: (tmp_path / "run" / "stages" / "load.json").is_file() and _servers(proc.pid), proc, tmp_path)
