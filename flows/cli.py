@@ -11,7 +11,9 @@ from tda_clean import cli
 
 def run_flow(config, *, output: str | None, fresh: bool) -> dict[str, Any]:
     from .clean import clean  # imports prefect: only for the commands that need it
+    from .lifetime import prefect_api
 
+    prefect_api()  # PREFECT_API_URL answers, or a temporary server that dies with this process
     return clean(config, output=output, fresh=fresh)
 
 

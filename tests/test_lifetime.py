@@ -1,0 +1,132 @@
+"""``tda-clean run`` as a process: SIGINT (a terminal's Ctrl-C, sent to the whole process group) and SIGTERM end
+a run under both engines with one line and exit 130 / 143, the MLflow run marked FAILED, no report written and no
+server left running; a SIGKILLed run takes its temporary Prefect server with it; an unreachable PREFECT_API_URL
+is one line and exit 2 before anything runs."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.commands import command_env, tda_clean
+from tests.conftest import live_descendants
+from tests.integration.servers import base_env, free_port
+from tests.tables import table_config, write_table
+
+linux_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc (Linux)")
+
+#: Training that runs for hours: the run is certainly inside ``train-before`` when the signal comes.
+ENDLESS_TRAIN = {"optimizer": "adam", "epochs": 1_000_000, "patience": 1_000_000, "batch_size": 1, "lr": 1e-4}
+
+
+def _default_sigint() -> None:
+    """In the child: SIGINT at its default, as in a terminal (an inherited ignored SIGINT would stay ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start_run(tmp_path: Path, mlflow_uri: str | None, *args: str, env: dict[str, str] | None = None):
+    config = table_config(write_table(tmp_path / "t.csv"), mlflow_uri, train=ENDLESS_TRAIN)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with open(tmp_path / "stdout.txt", "wb") as out, open(tmp_path / "stderr.txt", "wb") as err:
+        return subprocess.Popen(tda_clean("run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run"),
+                                          *args), cwd=tmp_path, stdout=out, stderr=err,
+                                env=command_env(env or base_env()), start_new_session=True,
+                                preexec_fn=_default_sigint)
+
+
+def _wait_for(condition, proc: subprocess.Popen, tmp_path: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"run ended ({proc.returncode}) or stalled:\n{(tmp_path / 'stderr.txt').read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def _servers(pid: int) -> list[int]:
+    return [child for child, cmd in live_descendants(pid).items() if "uvicorn" in cmd]
+
+
+def _gone(pid: int, timeout: float = 20.0) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for its new parent to reap it counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@linux_proc
+@pytest.mark.parametrize("engine", ["prefect", "local"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_run_cleanly(tmp_path: Path, mlflow_uri: str, engine: str, sig: signal.Signals):
+    proc = _start_run(tmp_path, mlflow_uri, "--engine", engine)
+    _wait_for((tmp_path / "run" / "stages" / "load.json").is_file, proc, tmp_path)
+    time.sleep(1.0)  # inside train-before
+    servers = _servers(proc.pid)
+    assert len(servers) == (engine == "prefect"), live_descendants(proc.pid)
+    os.killpg(proc.pid, sig)  # the whole group, as a terminal's Ctrl-C does
+    sent = time.monotonic()
+    code = proc.wait(timeout=120)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert code == 128 + sig, stderr[-3000:]
+    assert time.monotonic() - sent < 60, "shutdown took longer than a minute"
+    ours = [line for line in stderr.splitlines() if line.startswith("tda-clean:")]
+    assert ours == [f"tda-clean: interrupted ({sig.name}); completed stages kept, rerun to resume"], stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert not (tmp_path / "run" / "report.json").exists()
+    assert not (tmp_path / "run" / "stages" / "train_before.json").exists()
+    assert all(_gone(pid) for pid in servers), "the temporary Prefect server outlived its run"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@linux_proc
+def test_sigkilled_run_takes_its_prefect_server_along(tmp_path: Path):
+    proc = _start_run(tmp_path, None)
+    _wait_for(lambda: (tmp_path / "run" / "stages" / "load.json").is_file() and _servers(proc.pid), proc, tmp_path)
+    servers = _servers(proc.pid)
+    assert len(servers) == 1
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _gone(servers[0]), f"temporary Prefect server {servers[0]} still running after its run was SIGKILLed"
+
+
+def test_unreachable_prefect_api_url_is_one_line_exit_2(tmp_path: Path):
+    url = f"http://127.0.0.1:{free_port()}/api"
+    proc = _start_run(tmp_path, None, env=base_env(PREFECT_API_URL=url))
+    code = proc.wait(timeout=120)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert code == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(f"tda-clean: error: Prefect server {url} is not reachable") and "PREFECT_API_URL" in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_api_url_and_no_temporary_server_is_one_line_exit_2(tmp_path: Path, capsys):
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
+
+    from flows.cli import main
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(table_config(write_table(tmp_path / "t.csv"))))
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: False}, restore_defaults={PREFECT_API_URL}):
+        code = main(["run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("tda-clean: error: PREFECT_API_URL is not set"), err
+    assert not (tmp_path / "run").exists()
