@@ -75,7 +75,7 @@ def load_fashion_source(cfg: FashionMNISTSource) -> RawImages:
     ids = np.arange(len(y), dtype=np.int64)
     if cfg.max_rows is not None and cfg.max_rows < len(y):
         ids = np.sort(np.random.default_rng(0).choice(len(y), size=cfg.max_rows, replace=False))
-    return RawImages("fashion_mnist", X[ids], y[ids], tuple(str(c) for c in range(10)), ids)
+    return RawImages("fashion_mnist", X[ids], *encode_labels(pd.Series(y[ids]), "idx labels"), ids)  # any ids
 
 
 ADULT_LABEL = "income_gt_50k"
@@ -267,8 +267,10 @@ def source_files(cfg: TableSource | ImageFolderSource) -> list[Path]:
     """Every file a user's source reads (tables, then the images they name), for the run folder's fingerprint."""
     if isinstance(cfg, ImageFolderSource):
         return [f for key, path in _sources(cfg) for f in folder_images(key, path)]
-    df, _, folders = read_tables(cfg)
-    images = image_paths(df, folders, cfg) if cfg.image_column else []
+    for key, path in _sources(cfg):
+        if not path.is_file():
+            raise InputError(f"data.{key}: file not found: {path}")
+    images = image_paths(*read_tables(cfg)[::2], cfg) if cfg.image_column else []  # columns checked at load
     missing = [f for f in images if not f.is_file()]
     if missing:
         raise InputError(f"data: cannot read image {missing[0]}: file not found ({len(missing)} missing)")

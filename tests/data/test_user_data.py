@@ -235,3 +235,39 @@ def test_run_on_string_labels_writes_cleaned_csv_and_named_audit(tmp_path):
     assert (tmp_path / "run" / "cleaned" / "t.csv").read_text() == "".join(want)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["dataset"]["classes"] == ["no", "yes"] and report["dataset"]["n_train"] == 150
+
+
+@pytest.mark.timeout(300)
+def test_cli_refuses_unknown_split_value_and_unreadable_image(tmp_path):
+    from tests.data.test_bad_input_cli import LOCAL, _refused
+
+    frame = small_table()
+    frame["part"] = np.where(np.arange(len(frame)) == 9, "dev", "train")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"kind": "csv", "path": "t.csv", "label": "label", "split_column": "part"}}))
+    message = _refused(tmp_path, "run", str(cfg), *LOCAL, "--output", "out", inputs=(tmp_path / "t.csv",))
+    assert message == "data.split_column: column 'part' has value 'dev' (1 rows); allowed: train, val, test"
+    bad = _folder(tmp_path / "imgs") / "dog" / "zz.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    cfg.write_text(yaml.safe_dump({"data": {"kind": "image_folder", "path": "imgs"}, "model": {"kind": "cnn"}}))
+    message = _refused(tmp_path, "run", str(cfg), *LOCAL, "--output", "out2", inputs=(bad,))
+    assert message.startswith(f"data: cannot read image {bad}: ")
+    assert not (tmp_path / "out2" / "report.json").exists()
+
+
+def test_idx_image_files_with_labels_2_to_11(tmp_path):
+    """Own images in the four Fashion-MNIST idx files: class ids 2..11 are encoded, not an IndexError."""
+    import gzip
+
+    from tda_clean.data.sources import FASHION_FILES
+
+    rng = np.random.default_rng(0)
+    for name, n in zip(FASHION_FILES, (40, 40, 20, 20)):
+        arr = (rng.integers(0, 256, (n, 4, 4)) if "images" in name else 2 + np.arange(n) % 10).astype(np.uint8)
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape) + arr.tobytes())
+    bundle = load_bundle(config({"kind": "fashion_mnist", "path": str(tmp_path), "max_rows": None},
+                                split={"val_fraction": 0.25, "test_fraction": 0.25}))
+    assert bundle.classes == tuple(str(c) for c in range(2, 12))
+    np.testing.assert_array_equal(bundle.train.y, bundle.train.row_id % 10)
