@@ -46,8 +46,8 @@ def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
         raise InputError(f"detector.objective: {objective} needs binary labels; the data has {len(classes)} classes")
     cells, counts = np.unique(splits[2].group_keys(), return_counts=True)
     info = {"source": raw.name, "n_rows": int(len(y)), "n_train": len(splits[0]), "n_val": len(splits[1]),
-            "n_test": len(splits[2]), "n_classes": len(classes), "classes": list(classes), "feature_shape": list(splits[0].feature_shape),
-            "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0,
+            "n_test": len(splits[2]), "n_classes": len(classes), "feature_shape": list(splits[0].feature_shape),
+            "classes": list(classes), "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0,
             # test cells left out of worst-group accuracy and the fairness gaps (evaluation.min_group_size)
             "small_groups": [str(k) for k, n in zip(cells, counts) if k and n < config.evaluation.min_group_size]}
     return DataBundle(raw.name, *splits, info=info)

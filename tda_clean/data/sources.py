@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tda_clean.config import PATH_KEYS, AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, TableSource
-from tda_clean.data.tabular import encode_labels
+from tda_clean.data.tabular import check_no_missing, encode_labels
 from tda_clean.errors import InputError, one_line
 
 
@@ -187,6 +187,7 @@ def load_table_source(cfg: TableSource) -> RawTable | RawImages:
     row_id = table_row_ids(df, cfg)
     if cfg.image_column:
         y, classes = encode_labels(df[cfg.label], cfg.label)
+        check_no_missing(df, tuple(cfg.groups), "group")
         groups = df[list(cfg.groups)].astype(str)
         return RawImages(cfg.path.stem, read_images(image_paths(df, folders, cfg), cfg), y, classes, row_id,
                          groups, split)
