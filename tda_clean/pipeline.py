@@ -18,6 +18,7 @@ import pandas as pd
 from tda_clean.actions import apply_action
 from tda_clean.config import RunConfig
 from tda_clean.data import DataBundle, IndexedDataset, load_bundle
+from tda_clean.data.export import write_cleaned
 from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate
 from tda_clean.models.trainer import fit as fit_model
@@ -116,6 +117,7 @@ def stage_act(ctx: RunContext) -> dict[str, int]:
     write_json_atomic(ctx.path(MANIFEST), {
         "source_fingerprint": bundle.train.fingerprint(), "cleaned_fingerprint": result.train.fingerprint(),
         "n_rows_before": len(bundle.train), "n_rows_after": len(result.train), "audit": AUDIT, **result.counts,
+        **write_cleaned(ctx.config.data, audit, ctx.path("cleaned")),  # the user's own format: cleaned/<file>
     })
     return result.counts
 

@@ -31,12 +31,13 @@ def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, 
     """One row per flagged training row, most suspicious first."""
     train, idx = bundle.train, selection.indices
     action = ctx.config.action.kind
-    suggested = selection.suggested_labels
+    suggested, names = selection.suggested_labels, np.asarray(train.classes, dtype=object)  # labels as class names
     frame = pd.DataFrame({
         "row_id": train.row_id[idx], "rank": np.arange(len(idx)), "detector": selection.detector,
-        "score": selection.scores[idx], "label": train.y[idx],
-        "suggested_label": suggested[idx] if suggested is not None else pd.NA,
-        "suggested_action": [_action_text(action, train.y[i], None if suggested is None else suggested[i]) for i in idx],
+        "score": selection.scores[idx], "label": names[train.y[idx]],
+        "suggested_label": names[suggested[idx]] if suggested is not None else pd.NA,
+        "suggested_action": [_action_text(action, names[train.y[i]], None if suggested is None else names[suggested[i]])
+                             for i in idx],
     })
     for column in train.groups.columns:
         frame[f"group_{column}"] = train.groups[column].to_numpy()[idx]

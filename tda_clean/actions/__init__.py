@@ -1,7 +1,7 @@
 """Actions on flagged rows: each returns a NEW training set plus one audit row per touched row.
 
 Audit columns: ``row_id, action, old_label, new_label, weight, detector, score, rank, reason``, then the
-row's ``group_<column>`` values.
+row's ``group_<column>`` values. Labels are class names (``IndexedDataset.classes``), not ids.
 ``replay_audit(original, audit)`` rebuilds the cleaned training set exactly from the original and the audit.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ def _audit(train: IndexedDataset, selection: Selection, positions: np.ndarray, a
     return pd.DataFrame({
         "row_id": train.row_id[positions].astype(np.int64),
         "action": action,
-        "old_label": train.y[positions].astype(np.int64),
-        "new_label": pd.array(new_labels if new_labels is not None else [None] * len(positions), dtype="Int64"),
+        "old_label": np.asarray(train.classes, dtype=object)[train.y[positions]],  # class names
+        "new_label": np.asarray(train.classes, dtype=object)[new_labels] if new_labels is not None else None,
         "weight": weights if weights is not None else np.full(len(positions), np.nan),
         "detector": selection.detector,
         "score": selection.scores[positions],
@@ -125,7 +125,10 @@ def replay_audit(original: IndexedDataset, audit: pd.DataFrame) -> IndexedDatase
         if row.action == "remove":
             drop.append(i)
         elif row.action == "relabel":
-            y[i] = int(row.new_label)
+            name = str(int(row.new_label)) if isinstance(row.new_label, float) else str(row.new_label)  # CSV: 1.0
+            if name not in original.classes:
+                raise InputError(f"audit table: new_label {name!r} of row_id {row.row_id} is not a class")
+            y[i] = original.classes.index(name)
         elif row.action == "keep":
             continue  # reviewed and rejected: the row stays as it was
         elif row.action == "reweight":

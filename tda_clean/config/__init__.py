@@ -61,30 +61,68 @@ class FashionMNISTSource(_Frozen):
     max_rows: int | None = Field(default=14000, gt=0)
 
 
-class TableSource(_Frozen):
+class _UserSource(_Frozen):
+    """A user's data on disk. Relative paths in a config file resolve against the config file's folder.
+
+    ``val_path`` / ``test_path`` (both or neither): the user's own validation and test sources, same layout as
+    ``path`` (the training source); the tool then does not split. Images are read with Pillow in ``image_mode``
+    (``auto``: ``L`` when every image is grey, else ``RGB``) and resized to ``image_size`` (H, W) when given,
+    else must all have one size.
+    """
+
+    path: Path
+    val_path: Path | None = None
+    test_path: Path | None = None
+    image_mode: Literal["auto", "L", "RGB"] = "auto"
+    image_size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _both_split_paths(self) -> "_UserSource":
+        if (self.val_path is None) != (self.test_path is None):
+            raise ValueError("val_path: give both val_path and test_path (your own splits) or neither")
+        return self
+
+
+class ImageFolderSource(_UserSource):
+    """Images in ``path/<class>/<file>.png|jpg|jpeg|bmp|gif``; the folder name is the label."""
+
+    kind: Literal["image_folder"] = "image_folder"
+
+
+class TableSource(_UserSource):
     """Bring-your-own CSV or Parquet table.
 
-    ``features`` defaults to every column except the label and group columns. Numeric features are
-    standardised and categorical ones one-hot encoded, fitted on the training split only.
-    ``id_column`` (optional) gives the stable ``row_id``; the row number is used otherwise.
+    ``features`` defaults to every column except the label, group, id, split, text and image columns. Numeric
+    features are standardised and categorical ones one-hot encoded, fitted on the training split only.
+    ``label`` holds class ids or names (strings, any hashable). ``id_column`` (optional) gives the stable
+    ``row_id``; the row number is used otherwise. ``split_column`` (values ``train``/``val``/``test``) gives the
+    user's own split. ``text_column``: free text, TF-IDF (``text_features`` terms at most, fitted on the training
+    split). ``image_column``: image file paths (relative to the table's folder); the rows become images.
     """
 
     kind: Literal["csv", "parquet"]
-    path: Path
     label: str
     groups: tuple[str, ...] = ()
     features: tuple[str, ...] | None = None
     id_column: str | None = None
+    split_column: str | None = None
+    text_column: str | None = None
+    text_features: int = Field(default=1000, ge=1)
+    image_column: str | None = None
 
     @model_validator(mode="after")
     def _no_leak(self) -> "TableSource":
         leaked = [c for c in (self.label, self.id_column) if c and c in (self.features or ())]
         if leaked:
             raise ValueError(f"features: {leaked[0]!r} is the label or id column; a model must not see it")
+        if self.split_column and self.val_path:
+            raise ValueError("split_column: give split_column or val_path/test_path, not both")
         return self
 
 
-DataSource = Annotated[Union[DigitsSource, AdultSource, FashionMNISTSource, TableSource], Field(discriminator="kind")]
+DataSource = Annotated[Union[DigitsSource, AdultSource, FashionMNISTSource, ImageFolderSource, TableSource],
+                       Field(discriminator="kind")]
+PATH_KEYS = ("path", "val_path", "test_path")  # data keys resolved against the config file's folder
 
 
 class SplitConfig(_Frozen):
@@ -401,6 +439,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise InputError(f"{path}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
+    data = raw.get("data")
+    if isinstance(data, dict):  # relative data paths name files next to the config, not in the current folder
+        raw = {**raw, "data": {k: str(path.parent / v) if k in PATH_KEYS and isinstance(v, str) else v
+                               for k, v in data.items()}}
     return parse_config(apply_overrides(raw, overrides, str(path)), source=str(path))
 
 

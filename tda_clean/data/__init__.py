@@ -8,7 +8,7 @@ from tda_clean.config import RunConfig
 from tda_clean.data.dataset import DataBundle, IndexedDataset
 from tda_clean.data.scenarios import apply_scenario
 from tda_clean.data.sources import RawImages, RawTable, load_source
-from tda_clean.data.splits import stratified_split
+from tda_clean.data.splits import stratified_split, user_split
 from tda_clean.data.tabular import check_no_missing, encode_labels, fit_transform_splits
 from tda_clean.errors import InputError
 
@@ -22,19 +22,20 @@ def load_bundle(config: RunConfig) -> DataBundle:
 
 def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
     if isinstance(raw, RawImages):
-        y, classes, groups = raw.y, raw.classes, pd.DataFrame(index=range(len(raw.y)))
+        y, classes = raw.y, raw.classes
+        groups = pd.DataFrame(index=range(len(raw.y))) if raw.groups is None else raw.groups.reset_index(drop=True)
     else:
         if raw.frame.empty:
             raise InputError(f"data: {raw.name} has no rows")
         y, classes = encode_labels(raw.frame[raw.label], raw.label)
-        check_no_missing(raw.frame, raw.features, "feature")
+        check_no_missing(raw.frame, raw.features + raw.text[:1] if raw.text else raw.features, "feature")
         check_no_missing(raw.frame, raw.groups, "group")
         groups = raw.frame[list(raw.groups)].astype(str).reset_index(drop=True)
-    parts = stratified_split(y, config.split, config.seed)
+    parts = stratified_split(y, config.split, config.seed) if raw.split is None else user_split(raw.split, y, classes)
     if isinstance(raw, RawImages):
         X_parts, names = [raw.X[idx] for idx in parts], ()
     else:
-        X_parts, names = fit_transform_splits(raw.frame, raw.features, parts)
+        X_parts, names = fit_transform_splits(raw.frame, raw.features, parts, raw.text)
     splits = [
         IndexedDataset(raw.row_id[idx], X, y[idx], groups.iloc[idx].reset_index(drop=True), classes, names)
         for idx, X in zip(parts, X_parts)
@@ -46,7 +47,7 @@ def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
     cells, counts = np.unique(splits[2].group_keys(), return_counts=True)
     info = {"source": raw.name, "n_rows": int(len(y)), "n_train": len(splits[0]), "n_val": len(splits[1]),
             "n_test": len(splits[2]), "n_classes": len(classes), "feature_shape": list(splits[0].feature_shape),
-            "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0,
+            "classes": list(classes), "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0,
             # test cells left out of worst-group accuracy and the fairness gaps (evaluation.min_group_size)
             "small_groups": [str(k) for k, n in zip(cells, counts) if k and n < config.evaluation.min_group_size]}
     return DataBundle(raw.name, *splits, info=info)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, TableSource
+from tda_clean.config import PATH_KEYS, AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, TableSource
+from tda_clean.data.tabular import check_no_missing, encode_labels
 from tda_clean.errors import InputError, one_line
 
 
@@ -22,17 +23,22 @@ class RawTable:
     groups: tuple[str, ...]
     features: tuple[str, ...]
     row_id: np.ndarray
+    split: np.ndarray | None = None  # (n,) int64 0/1/2 = the user's train/val/test, None: the tool splits
+    text: tuple[str, int] | None = None  # (column, max TF-IDF terms) of a free-text column
 
 
 @dataclass(frozen=True)
 class RawImages:
-    """Images ``X`` (n, H, W) float32 in [0, 1], labels ``y`` (n,) int64, class names, ids."""
+    """Images ``X`` (n, H, W) grey or (n, C, H, W) float32 in [0, 1], labels ``y`` (n,) int64, class names, ids,
+    optional string group columns ``groups`` (n, g) and user split codes ``split`` (as in RawTable)."""
 
     name: str
     X: np.ndarray
     y: np.ndarray
     classes: tuple[str, ...]
     row_id: np.ndarray
+    groups: pd.DataFrame | None = None
+    split: np.ndarray | None = None
 
 
 def load_digits_source(_: DigitsSource) -> RawImages:
@@ -69,7 +75,7 @@ def load_fashion_source(cfg: FashionMNISTSource) -> RawImages:
     ids = np.arange(len(y), dtype=np.int64)
     if cfg.max_rows is not None and cfg.max_rows < len(y):
         ids = np.sort(np.random.default_rng(0).choice(len(y), size=cfg.max_rows, replace=False))
-    return RawImages("fashion_mnist", X[ids], y[ids], tuple(str(c) for c in range(10)), ids)
+    return RawImages("fashion_mnist", X[ids], *encode_labels(pd.Series(y[ids]), "idx labels"), ids)  # any ids
 
 
 ADULT_LABEL = "income_gt_50k"
@@ -132,37 +138,147 @@ def load_adult_source(cfg: AdultSource) -> RawTable:
                     df.index.to_numpy(dtype=np.int64))
 
 
-def load_table_source(cfg: TableSource) -> RawTable:
-    """Read a CSV/Parquet file and check the configured columns exist (the error lists the available ones)."""
-    if not cfg.path.is_file():
-        raise InputError(f"data.path: file not found: {cfg.path}")
+def _sources(cfg) -> list[tuple[str, Path]]:
+    """``(key, path)`` of the training source and, when given, the user's validation and test sources."""
+    return [(k, getattr(cfg, k)) for k in PATH_KEYS if getattr(cfg, k) is not None]
+
+
+def _read_table(key: str, path: Path, cfg: TableSource) -> pd.DataFrame:
+    """One CSV/Parquet file with the configured columns checked (the error lists the available ones)."""
+    if not path.is_file():
+        raise InputError(f"data.{key}: file not found: {path}")
     try:
-        df = pd.read_csv(cfg.path) if cfg.kind == "csv" else pd.read_parquet(cfg.path)
+        df = pd.read_csv(path) if cfg.kind == "csv" else pd.read_parquet(path)
     except Exception as exc:
-        raise InputError(f"data.path: cannot read {cfg.path} as {cfg.kind}: {one_line(exc)}") from None
+        raise InputError(f"data.{key}: cannot read {path} as {cfg.kind}: {one_line(exc)}") from None
     available = ", ".join(map(str, df.columns))
-    for key, cols in (("label", [cfg.label]), ("groups", list(cfg.groups)), ("features", list(cfg.features or ())),
-                      ("id_column", [cfg.id_column] if cfg.id_column else [])):
+    for name, cols in (("label", [cfg.label]), ("groups", list(cfg.groups)), ("features", list(cfg.features or ())),
+                       *((k, [getattr(cfg, k)]) for k in ("id_column", "split_column", "text_column", "image_column")
+                         if getattr(cfg, k))):
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            raise InputError(f"data.{key}: column {missing[0]!r} not in {cfg.path} (available: {available})")
+            raise InputError(f"data.{name}: column {missing[0]!r} not in {path} (available: {available})")
     if df.empty:
-        raise InputError(f"data.path: {cfg.path} has no rows")
-    if cfg.id_column:
-        ids = df[cfg.id_column]
-        if not pd.api.types.is_integer_dtype(ids) or ids.duplicated().any():
-            raise InputError(f"data.id_column: {cfg.id_column!r} must hold unique integers")
-        row_id = ids.to_numpy(dtype=np.int64)
-    else:
-        row_id = np.arange(len(df), dtype=np.int64)
-    reserved = {cfg.label, *cfg.groups, *([cfg.id_column] if cfg.id_column else [])}
+        raise InputError(f"data.{key}: {path} has no rows")
+    return df
+
+
+def read_tables(cfg: TableSource) -> tuple[pd.DataFrame, np.ndarray | None, np.ndarray]:
+    """The table (train source first, then the user's val and test sources), split codes (n,) or None, and the
+    folder (n,) each row's relative image paths resolve against."""
+    sources = _sources(cfg)
+    frames = [_read_table(key, path, cfg) for key, path in sources]
+    sizes = [len(f) for f in frames]
+    df = pd.concat(frames, ignore_index=True)
+    split = np.repeat(np.arange(len(frames)), sizes) if len(frames) > 1 else None
+    if cfg.split_column:
+        codes = df[cfg.split_column].map({"train": 0, "val": 1, "test": 2})
+        if codes.isna().any():
+            bad = df[cfg.split_column][codes.isna()]
+            raise InputError(f"data.split_column: column {cfg.split_column!r} has value {bad.iloc[0]!r} ({len(bad)} "
+                             "rows); allowed: train, val, test")
+        split = codes.to_numpy(dtype=np.int64)
+    return df, split, np.repeat([path.parent for _, path in sources], sizes)
+
+
+def load_table_source(cfg: TableSource) -> RawTable | RawImages:
+    """Read CSV/Parquet file(s); a table with ``image_column`` becomes images (read like an image folder)."""
+    df, split, folders = read_tables(cfg)
+    row_id = table_row_ids(df, cfg)
+    if cfg.image_column:
+        y, classes = encode_labels(df[cfg.label], cfg.label)
+        check_no_missing(df, tuple(cfg.groups), "group")
+        groups = df[list(cfg.groups)].astype(str)
+        return RawImages(cfg.path.stem, read_images(image_paths(df, folders, cfg), cfg), y, classes, row_id,
+                         groups, split)
+    reserved = {cfg.label, *cfg.groups, cfg.id_column, cfg.split_column, cfg.text_column}
     features = cfg.features or tuple(c for c in df.columns if c not in reserved)
-    if not features:
-        raise InputError(f"data.features: no feature columns left in {cfg.path} (available: {available})")
-    return RawTable(cfg.path.stem, df, cfg.label, tuple(cfg.groups), tuple(features), row_id)
+    if not features and not cfg.text_column:
+        raise InputError(f"data.features: no feature columns left in {cfg.path} (available: "
+                         f"{', '.join(map(str, df.columns))})")
+    text = (cfg.text_column, cfg.text_features) if cfg.text_column else None
+    return RawTable(cfg.path.stem, df, cfg.label, tuple(cfg.groups), tuple(features), row_id, split, text)
+
+
+def table_row_ids(df: pd.DataFrame, cfg: TableSource) -> np.ndarray:
+    """(n,) int64: the ``id_column`` (unique integers) or the row number."""
+    if not cfg.id_column:
+        return np.arange(len(df), dtype=np.int64)
+    ids = df[cfg.id_column]
+    if not pd.api.types.is_integer_dtype(ids) or ids.duplicated().any():
+        raise InputError(f"data.id_column: {cfg.id_column!r} must hold unique integers")
+    return ids.to_numpy(dtype=np.int64)
+
+
+def image_paths(df: pd.DataFrame, folders: np.ndarray, cfg: TableSource) -> list[Path]:
+    return [folder / str(p) for folder, p in zip(folders, df[cfg.image_column])]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def folder_images(key: str, root: Path) -> list[Path]:
+    """``root/<class>/<image>`` files, sorted by class folder then file name."""
+    if not root.is_dir():
+        raise InputError(f"data.{key}: folder not found: {root}")
+    files = sorted(f for d in root.iterdir() if d.is_dir() for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"data.{key}: no images in {root}/<class>/ ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_images(files: list[Path], cfg) -> np.ndarray:
+    """Images read with Pillow -> float32 in [0, 1]: (n, H, W) in mode ``L``, (n, 3, H, W) in ``RGB``.
+
+    ``cfg.image_mode`` ``auto`` is ``L`` when every image is grey; ``cfg.image_size`` (H, W) resizes, otherwise
+    an image of another size than the first is refused (InputError naming both files).
+    """
+    from PIL import Image
+
+    arrays, grey = [], True
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                grey = grey and im.mode in GREY_MODES
+                im = im.convert("L" if cfg.image_mode == "L" else "RGB")
+                im = im.resize(cfg.image_size[::-1]) if cfg.image_size else im
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputError(f"data: cannot read image {f}: {one_line(exc)}") from None
+        if arrays and np.shape(arrays[0])[:2] != (im.height, im.width):
+            raise InputError(f"data: image {f} is {im.height}x{im.width} (H x W), {files[0]} is "
+                             f"{np.shape(arrays[0])[0]}x{np.shape(arrays[0])[1]}; set data.image_size: [H, W]")
+        arrays.append(np.asarray(im))
+    X = np.stack(arrays).astype(np.float32) / 255.0
+    if X.ndim == 3:
+        return X
+    return X[..., 0].copy() if cfg.image_mode == "auto" and grey else np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+
+
+def load_image_folder_source(cfg: ImageFolderSource) -> RawImages:
+    """``path/<class>/<image>`` (and the user's ``val_path`` / ``test_path`` folders); ``row_id`` = position."""
+    lists = [folder_images(key, path) for key, path in _sources(cfg)]
+    files = [f for files in lists for f in files]
+    y, classes = encode_labels(pd.Series([f.parent.name for f in files]), "folder name")
+    split = np.repeat(np.arange(len(lists)), [len(x) for x in lists]) if len(lists) > 1 else None
+    return RawImages(cfg.path.name, read_images(files, cfg), y, classes, np.arange(len(files)), split=split)
+
+
+def source_files(cfg: TableSource | ImageFolderSource) -> list[Path]:
+    """Every file a user's source reads (tables, then the images they name), for the run folder's fingerprint."""
+    if isinstance(cfg, ImageFolderSource):
+        return [f for key, path in _sources(cfg) for f in folder_images(key, path)]
+    for key, path in _sources(cfg):
+        if not path.is_file():
+            raise InputError(f"data.{key}: file not found: {path}")
+    images = image_paths(*read_tables(cfg)[::2], cfg) if cfg.image_column else []  # columns checked at load
+    missing = [f for f in images if not f.is_file()]
+    if missing:
+        raise InputError(f"data: cannot read image {missing[0]}: file not found ({len(missing)} missing)")
+    return [path for _, path in _sources(cfg)] + images
 
 
 def load_source(cfg) -> RawTable | RawImages:
     loaders = {DigitsSource: load_digits_source, AdultSource: load_adult_source, TableSource: load_table_source,
-               FashionMNISTSource: load_fashion_source}
+               FashionMNISTSource: load_fashion_source, ImageFolderSource: load_image_folder_source}
     return loaders[type(cfg)](cfg)

@@ -25,3 +25,20 @@ def stratified_split(y: np.ndarray, config: SplitConfig, seed: int) -> tuple[np.
             f"split: cannot stratify {len(y)} rows with class counts {counts.tolist()} ({exc})"
         ) from None
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def user_split(split: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of the user's own train / validation / test rows (``split`` (n,) codes 0 / 1 / 2).
+
+    Raises InputError for an empty split or a class with validation or test rows but no training rows.
+    """
+    parts = tuple(np.flatnonzero(split == k) for k in range(3))
+    for name, idx in zip(("train", "validation", "test"), parts):
+        if not len(idx):
+            raise InputError(f"data: the {name} split has no rows")
+    for name, idx in zip(("validation", "test"), parts[1:]):
+        unseen = np.setdiff1d(y[idx], y[parts[0]])
+        if len(unseen):
+            raise InputError(f"data: class {classes[unseen[0]]!r} has {int((y[idx] == unseen[0]).sum())} rows in the "
+                             f"{name} split but none in train")
+    return parts  # type: ignore[return-value]

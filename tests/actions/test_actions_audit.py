@@ -73,7 +73,7 @@ def test_remove_drops_flagged_rows(train):
     assert audit["group_g"].tolist() == train.groups["g"].iloc[[7, 2, 10]].tolist()
     assert audit["row_id"].tolist() == [121, 106, 130]
     assert (audit["action"] == "remove").all() and (audit["detector"] == "toy").all()
-    assert audit["old_label"].tolist() == [1, 2, 1]
+    assert audit["old_label"].tolist() == ["1", "2", "1"]  # class names
     assert audit["new_label"].isna().all() and audit["weight"].isna().all()
     assert audit["rank"].tolist() == [0, 1, 2]
     assert audit["score"].tolist() == [10.0, 9.0, 8.0]
@@ -98,8 +98,8 @@ def test_relabel_changes_only_rows_whose_suggestion_differs(train):
     assert result.counts == {"relabeled": 3}
     audit = result.audit.sort_values("rank")
     assert audit["row_id"].tolist() == [112, 127, 103]
-    assert audit["old_label"].tolist() == [1, 0, 1]
-    assert audit["new_label"].tolist() == [0, 1, 2]
+    assert audit["old_label"].tolist() == ["1", "0", "1"]
+    assert audit["new_label"].tolist() == ["0", "1", "2"]
     assert audit["rank"].tolist() == [0, 1, 2]
     assert (audit["action"] == "relabel").all()
     assert_same(train, snap)
