@@ -23,7 +23,7 @@ from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.review import write_review
-from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
+from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
                                RunContext, cleaned_train, load_model, make_model, open_run_dir, read_json, save_model,
                                write_json_atomic)
 from tda_clean.selection import FitContext, Selection, make_detector
@@ -117,7 +117,7 @@ def stage_act(ctx: RunContext) -> dict[str, int]:
     write_json_atomic(ctx.path(MANIFEST), {
         "source_fingerprint": bundle.train.fingerprint(), "cleaned_fingerprint": result.train.fingerprint(),
         "n_rows_before": len(bundle.train), "n_rows_after": len(result.train), "audit": AUDIT, **result.counts,
-        **write_cleaned(ctx.config.data, audit, ctx.path("cleaned")),  # the user's own format: cleaned/<file>
+        **write_cleaned(ctx.config.data, audit, ctx.path(CLEANED_DATA)),  # the user's own format: cleaned/<file>
     })
     return result.counts
 

@@ -10,10 +10,7 @@ did not write (:data:`OWNED`).
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -26,47 +23,21 @@ import yaml
 from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, RunConfig, TableSource
 from tda_clean.data import DataBundle, IndexedDataset
 from tda_clean.errors import InputError
+from tda_clean.files import read_json, write_atomic, write_json_atomic  # noqa: F401  (re-exported)
 from tda_clean.models.factory import build_model
 
 IDENTITY, CONFIG, TRACKING, STAGES = "run.json", "config.yaml", "tracking.json", "stages"
 DATA, SELECTION, CLEANED, AUDIT, MANIFEST = "data.npz", "selection.npz", "train_cleaned.npz", "audit.csv", "manifest.json"
-REPORT, PLOT = "report.json", "before_after.png"
+REPORT, PLOT, CLEANED_DATA = "report.json", "before_after.png", "cleaned"  # cleaned/: the user's own format
 CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
 #: Every path (relative, ``fnmatch`` pattern) a run writes; ``*.tmp-*`` are atomic writes a kill interrupted.
 OWNED = (IDENTITY, CONFIG, TRACKING, DATA, SELECTION, CLEANED, AUDIT, MANIFEST, REPORT, PLOT, "model_*.pt", STAGES,
+         CLEANED_DATA, f"{CLEANED_DATA}/*",
          f"{STAGES}/*.json", "review", CANDIDATES, PAGE, APPROVALS, "*.tmp-*")
 
 
 def model_file(which: str) -> str:
     return f"model_{which}.pt"
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """``write(tmp)`` to a temporary file next to ``path`` (same suffix), then rename it onto ``path``: readers
-    see the old file or the whole new one, never half of it.
-
-    Raises InputError naming ``path`` on any OSError (read-only folder, full disk, a file where a folder
-    should be); the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=float)))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 @dataclass(frozen=True)

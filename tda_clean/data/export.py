@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pandas as pd
 from tda_clean.config import ImageFolderSource, TableSource
 from tda_clean.data.sources import folder_images, read_tables, table_row_ids
 from tda_clean.data.tabular import encode_labels
+from tda_clean.files import write_atomic
 
 
 def write_cleaned(source, audit: pd.DataFrame, out_dir: Path) -> dict[str, str]:
@@ -61,10 +61,7 @@ def _name(value) -> str:
 
 
 def _atomic(out: Path, write) -> dict[str, str]:
-    tmp = out.with_name(out.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, out)
-    return {"cleaned_data": str(out)}
+    return {"cleaned_data": str(write_atomic(out, write))}
 
 
 def _csv_records(path: Path) -> list[tuple[str, list[str]]]:
