@@ -4,9 +4,7 @@ code in a temporary folder (``--engine local``, tracking off)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +12,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.commands import command_env, tda_clean
 from tests.tables import make_table, table_config
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tda_clean.cli", *args], cwd=tmp_path, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(tda_clean(*args), cwd=tmp_path, env=command_env(), text=True, capture_output=True,
+                          timeout=timeout)
 
 
 def _refused(tmp_path: Path, *args: str, inputs: tuple[Path, ...] = ()) -> str:
