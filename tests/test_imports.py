@@ -93,9 +93,7 @@ def test_no_import_cycles_and_the_library_never_imports_the_flows():
     library_to_flows = sorted(f"{m} -> {t}" for m, ts in graph.items() if m.startswith("tda_clean")
                               for t in ts if t.split(".")[0] == "flows")
     assert library_to_flows == []
-    # influence solver/curvature circles are being untangled separately; every other circle fails here
-    cycles = [c for c in _cycles(graph) if not all(m.startswith("tda_clean.influence.") for m in c)]
-    assert cycles == []
+    assert _cycles(graph) == []
 
 
 def test_console_script_is_the_flows_cli_and_flows_ship_under_their_own_name():
