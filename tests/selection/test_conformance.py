@@ -75,15 +75,42 @@ def test_init_stores_params_only(kind):
     det = make_detector(cfg)
     assert isinstance(det, BaseSelector)
     assert _learned_attrs(det) == [], f"{kind}: learned state set in __init__"
-    params = det.get_params()
+    params = det.get_params(deep=False)
     assert params, f"{kind}: get_params() is empty"
     clone = type(det)(**params)
-    assert clone.get_params() == params
+    assert clone.get_params(deep=False) == params
     assert _learned_attrs(clone) == []
     # parameters that mirror config fields carry the configured values
     for name, value in params.items():
         if name in type(cfg).model_fields:
             assert value == getattr(cfg, name), (kind, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_selector_is_a_scikit_learn_estimator(kind, fitted):
+    """``sklearn.base.clone`` round-trips (unfitted, same parameters); ``set_params`` of a spec field validates."""
+    from sklearn.base import BaseEstimator, clone
+
+    det = fitted[kind][0]
+    assert isinstance(det, BaseEstimator)
+    copy = clone(det)
+    assert type(copy) is type(det) and _learned_attrs(copy) == []
+    assert copy.get_params(deep=True) == det.get_params(deep=True)
+    shallow = det.get_params(deep=False)
+    if "spec" not in shallow:
+        name, value = next(iter(shallow.items()))
+        assert copy.set_params(**{name: value}) is copy and copy.get_params()[name] == value
+        return
+    deep = det.get_params(deep=True)
+    assert {f"spec__{f}" for f in type(shallow["spec"]).model_fields if f != "kind"} <= set(deep)
+    field = sorted(k for k in deep if k.startswith("spec__"))[0]
+    if "spec__max_flagged" in deep:
+        copy.set_params(spec__max_flagged=7)
+        assert copy.spec.max_flagged == 7 and copy.get_params()["spec__max_flagged"] == 7
+        assert det.spec.max_flagged != 7  # the original is untouched
+        with pytest.raises(InputError, match="^detector.max_flagged: "):
+            copy.set_params(spec__max_flagged=-1)
+    assert copy.set_params(**{field: deep[field]}).get_params()[field] == deep[field]
 
 
 @pytest.mark.parametrize("kind", KINDS)
