@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tda_clean.actions import apply_action
+from tda_clean.api import given_model
 from tda_clean.config import RunConfig
 from tda_clean.data import DataBundle, IndexedDataset, load_bundle
 from tda_clean.data.export import write_cleaned
@@ -48,6 +49,8 @@ def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
     train = bundle.train if which == "before" else cleaned_train(ctx, bundle)
     if which == "after" and ctx.config.action.kind == "unlearn":
         return _unlearn_after(ctx, bundle, train)
+    if which == "before" and (given := given_model(ctx.config.model)) is not None:  # the user's trained nn.Module
+        return save_model(ctx, which, given) or {"n_train": len(train), "epochs": 0, "given": True}
     model = make_model(ctx, bundle)
     result = fit_model(model, train.X, train.y, ctx.config.train, ctx.config.seed,
                        X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=train.weight)
