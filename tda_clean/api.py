@@ -8,7 +8,6 @@ the same data, model and settings give the same folder.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import tempfile
@@ -25,10 +24,7 @@ from tda_clean.config import RunConfig, parse_config
 from tda_clean.data.sources import MEMORY, register_in_memory
 from tda_clean.errors import InputError
 from tda_clean.files import write_atomic
-
-#: ``nn.Module`` instances given as ``model=``: key (hash of structure and weights) -> the module.
-MODELS: dict[str, nn.Module] = {}
-
+from tda_clean.models.given import register_module
 
 @dataclass(frozen=True)
 class RunReport:
@@ -159,11 +155,7 @@ def _section(key: str, value) -> dict[str, Any]:
     if isinstance(value, str):
         return {"kind": value}
     if key == "model" and isinstance(value, nn.Module):
-        h = hashlib.sha256(repr(value).encode())
-        for name, tensor in value.state_dict().items():
-            h.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-        MODELS[h.hexdigest()[:16]] = value
-        return {"kind": "instance", "key": h.hexdigest()[:16]}
+        return {"kind": "instance", "key": register_module(value)}
     if not isinstance(value, Mapping):
         raise InputError(f"{key}: expected a config dict or kind{', or an nn.Module' if key == 'model' else ''}; got "
                          f"{type(value).__name__}")
@@ -174,25 +166,3 @@ def _section(key: str, value) -> dict[str, Any]:
         path = Path(tempfile.gettempdir()) / "tda-clean" / f"pred_probs-{digest}.npy"
         section["pred_probs_path"] = str(write_atomic(path, lambda tmp: np.save(tmp, probs)))
     return section
-
-
-def _registered(key: str) -> nn.Module:
-    if key not in MODELS:
-        raise InputError("model: the nn.Module of this run is held by another Python process (model.kind=instance "
-                         "is made by tda_clean.clean); give it again")
-    return MODELS[key]
-
-
-def given_model(config) -> nn.Module | None:
-    """The user's trained module (the before-model) for ``model.kind: instance``, else None."""
-    return _registered(config.key) if config.kind == "instance" else None
-
-
-def fresh_copy(key: str) -> nn.Module:
-    """A copy of the registered module with ``reset_parameters`` called on every module that has it (under the
-    caller's seeded RNG: :func:`tda_clean.models.factory.build_model`)."""
-    model = copy.deepcopy(_registered(key))
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return model

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from tda_clean.actions import apply_action
-from tda_clean.api import given_model
 from tda_clean.config import RunConfig
 from tda_clean.data import DataBundle, IndexedDataset, load_bundle
 from tda_clean.data.export import write_cleaned
 from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate
+from tda_clean.models.given import given_model
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.review import write_review
 from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tda_clean.api import fresh_copy
+from tda_clean.models.given import fresh_copy
 from tda_clean.config import CNNConfig, InstanceModel, LogisticConfig, MLPConfig, ModelConfig
 
 
