@@ -64,8 +64,10 @@ def clean(train, *, val=None, test=None, label: str | None = None, groups=(), mo
     (its current weights are the before-model; retrains re-initialise a copy with the run seed), a model config
     dict or kind. ``detector`` / ``action``: a config dict or kind; ``{"kind": "cleanlab", "pred_probs": P}``
     uses the user's out-of-sample probabilities P (n_train, n_classes). ``config``: a config dict, RunConfig or
-    YAML path as the base; ``overrides`` (``seed=1``, ``train={"epochs": 5}``) are merged into it section by
-    section. ``output``/``fresh`` as on the CLI (default folder ``runs/<name>-<hash>-<data>``).
+    YAML path as the base (training settings go there: ``config={"train": {"epochs": 5}}``, as ``train`` is the
+    data); ``overrides`` (``seed=1``, ``split={"test_fraction": 0.3}``) are merged into it section by section.
+    ``output`` / ``fresh`` as on the CLI (default folder ``runs/<name>-<hash>-<data>``). Bad input raises
+    :class:`~tda_clean.errors.InputError` with one line naming the key.
     """
     raw = _merge(_base(config), overrides)
     raw["data"] = _data_section(train, val, test, label, groups, raw.get("data") or {})

@@ -221,3 +221,29 @@ def test_cleanlab_needs_model_factory_and_enough_rows(problem):
     y_rare[:2] = 1
     with pytest.raises(InputError, match="detector.folds=5: a class has fewer training rows than folds"):
         make_detector(CleanlabDetector(folds=5)).fit(X, y_rare, problem[4])
+
+
+def test_cleanlab_from_given_probabilities(problem, fitted, tmp_path):
+    """The user's out-of-sample probabilities (a .npy file) give the same flags as computing them; no model is
+    trained; a wrong shape or non-probabilities are refused in one line."""
+    X, y = problem[0], problem[1]
+    full = fitted["cleanlab"][0]
+    np.save(tmp_path / "probs.npy", full.pred_probs_)
+    given = make_detector(CleanlabDetector(pred_probs_path=tmp_path / "probs.npy")).fit(X, y, FitContext(seed=0))
+    np.testing.assert_array_equal(given.get_support(), full.get_support())
+    np.save(tmp_path / "short.npy", full.pred_probs_[:-1])
+    with pytest.raises(InputError, match=r"^detector.pred_probs_path: \S+short.npy has shape \(199, 2\); expected "
+                                         r"\(n_train, n_classes\) = \(200, 2\)$"):
+        make_detector(CleanlabDetector(pred_probs_path=tmp_path / "short.npy")).fit(X, y, FitContext(seed=0))
+    np.save(tmp_path / "bad.npy", full.pred_probs_ * 2)
+    with pytest.raises(InputError, match="each row must be probabilities"):
+        make_detector(CleanlabDetector(pred_probs_path=tmp_path / "bad.npy")).fit(X, y, FitContext(seed=0))
+
+
+def test_pred_probs_path_resolves_against_the_config_folder(tmp_path, monkeypatch):
+    from tda_clean.config import load_config
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "run.yaml").write_text("data: {kind: digits}\ndetector: {kind: cleanlab, pred_probs_path: p.npy}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("cfg/run.yaml").detector.pred_probs_path.resolve() == tmp_path / "cfg" / "p.npy"
