@@ -137,8 +137,11 @@ def _as_data(split: str, obj) -> pd.DataFrame | tuple[np.ndarray, np.ndarray]:
         items = [obj[i] for i in range(len(obj))]
         if not items or not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
             raise InputError(f"{split}: the Dataset must yield (x, y) pairs and have rows")
-        obj = (np.stack([_array(x) for x, _ in items]),
-               [t.item() if isinstance(t, (torch.Tensor, np.generic)) else t for _, t in items])
+        try:
+            X = np.stack([_array(x) for x, _ in items])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{split}: the Dataset's x must be arrays or tensors of one shape ({exc})") from None
+        obj = (X, [t.item() if isinstance(t, (torch.Tensor, np.generic)) else t for _, t in items])
     if not (isinstance(obj, tuple) and len(obj) == 2):
         raise InputError(f"{split}: expected a pandas DataFrame, (X, y) arrays or a map-style torch Dataset yielding "
                          f"(x, y); got {type(obj).__name__}")

@@ -151,6 +151,8 @@ def test_dataset_route_gives_the_same_run_as_the_arrays(tmp_path):
     (lambda df: tda_clean.clean([1, 2, 3]), r"^train: expected a pandas DataFrame, \(X, y\) arrays or a map-style"),
     (lambda df: tda_clean.clean(df, val=df, label="label"), r"^val: give both val and test"),
     (lambda df: tda_clean.clean((np.zeros((4, 2)), np.zeros(3))), r"^train: X must be \(n, \.\.\.\) and y \(n,\); "),
+    (lambda df: tda_clean.clean(torch.utils.data.StackDataset([np.zeros(2), np.zeros(3)], [0, 1])),
+     r"^train: the Dataset's x must be arrays or tensors of one shape"),
     (lambda df: tda_clean.clean(df, label="label", model=3), r"^model: expected a config dict or kind, or an nn.Module"),
     (lambda df: tda_clean.clean(*frames()[:1], val=frames()[1], test=frames()[2], label="label", **OFF,
                                 detector={"kind": "cleanlab", "pred_probs": np.full((5, 2), 0.5)}),
