@@ -50,6 +50,7 @@ def test_dataframe_route_relabels_from_given_probabilities_and_resumes(tmp_path)
     assert isinstance(report, RunReport) and report.status == "completed"
     pd.testing.assert_frame_equal(train, before)  # the input is never modified
     assert report.selection["n_flagged"] == 3 and report.actions["relabeled"] == 3
+    assert "folds" not in report.selection and report.selection["pred_probs_path"].endswith(".npy")
     expected = train.copy()
     expected.iloc[wrong, expected.columns.get_loc("label")] = np.where(train["label"].iloc[wrong] == "yes", "no", "yes")
     pd.testing.assert_frame_equal(report.cleaned_data, expected)

@@ -76,7 +76,8 @@ class ConfidentLearningSelector(BaseSelector):
         self.threshold_ = float("nan")
         self.pred_probs_ = probs
         self.suggested_labels_ = probs.argmax(axis=1)
-        self.info_ = {"folds": self.folds, "filter_by": self.filter_by,
+        source = {"folds": self.folds} if self.pred_probs_path is None else {"pred_probs_path": str(self.pred_probs_path)}
+        self.info_ = {**source, "filter_by": self.filter_by,
                       "out_of_sample_accuracy": float((self.suggested_labels_ == y).mean())}
         return self
 
