@@ -21,6 +21,7 @@ from tda_clean.data import DataBundle, IndexedDataset, load_bundle
 from tda_clean.data.export import write_cleaned
 from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate
+from tda_clean.models.given import given_model
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.review import write_review
 from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
@@ -48,6 +49,8 @@ def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
     train = bundle.train if which == "before" else cleaned_train(ctx, bundle)
     if which == "after" and ctx.config.action.kind == "unlearn":
         return _unlearn_after(ctx, bundle, train)
+    if which == "before" and (given := given_model(ctx.config.model)) is not None:  # the user's trained nn.Module
+        return save_model(ctx, which, given) or {"n_train": len(train), "epochs": 0, "given": True}
     model = make_model(ctx, bundle)
     result = fit_model(model, train.X, train.y, ctx.config.train, ctx.config.seed,
                        X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=train.weight)

@@ -93,7 +93,9 @@ def data_fingerprint(source) -> str:
     """16 hex digits identifying the input data: a hash of the bytes of every file read, or the version of a
     built-in set. Raises InputError naming the path when a configured file is missing (before any compute)."""
     h = hashlib.sha256(source.kind.encode())
-    if isinstance(source, (TableSource, ImageFolderSource)):
+    if source.kind == "memory":  # in-memory data: its names hash its content
+        h.update(" ".join(str(getattr(source, k)) for k in ("path", "val_path", "test_path")).encode())
+    elif isinstance(source, (TableSource, ImageFolderSource)):
         from tda_clean.data.sources import source_files
 
         for path in source_files(source):  # an image's class folder is its label: hashed with its bytes

@@ -120,8 +120,18 @@ class TableSource(_UserSource):
         return self
 
 
-DataSource = Annotated[Union[DigitsSource, AdultSource, FashionMNISTSource, ImageFolderSource, TableSource],
-                       Field(discriminator="kind")]
+class MemorySource(TableSource):
+    """In-memory data given to :func:`tda_clean.clean` (a DataFrame, ``(X, y)`` arrays or a map-style torch
+    Dataset), held by this Python process: ``path`` / ``val_path`` / ``test_path`` are the names it registered
+    them under (``<split>-<type>-<hash of the content>``), not files. A DataFrame is read like a table (``label``,
+    ``groups``, ``features``...); arrays and Datasets are used as given (no preprocessing)."""
+
+    kind: Literal["memory"] = "memory"  # type: ignore[assignment]
+    label: str = "label"
+
+
+DataSource = Annotated[Union[DigitsSource, AdultSource, FashionMNISTSource, ImageFolderSource, TableSource,
+                             MemorySource], Field(discriminator="kind")]
 PATH_KEYS = ("path", "val_path", "test_path")  # data keys resolved against the config file's folder
 
 
@@ -218,7 +228,16 @@ class CNNConfig(_Frozen):
     hidden: int = 64
 
 
-ModelConfig = Annotated[Union[LogisticConfig, MLPConfig, CNNConfig], Field(discriminator="kind")]
+class InstanceModel(_Frozen):
+    """An ``nn.Module`` given to :func:`tda_clean.clean` (``model=``), held by this Python process under ``key``
+    (a hash of its structure and weights): its weights are the before-model (not trained again); every retrain
+    re-initialises a copy with the run seed (``reset_parameters`` of the modules that have it)."""
+
+    kind: Literal["instance"] = "instance"
+    key: str
+
+
+ModelConfig = Annotated[Union[LogisticConfig, MLPConfig, CNNConfig, InstanceModel], Field(discriminator="kind")]
 
 
 class TrainConfig(_Frozen):
@@ -439,10 +458,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise InputError(f"{path}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
-    data = raw.get("data")
-    if isinstance(data, dict):  # relative data paths name files next to the config, not in the current folder
-        raw = {**raw, "data": {k: str(path.parent / v) if k in PATH_KEYS and isinstance(v, str) else v
-                               for k, v in data.items()}}
+    for section, keys in (("data", PATH_KEYS), ("detector", ("pred_probs_path",))):
+        node = raw.get(section)  # relative paths name files next to the config, not in the current folder
+        if isinstance(node, dict):
+            raw = {**raw, section: {k: str(path.parent / v) if k in keys and isinstance(v, str) else v
+                                    for k, v in node.items()}}
     return parse_config(apply_overrides(raw, overrides, str(path)), source=str(path))
 
 

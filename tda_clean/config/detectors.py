@@ -3,6 +3,7 @@ the :data:`Detector` discriminated union. A selector takes its config whole as `
 field); influence settings and budgets are read through ``spec.influence`` and ``spec.budget``."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
@@ -13,7 +14,9 @@ from tda_clean.config.influence import BudgetFields, InfluenceFields, SolverKind
 
 class CleanlabDetector(_Frozen):
     """Confident learning (cleanlab) on out-of-sample predicted probabilities from ``folds``-fold
-    cross-validation with the run's model family. ``max_flagged`` caps the flagged rows (most suspicious first)."""
+    cross-validation with the run's model family, or — with ``pred_probs_path`` — the user's own out-of-sample
+    probabilities (a ``.npy`` array (n_train, n_classes), rows in training-split order, columns in class order).
+    ``max_flagged`` caps the flagged rows (most suspicious first)."""
 
     kind: Literal["cleanlab"] = "cleanlab"
     folds: int = Field(default=5, ge=2)
@@ -21,6 +24,7 @@ class CleanlabDetector(_Frozen):
         "prune_by_noise_rate"
     )
     max_flagged: int | None = Field(default=None, ge=1)
+    pred_probs_path: Path | None = None
 
 
 class _InfluenceDetectorBase(InfluenceFields, BudgetFields):

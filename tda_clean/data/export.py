@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tda_clean.config import ImageFolderSource, TableSource
-from tda_clean.data.sources import folder_images, read_tables, table_row_ids
+from tda_clean.data.sources import folder_images, in_memory, read_tables, table_row_ids
 from tda_clean.data.tabular import encode_labels
 from tda_clean.files import write_atomic
 
@@ -24,8 +24,9 @@ from tda_clean.files import write_atomic
 def write_cleaned(source, audit: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     """Write ``out_dir/<file name of data.path>`` (tables) or ``out_dir/manifest.csv`` (image folders) atomically;
     return ``{"cleaned_data": path}`` or ``{}`` for a built-in data set."""
-    if not isinstance(source, (TableSource, ImageFolderSource)):
-        return {}
+    if not isinstance(source, (TableSource, ImageFolderSource)) or (
+            source.kind == "memory" and not isinstance(in_memory("path", source.path), pd.DataFrame)):
+        return {}  # built-in data, in-memory arrays: train_cleaned.npz only
     removed = set(audit.loc[audit["action"] == "remove", "row_id"].astype(int))
     relabel = audit[audit["action"] == "relabel"]
     new_name = dict(zip(relabel["row_id"].astype(int), relabel["new_label"].map(_name)))
@@ -42,17 +43,17 @@ def write_cleaned(source, audit: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     names = np.asarray(classes)[y[:n]]
     keep = ~np.isin(row_id, list(removed))
     relabelled = {p: new_name[r] for p, r in enumerate(row_id) if r in new_name}
-    out = out_dir / source.path.name
+    out = out_dir / ("train.parquet" if source.kind == "memory" else source.path.name)
     if source.kind == "csv":
         records = _csv_records(source.path)
         if len(records) - 1 == n:
             return _atomic(out, lambda tmp: _write_csv(tmp, records, source.label, names, keep, relabelled))
-    frame = df.iloc[:n].copy()
+    frame = (in_memory("path", source.path) if source.kind == "memory" else df.iloc[:n]).copy()
     value_of = dict(zip(names, frame[source.label]))  # class name -> the user's own label value
     for p, name in relabelled.items():
         frame.iloc[p, frame.columns.get_loc(source.label)] = value_of[name]
     write = frame[keep].to_csv if source.kind == "csv" else frame[keep].to_parquet
-    return _atomic(out, lambda tmp: write(tmp, index=False))
+    return _atomic(out, lambda tmp: write(tmp, index=source.kind == "memory"))  # a DataFrame keeps its index
 
 
 def _name(value) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tda_clean.config import PATH_KEYS, AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, TableSource
+from tda_clean.config import (PATH_KEYS, AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource,
+                              MemorySource, TableSource)
 from tda_clean.data.tabular import check_no_missing, encode_labels
 from tda_clean.errors import InputError, one_line
 
@@ -144,13 +145,17 @@ def _sources(cfg) -> list[tuple[str, Path]]:
 
 
 def _read_table(key: str, path: Path, cfg: TableSource) -> pd.DataFrame:
-    """One CSV/Parquet file with the configured columns checked (the error lists the available ones)."""
-    if not path.is_file():
+    """One CSV/Parquet file (or registered DataFrame) with the configured columns checked (the error lists the
+    available ones)."""
+    if cfg.kind == "memory":
+        df = in_memory(key, path)
+    elif not path.is_file():
         raise InputError(f"data.{key}: file not found: {path}")
-    try:
-        df = pd.read_csv(path) if cfg.kind == "csv" else pd.read_parquet(path)
-    except Exception as exc:
-        raise InputError(f"data.{key}: cannot read {path} as {cfg.kind}: {one_line(exc)}") from None
+    else:
+        try:
+            df = pd.read_csv(path) if cfg.kind == "csv" else pd.read_parquet(path)
+        except Exception as exc:
+            raise InputError(f"data.{key}: cannot read {path} as {cfg.kind}: {one_line(exc)}") from None
     available = ", ".join(map(str, df.columns))
     for name, cols in (("label", [cfg.label]), ("groups", list(cfg.groups)), ("features", list(cfg.features or ())),
                        *((k, [getattr(cfg, k)]) for k in ("id_column", "split_column", "text_column", "image_column")
@@ -278,7 +283,45 @@ def source_files(cfg: TableSource | ImageFolderSource) -> list[Path]:
     return [path for _, path in _sources(cfg)] + images
 
 
+#: In-memory data of this process (``MemorySource``): name -> DataFrame or ``(X (n, ...) float32, y (n,) labels)``.
+MEMORY: dict[str, pd.DataFrame | tuple[np.ndarray, np.ndarray]] = {}
+
+
+def register_in_memory(data: pd.DataFrame | tuple[np.ndarray, np.ndarray], split: str) -> str:
+    """Keep ``data`` under ``<split>-<type>-<16 hex digits of a hash of its content>`` and return that name (the
+    run folder's data fingerprint is made of these names, so changed data is a new run)."""
+    import hashlib
+
+    if isinstance(data, pd.DataFrame):
+        h = hashlib.sha256(pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes())
+        h.update(repr([(str(c), str(t)) for c, t in data.dtypes.items()]).encode())
+    else:
+        h = hashlib.sha256(f"{data[0].dtype}{data[0].shape}".encode() + np.ascontiguousarray(data[0]).tobytes())
+        h.update(pd.util.hash_pandas_object(pd.Series(data[1], dtype=object).map(repr), index=False).to_numpy())
+    name = f"{split}-{'frame' if isinstance(data, pd.DataFrame) else 'arrays'}-{h.hexdigest()[:16]}"
+    MEMORY[name] = data
+    return name
+
+
+def in_memory(key: str, name: Path):
+    if str(name) not in MEMORY:
+        raise InputError(f"data.{key}: {name} is in-memory data of another Python process (data.kind=memory is made "
+                         "by tda_clean.clean); give the data again")
+    return MEMORY[str(name)]
+
+
+def load_memory_source(cfg: MemorySource) -> RawTable | RawImages:
+    """A registered DataFrame is read as a table; ``(X, y)`` arrays as given (labels any hashable)."""
+    parts = [in_memory(key, path) for key, path in _sources(cfg)]
+    if isinstance(parts[0], pd.DataFrame):
+        return load_table_source(cfg)
+    y, classes = encode_labels(pd.Series(np.concatenate([p[1] for p in parts])), "y")
+    split = np.repeat(np.arange(len(parts)), [len(p[1]) for p in parts]) if len(parts) > 1 else None
+    return RawImages("arrays", np.concatenate([p[0] for p in parts]), y, classes, np.arange(len(y)), split=split)
+
+
 def load_source(cfg) -> RawTable | RawImages:
     loaders = {DigitsSource: load_digits_source, AdultSource: load_adult_source, TableSource: load_table_source,
-               FashionMNISTSource: load_fashion_source, ImageFolderSource: load_image_folder_source}
+               FashionMNISTSource: load_fashion_source, ImageFolderSource: load_image_folder_source,
+               MemorySource: load_memory_source}
     return loaders[type(cfg)](cfg)

@@ -247,12 +247,36 @@ class EqualizedOddsGap(_GroupObjective):
 
 
 class CallableObjective(ScalarObjective):
-    """A user function ``fn(model) -> scalar tensor`` computed from the model's outputs (autograd-differentiable)."""
+    """A user function, autograd-differentiable, returning a scalar tensor (Silva et al.'s cross-loss influence).
 
-    def __init__(self, fn: Callable[[nn.Module], torch.Tensor], name: str = "callable"):
+    Without ``X``: ``fn(model)``. With query inputs ``X`` (m, *feature_shape): ``fn(outputs)`` on the model's
+    outputs on ``X`` — the logits (m, n_classes), or, with ``module`` (a name from ``model.named_modules()``),
+    that module's output captured by a forward hook, e.g. a penultimate embedding (m, d). The Hessian and the
+    training gradients still come from the training loss; only the query gradient comes from ``fn``.
+    """
+
+    def __init__(self, fn: Callable, name: str = "callable", X=None, module: str | None = None):
         if not callable(fn):
-            raise InputError(f"objective: expected a callable fn(model) -> scalar tensor, got {type(fn).__name__}")
-        self.fn, self.name = fn, name
+            raise InputError(f"objective: expected a callable fn(model or outputs) -> scalar tensor, got "
+                             f"{type(fn).__name__}")
+        if module is not None and X is None:
+            raise InputError(f"objective {name!r}: module={module!r} needs the query inputs X")
+        self.fn, self.name, self.X, self.module = fn, name, X, module
 
     def value(self, model: nn.Module) -> torch.Tensor:
-        return self.fn(model)
+        if self.X is None:
+            return self.fn(model)
+        X, _ = as_tensors(model, self.X)
+        if self.module is None:
+            return self.fn(model(X))
+        modules = dict(model.named_modules())
+        if self.module not in modules:
+            raise InputError(f"objective {self.name!r}: the model has no module named {self.module!r} (modules: "
+                             f"{', '.join(n for n in modules if n) or 'none'})")
+        captured: list[torch.Tensor] = []
+        handle = modules[self.module].register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            model(X)
+        finally:
+            handle.remove()
+        return self.fn(captured[0])

@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tda_clean.config import CNNConfig, LogisticConfig, MLPConfig, ModelConfig
+from tda_clean.models.given import fresh_copy
+from tda_clean.config import CNNConfig, InstanceModel, LogisticConfig, MLPConfig, ModelConfig
 
 
 class LogisticRegression(nn.Module):
@@ -86,6 +87,7 @@ def build_model(config: ModelConfig, feature_shape: tuple[int, ...], n_classes: 
         LogisticConfig: lambda: LogisticRegression(math.prod(feature_shape), n_classes),
         MLPConfig: lambda: MLP(math.prod(feature_shape), n_classes, tuple(config.hidden)),  # type: ignore[union-attr]
         CNNConfig: lambda: SmallCNN(_image_shape(feature_shape), n_classes, tuple(config.channels), config.hidden),  # type: ignore[union-attr]
+        InstanceModel: lambda: fresh_copy(config.key),  # type: ignore[union-attr]
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

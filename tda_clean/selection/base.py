@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from tda_clean.config import TrainConfig
@@ -127,18 +128,39 @@ class NotFittedError(RuntimeError):
     """A selector was used before ``fit``."""
 
 
-class BaseSelector:
-    """Base class for detectors. Subclasses set ``name`` and implement ``fit``."""
+class BaseSelector(BaseEstimator):
+    """Base class for detectors: a scikit-learn estimator (``get_params``, ``set_params``, ``sklearn.base.clone``).
+    Subclasses set ``name`` and implement ``fit``. A selector configured by a ``spec`` (its pydantic config)
+    also exposes the spec's fields as ``spec__<field>`` (``get_params(deep=True)``, ``set_params``)."""
 
     name: ClassVar[str] = "base"
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "BaseSelector":  # pragma: no cover
         raise NotImplementedError
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters, read back from attributes of the same name (scikit-learn style)."""
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self"}
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters, read back from attributes of the same name (plus ``spec__<field>`` when deep)."""
+        params = super().get_params(deep=False)
+        spec = params.get("spec")
+        if deep and spec is not None:
+            params.update({f"spec__{k}": v for k, v in spec if k != "kind"})
+        return params
+
+    def set_params(self, **params: Any) -> "BaseSelector":
+        """Set constructor parameters; ``spec__<field>=value`` replaces the spec by a validated copy."""
+        fields = {k.removeprefix("spec__"): params.pop(k) for k in list(params) if k.startswith("spec__")}
+        if fields:
+            from pydantic import ValidationError
+
+            from tda_clean.errors import InputError
+
+            spec = params.get("spec", self.spec)
+            try:
+                params["spec"] = type(spec).model_validate({**spec.model_dump(), **fields})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise InputError(f"detector.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        return super().set_params(**params)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "support_"):

@@ -75,15 +75,42 @@ def test_init_stores_params_only(kind):
     det = make_detector(cfg)
     assert isinstance(det, BaseSelector)
     assert _learned_attrs(det) == [], f"{kind}: learned state set in __init__"
-    params = det.get_params()
+    params = det.get_params(deep=False)
     assert params, f"{kind}: get_params() is empty"
     clone = type(det)(**params)
-    assert clone.get_params() == params
+    assert clone.get_params(deep=False) == params
     assert _learned_attrs(clone) == []
     # parameters that mirror config fields carry the configured values
     for name, value in params.items():
         if name in type(cfg).model_fields:
             assert value == getattr(cfg, name), (kind, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_selector_is_a_scikit_learn_estimator(kind, fitted):
+    """``sklearn.base.clone`` round-trips (unfitted, same parameters); ``set_params`` of a spec field validates."""
+    from sklearn.base import BaseEstimator, clone
+
+    det = fitted[kind][0]
+    assert isinstance(det, BaseEstimator)
+    copy = clone(det)
+    assert type(copy) is type(det) and _learned_attrs(copy) == []
+    assert copy.get_params(deep=True) == det.get_params(deep=True)
+    shallow = det.get_params(deep=False)
+    if "spec" not in shallow:
+        name, value = next(iter(shallow.items()))
+        assert copy.set_params(**{name: value}) is copy and copy.get_params()[name] == value
+        return
+    deep = det.get_params(deep=True)
+    assert {f"spec__{f}" for f in type(shallow["spec"]).model_fields if f != "kind"} <= set(deep)
+    field = sorted(k for k in deep if k.startswith("spec__"))[0]
+    if "spec__max_flagged" in deep:
+        copy.set_params(spec__max_flagged=7)
+        assert copy.spec.max_flagged == 7 and copy.get_params()["spec__max_flagged"] == 7
+        assert det.spec.max_flagged != 7  # the original is untouched
+        with pytest.raises(InputError, match="^detector.max_flagged: "):
+            copy.set_params(spec__max_flagged=-1)
+    assert copy.set_params(**{field: deep[field]}).get_params()[field] == deep[field]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -194,3 +221,29 @@ def test_cleanlab_needs_model_factory_and_enough_rows(problem):
     y_rare[:2] = 1
     with pytest.raises(InputError, match="detector.folds=5: a class has fewer training rows than folds"):
         make_detector(CleanlabDetector(folds=5)).fit(X, y_rare, problem[4])
+
+
+def test_cleanlab_from_given_probabilities(problem, fitted, tmp_path):
+    """The user's out-of-sample probabilities (a .npy file) give the same flags as computing them; no model is
+    trained; a wrong shape or non-probabilities are refused in one line."""
+    X, y = problem[0], problem[1]
+    full = fitted["cleanlab"][0]
+    np.save(tmp_path / "probs.npy", full.pred_probs_)
+    given = make_detector(CleanlabDetector(pred_probs_path=tmp_path / "probs.npy")).fit(X, y, FitContext(seed=0))
+    np.testing.assert_array_equal(given.get_support(), full.get_support())
+    np.save(tmp_path / "short.npy", full.pred_probs_[:-1])
+    with pytest.raises(InputError, match=r"^detector.pred_probs_path: \S+short.npy has shape \(199, 2\); expected "
+                                         r"\(n_train, n_classes\) = \(200, 2\)$"):
+        make_detector(CleanlabDetector(pred_probs_path=tmp_path / "short.npy")).fit(X, y, FitContext(seed=0))
+    np.save(tmp_path / "bad.npy", full.pred_probs_ * 2)
+    with pytest.raises(InputError, match="each row must be probabilities"):
+        make_detector(CleanlabDetector(pred_probs_path=tmp_path / "bad.npy")).fit(X, y, FitContext(seed=0))
+
+
+def test_pred_probs_path_resolves_against_the_config_folder(tmp_path, monkeypatch):
+    from tda_clean.config import load_config
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "run.yaml").write_text("data: {kind: digits}\ndetector: {kind: cleanlab, pred_probs_path: p.npy}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("cfg/run.yaml").detector.pred_probs_path.resolve() == tmp_path / "cfg" / "p.npy"
