@@ -51,9 +51,7 @@ from tda_clean.errors import InputError
 from tda_clean.influence.curvature import hvp_mode, loss_hvps
 from tda_clean.influence.estimators import InfluenceEngine
 from tda_clean.influence.gradients import as_tensors
-from tda_clean.influence.group_quadratic import (  # noqa: F401 (re-export)
-    QuadraticGroupModel, _project_capped_simplex, coefficients,
-)
+from tda_clean.influence.group_quadratic import QuadraticGroupModel, coefficients
 from tda_clean.influence.objectives import Objective
 
 
@@ -352,5 +350,5 @@ class GroupInfluence:
             if Hf is not None:
                 diag_f = (AG * Hf(AG)).sum(1)
         return QuadraticGroupModel(s=s.double(), G=G, R=R, diag=diag.double(), solver=self.solver, n=self.n,
-                                   exact_diagonal=exact, Hf=Hf, diag_f=diag_f.double())
+                                   Hf=Hf, diag_f=diag_f.double())
 
