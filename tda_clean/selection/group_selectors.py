@@ -13,24 +13,17 @@ Every selector flags EXACTLY ``budget`` rows: ``max_flagged`` rows and/or ``ceil
   group's mean loss;
 * ``random``            seeded uniform draw (the floor).
 
-Max-type objectives (``worst_group_loss``, ``equalized_odds_gap``, ``demographic_parity_gap``; ``components``
-``"auto"``/``"on"``; ``"off"`` keeps the scalar path above). Linearising the active branch of a max moves another
-group / label into the max (BENCHMARKS.md "Debiasing"). Both influence selectors then predict EVERY
-component (per group x label smoothed positive rate ``mean sigmoid(logit p / temperature)``, per group rate, per
-group loss) at ``theta* + dtheta`` and minimise a smooth max (``sharpness``) of them
-(:mod:`tda_clean.influence.group_minimax`): ``group_first_order`` takes the top-k of the first-order linearised
-smooth objective; ``group_second_order`` runs the relaxed minimax with the SECOND-order parameter change
-(``iters`` projected-gradient steps; the first-order top-k competes, the lower predicted max wins) in ``rounds``
-slices of the budget, refitting the model on the kept rows (warm start, ``context.train_config``) between slices.
-``temperature`` < 1 brings the smoothed rates towards the thresholded TPR / FPR / selection rates that fairness
-metrics report (0.3 default). ``info`` then holds ``objective_before``, ``objective_measured_at_refits``,
-``predicted_objective``, ``predicted_change`` (hard aggregate of the smoothed components) and per-round
-candidates; there are no ``contributions_`` (a max is not additive over rows): flagged rows score above
-every other row, ordered by ``row_effects_`` (the linearised per-row effect, negative = lowers the objective).
-Defaults: ``components="auto"``, ``temperature=0.3``, ``sharpness=50``, ``rounds=3`` (second order; first order is
-one shot). Cost per
-projected-gradient step: two per-row Hessian-vector passes over the training rows and four solves; ``rounds - 1``
-refits with the run's trainer. Selection time and effect on Adult: BENCHMARKS.md "Debiasing".
+Max-type objectives (``worst_group_loss``, ``equalized_odds_gap``, ``demographic_parity_gap``) with ``components``
+``"auto"``/``"on"`` (``"off"`` keeps the scalar path above): both influence selectors predict EVERY component at
+``theta* + dtheta`` and minimise their smooth max (``sharpness``; docs/methods.md#second-order-group-influence,
+:mod:`tda_clean.influence.group_minimax`), ``group_second_order`` in ``rounds`` slices of the budget with a
+warm-started refit on the kept rows between slices (``context.train_config``). ``info`` then holds
+``objective_before``, ``objective_measured_at_refits``, ``predicted_objective``, ``predicted_change`` (hard
+aggregate of the smoothed components) and per-round candidates; there are no ``contributions_`` (a max is not
+additive over rows): flagged rows score above every other row, ordered by ``row_effects_`` (the linearised per-row
+effect, negative = lowers the objective). Defaults: ``components="auto"``, ``temperature=0.3``, ``sharpness=50``,
+``rounds=3`` (second order; first order is one shot). Cost per projected-gradient step: two per-row
+Hessian-vector passes over the training rows and four solves; ``rounds - 1`` refits.
 
 Scores: HIGHER = more harmful. On the scalar path ``contributions_[i]`` (``Selection.contributions``) is row i's
 share of the predicted change of the objective when the selected set is removed (``info["predicted_change"]`` is
@@ -52,7 +45,7 @@ from tda_clean.config import (
 from tda_clean.errors import InputError
 from tda_clean.influence.objectives import Objective
 from tda_clean.selection.base import BaseSelector, FitContext, influence_engine, register_selector, top_k_mask
-from tda_clean.selection.influence_detectors import _group_keys, _InfluenceSelector, _objective
+from tda_clean.selection.influence_detectors import _group_keys, _InfluenceSelector
 
 
 def exact_budget(n: int, budget: Budget) -> int:
@@ -73,8 +66,7 @@ class _GroupSelector(_InfluenceSelector):
         from tda_clean.influence.group import GroupInfluence
 
         k = exact_budget(len(y), self.spec.budget)
-        model, engine = self._engine(X, y, context)
-        objective = _objective(self.spec.objective, engine.model, context, self.spec.group_column)
+        engine, objective = self._engine_objective(X, y, context)
         return k, engine, GroupInfluence(engine), objective
 
     def _suggest_labels(self, engine, objective, y, context) -> np.ndarray:
@@ -177,9 +169,7 @@ class GroupFirstOrderSelector(_GroupSelector):
     """Top-``budget`` rows by first-order group influence (see module docstring)."""
 
     name = "group_first_order"
-
-    def __init__(self, spec: GroupFirstOrderDetector = GroupFirstOrderDetector()):
-        self.spec = spec
+    spec_type = GroupFirstOrderDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupFirstOrderSelector":
         if self._use_components():
@@ -206,9 +196,7 @@ class GroupSecondOrderSelector(_GroupSelector):
     """The budget's set with the lowest SECOND-order predicted objective change (see module docstring)."""
 
     name = "group_second_order"
-
-    def __init__(self, spec: GroupSecondOrderDetector = GroupSecondOrderDetector()):
-        self.spec = spec
+    spec_type = GroupSecondOrderDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupSecondOrderSelector":
         spec = self.spec
@@ -278,15 +266,13 @@ class D3MSelector(_InfluenceSelector):
     Flags exactly the budget's rows with the lowest ``A_i``; ``scores_ = -A_i``."""
 
     name = "d3m"
-
-    def __init__(self, spec: D3MDetector = D3MDetector()):
-        self.spec = spec
+    spec_type = D3MDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "D3MSelector":
         k = exact_budget(len(y), self.spec.budget)
         if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
             raise InputError("d3m: needs a validation split (X_val, y_val) with group labels (groups_val)")
-        model, engine = self._engine(X, y, context)
+        engine = influence_engine(X, y, context, self.spec.influence, self.name)
         keys = _group_keys(context.groups_val, self.spec.group_column, len(context.y_val))
         objective = GroupMeanLosses(context.X_val, context.y_val, keys)
         T = engine.influence(objective).scores  # (G, n)

@@ -12,7 +12,7 @@ Each selector takes its detector config whole as ``spec`` (``spec.influence`` is
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,12 +25,16 @@ OBJECTIVES = ("val_loss", "worst_group_loss", "group_loss_gap", "demographic_par
 
 class _InfluenceSelector(BaseSelector):
     name = "influence"
-    spec: Any  # the detector config (set by the subclass constructors)
+    spec_type: ClassVar[type]  # the detector config class (its defaults when no spec is given)
+
+    def __init__(self, spec: Any = None):
+        self.spec = self.spec_type() if spec is None else spec
 
     # ------------------------------------------------------------------------------------ helpers
-    def _engine(self, X: np.ndarray, y: np.ndarray, context: FitContext):
+    def _engine_objective(self, X: np.ndarray, y: np.ndarray, context: FitContext):
+        """The engine on the context's trained model and the spec's validation objective."""
         engine = influence_engine(X, y, context, self.spec.influence, self.name)
-        return engine.model, engine
+        return engine, _objective(self.spec.objective, engine.model, context, self.spec.group_column)
 
     def _finish(self, scores: np.ndarray, positive_only: bool, info: dict[str, Any]) -> None:
         scores = np.asarray(scores, dtype=float)
@@ -120,14 +124,12 @@ class SelfInfluenceSelector(_InfluenceSelector):
     """
 
     name = "self_influence"
-
-    def __init__(self, spec: SelfInfluenceDetector = SelfInfluenceDetector()):
-        self.spec = spec
+    spec_type = SelfInfluenceDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "SelfInfluenceSelector":
         from tda_clean.models.trainer import predict_proba
 
-        model, engine = self._engine(X, y, context)
+        engine = influence_engine(X, y, context, self.spec.influence, self.name)
         engine.solver  # fit the curvature once, before the shards are sent out
         scores = sharded(context, partial(_self_influence_shard, engine), len(y), axis=0)
         self.suggested_labels_ = predict_proba(engine.model, X).argmax(1).astype(np.int64)
@@ -139,13 +141,10 @@ class HarmfulSelector(_InfluenceSelector):
     """Rows whose removal most DECREASES the validation ``objective``: score = -influence (positive = harmful)."""
 
     name = "harmful"
-
-    def __init__(self, spec: HarmfulDetector = HarmfulDetector()):
-        self.spec = spec
+    spec_type = HarmfulDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "HarmfulSelector":
-        model, engine = self._engine(X, y, context)
-        objective = _objective(self.spec.objective, engine.model, context, self.spec.group_column)
+        engine, objective = self._engine_objective(X, y, context)
         W = engine.inverse_hvp(objective)
         influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=1).sum(axis=0)
         self._finish(-influence, positive_only=True, info={**engine._info(), "objective": self.spec.objective})
@@ -161,14 +160,11 @@ class InfluenceRelabelSelector(HarmfulSelector):
     (the given label where no flip helps). score = predicted decrease of the objective for the best flip."""
 
     name = "influence_relabel"
-
-    def __init__(self, spec: InfluenceRelabelDetector = InfluenceRelabelDetector()):
-        self.spec = spec
+    spec_type = InfluenceRelabelDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "InfluenceRelabelSelector":
-        model, engine = self._engine(X, y, context)
-        objective = _objective(self.spec.objective, engine.model, context, self.spec.group_column)
-        n_classes = context.n_classes or int(model.head.out_features)
+        engine, objective = self._engine_objective(X, y, context)
+        n_classes = context.n_classes or int(engine.model.head.out_features)
         gain = -engine.flip_influence(objective, n_classes)  # (n, C) predicted decrease; 0 at the given label
         gain[np.arange(len(y)), np.asarray(y)] = -np.inf
         best = gain.argmax(1)

@@ -58,38 +58,44 @@ class InfluenceThresholdSelector(BaseSelector):
         return f"mean robust z {self.scores_[i]:.3g} of support for class-{self.target_} queries > {self.spec.z_threshold}"
 
 
-class SpectralSignatureSelector(BaseSelector):
+class _PerClassFeatureSelector(BaseSelector):
+    """Scores each label's rows on the penultimate features of the trained model (``_score_class``)."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "_PerClassFeatureSelector":
+        X, y = np.asarray(X), np.asarray(y)
+        F = penultimate(trained_model(X, y, context, self.name), X)
+        self.scores_ = np.zeros(len(y))
+        self.support_ = np.zeros(len(y), dtype=bool)
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)
+            self._score_class(F[rows], rows, context)
+        self.threshold_ = float("nan")
+        self.info_ = self._info()
+        return self
+
+
+class SpectralSignatureSelector(_PerClassFeatureSelector):
     name = "spectral_signature"
 
     def __init__(self, expected_rate: float = 0.05, eps_factor: float = 1.5):
         self.expected_rate = expected_rate
         self.eps_factor = eps_factor
 
-    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "SpectralSignatureSelector":
-        X, y = np.asarray(X), np.asarray(y)
-        model = trained_model(X, y, context, self.name)
-        F = penultimate(model, X)
-        scores = np.zeros(len(y))
-        flagged = np.zeros(len(y), dtype=bool)
-        share = min(0.5, self.eps_factor * self.expected_rate)
-        for c in np.unique(y):
-            rows = np.flatnonzero(y == c)
-            s = spectral_outlier_scores(F[rows])
-            scores[rows] = s / max(float(np.median(s)), 1e-12)   # comparable across classes
-            k = int(math.floor(share * len(rows)))
-            if k:
-                flagged[rows[np.argsort(-s, kind="stable")[:k]]] = True
-        self.scores_ = scores
-        self.support_ = flagged
-        self.threshold_ = float("nan")
-        self.info_ = {"share_per_class": share}
-        return self
+    def _info(self) -> dict:
+        return {"share_per_class": min(0.5, self.eps_factor * self.expected_rate)}
+
+    def _score_class(self, F: np.ndarray, rows: np.ndarray, context: FitContext) -> None:
+        s = spectral_outlier_scores(F)
+        self.scores_[rows] = s / max(float(np.median(s)), 1e-12)   # comparable across classes
+        k = int(math.floor(self._info()["share_per_class"] * len(rows)))
+        if k:
+            self.support_[rows[np.argsort(-s, kind="stable")[:k]]] = True
 
     def reason(self, i: int) -> str:
         return f"spectral signature {self.scores_[i]:.3g} x the class median (top {self.eps_factor}x expected rate)"
 
 
-class ActivationClusteringSelector(BaseSelector):
+class ActivationClusteringSelector(_PerClassFeatureSelector):
     name = "activation_clustering"
 
     def __init__(self, n_components: int = 10, max_share: float = 0.35, seed: int = 0):
@@ -97,35 +103,26 @@ class ActivationClusteringSelector(BaseSelector):
         self.max_share = max_share
         self.seed = seed
 
-    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "ActivationClusteringSelector":
+    def _info(self) -> dict:
+        return {"max_share": self.max_share}
+
+    def _score_class(self, F: np.ndarray, rows: np.ndarray, context: FitContext) -> None:
         from sklearn.cluster import KMeans
 
-        X, y = np.asarray(X), np.asarray(y)
-        model = trained_model(X, y, context, self.name)
-        F = penultimate(model, X)
-        scores = np.zeros(len(y))
-        flagged = np.zeros(len(y), dtype=bool)
-        for c in np.unique(y):
-            rows = np.flatnonzero(y == c)
-            if len(rows) < 4:
-                continue
-            C = F[rows] - F[rows].mean(0)
-            _, _, vt = np.linalg.svd(C, full_matrices=False)
-            P = C @ vt[: min(self.n_components, vt.shape[0])].T
-            labels = KMeans(2, n_init=10, random_state=self.seed + context.seed).fit_predict(P)
-            small = int(np.argmin(np.bincount(labels, minlength=2)))
-            share = float(np.mean(labels == small))
-            # score: distance to the large cluster's centre, relative to its median distance
-            big = P[labels != small]
-            d = np.linalg.norm(P - big.mean(0), axis=1)
-            scores[rows] = d / max(float(np.median(d[labels != small])), 1e-12)
-            if 0 < share <= self.max_share:
-                flagged[rows[labels == small]] = True
-        self.scores_ = scores
-        self.support_ = flagged
-        self.threshold_ = float("nan")
-        self.info_ = {"max_share": self.max_share}
-        return self
+        if len(rows) < 4:
+            return
+        C = F - F.mean(0)
+        _, _, vt = np.linalg.svd(C, full_matrices=False)
+        P = C @ vt[: min(self.n_components, vt.shape[0])].T
+        labels = KMeans(2, n_init=10, random_state=self.seed + context.seed).fit_predict(P)
+        small = int(np.argmin(np.bincount(labels, minlength=2)))
+        share = float(np.mean(labels == small))
+        # score: distance to the large cluster's centre, relative to its median distance
+        big = P[labels != small]
+        d = np.linalg.norm(P - big.mean(0), axis=1)
+        self.scores_[rows] = d / max(float(np.median(d[labels != small])), 1e-12)
+        if 0 < share <= self.max_share:
+            self.support_[rows[labels == small]] = True
 
     def reason(self, i: int) -> str:
         return f"in the small activation cluster of its class (distance ratio {self.scores_[i]:.3g})"

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 from tda_clean.tracking.base import ERROR_TAG, PARENT_TAG, NullTracker, RunStatus, Tracker
 from tda_clean.tracking.keys import mlflow_key
 from tda_clean.tracking.layout import STAGE_TAG, log_before_after
-from tda_clean.tracking.memory import InMemoryTracker, RunRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from tda_clean.config import TrackingConfig
 
 __all__ = [
-    "ERROR_TAG", "PARENT_TAG", "STAGE_TAG", "InMemoryTracker", "NullTracker",
-    "RunRecord", "RunStatus", "Tracker", "log_before_after", "make_tracker", "mlflow_key",
+    "ERROR_TAG", "PARENT_TAG", "STAGE_TAG", "NullTracker", "RunStatus", "Tracker", "log_before_after",
+    "make_tracker", "mlflow_key",
 ]
 
 

@@ -10,8 +10,9 @@ from typing import Any, Callable
 
 import pytest
 
-from tda_clean.tracking import InMemoryTracker, mlflow_key
+from tda_clean.tracking import mlflow_key
 from tda_clean.tracking.mlflow_tracker import MlflowTracker
+from tests.memory_tracker import InMemoryTracker
 
 
 @dataclass

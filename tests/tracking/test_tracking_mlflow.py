@@ -13,8 +13,9 @@ import torch
 
 from tda_clean.config import TrackingConfig
 from tda_clean.errors import InputError
-from tda_clean.tracking import InMemoryTracker, NullTracker, Tracker, make_tracker
+from tda_clean.tracking import NullTracker, Tracker, make_tracker
 from tda_clean.tracking.mlflow_tracker import MlflowTracker
+from tests.memory_tracker import InMemoryTracker
 
 
 def test_log_model_in_worker_thread_ignores_global_state(

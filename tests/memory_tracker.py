@@ -1,4 +1,4 @@
-"""An in-memory tracker for tests: records everything, with the MLflow tracker's semantics."""
+"""An in-memory tracker (a test double): records everything, with the MLflow tracker's semantics."""
 from __future__ import annotations
 
 import threading
