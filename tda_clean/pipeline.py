@@ -52,9 +52,10 @@ def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
     model = make_model(ctx, bundle)
     checkpoint = getattr(ctx.config.model, "checkpoint", None)
     if which == "before" and checkpoint is not None:
+        from tda_clean.models.trainer import resolve_dtype
         from tda_clean.models.user import load_checkpoint
 
-        save_model(ctx, which, load_checkpoint(model, checkpoint))
+        save_model(ctx, which, load_checkpoint(model.to(dtype=resolve_dtype(ctx.config.train.dtype)), checkpoint))
         return {"n_train": len(train), "epochs": 0, "checkpoint": str(checkpoint)}
     result = fit_model(model, train.X, train.y, ctx.config.train, ctx.config.seed,
                        X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=train.weight)

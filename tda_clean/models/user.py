@@ -43,7 +43,8 @@ def import_object(path: str, key: str, code_dir: Path | None = None) -> Callable
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
         loaded = sys.modules.get(module_name.split(".")[0])
-        if loaded is not None and not str(getattr(loaded, "__file__", "") or "").startswith(str(folder)):
+        where = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", None) or []), "")
+        if loaded is not None and not str(where).startswith(str(folder)):
             for other in [m for m in sys.modules if m == loaded.__name__ or m.startswith(loaded.__name__ + ".")]:
                 del sys.modules[other]  # a same-named module from another folder: read this folder's
     try:
