@@ -11,8 +11,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tda_clean.models import user
 from tda_clean.models.given import fresh_copy
-from tda_clean.config import CNNConfig, InstanceModel, LogisticConfig, MLPConfig, ModelConfig
+from tda_clean.config import CNNConfig, InstanceModel, LogisticConfig, MLPConfig, ModelConfig, PythonModelConfig
 
 
 class LogisticRegression(nn.Module):
@@ -79,7 +80,8 @@ class SmallCNN(nn.Module):
 
 
 def build_model(config: ModelConfig, feature_shape: tuple[int, ...], n_classes: int, seed: int) -> nn.Module:
-    """Build a freshly initialised model; initialisation is a function of ``seed`` only.
+    """Build a freshly initialised model (a ``python`` model from the user's factory); initialisation is a
+    function of ``seed`` only.
 
     The global torch RNG is forked, so the caller's random state is left untouched.
     """
@@ -88,6 +90,7 @@ def build_model(config: ModelConfig, feature_shape: tuple[int, ...], n_classes: 
         MLPConfig: lambda: MLP(math.prod(feature_shape), n_classes, tuple(config.hidden)),  # type: ignore[union-attr]
         CNNConfig: lambda: SmallCNN(_image_shape(feature_shape), n_classes, tuple(config.channels), config.hidden),  # type: ignore[union-attr]
         InstanceModel: lambda: fresh_copy(config.key),  # type: ignore[union-attr]
+        PythonModelConfig: lambda: user.build(config, feature_shape, n_classes),
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
