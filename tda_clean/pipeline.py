@@ -43,12 +43,20 @@ def stage_load(ctx: RunContext) -> dict[str, Any]:
 
 
 def stage_train(ctx: RunContext, which: str) -> dict[str, Any]:
-    """Train on the corrupted (``before``) or cleaned (``after``) training set, same seed and settings."""
+    """Train on the corrupted (``before``) or cleaned (``after``) training set, same seed and settings; a
+    ``python`` model's ``checkpoint`` is the before-model (not trained here)."""
     bundle = DataBundle.load(ctx.path(DATA))
     train = bundle.train if which == "before" else cleaned_train(ctx, bundle)
     if which == "after" and ctx.config.action.kind == "unlearn":
         return _unlearn_after(ctx, bundle, train)
     model = make_model(ctx, bundle)
+    checkpoint = getattr(ctx.config.model, "checkpoint", None)
+    if which == "before" and checkpoint is not None:
+        from tda_clean.models.trainer import resolve_dtype
+        from tda_clean.models.user import load_checkpoint
+
+        save_model(ctx, which, load_checkpoint(model.to(dtype=resolve_dtype(ctx.config.train.dtype)), checkpoint))
+        return {"n_train": len(train), "epochs": 0, "checkpoint": str(checkpoint)}
     result = fit_model(model, train.X, train.y, ctx.config.train, ctx.config.seed,
                        X_val=bundle.val.X, y_val=bundle.val.y, sample_weight=train.weight)
     save_model(ctx, which, model)

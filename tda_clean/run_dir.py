@@ -131,6 +131,9 @@ def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: 
     """Create, reuse (resume) or — with ``fresh`` — wipe the run folder; refuse one made by another config/data,
     and never delete a folder holding anything a run did not write."""
     identity = {"config_hash": config.config_hash(), "data_fingerprint": data_fingerprint(config.data)}
+    if getattr(config.model, "checkpoint", None) is not None:  # the before-model: its bytes, not just its name
+        _hash_file(h := hashlib.sha256(), config.model.checkpoint)
+        identity["checkpoint_fingerprint"] = h.hexdigest()[:16]
     if output is None:
         folder = f"{config.name}-{identity['config_hash'][:8]}-{identity['data_fingerprint'][:8]}"
         if Path(folder).name != folder:

@@ -98,7 +98,7 @@ def _newton(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainCon
     norms = [float(step.norm())]
     keep = ~mask
     for _ in range(cfg.steps - 1):                                        # Newton on the retained objective
-        loss = TrainingLoss(ParamSpace(space.model, space.subset), X[keep], y[keep], objective)
+        loss = TrainingLoss(ParamSpace(space.model, space.subset, space.layers_only), X[keep], y[keep], objective)
         grad = _objective_grad(loss)
         solver = make_solver(engine.spec.solver).fit(loss)
         delta = solver.solve(grad[None])[0]
@@ -134,21 +134,23 @@ def _objective_grad(loss) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------- finetune / ascent
 def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainConfig, seed, ascent: bool):
-    from tda_clean.models.trainer import resolve_device, resolve_dtype, training_loss, training_objective
+    from tda_clean.influence.params import last_linear
+    from tda_clean.models.trainer import model_input, resolve_device, resolve_dtype, training_loss, training_objective
 
     model = copy.deepcopy(model_before)
     device, dtype = resolve_device(train_config.device), resolve_dtype(train_config.dtype)
     model.to(device=device, dtype=dtype)
-    if cfg.reinit_head and isinstance(getattr(model, "head", None), nn.Linear):
+    if cfg.reinit_head:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model.head.reset_parameters()
-    Xt = torch.as_tensor(np.ascontiguousarray(X), device=device).to(dtype)
+            last_linear(model)[1].reset_parameters()
+    Xt = model_input(X, device, dtype)
     yt = torch.as_tensor(y, dtype=torch.long, device=device)
     keep = torch.as_tensor(np.flatnonzero(~mask), device=device)
     forget = torch.as_tensor(np.flatnonzero(mask), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
+    objective = training_objective(train_config)
     bs = cfg.batch_size or train_config.batch_size
     for _ in range(cfg.epochs):
         model.train()
@@ -156,10 +158,10 @@ def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             opt.zero_grad()
-            loss = training_loss(model, Xt[idx], yt[idx], train_config.l2)
+            loss = training_loss(model, Xt[idx], yt[idx], objective)
             if ascent and len(forget):
                 fidx = forget[torch.randint(0, len(forget), (min(bs, len(forget)),), generator=gen).to(device)]
-                forget_loss = training_objective(train_config).data_mean(model(Xt[fidx]), yt[fidx])
+                forget_loss = objective.data_mean(model(Xt[fidx]), yt[fidx])
                 loss = loss - cfg.ascent_weight * torch.clamp(forget_loss, max=cfg.max_forget_loss)
             loss.backward()
             opt.step()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tda_clean.config.base import _Frozen
 from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda_clean.config import ...``)
@@ -218,14 +219,37 @@ class CNNConfig(_Frozen):
     hidden: int = 64
 
 
-ModelConfig = Annotated[Union[LogisticConfig, MLPConfig, CNNConfig], Field(discriminator="kind")]
+def _import_path(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        raise ValueError(f"expected an import path 'package.module:function', got {value!r}")
+    return value
+
+
+class PythonModelConfig(_Frozen):
+    """The user's own ``nn.Module`` (``tda_clean.models.user``): ``factory`` ``"package.module:function"`` called as
+    ``factory(input_shape, n_classes)``; ``code_dir`` (relative to the config file's folder) is put first on
+    ``sys.path``; ``checkpoint``: a ``state_dict`` file used as the before-model instead of training it;
+    ``loss``: a per-sample loss ``(logits (n, C), y (n,)) -> (n,)`` replacing cross-entropy everywhere."""
+
+    kind: Literal["python"] = "python"
+    factory: str
+    code_dir: Path | None = None
+    checkpoint: Path | None = None
+    loss: str | None = None
+
+    _paths = field_validator("factory", "loss")(_import_path)
+
+
+ModelConfig = Annotated[Union[LogisticConfig, MLPConfig, CNNConfig, PythonModelConfig], Field(discriminator="kind")]
 
 
 class TrainConfig(_Frozen):
     """Deterministic training. Loss = mean (weighted) cross-entropy + (l2 / 2) * ||theta||^2.
 
     ``lbfgs`` is full-batch (convex models); ``adam`` is mini-batch with early stopping on validation loss
-    (``patience`` epochs without improvement). ``device: auto`` picks CUDA when available.
+    (``patience`` epochs without improvement). ``device: auto`` picks CUDA when available. ``function``
+    (``"package.module:function"``) replaces the built-in trainer for every (re)train: see
+    :func:`tda_clean.models.user.fit_with_function`.
     """
 
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
@@ -236,6 +260,10 @@ class TrainConfig(_Frozen):
     patience: int = Field(default=10, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    function: str | None = None
+    _model: PythonModelConfig | None = PrivateAttr(None)  # set by RunConfig: the user loss and code_dir
+
+    _paths = field_validator("function")(_import_path)
 
 
 # ------------------------------------------------------------------------------------------ action
@@ -351,6 +379,14 @@ class RunConfig(_Frozen):
     review: Literal["none", "required"] = "none"
     runner: RunnerConfig = RunnerConfig()
 
+    @model_validator(mode="after")
+    def _user_model_trains(self) -> "RunConfig":
+        if isinstance(self.model, PythonModelConfig):  # its loss and code_dir reach every (re)train and influence
+            train = self.train.model_copy()
+            train._model = self.model
+            object.__setattr__(self, "train", train)
+        return self
+
     def config_hash(self) -> str:
         """Stable 16-hex-digit hash of everything that changes results (tracking and runner excluded)."""
         payload = self.model_dump(mode="json", exclude={"tracking", "runner"})
@@ -439,10 +475,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise InputError(f"{path}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
-    data = raw.get("data")
-    if isinstance(data, dict):  # relative data paths name files next to the config, not in the current folder
-        raw = {**raw, "data": {k: str(path.parent / v) if k in PATH_KEYS and isinstance(v, str) else v
-                               for k, v in data.items()}}
+    for section, keys in {"data": PATH_KEYS, "model": ("code_dir", "checkpoint")}.items():  # relative paths name files next to the config, not in the cwd
+        if isinstance(raw.get(section), dict):
+            raw = {**raw, section: {k: str(path.parent / v) if k in keys and isinstance(v, str) else v
+                                    for k, v in raw[section].items()}}
     return parse_config(apply_overrides(raw, overrides, str(path)), source=str(path))
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from tda_clean.config.base import _Frozen
-from tda_clean.config.influence import BudgetFields, InfluenceFields, SolverKind
+from tda_clean.config.influence import BudgetFields, InfluenceFields, ParamSubset, SolverKind
 
 
 class CleanlabDetector(_Frozen):
@@ -142,7 +142,7 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     train_gradient: Literal["margin", "loss"] = "margin"
     scan_min_flip: float = Field(default=0.2, gt=0, le=1)
     solver: SolverKind = "ekfac"
-    params: Literal["all", "head"] = "all"
+    params: ParamSubset = "all"
     seed: int = 0
 
     @model_validator(mode="after")

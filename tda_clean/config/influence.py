@@ -23,7 +23,7 @@ DEFAULT_FRACTION = 0.05
 
 Damping = Union[Annotated[float, Field(ge=0)], Literal["auto"]]
 SolverKind = Literal["exact", "cg", "lissa", "kfac", "ekfac"]
-ParamSubset = Union[Literal["all", "head"], tuple[str, ...]]
+ParamSubset = Union[Literal["all", "head"], str, tuple[str, ...]]  # str / tuple: module names or glob patterns
 
 
 class ExactSettings(_Frozen):
@@ -96,7 +96,8 @@ SolverSettings = Annotated[Union[ExactSettings, CGSettings, LissaSettings, KFACS
 class GradientSettings(_Frozen):
     """Where and how gradients are computed.
 
-    params:     ``"all"``, ``"head"`` (the last Linear) or a tuple of module names (``("body.0", "head")``).
+    params:     ``"all"``, ``"head"`` (module ``head``, else the last Linear), a module name or glob pattern over
+                ``named_modules()`` (``"layer4.*"``), or a tuple of them (``("body.0", "head")``).
     memory_mb:  budget for one batch of per-sample gradients (rows per batch are derived from it).
     batch_size: rows per batch for HVPs / forward passes over the training set.
     dtype:      ``"model"`` keeps the model's dtype; ``"float32"`` / ``"float64"`` compute on a cast copy.
@@ -112,7 +113,7 @@ class GradientSettings(_Frozen):
     @field_validator("params")
     @classmethod
     def _named_modules(cls, value):
-        if isinstance(value, tuple) and not value:
+        if not value:
             raise ValueError("expected 'all', 'head' or a non-empty tuple of module names")
         return value
 
@@ -170,12 +171,12 @@ class Budget(_Frozen):
 class InfluenceFields(_Frozen):
     """Config fields of every influence-based part (detectors, unlearning): ``solver``, ``damping`` (added to
     the Hessian; ``auto`` = 0.01 x its mean eigenvalue; use 0 for an L2 logistic model trained with lbfgs),
-    ``params`` (``head`` = last layer, exact-solver friendly) and ``dtype`` (CUDA used when present). Read them
+    ``params`` (``head`` = last layer, exact-solver friendly; or module names / glob patterns) and ``dtype`` (CUDA used when present). Read them
     together as the :class:`InfluenceSpec` ``influence``."""
 
     device: ClassVar[str] = "auto"
     solver: SolverKind = "exact"
-    params: Literal["all", "head"] = "head"
+    params: ParamSubset = "head"
     damping: Damping = "auto"
     dtype: Literal["model", "float32", "float64"] = "float32"
 

@@ -78,7 +78,7 @@ class InfluenceEngine:
         self.training = training
         self.model = prepare_model(model, spec.gradients)
         self.X, self.y = train_arrays(train)
-        self.space = ParamSpace(self.model, self.spec.gradients.params)
+        self.space = ParamSpace(self.model, self.spec.gradients.params, layers_only=self.spec.solver.kind in ("kfac", "ekfac"))
         self.loss = TrainingLoss(self.space, self.X, self.y, training, batch_size=self.spec.gradients.batch_size)
         self.n = self.loss.n
         self.store_dir = store_dir
@@ -220,7 +220,8 @@ class InfluenceEngine:
     def _info(self) -> dict[str, Any]:
         s = self.solver
         return {"damping": float(s.damping_), "negative_curvature": bool(s.negative_curvature_),
-                "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.spec.solver.kind}
+                "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.spec.solver.kind,
+                "influence_params": self.space.describe()}
 
 
 # ------------------------------------------------------------------------------------- one-call API

@@ -28,10 +28,12 @@ cross_entropy_row: RowLoss = TrainingObjective().row  # cross-entropy of one row
 
 
 def as_tensors(model_or_space, X, y=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Numpy / tensor inputs -> tensors on the model's device, features in the model's dtype, labels long."""
+    """Numpy / tensor inputs -> tensors on the model's device, float features in the model's dtype, labels long."""
+    from tda_clean.models.trainer import model_input
+
     model = model_or_space.model if isinstance(model_or_space, ParamSpace) else model_or_space
     param = next(model.parameters())
-    Xt = torch.as_tensor(np.ascontiguousarray(X) if isinstance(X, np.ndarray) else X, device=param.device).to(param.dtype)
+    Xt = model_input(X, param.device, param.dtype)  # integer inputs (token ids) stay integer
     yt = None
     if y is not None:
         yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, device=param.device).long()

@@ -1,14 +1,19 @@
 """The parameter subset influence is computed over, as one flat vector of length ``p``.
 
-A :class:`ParamSpace` fixes an ordered list of named parameters (``"all"``, ``"head"`` = the last Linear, or
-named modules) and converts between the flat ``(p,)`` vector and the ``{name: tensor}`` dict that
-``torch.func.functional_call`` takes. Parameters outside the subset stay frozen at their current values.
+A :class:`ParamSpace` fixes an ordered list of named parameters (``"all"``; ``"head"`` = the module ``head`` when the
+model has one, else its last ``nn.Linear`` in ``model.modules()`` order; or module names / glob patterns over
+``named_modules()`` such as ``"layer4.*"``, each selecting every parameter under the matched modules) and converts
+between the flat ``(p,)`` vector and the ``{name: tensor}`` dict that ``torch.func.functional_call`` takes.
+Parameters outside the subset stay frozen at their current values. With ``layers_only`` (K-FAC / EK-FAC) the
+parameters of other layers than ``nn.Linear`` and ungrouped ``nn.Conv2d`` (BatchNorm, LayerNorm, Embedding, ...)
+are frozen too; :meth:`ParamSpace.describe` lists the modules used and frozen.
 Flat order: parameters in ``model.named_parameters()`` order, each flattened row-major.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+from fnmatch import fnmatchcase
 from typing import Iterator
 
 import torch
@@ -26,24 +31,35 @@ class ParamSpace:
     ``modules`` (module name -> module for the modules that own the selected parameters).
     """
 
-    def __init__(self, model: nn.Module, subset: ParamSubset = "all"):
+    def __init__(self, model: nn.Module, subset: ParamSubset = "all", layers_only: bool = False):
         self.model = model
         self.subset = subset
+        self.layers_only = layers_only
         named = dict(model.named_parameters())
+        modules = dict(model.named_modules())
         if subset == "all":
             prefixes: tuple[str, ...] = ("",)
         elif subset == "head":
-            if not isinstance(getattr(model, "head", None), nn.Module):
-                raise InputError(f"params='head': {type(model).__name__} has no module named 'head'")
-            prefixes = ("head.",)
+            name = "head" if isinstance(getattr(model, "head", None), nn.Module) else last_linear(model)[0]
+            prefixes = (f"{name}." if name else "",)
         else:
-            modules = dict(model.named_modules())
-            for name in subset:
-                if name not in modules or not name:
-                    available = ", ".join(n for n, m in modules.items() if n and any(True for _ in m.parameters(recurse=False)))
-                    raise InputError(f"params: module {name!r} not found in {type(model).__name__} (modules with parameters: {available})")
-            prefixes = tuple(f"{name}." for name in subset)
+            chosen = []
+            for pattern in (subset,) if isinstance(subset, str) else subset:
+                hits = [n for n in modules if n and fnmatchcase(n, pattern)]
+                if not hits:
+                    raise InputError(f"params: module {pattern!r} not found in {type(model).__name__} (modules with "
+                                     f"parameters: {', '.join(_parameterised(model)) or 'none'})")
+                chosen += hits
+            prefixes = tuple(f"{name}." for name in chosen)
         self.names = tuple(n for n, p in named.items() if p.requires_grad and any(n.startswith(pre) for pre in prefixes))
+        if layers_only:
+            kept = tuple(n for n in self.names if _kfac_layer(modules[_owner(n)]))
+            for pattern in (subset,) if isinstance(subset, str) and subset not in ("all", "head") else ():
+                if pattern in modules and not kept:
+                    raise InputError(f"params: module {pattern!r} ({type(modules[pattern]).__name__}) has no K-FAC "
+                                     "curvature (nn.Linear and ungrouped nn.Conv2d only); use solver exact, cg or "
+                                     "lissa for it, or other modules")
+            self.names = kept
         if not self.names:
             raise InputError(f"params={subset!r}: selects no trainable parameters of {type(model).__name__}")
         self.shapes = tuple(tuple(named[n].shape) for n in self.names)
@@ -78,12 +94,43 @@ class ParamSpace:
         modules = dict(self.model.named_modules())
         out: dict[str, nn.Module] = {}
         for name in self.names:
-            owner = name.rsplit(".", 1)[0] if "." in name else ""
-            out.setdefault(owner, modules[owner])
+            out.setdefault(_owner(name), modules[_owner(name)])
+        return out
+
+    def describe(self) -> dict[str, list[str]]:
+        """``{"used": [...], "frozen": [...]}``: names of the modules owning trainable parameters, in the subset
+        or left out of it (``"(root)"`` for the model itself)."""
+        used = set(self.owners())
+        out: dict[str, list[str]] = {"used": [], "frozen": []}
+        for name in _parameterised(self.model):
+            out["used" if name in used else "frozen"].append(name or "(root)")
         return out
 
     def __repr__(self) -> str:
         return f"ParamSpace({self.subset!r}, p={self.p})"
+
+
+def _owner(param_name: str) -> str:
+    return param_name.rsplit(".", 1)[0] if "." in param_name else ""
+
+
+def _parameterised(model: nn.Module) -> list[str]:
+    """Names of the modules that directly own a trainable parameter, in ``named_modules()`` order."""
+    return [n for n, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def _kfac_layer(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1
+                                              and not isinstance(module.padding, str))
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """``(name, module)`` of the last ``nn.Linear`` in ``model.named_modules()`` order (the default ``head``)."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise InputError(f"params='head': {type(model).__name__} has no nn.Linear layer; name its modules in params "
+                         f"(modules with parameters: {', '.join(_parameterised(model)) or 'none'})")
+    return found[-1]
 
 
 def prepare_model(model: nn.Module, settings: GradientSettings) -> nn.Module:

@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tda_clean.config import CNNConfig, LogisticConfig, MLPConfig, ModelConfig
+from tda_clean.models import user
+from tda_clean.config import CNNConfig, LogisticConfig, MLPConfig, ModelConfig, PythonModelConfig
 
 
 class LogisticRegression(nn.Module):
@@ -78,7 +79,8 @@ class SmallCNN(nn.Module):
 
 
 def build_model(config: ModelConfig, feature_shape: tuple[int, ...], n_classes: int, seed: int) -> nn.Module:
-    """Build a freshly initialised model; initialisation is a function of ``seed`` only.
+    """Build a freshly initialised model (a ``python`` model from the user's factory); initialisation is a
+    function of ``seed`` only.
 
     The global torch RNG is forked, so the caller's random state is left untouched.
     """
@@ -86,6 +88,7 @@ def build_model(config: ModelConfig, feature_shape: tuple[int, ...], n_classes: 
         LogisticConfig: lambda: LogisticRegression(math.prod(feature_shape), n_classes),
         MLPConfig: lambda: MLP(math.prod(feature_shape), n_classes, tuple(config.hidden)),  # type: ignore[union-attr]
         CNNConfig: lambda: SmallCNN(_image_shape(feature_shape), n_classes, tuple(config.channels), config.hidden),  # type: ignore[union-attr]
+        PythonModelConfig: lambda: user.build(config, feature_shape, n_classes),
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

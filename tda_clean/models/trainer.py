@@ -2,10 +2,10 @@
 
 Objective (the TRAINING loss that influence functions differentiate): :class:`~tda_clean.objective.TrainingObjective`
     L(theta) = sum_i w_i * CE(f(x_i; theta), y_i) / sum_i w_i  +  (l2 / 2) * ||theta||^2
-with w_i = 1 unless sample weights are given (``training_objective(config)``). ``lbfgs`` minimises it full-batch
-(convex models converge to
+with w_i = 1 unless sample weights are given and CE replaced by the user's ``model.loss`` when set
+(``training_objective(config)``). ``lbfgs`` minimises it full-batch (convex models converge to
 the unique optimum); ``adam`` runs mini-batches in an order drawn from ``seed`` with early stopping on the
-validation loss, restoring the best weights.
+validation loss, restoring the best weights. ``train.function`` replaces both (:mod:`tda_clean.models.user`).
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from tda_clean.config import TrainConfig
 from tda_clean.errors import InputError
-from tda_clean.objective import TrainingObjective
+from tda_clean.objective import TrainingObjective, cross_entropy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,17 +39,24 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def training_objective(config: TrainConfig) -> TrainingObjective:
-    """The objective a run's models are trained with (and influence differentiates)."""
-    return TrainingObjective(l2=config.l2)
+    """The objective a run's models are trained with (and influence differentiates): the user's ``model.loss``
+    (a ``python`` model's, carried by the run's train config) or cross-entropy, and ``l2``."""
+    from tda_clean.models.user import UserLoss
+
+    user = getattr(config, "_model", None)
+    loss = UserLoss(user.loss, user.code_dir) if user is not None and user.loss else cross_entropy
+    return TrainingObjective(l2=config.l2, loss=loss)
 
 
 def training_loss(
-    model: nn.Module, X: torch.Tensor, y: torch.Tensor, l2: float, weight: torch.Tensor | None = None
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, objective: TrainingObjective | float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The training objective above on a batch (weights normalised within the batch) over all trainable
-    parameters."""
+    """The training ``objective`` (or cross-entropy with that ``l2``) on a batch (weights normalised within the
+    batch) over all trainable parameters."""
+    objective = objective if isinstance(objective, TrainingObjective) else TrainingObjective(l2=objective)
     params = (p for p in model.parameters() if p.requires_grad)
-    return TrainingObjective(l2=l2).value(model(X), y, params, weight)
+    return objective.value(model(X), y, params, weight)
 
 
 @dataclass
@@ -85,18 +91,27 @@ def fit(
         raise InputError("training set is empty")
     device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
     model.to(device=device, dtype=dtype)
-    Xt, yt = _tensor(X, device, dtype), torch.as_tensor(y, dtype=torch.long, device=device)
-    wt = None if sample_weight is None else _tensor(sample_weight, device, dtype)
+    Xt, yt = model_input(X, device, dtype), torch.as_tensor(y, dtype=torch.long, device=device)
+    wt = None if sample_weight is None else model_input(sample_weight, device, dtype)
     val = None
     if X_val is not None and y_val is not None and len(X_val):
-        val = (_tensor(X_val, device, dtype), torch.as_tensor(y_val, dtype=torch.long, device=device))
+        val = (model_input(X_val, device, dtype), torch.as_tensor(y_val, dtype=torch.long, device=device))
     show = sys.stderr.isatty() if progress is None else progress
+    objective = training_objective(config)
+    if config.function:  # the user's training function (one "epoch" for on_epoch, e.g. TracIn's checkpoints)
+        from tda_clean.models.user import TrainSet, fit_with_function
+
+        fit_with_function(model, TrainSet(Xt, yt, wt), None if val is None else TrainSet(*val), config, seed)
+        if on_epoch is not None:
+            on_epoch(0, model)
+        with torch.no_grad():
+            return TrainResult(model, [float(training_loss(model, Xt, yt, objective, wt))])
     if config.optimizer == "lbfgs":
-        return _fit_lbfgs(model, Xt, yt, wt, val, config, on_epoch, show)
-    return _fit_adam(model, Xt, yt, wt, val, config, seed, on_epoch, show)
+        return _fit_lbfgs(model, Xt, yt, wt, val, config, objective, on_epoch, show)
+    return _fit_adam(model, Xt, yt, wt, val, config, objective, seed, on_epoch, show)
 
 
-def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, on_epoch, show) -> TrainResult:
+def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, objective, on_epoch, show) -> TrainResult:
     result = TrainResult(model)
     opt = torch.optim.LBFGS(
         model.parameters(), lr=1.0, max_iter=20, history_size=20, line_search_fn="strong_wolfe",
@@ -105,7 +120,7 @@ def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, on_epoch, show) -> T
 
     def closure():
         opt.zero_grad()
-        loss = training_loss(model, Xt, yt, config.l2, wt)
+        loss = training_loss(model, Xt, yt, objective, wt)
         loss.backward()
         return loss
 
@@ -115,7 +130,7 @@ def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, on_epoch, show) -> T
         result.train_loss.append(loss)
         _check_diverged(result.train_loss, epoch, "raise train.l2 or check the features' scale")
         if val is not None:
-            result.val_loss.append(evaluate_loss(model, *val))
+            result.val_loss.append(evaluate_loss(model, *val, objective.loss))
         if on_epoch is not None:
             on_epoch(epoch, model)
         result.best_epoch = epoch
@@ -134,7 +149,7 @@ def fit_to_optimum(model: nn.Module, X: np.ndarray, y: np.ndarray, l2: float, *,
     matters. Returns ``model`` in eval mode.
     """
     param = next(model.parameters())
-    Xt = _tensor(X, param.device, param.dtype)
+    Xt = model_input(X, param.device, param.dtype)
     yt = torch.as_tensor(y, dtype=torch.long, device=param.device)
     opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, history_size=history_size,
                             tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
@@ -150,7 +165,7 @@ def fit_to_optimum(model: nn.Module, X: np.ndarray, y: np.ndarray, l2: float, *,
     return model.eval()
 
 
-def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, show) -> TrainResult:
+def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, objective, seed: int, on_epoch, show) -> TrainResult:
     result = TrainResult(model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(seed)
@@ -164,7 +179,7 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, 
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
             opt.zero_grad()
-            loss = training_loss(model, Xt[idx], yt[idx], config.l2, None if wt is None else wt[idx])
+            loss = training_loss(model, Xt[idx], yt[idx], objective, None if wt is None else wt[idx])
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
@@ -177,7 +192,7 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, seed: int, on_epoch, 
         if val is None:
             result.best_epoch = epoch
             continue
-        v = evaluate_loss(model, *val)
+        v = evaluate_loss(model, *val, objective.loss)
         result.val_loss.append(v)
         bar.set_postfix(val_loss=f"{v:.4f}")
         if v < best_val - 1e-6:
@@ -200,10 +215,10 @@ def _check_diverged(losses: list[float], epoch: int, hint: str) -> None:
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy (no regulariser)."""
+def evaluate_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss=cross_entropy) -> float:
+    """Mean per-sample ``loss`` (default cross-entropy; no regulariser)."""
     model.eval()
-    return float(F.cross_entropy(model(X), y))
+    return float(loss(model(X), y).mean())
 
 
 @torch.no_grad()
@@ -212,13 +227,13 @@ def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 4096) -> np
     model.eval()
     param = next(model.parameters())
     out = []
-    for start in range(0, len(X), batch_size):
-        xb = _tensor(X[start : start + batch_size], param.device, param.dtype)
+    for start in range(0, max(len(X), 1), batch_size):  # an empty X: one empty batch gives the class count
+        xb = model_input(X[start : start + batch_size], param.device, param.dtype)
         out.append(torch.softmax(model(xb), dim=1).double().cpu().numpy())
-    if not out:
-        return np.zeros((0, model.head.out_features))
     return np.concatenate(out)
 
 
-def _tensor(a: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(a), device=device).to(dtype)
+def model_input(a, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Array or tensor -> tensor on ``device``; floating inputs in ``dtype``, integer ones (token ids) kept long."""
+    t = torch.as_tensor(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a, device=device)
+    return t.to(dtype) if t.is_floating_point() or t.dtype == torch.bool else t.long()
