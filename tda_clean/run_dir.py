@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import uuid
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -30,10 +31,11 @@ IDENTITY, CONFIG, TRACKING, STAGES = "run.json", "config.yaml", "tracking.json",
 DATA, SELECTION, CLEANED, AUDIT, MANIFEST = "data.npz", "selection.npz", "train_cleaned.npz", "audit.csv", "manifest.json"
 REPORT, PLOT, CLEANED_DATA = "report.json", "before_after.png", "cleaned"  # cleaned/: the user's own format
 CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
-#: Every path (relative, ``fnmatch`` pattern) a run writes; ``*.tmp-*`` are atomic writes a kill interrupted.
-OWNED = (IDENTITY, CONFIG, TRACKING, DATA, SELECTION, CLEANED, AUDIT, MANIFEST, REPORT, PLOT, "model_*.pt", STAGES,
-         CLEANED_DATA, f"{CLEANED_DATA}/*",
-         f"{STAGES}/*.json", "review", CANDIDATES, PAGE, APPROVALS, "*.tmp-*")
+#: Every path a run writes, ``fnmatch`` patterns matched segment by segment (``*`` never crosses a ``/``);
+#: ``.*.tmp-*`` are atomic writes a kill interrupted.
+OWNED = (IDENTITY, CONFIG, TRACKING, DATA, SELECTION, CLEANED, AUDIT, MANIFEST, REPORT, PLOT, "model_before.pt",
+         "model_after.pt", STAGES, f"{STAGES}/*.json", "review", CANDIDATES, PAGE, APPROVALS, ".*.tmp-*",
+         f"{STAGES}/.*.tmp-*", "review/.*.tmp-*", CLEANED_DATA, f"{CLEANED_DATA}/*", f"{CLEANED_DATA}/.*.tmp-*")
 
 
 def model_file(which: str) -> str:
@@ -124,9 +126,13 @@ def foreign_entry(run_dir: Path) -> Path | None:
     if run_dir.is_symlink() or not (run_dir / IDENTITY).is_file():
         return run_dir
     for path in sorted(run_dir.rglob("*")):
-        if path.is_symlink() or not any(fnmatch(path.relative_to(run_dir).as_posix(), p) for p in OWNED):
+        if path.is_symlink() or not any(_owned(path.relative_to(run_dir).parts, p.split("/")) for p in OWNED):
             return path
     return None
+
+
+def _owned(parts: tuple[str, ...], pattern: list[str]) -> bool:
+    return len(parts) == len(pattern) and all(fnmatch(part, pat) for part, pat in zip(parts, pattern))
 
 
 def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: bool = False) -> RunContext:
@@ -151,7 +157,9 @@ def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: 
             what = "it is not one" if foreign == run_dir else f"{foreign} was not written by a run"
             raise InputError(f"--output {run_dir}: --fresh deletes only tda-clean run folders, and {what}; "
                              "clear it yourself or choose another folder")
-        shutil.rmtree(run_dir)
+        doomed = run_dir.with_name(f".{run_dir.name}.deleting-{uuid.uuid4().hex[:8]}")
+        run_dir.rename(doomed)  # a kill during the delete leaves no half-emptied run folder behind
+        shutil.rmtree(doomed)
     elif id_file.is_file():
         found = read_json(id_file)
         stale = {k: (found.get(k), v) for k, v in identity.items() if found.get(k) != v}

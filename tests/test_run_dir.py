@@ -49,6 +49,18 @@ def test_foreign_entry_accepts_only_what_a_run_writes(tmp_path):
     assert rd.foreign_entry(tmp_path / "link") == tmp_path / "link"
 
 
+@pytest.mark.parametrize("name", ["model_backup.pt", "stages/old/x.json", "review/.x.tmp-1/keep.txt", "a.tmp-1"])
+def test_patterns_match_segment_by_segment(tmp_path, name):
+    """A wildcard never crosses a folder, and only the files a run writes count: a user's model_backup.pt or a
+    file nested below a pattern's folder is foreign."""
+    run = _fake_run(tmp_path / "run")
+    (run / ".data.npz.tmp-1a2b3c4d.npz").write_text("an interrupted atomic write")
+    assert rd.foreign_entry(run) is None
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).write_text("mine")
+    assert rd.foreign_entry(run) is not None
+
+
 @pytest.mark.parametrize(("case", "why"), [("user-file-in-run-folder", r"\S*precious.txt was not written by a run"),
                                            ("not-a-run-folder", "it is not one")])
 def test_fresh_never_deletes_a_folder_with_foreign_files(tmp_path, config, capsys, case, why):
