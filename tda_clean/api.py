@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tda_clean.config import RunConfig, parse_config, read_config_file
+from tda_clean.data.export import cleaned_frame
 from tda_clean.data.sources import MEMORY, register_in_memory
 from tda_clean.errors import InputError
 from tda_clean.models.given import MODELS, register_module
@@ -78,20 +79,16 @@ def clean(train, *, val=None, test=None, label: str | None = None, groups=(), mo
         for key, value in (("model", model), ("detector", detector), ("action", action)):
             if value is not None:
                 raw[key] = _section(key, value, held)
-        from tda_clean.data.export import cleaned_frame
-        from tda_clean.pipeline import run_pipeline
-        from tda_clean.run_dir import AUDIT
+        from tda_clean.pipeline import AUDIT, run_pipeline
 
-        cfg = parse_config(raw, source="tda_clean.clean")
-        report = run_pipeline(cfg, output, fresh=fresh)
-        run_dir = Path(report["run_dir"])
-        cleaned = (cleaned_frame(cfg.data, pd.read_csv(run_dir / AUDIT))
+        report = run_pipeline(cfg := parse_config(raw, source="tda_clean.clean"), output, fresh=fresh)
+        cleaned = (cleaned_frame(cfg.data, pd.read_csv(Path(report["run_dir"]) / AUDIT))
                    if report["status"] == "completed" and isinstance(train, pd.DataFrame) else None)
     finally:
         for registry, key in held:
             registry.pop(key, None)
     return RunReport(report["status"], report["before"], report["after"], report["selection"], report["actions"],
-                     report["gate"], run_dir, cleaned, report)
+                     report["gate"], Path(report["run_dir"]), cleaned, report)
 
 
 def _base(config) -> dict[str, Any]:

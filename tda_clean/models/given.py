@@ -18,8 +18,8 @@ def register_module(model: nn.Module) -> str:
     covered = {id(p) for m in model.modules() if callable(_reset(m)) for p in m.parameters()}
     missing = [name for name, p in model.named_parameters() if id(p) not in covered]
     if missing:
-        raise InputError(f"model: parameters {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} are not "
-                         "re-initialised by any module's reset_parameters(); define one so retrains start afresh")
+        raise InputError(f"model: parameters {', '.join(missing)} are not re-initialised by any module's "
+                         "reset_parameters(); define one so retrains start afresh")
     h = hashlib.sha256(repr(model).encode())
     for name, tensor in model.state_dict().items():
         h.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())

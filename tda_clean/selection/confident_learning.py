@@ -33,8 +33,7 @@ def out_of_sample_probs(X: np.ndarray, y: np.ndarray, context: FitContext, folds
 
 
 def given_probs(path, n: int, n_classes: int) -> np.ndarray:
-    """The user's out-of-sample probabilities (n, n_classes) from a ``.npy`` file or held in memory by
-    :func:`tda_clean.clean`, checked (InputError otherwise)."""
+    """The user's out-of-sample probabilities (n, n_classes): a ``.npy`` file or held by ``clean()``; checked."""
     try:
         probs = MEMORY[str(path)] if str(path) in MEMORY else np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
