@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,11 +19,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tda_clean.config import RunConfig, parse_config
+from tda_clean.config import RunConfig, parse_config, read_config_file
+from tda_clean.data.export import cleaned_frame
 from tda_clean.data.sources import MEMORY, register_in_memory
 from tda_clean.errors import InputError
-from tda_clean.files import write_atomic
-from tda_clean.models.given import register_module
+from tda_clean.models.given import MODELS, register_module
 
 @dataclass(frozen=True)
 class RunReport:
@@ -35,7 +34,7 @@ class RunReport:
     ``worst_group_accuracy``...); selection: the detector's summary (``n_flagged``, precision/recall when the
     corruption is known); actions: rows removed / relabelled / reweighted; gate: ``{"passed", "reasons"}`` or None;
     cleaned_data: for a DataFrame, its training rows minus the removed ones, relabels applied (original index and
-    columns; also ``<run_dir>/cleaned/train.parquet``), else None.
+    columns and dtypes; also ``<run_dir>/cleaned/train.parquet``, ``train.csv`` without pyarrow), else None.
     """
 
     status: str
@@ -61,7 +60,8 @@ def clean(train, *, val=None, test=None, label: str | None = None, groups=(), mo
     splits ``train``): a pandas DataFrame (``label`` names its label column, ``groups`` its group columns;
     preprocessed like a CSV table), ``(X, y)`` arrays (X (n, ...) features used as given, y (n,) labels of any
     hashable type) or a map-style ``torch.utils.data.Dataset`` yielding ``(x, y)``. ``model``: an ``nn.Module``
-    (its current weights are the before-model; retrains re-initialise a copy with the run seed), a model config
+    with arrays or a Dataset (its current weights are the before-model; retrains re-initialise a copy with the run
+    seed, so every parameter must be under a ``reset_parameters``), a model config
     dict or kind. ``detector`` / ``action``: a config dict or kind; ``{"kind": "cleanlab", "pred_probs": P}``
     uses the user's out-of-sample probabilities P (n_train, n_classes). ``config``: a config dict, RunConfig or
     YAML path as the base (training settings go there: ``config={"train": {"epochs": 5}}``, as ``train`` is the
@@ -69,19 +69,26 @@ def clean(train, *, val=None, test=None, label: str | None = None, groups=(), mo
     ``output`` / ``fresh`` as on the CLI (default folder ``runs/<name>-<hash>-<data>``). Bad input raises
     :class:`~tda_clean.errors.InputError` with one line naming the key.
     """
-    raw = _merge(_base(config), overrides)
-    raw["data"] = _data_section(train, val, test, label, groups, raw.get("data") or {})
-    for key, value in (("model", model), ("detector", detector), ("action", action)):
-        if value is not None:
-            raw[key] = _section(key, value)
-    from tda_clean.pipeline import run_pipeline
+    if isinstance(train, pd.DataFrame) and isinstance(model, nn.Module):
+        raise InputError("model: a trained nn.Module would meet a DataFrame's standardised, one-hot features it never "
+                         "saw; pass (X, y) arrays (features used as given) or a model config")
+    held: list[tuple[dict, str]] = []  # what this call puts in the process's registries, released on the way out
+    try:
+        raw = _merge(_base(config), overrides)
+        raw["data"] = _data_section(train, val, test, label, groups, raw.get("data") or {}, held)
+        for key, value in (("model", model), ("detector", detector), ("action", action)):
+            if value is not None:
+                raw[key] = _section(key, value, held)
+        from tda_clean.pipeline import AUDIT, run_pipeline
 
-    report = run_pipeline(parse_config(raw, source="tda_clean.clean"), output, fresh=fresh)
-    cleaned = Path(report["run_dir"]) / "cleaned" / "train.parquet"
+        report = run_pipeline(cfg := parse_config(raw, source="tda_clean.clean"), output, fresh=fresh)
+        cleaned = (cleaned_frame(cfg.data, pd.read_csv(Path(report["run_dir"]) / AUDIT))
+                   if report["status"] == "completed" and isinstance(train, pd.DataFrame) else None)
+    finally:
+        for registry, key in held:
+            registry.pop(key, None)
     return RunReport(report["status"], report["before"], report["after"], report["selection"], report["actions"],
-                     report["gate"], Path(report["run_dir"]),
-                     pd.read_parquet(cleaned) if report["status"] == "completed" and cleaned.is_file() else None,
-                     report)
+                     report["gate"], Path(report["run_dir"]), cleaned, report)
 
 
 def _base(config) -> dict[str, Any]:
@@ -90,11 +97,7 @@ def _base(config) -> dict[str, Any]:
     if isinstance(config, RunConfig):
         return config.model_dump(mode="json")
     if isinstance(config, (str, Path)):
-        import yaml
-
-        if not Path(config).is_file():
-            raise InputError(f"config file not found: {config}")
-        config = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        config = read_config_file(config)
     if not isinstance(config, Mapping):
         raise InputError(f"config: expected a mapping, RunConfig or YAML path, got {type(config).__name__}")
     return json.loads(json.dumps(config, default=str))
@@ -107,12 +110,13 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _data_section(train, val, test, label, groups, extra: Mapping[str, Any]) -> dict[str, Any]:
+def _data_section(train, val, test, label, groups, extra: Mapping[str, Any], held: list) -> dict[str, Any]:
     if (val is None) != (test is None):
         raise InputError("val: give both val and test (your own splits) or neither")
     names = {key: register_in_memory(_as_data(split, obj), split)
              for key, split, obj in (("path", "train", train), ("val_path", "val", val), ("test_path", "test", test))
              if obj is not None}
+    held += [(MEMORY, name) for name in names.values()]
     frames = {isinstance(MEMORY[name], pd.DataFrame) for name in names.values()}
     if len(frames) > 1:
         raise InputError("val: train, val and test must be of one kind (all DataFrames, or all arrays / Datasets)")
@@ -155,19 +159,21 @@ def _array(x) -> np.ndarray:
     return np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
 
 
-def _section(key: str, value) -> dict[str, Any]:
+def _section(key: str, value, held: list) -> dict[str, Any]:
     """A config section from a kind, a dict, an ``nn.Module`` (model) or a dict with ``pred_probs`` (detector)."""
     if isinstance(value, str):
         return {"kind": value}
     if key == "model" and isinstance(value, nn.Module):
-        return {"kind": "instance", "key": register_module(value)}
+        held.append((MODELS, register_module(value)))
+        return {"kind": "instance", "key": held[-1][1]}
     if not isinstance(value, Mapping):
         raise InputError(f"{key}: expected a config dict or kind{', or an nn.Module' if key == 'model' else ''}; got "
                          f"{type(value).__name__}")
     section = dict(value)
-    if "pred_probs" in section:  # kept as a file named by its content, so the config (and its hash) names it
+    if "pred_probs" in section:  # held in memory under a name made of its content, so the config (and hash) names it
         probs = np.ascontiguousarray(section.pop("pred_probs"), dtype=np.float64)
         digest = hashlib.sha256(f"{probs.shape}".encode() + probs.tobytes()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / "tda-clean" / f"pred_probs-{digest}.npy"
-        section["pred_probs_path"] = str(write_atomic(path, lambda tmp: np.save(tmp, probs)))
+        section["pred_probs_path"] = f"pred_probs-memory-{digest}"
+        MEMORY[section["pred_probs_path"]] = probs
+        held.append((MEMORY, section["pred_probs_path"]))
     return section

@@ -50,7 +50,7 @@ def test_dataframe_route_relabels_from_given_probabilities_and_resumes(tmp_path)
     assert isinstance(report, RunReport) and report.status == "completed"
     pd.testing.assert_frame_equal(train, before)  # the input is never modified
     assert report.selection["n_flagged"] == 3 and report.actions["relabeled"] == 3
-    assert "folds" not in report.selection and report.selection["pred_probs_path"].endswith(".npy")
+    assert "folds" not in report.selection and report.selection["pred_probs_path"].startswith("pred_probs-memory-")
     expected = train.copy()
     expected.iloc[wrong, expected.columns.get_loc("label")] = np.where(train["label"].iloc[wrong] == "yes", "no", "yes")
     pd.testing.assert_frame_equal(report.cleaned_data, expected)
@@ -116,7 +116,7 @@ def test_instance_model_retrains_reinitialise_a_copy_with_the_seed():
     from tda_clean.api import _section
 
     net = Net()
-    cfg = InstanceModel(**_section("model", net))
+    cfg = InstanceModel(**_section("model", net, []))
     a, b, c = (build_model(cfg, (3,), 3, seed) for seed in (0, 0, 1))
     assert a is not net and torch.equal(a.head.weight, b.head.weight)
     assert not torch.equal(a.head.weight, c.head.weight) and not torch.equal(a.head.weight, net.head.weight)
@@ -164,6 +164,78 @@ def test_bad_input_is_one_line(call, message, tmp_path, monkeypatch):
     with pytest.raises(InputError, match=message) as info:
         call(frames()[0])
     assert "\n" not in str(info.value)
+
+
+def test_dataframe_result_is_built_in_memory_and_written_as_csv_without_pyarrow(tmp_path, monkeypatch):
+    """int column names and dtypes survive in cleaned_data; without pyarrow cleaned/train.csv is written instead."""
+    df = pd.concat(frames()).rename(columns={"age": 0, "income": 1})
+    monkeypatch.setattr("tda_clean.data.export.has_pyarrow", lambda: False)
+    report = tda_clean.clean(df, label="label", detector={"kind": "random", "max_flagged": 5}, action="remove",
+                             output=tmp_path / "run", **OFF)
+    audit = pd.read_csv(report.run_dir / "audit.csv")
+    removed = audit.loc[audit["action"] == "remove", "row_id"].to_numpy()
+    pd.testing.assert_frame_equal(report.cleaned_data, df.drop(index=df.index[removed]))
+    assert list(report.cleaned_data.columns[:2]) == [0, 1]
+    manifest = json.loads((report.run_dir / "manifest.json").read_text())
+    assert manifest["cleaned_data"] == str(report.run_dir / "cleaned" / "train.csv")
+    assert len(pd.read_csv(manifest["cleaned_data"])) == len(df) - 5
+    assert not (report.run_dir / "cleaned" / "train.parquet").exists()
+
+
+@pytest.mark.parametrize("text", [b"data: {kind: [digits\n", b"name: caf\xe9\n"])
+def test_config_file_is_read_like_the_cli(text, tmp_path):
+    """clean(config=path) goes through the CLI's reader: bad YAML or encoding is one line naming the file."""
+    (tmp_path / "c.yaml").write_bytes(text)
+    with pytest.raises(InputError, match=rf"^{tmp_path}/c.yaml: not valid YAML \(") as info:
+        tda_clean.clean(arrays(30, 0), config=tmp_path / "c.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_paths_resolve_against_its_folder(tmp_path, monkeypatch):
+    from tda_clean.api import _base
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "c.yaml").write_text("detector: {kind: cleanlab, pred_probs_path: p.npy}\n")
+    monkeypatch.chdir(tmp_path)
+    assert _base("cfg/c.yaml")["detector"]["pred_probs_path"] == str(tmp_path / "cfg" / "p.npy")
+
+
+def test_registries_are_released_after_a_run_and_after_an_error(tmp_path):
+    from tda_clean.data.sources import MEMORY
+    from tda_clean.models.given import MODELS
+
+    before = (set(MEMORY), set(MODELS))
+    probs = np.full((60, 3), 1 / 3)
+    options = dict(val=arrays(30, 1), test=arrays(30, 2), model=Net(), action="remove", output=tmp_path / "run",
+                   config={"train": {"epochs": 2}}, **OFF)
+    report = tda_clean.clean(arrays(60, 0), detector={"kind": "cleanlab", "pred_probs": probs}, **options)
+    assert report.status == "completed" and (set(MEMORY), set(MODELS)) == before
+    with pytest.raises(InputError, match="has shape"):
+        tda_clean.clean(arrays(60, 0), detector={"kind": "cleanlab", "pred_probs": probs[:5]}, fresh=True, **options)
+    assert (set(MEMORY), set(MODELS)) == before
+
+
+class Scaled(Net):
+    """Net with a learned output scale no ``reset_parameters`` covers."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.scale * super().forward(x)
+
+
+def test_module_with_parameters_no_reset_covers_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"^model: parameters scale are not re-initialised by any module's "
+                                         r"reset_parameters\(\)") as info:
+        tda_clean.clean(arrays(30, 0), model=Scaled(), output=tmp_path / "run", **OFF)
+    assert "\n" not in str(info.value)
+
+
+def test_dataframe_with_a_trained_module_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"^model: a trained nn.Module would meet a DataFrame's standardised"):
+        tda_clean.clean(frames()[0], label="label", model=Net(), output=tmp_path / "run", **OFF)
 
 
 def test_in_memory_config_outside_its_process_is_refused():

@@ -484,6 +484,11 @@ def parse_config(raw: Any, source: str = "config") -> RunConfig:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config file, apply overrides, validate."""
+    return parse_config(apply_overrides(read_config_file(path), overrides, str(path)), source=str(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping, size-checked, with relative paths resolved against its folder."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
@@ -498,9 +503,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     sections = {"data": PATH_KEYS, "detector": ("pred_probs_path",), "model": ("code_dir", "checkpoint")}
     for section, keys in sections.items():  # relative paths name files next to the config, not in the cwd
         if isinstance(raw.get(section), dict):
-            raw = {**raw, section: {k: str(path.parent / v) if k in keys and isinstance(v, str) else v
+            raw = {**raw, section: {k: str(path.absolute().parent / v) if k in keys and isinstance(v, str) else v
                                     for k, v in raw[section].items()}}
-    return parse_config(apply_overrides(raw, overrides, str(path)), source=str(path))
+    return raw
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:

@@ -3,12 +3,14 @@
 ``write_cleaned(source, audit, out_dir)`` takes the run's audit table (class names in ``new_label``) and writes
 the rows of the user's training source ``data.path`` minus the removed ones, relabels applied as the original
 label values: a CSV keeps every untouched record byte for byte (a relabelled record is re-quoted by the csv
-module, only its label field changed), a Parquet file its columns and dtypes, an image folder becomes a manifest
+module, only its label field changed), a Parquet file its columns and dtypes, a DataFrame
+``train.parquet`` (``train.csv`` without pyarrow) with its index, an image folder becomes a manifest
 ``path,label`` (absolute paths; readable back as an image-path table). Built-in data sets get nothing here.
 """
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 from pathlib import Path
 
@@ -27,33 +29,56 @@ def write_cleaned(source, audit: pd.DataFrame, out_dir: Path) -> dict[str, str]:
     if not isinstance(source, (TableSource, ImageFolderSource)) or (
             source.kind == "memory" and not isinstance(in_memory("path", source.path), pd.DataFrame)):
         return {}  # built-in data, in-memory arrays: train_cleaned.npz only
-    removed = set(audit.loc[audit["action"] == "remove", "row_id"].astype(int))
-    relabel = audit[audit["action"] == "relabel"]
-    new_name = dict(zip(relabel["row_id"].astype(int), relabel["new_label"].map(_name)))
     out_dir.mkdir(exist_ok=True)
     if isinstance(source, ImageFolderSource):
+        removed, new_name = _decisions(audit)
         files = folder_images("path", source.path)  # row_id = position; the training folder comes first
         out = out_dir / "manifest.csv"
         frame = pd.DataFrame({"path": [str(f.resolve()) for f in files],
                               "label": [new_name.get(i, f.parent.name) for i, f in enumerate(files)]})
         return _atomic(out, lambda tmp: frame.drop(index=list(removed & set(frame.index))).to_csv(tmp, index=False))
-    df, split, _ = read_tables(source)
-    n = len(df) if source.val_path is None else int((split == 0).sum())  # rows of the training file
-    row_id, (y, classes) = table_row_ids(df, source)[:n], encode_labels(df[source.label], source.label)
-    names = np.asarray(classes)[y[:n]]
-    keep = ~np.isin(row_id, list(removed))
-    relabelled = {p: new_name[r] for p, r in enumerate(row_id) if r in new_name}
-    out = out_dir / ("train.parquet" if source.kind == "memory" else source.path.name)
+    out = out_dir / source.path.name
     if source.kind == "csv":
-        records = _csv_records(source.path)
-        if len(records) - 1 == n:
+        records, (names, keep, relabelled, _) = _csv_records(source.path), _table_rows(source, audit)
+        if len(records) - 1 == len(names):
             return _atomic(out, lambda tmp: _write_csv(tmp, records, source.label, names, keep, relabelled))
-    frame = (in_memory("path", source.path) if source.kind == "memory" else df.iloc[:n]).copy()
+    frame = cleaned_frame(source, audit)
+    if source.kind == "memory":  # a DataFrame keeps its index; Parquet only where pyarrow (an extra) is installed
+        out = out_dir / f"train.{'parquet' if has_pyarrow() else 'csv'}"
+    write = frame.to_csv if out.suffix == ".csv" else frame.to_parquet
+    return _atomic(out, lambda tmp: write(tmp, index=source.kind == "memory"))
+
+
+def has_pyarrow() -> bool:
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def cleaned_frame(source: TableSource, audit: pd.DataFrame) -> pd.DataFrame:
+    """The training rows of a table source minus the removed ones, relabels applied as the user's own label values;
+    for ``data.kind: memory`` the registered DataFrame itself (its index, columns and dtypes)."""
+    names, keep, relabelled, df = _table_rows(source, audit)
+    frame = (in_memory("path", source.path) if source.kind == "memory" else df.iloc[:len(names)]).copy()
     value_of = dict(zip(names, frame[source.label]))  # class name -> the user's own label value
     for p, name in relabelled.items():
         frame.iloc[p, frame.columns.get_loc(source.label)] = value_of[name]
-    write = frame[keep].to_csv if source.kind == "csv" else frame[keep].to_parquet
-    return _atomic(out, lambda tmp: write(tmp, index=source.kind == "memory"))  # a DataFrame keeps its index
+    return frame[keep]
+
+
+def _decisions(audit: pd.DataFrame) -> tuple[set[int], dict[int, str]]:
+    """The removed row_ids and ``{row_id: new class name}`` of the relabelled ones."""
+    relabel = audit[audit["action"] == "relabel"]
+    return (set(audit.loc[audit["action"] == "remove", "row_id"].astype(int)),
+            dict(zip(relabel["row_id"].astype(int), relabel["new_label"].map(_name))))
+
+
+def _table_rows(source: TableSource, audit: pd.DataFrame):
+    """Per row of the training file: class names (n,), kept mask (n,), ``{position: new class name}``; the table."""
+    removed, new_name = _decisions(audit)
+    df, split, _ = read_tables(source)
+    n = len(df) if source.val_path is None else int((split == 0).sum())  # rows of the training file
+    row_id, (y, classes) = table_row_ids(df, source)[:n], encode_labels(df[source.label], source.label)
+    relabelled = {p: new_name[r] for p, r in enumerate(row_id) if r in new_name}
+    return np.asarray(classes)[y[:n]], ~np.isin(row_id, list(removed)), relabelled, df
 
 
 def _name(value) -> str:

@@ -283,8 +283,9 @@ def source_files(cfg: TableSource | ImageFolderSource) -> list[Path]:
     return [path for _, path in _sources(cfg)] + images
 
 
-#: In-memory data of this process (``MemorySource``): name -> DataFrame or ``(X (n, ...) float32, y (n,) labels)``.
-MEMORY: dict[str, pd.DataFrame | tuple[np.ndarray, np.ndarray]] = {}
+#: In-memory data of a running :func:`tda_clean.clean` (``MemorySource``): name -> DataFrame, ``(X (n, ...) float32,
+#: y (n,) labels)`` or given probabilities (n_train, n_classes).
+MEMORY: dict[str, pd.DataFrame | tuple[np.ndarray, np.ndarray] | np.ndarray] = {}
 
 
 def register_in_memory(data: pd.DataFrame | tuple[np.ndarray, np.ndarray], split: str) -> str:

@@ -62,8 +62,9 @@ def fit_transform_splits(
     text: tuple[str, int] | None = None,
 ) -> tuple[list[np.ndarray], tuple[str, ...]]:
     """Fit the preprocessor on ``frame.iloc[splits[0]]`` (train) and transform every split: float32 (n_s, d)."""
-    pre = make_preprocessor(frame, features, text)
-    X = frame[list(features) + ([text[0]] if text else [])]
+    cols = list(features) + ([text[0]] if text else [])
+    X = frame[cols].set_axis([str(c) for c in cols], axis=1)  # sklearn needs one type of column name (int -> str)
+    pre = make_preprocessor(X, tuple(map(str, features)), (str(text[0]), text[1]) if text else None)
     pre.fit(X.iloc[splits[0]])
     out = [np.asarray(pre.transform(X.iloc[idx]), dtype=np.float32) for idx in splits]
     return out, tuple(str(n) for n in pre.get_feature_names_out())

@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
+from tda_clean.data.sources import MEMORY
 from tda_clean.errors import InputError, one_line
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.models.trainer import predict_proba
@@ -32,9 +33,9 @@ def out_of_sample_probs(X: np.ndarray, y: np.ndarray, context: FitContext, folds
 
 
 def given_probs(path, n: int, n_classes: int) -> np.ndarray:
-    """The user's out-of-sample probabilities (n, n_classes) from a ``.npy`` file, checked (InputError otherwise)."""
+    """The user's out-of-sample probabilities (n, n_classes): a ``.npy`` file or held by ``clean()``; checked."""
     try:
-        probs = np.load(path, allow_pickle=False)
+        probs = MEMORY[str(path)] if str(path) in MEMORY else np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"detector.pred_probs_path: cannot read {path} as a .npy array: {one_line(exc)}") from None
     if probs.shape != (n, n_classes):
