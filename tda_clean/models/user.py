@@ -59,6 +59,22 @@ def import_object(path: str, key: str, code_dir: Path | None = None) -> Callable
     return obj
 
 
+def code_files(train) -> list[Path | None]:
+    """The source files of the modules of ``model.factory``, ``model.loss`` and ``train.function`` (of a run's
+    ``train`` config), imported as they are for training; ``None`` for one that cannot be (its error comes later)."""
+    user = train._model
+    named = [(user.factory, "model.factory"), (user.loss, "model.loss")] if user is not None else []
+    out = []
+    for path, key in [(p, k) for p, k in [*named, (train.function, "train.function")] if p]:
+        try:
+            import_object(path, key, user.code_dir if user is not None else None)
+        except InputError:
+            out.append(None)
+            continue
+        out.append(Path(getattr(sys.modules[path.partition(":")[0]], "__file__", None) or "-"))
+    return out
+
+
 def build(config, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """``config.factory(input_shape, n_classes)`` (``config``: ``PythonModelConfig``), checked to be a module."""
     factory = import_object(config.factory, "model.factory", config.code_dir)
