@@ -12,7 +12,9 @@ becomes an :class:`InputError` (exit code 2) naming ``train.function`` with its 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,18 +62,13 @@ def import_object(path: str, key: str, code_dir: Path | None = None) -> Callable
 
 
 def code_files(train) -> list[Path | None]:
-    """The source files of the modules of ``model.factory``, ``model.loss`` and ``train.function`` (of a run's
-    ``train`` config), imported as they are for training; ``None`` for one that cannot be (its error comes later)."""
-    user = train._model
-    named = [(user.factory, "model.factory"), (user.loss, "model.loss")] if user is not None else []
-    out = []
-    for path, key in [(p, k) for p, k in [*named, (train.function, "train.function")] if p]:
-        try:
-            import_object(path, key, user.code_dir if user is not None else None)
-        except InputError:
-            out.append(None)
-            continue
-        out.append(Path(getattr(sys.modules[path.partition(":")[0]], "__file__", None) or "-"))
+    """The source files of ``model.factory``, ``model.loss`` and ``train.function`` (``train``: a run's train config),
+    imported as for training; one that cannot be is left out (the run reports it when it is used)."""
+    user, out = train._model, []
+    named = [("model.factory", user.factory), ("model.loss", user.loss)] if user is not None else []
+    for key, path in [*named, ("train.function", train.function)]:
+        with contextlib.suppress(InputError, TypeError):  # TypeError: a callable instance has no file of its own
+            out.append(path and Path(inspect.getfile(import_object(path, key, user and user.code_dir))))
     return out
 
 
