@@ -139,9 +139,16 @@ def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: 
     """Create, reuse (resume) or — with ``fresh`` — wipe the run folder; refuse one made by another config/data,
     and never delete a folder holding anything a run did not write."""
     identity = {"config_hash": config.config_hash(), "data_fingerprint": data_fingerprint(config.data)}
-    if getattr(config.model, "checkpoint", None) is not None:  # the before-model: its bytes, not just its name
-        _hash_file(h := hashlib.sha256(), config.model.checkpoint)
-        identity["checkpoint_fingerprint"] = h.hexdigest()[:16]
+    from tda_clean.models.user import code_files
+
+    inputs = {"checkpoint": [getattr(config.model, "checkpoint", None)], "code": code_files(config.train),
+              "pred_probs": [getattr(config.detector, "pred_probs_path", None)]}
+    for key, paths in inputs.items():  # the bytes of the files the config names, not just their names
+        if any(p is not None for p in paths):
+            h = hashlib.sha256()
+            for path in paths:
+                _hash_file(h, path)
+            identity[f"{key}_fingerprint"] = h.hexdigest()[:16]
     if output is None:
         folder = f"{config.name}-{identity['config_hash'][:8]}-{identity['data_fingerprint'][:8]}"
         if Path(folder).name != folder:

@@ -248,7 +248,8 @@ class PythonModelConfig(_Frozen):
     """The user's own ``nn.Module`` (``tda_clean.models.user``): ``factory`` ``"package.module:function"`` called as
     ``factory(input_shape, n_classes)``; ``code_dir`` (relative to the config file's folder) is put first on
     ``sys.path``; ``checkpoint``: a ``state_dict`` file used as the before-model instead of training it;
-    ``loss``: a per-sample loss ``(logits (n, C), y (n,)) -> (n,)`` replacing cross-entropy everywhere."""
+    ``loss``: a per-sample loss ``(logits (n, C), y (n,)) -> (n,)`` replacing cross-entropy in training and in
+    influence's training gradients and curvature."""
 
     kind: Literal["python"] = "python"
     factory: str

@@ -77,7 +77,8 @@ class KFACSettings(_Frozen):
 
     ``eigen_correction`` (``kind="ekfac"``) is EK-FAC (George et al. 2018): the Kronecker eigenbasis with
     eigenvalues re-fitted to per-sample gradients. ``fisher="sampled"`` draws labels from the model's predictive
-    distribution (true Fisher = Gauss-Newton for cross-entropy); ``"empirical"`` uses the given labels.
+    distribution (true Fisher = Gauss-Newton for cross-entropy); ``"empirical"`` uses the given labels (always
+    when the training loss is not cross-entropy).
     """
 
     kind: Literal["kfac", "ekfac"] = "ekfac"

@@ -221,7 +221,7 @@ class InfluenceEngine:
         s = self.solver
         return {"damping": float(s.damping_), "negative_curvature": bool(s.negative_curvature_),
                 "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.spec.solver.kind,
-                "influence_params": self.space.describe()}
+                "influence_params": self.space.describe(), **({"fisher": s.fisher_} if hasattr(s, "fisher_") else {})}
 
 
 # ------------------------------------------------------------------------------------- one-call API
@@ -246,12 +246,14 @@ def pairwise_influence(model: nn.Module, train, spec: InfluenceSpec, training: T
 def projected_influence(model: nn.Module, train, objective: Objective, *, l2: float, k: int = 512,
                         kind: str = "rademacher", seed: int = 0, damping: float = 0.0,
                         gradients: GradientSettings = GradientSettings(),
-                        store_dir: str | Path | None = None) -> InfluenceResult:
+                        store_dir: str | Path | None = None,
+                        training: TrainingObjective = TrainingObjective()) -> InfluenceResult:
     """TRAK-style influence in a seeded ``k``-dim random projection of the gradients (for large models / data).
 
     Curvature: the projected empirical Fisher ``F = (1/n) sum_i (P g_i)(P g_i)^T + (l2 + damping) I`` (k, k);
     scores ``(1/n) (P q)^T F^-1 (P g_i)`` (m, n), same sign convention. Projected training gradients go to the
     optional ``store_dir`` (memory-mapped, fingerprint includes the projection), so n x p never sits in RAM.
+    ``g_i``: gradients of ``training``'s per-row loss (the objective the model was trained with).
     """
     model = prepare_model(model, gradients)
     X, y = train_arrays(train)
@@ -261,9 +263,9 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
     if n == 0:
         raise InputError("training set is empty: influence needs at least one training row")
 
-    def blocks() -> Iterator[tuple[slice, torch.Tensor]]:
-        for rows, G in iter_per_sample_grads(space, X, y, memory_mb=gradients.memory_mb):
-            yield rows, proj.project(G)
+    def blocks(rows: slice = slice(None)) -> Iterator[tuple[slice, torch.Tensor]]:
+        for sub, G in iter_per_sample_grads(space, X[rows], y[rows], loss=training.row, memory_mb=gradients.memory_mb):
+            yield sub, proj.project(G)
 
     if store_dir is not None:
         fp = store_fingerprint(model_fingerprint(model), np.asarray(X), np.asarray(y), str(space.subset),
@@ -273,9 +275,7 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
                                    info={"projection": proj.describe()})
         for chunk in store.missing_chunks():
             rows = store.chunk_slice(chunk)
-            parts = [proj.project(G).cpu().numpy()
-                     for _, G in iter_per_sample_grads(space, X[rows], y[rows], memory_mb=gradients.memory_mb)]
-            store.write_chunk(chunk, np.concatenate(parts))
+            store.write_chunk(chunk, np.concatenate([Pg.cpu().numpy() for _, Pg in blocks(rows)]))
         device = space.flat().device
         source = lambda: ((rows, torch.as_tensor(b, device=device)) for rows, b in store.iter_chunks())  # noqa: E731
     else:

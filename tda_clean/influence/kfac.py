@@ -11,7 +11,7 @@ layer's segment of the flat parameter vector (``[weight.flatten(), bias]``).
 K-FAC uses eigenvalues ``lam_S (x) lam_A``; EK-FAC (George et al. 2018) replaces them with
 ``lam[o, i] = (1/n) sum_n ((Q_S^T M_n Q_A)[o, i])^2``. The L2 term of the training loss is exact in any basis,
 so the curvature used is ``Q (lam + l2 + damping) Q^T`` per layer. Labels for ``g`` are drawn from the model
-(``fisher="sampled"``, seeded) or the given ones (``"empirical"``).
+(``fisher="sampled"``, seeded; cross-entropy only) or the given ones (``"empirical"``, used for any other loss).
 
 Scores ``q^T A^-1 g_i`` for many queries (``InfluenceEngine.scores``) are computed IN the eigenbasis, where
 ``A^-1`` is diagonal: both gradients are projected from their layer factors (:meth:`KFACSolver.eigenbasis_gradients`),
@@ -32,6 +32,7 @@ from tda_clean.config.influence import KFACSettings
 from tda_clean.errors import InputError
 from tda_clean.influence import layer_grads
 from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss, register_solver, resolve_damping
+from tda_clean.objective import cross_entropy
 from tda_clean.progress import progress_bar
 
 
@@ -163,7 +164,8 @@ class KFACSolver(CurvatureSolver):
         return self
 
     def _labels(self, loss: TrainingLoss) -> torch.Tensor:
-        if self.settings.fisher == "empirical":
+        self.fisher_ = self.settings.fisher if loss.objective.loss is cross_entropy else "empirical"  # sampled: CE's
+        if self.fisher_ == "empirical":
             return loss.y
         gen = torch.Generator(device="cpu").manual_seed(self.settings.seed)
         out = []

@@ -26,10 +26,11 @@ from torch import nn
 from tda_clean.errors import InputError
 from tda_clean.influence.estimators import InfluenceResult, train_arrays
 from tda_clean.influence import layer_grads
-from tda_clean.influence.gradients import as_tensors, check_finite_rows, cross_entropy_row, iter_per_sample_grads
+from tda_clean.influence.gradients import as_tensors, check_finite_rows, iter_per_sample_grads
 from tda_clean.influence.objectives import Objective, PerSampleObjective
 from tda_clean.influence.params import ParamSpace, prepare_model
 from tda_clean.config.influence import GradientSettings
+from tda_clean.objective import TrainingObjective
 
 
 class CheckpointRecorder:
@@ -49,16 +50,17 @@ class CheckpointRecorder:
             self.checkpoints.append((epoch, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}))
 
 
-def _similarity(space: ParamSpace, X, y, objective: Objective, memory_mb: float, cosine: bool, n: int) -> torch.Tensor:
-    """(m, n) float64 ``q_j . g_i`` (or cosines) of the objective's outputs and the training rows."""
-    fast = _factored_similarity(space, X, y, objective, cosine, n)
+def _similarity(space: ParamSpace, X, y, objective: Objective, memory_mb: float, cosine: bool, n: int,
+                row_loss) -> torch.Tensor:
+    """(m, n) float64 ``q_j . g_i`` (or cosines) of the objective's outputs and the training rows' ``row_loss``."""
+    fast = _factored_similarity(space, X, y, objective, cosine, n, row_loss)
     if fast is not None:
         return fast
     Q = objective.query_gradients(space, memory_mb)
     out = torch.zeros(Q.shape[0], n, dtype=torch.float64)
     if cosine:
         Q = Q / Q.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    for rows, G in iter_per_sample_grads(space, X, y, memory_mb=memory_mb):
+    for rows, G in iter_per_sample_grads(space, X, y, loss=row_loss, memory_mb=memory_mb):
         if cosine:
             G = G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
         out[:, rows] = (Q @ G.T).double().cpu()
@@ -72,7 +74,7 @@ def _checked_factors(space: ParamSpace, X: torch.Tensor, y: torch.Tensor, loss, 
     return parts
 
 
-def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: bool, n: int,
+def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: bool, n: int, row_loss,
                          block: int = 4096) -> torch.Tensor | None:
     """Same as the materialised path, with Linear layers' gradients as rank-one factors
     (``layer_grads.gradient_parts``), when the subset is made of Linear / Conv2d layers and the objective is defined
@@ -88,7 +90,7 @@ def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: 
     out = torch.zeros(1 if objective.reduce == "mean" else len(Xq), n, dtype=torch.float64)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
-        ft = _checked_factors(space, Xt[rows], yt[rows], cross_entropy_row, "per-sample gradients", offset=start)
+        ft = _checked_factors(space, Xt[rows], yt[rows], row_loss, "per-sample gradients", offset=start)
         if ft is None:
             return None
         D = layer_grads.part_dots(fq, ft)
@@ -101,10 +103,12 @@ def _factored_similarity(space: ParamSpace, X, y, objective: Objective, cosine: 
 
 
 def tracin_cp(model: nn.Module, checkpoints: Sequence[tuple[int, dict]] | Sequence[dict], train, objective: Objective,
-              *, lr: float | Sequence[float], gradients: GradientSettings = GradientSettings()) -> InfluenceResult:
+              *, lr: float | Sequence[float], gradients: GradientSettings = GradientSettings(),
+              training: TrainingObjective = TrainingObjective()) -> InfluenceResult:
     """TracIn-CP scores (m, n) summed over ``checkpoints`` (state dicts or ``(epoch, state_dict)`` pairs).
 
     ``model`` supplies the architecture only; it is not modified. ``lr``: one rate or one per checkpoint.
+    ``training``: the model's training objective (its per-row loss gives ``g_i``).
     """
     if len(checkpoints) == 0:
         raise InputError("tracin: no checkpoints (record them with CheckpointRecorder as the trainer's on_epoch)")
@@ -119,17 +123,18 @@ def tracin_cp(model: nn.Module, checkpoints: Sequence[tuple[int, dict]] | Sequen
         work.load_state_dict(state)
         work.eval()
         space = ParamSpace(work, gradients.params)
-        part = rate * _similarity(space, X, y, objective, gradients.memory_mb, cosine=False, n=len(X))
+        part = rate * _similarity(space, X, y, objective, gradients.memory_mb, False, len(X), training.row)
         total = part if total is None else total + part
     return InfluenceResult(total.numpy(), objective.name, "tracin_cp", {"checkpoints": len(checkpoints)})
 
 
 def gradient_similarity(model: nn.Module, train, objective: Objective, *, kind: Literal["dot", "cosine"] = "dot",
-                        gradients: GradientSettings = GradientSettings()) -> InfluenceResult:
-    """Gradient-similarity baseline (m, n): ``q^T g_i`` (``dot``) or the cosine (``cosine``), no curvature."""
+                        gradients: GradientSettings = GradientSettings(),
+                        training: TrainingObjective = TrainingObjective()) -> InfluenceResult:
+    """Gradient-similarity baseline (m, n): ``q^T g_i`` (``dot``) or cosine, no curvature; ``g_i``: ``training.row``."""
     if kind not in ("dot", "cosine"):
         raise InputError(f"gradient_similarity.kind: {kind!r} is not one of dot, cosine")
     X, y = train_arrays(train)
     space = ParamSpace(prepare_model(model, gradients), gradients.params)
-    scores = _similarity(space, X, y, objective, gradients.memory_mb, cosine=kind == "cosine", n=len(X))
+    scores = _similarity(space, X, y, objective, gradients.memory_mb, kind == "cosine", len(X), training.row)
     return InfluenceResult(scores.numpy(), objective.name, f"grad_{kind}", {})

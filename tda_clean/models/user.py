@@ -12,7 +12,9 @@ becomes an :class:`InputError` (exit code 2) naming ``train.function`` with its 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,17 @@ def import_object(path: str, key: str, code_dir: Path | None = None) -> Callable
     if not callable(obj):
         raise InputError(f"{key}: module {module_name!r} has no function {name!r}")
     return obj
+
+
+def code_files(train) -> list[Path | None]:
+    """The source files of ``model.factory``, ``model.loss`` and ``train.function`` (``train``: a run's train config),
+    imported as for training; one that cannot be is left out (the run reports it when it is used)."""
+    user, out = train._model, []
+    named = [("model.factory", user.factory), ("model.loss", user.loss)] if user is not None else []
+    for key, path in [*named, ("train.function", train.function)]:
+        with contextlib.suppress(InputError, TypeError):  # TypeError: a callable instance has no file of its own
+            out.append(path and Path(inspect.getfile(import_object(path, key, user and user.code_dir))))
+    return out
 
 
 def build(config, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:

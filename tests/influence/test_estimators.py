@@ -268,3 +268,45 @@ def test_kfac_eigenbasis_scores_fall_back_in_train_mode(mlp):
         assert engine._eigenbasis_scores(Margin(X[:3], 0), Margin.row_value) is None
     finally:
         engine.model.eval()
+
+
+def _twice_ce(logits, y):
+    return 2 * torch.nn.functional.cross_entropy(logits, y, reduction="none")
+
+
+@pytest.mark.parametrize("fixture", ["mlp", "cnn"])
+def test_tracin_similarity_and_projected_use_the_training_loss(request, fixture):
+    """Training gradients come from the training objective's row loss: 2x cross-entropy doubles TracIn and dot
+    scores (cosines unchanged) and halves projected scores (F grows 4x, g 2x; l2 = damping = 0), store or not."""
+    import tempfile
+
+    model, X, y = request.getfixturevalue(fixture)
+    obj, twice = MeanLoss(X[:5], y[:5]), TrainingObjective(loss=_twice_ce)
+    ce = tracin_cp(model, [model.state_dict()], (X, y), obj, lr=0.5).scores
+    got = tracin_cp(model, [model.state_dict()], (X, y), obj, lr=0.5, training=twice).scores
+    np.testing.assert_allclose(got, 2 * ce, rtol=1e-9, atol=1e-14)
+    for kind, factor in (("dot", 2), ("cosine", 1)):
+        ce = gradient_similarity(model, (X, y), obj, kind=kind).scores
+        got = gradient_similarity(model, (X, y), obj, kind=kind, training=twice).scores
+        np.testing.assert_allclose(got, factor * ce, rtol=1e-9, atol=1e-14)
+    ce = projected_influence(model, (X, y), obj, l2=0.0, k=8, seed=0).scores
+    with tempfile.TemporaryDirectory() as store:
+        for where in (None, store):
+            got = projected_influence(model, (X, y), obj, l2=0.0, k=8, seed=0, training=twice, store_dir=where).scores
+            np.testing.assert_allclose(got, 0.5 * ce, rtol=1e-6, atol=1e-12)
+
+
+def test_kfac_uses_the_empirical_fisher_for_a_loss_other_than_cross_entropy(mlp):
+    """Sampled labels are the Fisher of cross-entropy only: another loss gets the given labels (fisher_ says so)."""
+    from tda_clean.config.influence import KFACSettings
+
+    model, X, y = mlp
+    engines = {name: InfluenceEngine(model, (X, y), InfluenceSpec(solver=KFACSettings(kind="kfac", fisher=fisher)),
+                                     TrainingObjective(0.05, **loss))
+               for name, fisher, loss in [("sampled", "sampled", {}), ("empirical", "empirical", {}),
+                                          ("twice", "sampled", {"loss": _twice_ce})]}
+    assert {k: e.solver.fisher_ for k, e in engines.items()} == {"sampled": "sampled", "empirical": "empirical",
+                                                                 "twice": "empirical"}
+    for name, ev in engines["twice"].solver.eigenvalues_.items():  # S of 2x CE with the given labels = 4 S
+        torch.testing.assert_close(ev, 4 * engines["empirical"].solver.eigenvalues_[name], rtol=1e-9, atol=1e-12)
+    assert engines["twice"].influence(MeanLoss(X[:3], y[:3])).info["fisher"] == "empirical"

@@ -177,3 +177,29 @@ def test_code_dir_and_checkpoint_resolve_against_the_config_folder(tmp_path, mon
     cfg = load_config(path, ["model.loss=my_models:smooth_loss"])
     expected = F.cross_entropy(logits, y, reduction="none", label_smoothing=0.05)
     assert torch.allclose(training_objective(cfg.train).loss(logits, y), expected)
+
+
+@pytest.mark.parametrize("edit", ["factory", "function", "pred_probs"])
+def test_editing_user_code_or_pred_probs_refuses_the_old_run_folder(tmp_path, edit):
+    """The same config text over changed files (the user's factory / training function, the pred_probs .npy) is
+    another run: the folder is refused, not resumed; unchanged files resume it."""
+    import numpy as np
+
+    from tda_clean.config import load_config
+    from tda_clean.errors import InputError
+    from tda_clean.run_dir import open_run_dir
+
+    path, config = _user_run(tmp_path)
+    np.save(tmp_path / "p.npy", np.full((4, 2), 0.5))
+    config["detector"] = {"kind": "cleanlab", "pred_probs_path": "p.npy"}
+    path.write_text(yaml.safe_dump(config))
+    open_run_dir(load_config(path), tmp_path / "run")
+    open_run_dir(load_config(path), tmp_path / "run")  # nothing changed: resumed
+    if edit == "pred_probs":
+        np.save(tmp_path / "p.npy", np.full((4, 2), 0.25))
+    else:
+        code = tmp_path / "code" / ("my_models.py" if edit == "factory" else "my_train.py")
+        code.write_text(code.read_text() + "\n# edited\n")
+    key = {"factory": "code", "function": "code", "pred_probs": "pred_probs"}[edit]
+    with pytest.raises(InputError, match=rf"holds another run \({key}_fingerprint "):
+        open_run_dir(load_config(path), tmp_path / "run")
