@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.overhead import load_average, machine  # noqa: E402
 
 LABEL, GROUPS = "income_gt_50k", ["sex", "race"]
 
@@ -114,21 +115,6 @@ def run_once(variant: str, config: Path, out: Path, threads: int | None) -> dict
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"wall_s": wall, "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
             **result}
-
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": model, "cores": str(os.cpu_count()), "python": platform.python_version()}
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _each(rs: list[dict], key: str) -> str:
