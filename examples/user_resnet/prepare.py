@@ -1,11 +1,12 @@
 """Write a small image folder (``OUT/{train,val,test}/<class>/<id>.png``) and poison the training part.
 
-Images: Fashion-MNIST from Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) when installed,
-else scikit-learn's 8x8 digits upscaled to 16x16 -- offline either way. Splits 60/20/20 (seed 0). BadNets: a
+Images (``--source``): Fashion-MNIST from Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), or
+scikit-learn's 8x8 digits upscaled to 16x16; ``auto`` (default) takes Fashion-MNIST when installed -- offline
+either way. Splits 60/20/20 (seed 0). BadNets: a
 3x3 white patch in the bottom-right corner of ``--rate`` of the training images (from other classes) which are
 moved to the class ``0`` folder. The poisoned files are listed in ``OUT/poisoned.txt`` (to score the cleaning).
 
-    python prepare.py --out data [--max-rows 1500] [--rate 0.05]
+    python prepare.py --out data [--max-rows 1500] [--rate 0.05] [--source auto|fashion|digits]
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from PIL import Image
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def images() -> tuple[np.ndarray, np.ndarray]:
+def images(source: str) -> tuple[np.ndarray, np.ndarray]:
     """(n, H, W) uint8 images and (n,) int labels."""
-    if (FASHION / "train-images-idx3-ubyte.gz").is_file():
+    if source == "fashion" or (source == "auto" and (FASHION / "train-images-idx3-ubyte.gz").is_file()):
         X = np.frombuffer(gzip.open(FASHION / "train-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
         y = np.frombuffer(gzip.open(FASHION / "train-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
         return X.reshape(-1, 28, 28), y.astype(int)
@@ -38,8 +39,9 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=1500)
     parser.add_argument("--rate", type=float, default=0.05)
     parser.add_argument("--target", type=int, default=0)
+    parser.add_argument("--source", choices=("auto", "fashion", "digits"), default="auto")
     args = parser.parse_args()
-    X, y = images()
+    X, y = images(args.source)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))[: args.max_rows]
     n_train, n_val = int(0.6 * len(order)), int(0.2 * len(order))

@@ -18,7 +18,7 @@ def test_user_resnet_example_end_to_end(tmp_path):
     folder = tmp_path / "user_resnet"
     shutil.copytree(REPO / "examples" / "user_resnet", folder, ignore=shutil.ignore_patterns("data", "runs", "*.pt"))
     env = command_env({"USER_RESNET_EPOCHS": "6"})
-    for argv in ([sys.executable, "prepare.py", "--out", "data", "--max-rows", "400"],
+    for argv in ([sys.executable, "prepare.py", "--out", "data", "--max-rows", "400", "--source", "digits"],
                  [sys.executable, "train.py", "--data", "data", "--out", "net.pt"],
                  tda_clean("run", "config.yaml", "--engine", "local", "--output", "runs/small", *SMALL)):
         proc = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
