@@ -2,12 +2,16 @@
 
 :func:`stop_on_signals` turns them into :class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread, so the
 pipeline marks its tracking run FAILED and the command exits ``128 + signal number`` (130 for SIGINT, 143 for
-SIGTERM). A signal the process inherited as ignored (``nohup``) stays ignored.
+SIGTERM). A signal the process inherited as ignored (``nohup``) stays ignored. Python drops an exception raised
+inside a ``__del__`` or weakref callback (garbage collection can run one at any bytecode); an :class:`Interrupted`
+dropped there is sent again, so the run still stops.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -17,6 +21,7 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
+        self.signum = signum
         self.exit_code = 128 + signum
 
 
@@ -31,11 +36,21 @@ def stop_on_signals(enabled: bool = True) -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+
+    def redeliver(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):  # dropped in a finalizer: raise it again, elsewhere
+            threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous_hook(unraisable)
+
     for sig, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(sig, _raise_interrupted)
+    sys.unraisablehook = redeliver
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,0 +1,39 @@
+"""SIGINT/SIGTERM become Interrupted in the main thread, even when the first one lands in a finalizer."""
+from __future__ import annotations
+
+import gc
+import signal
+import time
+
+import pytest
+
+from tda_clean.interrupt import Interrupted, stop_on_signals
+
+
+class _Finalized:
+    def __del__(self) -> None:
+        raise Interrupted(signal.SIGTERM)  # as if the signal had arrived while garbage collection ran this
+
+
+def test_interrupted_dropped_in_a_finalizer_is_raised_again(capsys):
+    started = time.monotonic()
+    with pytest.raises(Interrupted) as caught:
+        with stop_on_signals():
+            _Finalized()  # __del__ runs here; Python drops its exception
+            gc.collect()
+            while time.monotonic() - started < 10:  # the work that goes on; the re-sent signal stops it
+                time.sleep(0.01)
+    assert caught.value.exit_code == 143
+    assert time.monotonic() - started < 10
+    assert "Exception ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_signal_raises_interrupted_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted) as caught:
+        with stop_on_signals():
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5)
+    assert caught.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is before
