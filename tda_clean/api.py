@@ -24,6 +24,8 @@ from tda_clean.data.export import cleaned_frame
 from tda_clean.data.sources import MEMORY, register_in_memory
 from tda_clean.errors import InputError
 from tda_clean.models.given import MODELS, register_module
+from tda_clean.run_dir import AUDIT
+
 
 @dataclass(frozen=True)
 class RunReport:
@@ -79,7 +81,7 @@ def clean(train, *, val=None, test=None, label: str | None = None, groups=(), mo
         for key, value in (("model", model), ("detector", detector), ("action", action)):
             if value is not None:
                 raw[key] = _section(key, value, held)
-        from tda_clean.pipeline import AUDIT, run_pipeline
+        from tda_clean.pipeline import run_pipeline
 
         report = run_pipeline(cfg := parse_config(raw, source="tda_clean.clean"), output, fresh=fresh)
         cleaned = (cleaned_frame(cfg.data, pd.read_csv(Path(report["run_dir"]) / AUDIT))
