@@ -4,7 +4,8 @@
 pipeline marks its tracking run FAILED and the command exits ``128 + signal number`` (130 for SIGINT, 143 for
 SIGTERM). A signal the process inherited as ignored (``nohup``) stays ignored. Python drops an exception raised
 inside a ``__del__`` or weakref callback (garbage collection can run one at any bytecode); an :class:`Interrupted`
-dropped there is sent again, so the run still stops.
+(or another handler's signal exception, e.g. Prefect's ``TerminationSignal``) dropped there is sent again,
+so the run still stops.
 """
 from __future__ import annotations
 
@@ -39,8 +40,10 @@ def stop_on_signals(enabled: bool = True) -> Iterator[None]:
     previous_hook = sys.unraisablehook
 
     def redeliver(unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, Interrupted):  # dropped in a finalizer: raise it again, elsewhere
-            threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+        exc = unraisable.exc_value  # ours (signum) or another handler's signal exception (Prefect's: .signal)
+        signum = getattr(exc, "signum", None) or getattr(exc, "signal", None)
+        if isinstance(signum, int) and not isinstance(exc, Exception):  # dropped in a finalizer: send it again
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
         else:
             previous_hook(unraisable)
 

@@ -37,3 +37,25 @@ def test_signal_raises_interrupted_and_handlers_are_restored():
             time.sleep(5)
     assert caught.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is before
+
+
+class _OtherHandlersSignal(BaseException):
+    """Like Prefect's TerminationSignal: raised by its own SIGTERM handler, carrying ``.signal``."""
+
+    signal = signal.SIGTERM
+
+
+class _FinalizedOther:
+    def __del__(self) -> None:
+        raise _OtherHandlersSignal()
+
+
+def test_another_handlers_signal_dropped_in_a_finalizer_is_sent_again():
+    started = time.monotonic()
+    with pytest.raises(Interrupted) as caught:
+        with stop_on_signals():
+            _FinalizedOther()
+            gc.collect()
+            while time.monotonic() - started < 10:
+                time.sleep(0.01)
+    assert caught.value.exit_code == 143
