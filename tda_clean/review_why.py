@@ -23,8 +23,6 @@ import io
 from typing import Any
 
 import numpy as np
-import torch
-
 from tda_clean.data.dataset import DataBundle
 
 XDA_ROWS, XDA_STEPS, TOP_FEATURES = 10, 16, 5
@@ -39,24 +37,19 @@ def why_columns(model, bundle: DataBundle, idx: np.ndarray, spec, train_config, 
     k = min(rows, len(idx))
     if k == 0 or not np.issubdtype(np.asarray(train.X).dtype, np.floating) or len(val) == 0:
         return columns, []  # nothing to explain, or integer inputs (token ids) have no input gradient
-    from tda_clean.influence import InfluenceEngine, PerSampleLoss, per_sample_grads
-    from tda_clean.influence.xda import completeness, influence_relevance, integrated_gradients, relevance_values
+    from tda_clean.influence import InfluenceEngine
+    from tda_clean.influence.xda import completeness, integrated_gradients, relevance_values, top_query_relevances
     from tda_clean.models.trainer import training_objective
 
     engine = InfluenceEngine(model, (train.X, train.y), spec, training_objective(train_config))
     chosen = idx[:k]
-    G = per_sample_grads(engine.space, train.X[chosen], train.y[chosen])  # (k, p)
-    Q = PerSampleLoss(val.X, val.y).query_gradients(engine.space, spec.gradients.memory_mb)  # (m, p)
-    S = (engine.solver.solve(G) @ Q.T).double().cpu().numpy() / engine.n  # (k, m) influence, as in the review
-    top = np.argsort(-np.abs(S), axis=1)[:, :top_val]
-    signs = np.sign(np.take_along_axis(S, top, 1))
-    U = engine.solver.solve(torch.stack([(torch.as_tensor(signs[r]).to(Q) @ Q[top[r]]) for r in range(k)]))
+    relevances, S, top = top_query_relevances(engine, train.X[chosen], train.y[chosen], val.X, val.y, top_val)
     dtype = engine.space.flat().dtype
     baseline = np.asarray(train.X, dtype=np.float64).mean(0)
     groups = feature_columns(train.feature_names, train.X) if not image else None
     records = []
     for r, i in enumerate(chosen):
-        relevance = influence_relevance(engine.space, U[r], int(train.y[i]), engine.n)
+        relevance = relevances[r]
         x = np.asarray(train.X[i], dtype=np.float64)
         e = integrated_gradients(relevance, x, baseline, steps, dtype=dtype)
         value, at_baseline = relevance_values(relevance, np.stack([x, baseline]), dtype=dtype)

@@ -60,20 +60,58 @@ def _per_row_directional(space: ParamSpace, theta: torch.Tensor, u: torch.Tensor
     return jvp(losses, (theta,), (u,))[1]
 
 
+def top_query_relevances(engine, X_rows, y_rows, X_query, y_query, top: int = 3,
+                         ) -> tuple[list[Relevance], np.ndarray, np.ndarray]:
+    """For each training row (k rows ``X_rows``, ``y_rows``): its :func:`influence_relevance` on the ``top`` query
+    rows it influences most. ``engine``: a fitted-or-not :class:`InfluenceEngine`.
+
+    Returns ``(relevances, S, top_idx)``: ``S`` (k, m) the influences ``(1/n) q_j^T A^-1 g_i`` of each row on each
+    query's loss (positive = removing the row increases that loss), ``top_idx`` (k, top) by ``|S|``; the solver's
+    ``A`` is symmetric, so this equals the review's ``G W^T / n``.
+    """
+    from tda_clean.influence.gradients import per_sample_grads
+    from tda_clean.influence.objectives import PerSampleLoss
+
+    G = per_sample_grads(engine.space, X_rows, y_rows)  # (k, p)
+    Q = PerSampleLoss(X_query, y_query).query_gradients(engine.space, engine.spec.gradients.memory_mb)  # (m, p)
+    S = (engine.solver.solve(G) @ Q.T).double().cpu().numpy() / engine.n
+    top_idx = np.argsort(-np.abs(S), axis=1)[:, :top]
+    signs = torch.as_tensor(np.sign(np.take_along_axis(S, top_idx, 1))).to(Q)
+    U = engine.solver.solve(torch.stack([signs[r] @ Q[top_idx[r]] for r in range(len(G))])) if len(G) else Q[:0]
+    relevances = [influence_relevance(engine.space, U[r], int(y), engine.n) for r, y in enumerate(np.asarray(y_rows))]
+    return relevances, S, top_idx
+
+
 def dualda_relevance(model: torch.nn.Module, alpha_row: np.ndarray, query_features: np.ndarray,
                      query_classes: np.ndarray, signs: np.ndarray) -> Relevance:
     """``R(x) = sum_j signs_j alpha_row[c_j] <model.features(x), phi_j>`` (k, *shape) -> (k,).
 
     alpha_row (C,): the row's DualDA dual variables; query_features (m, d); query_classes, signs (m,).
     """
-    param = next(model.parameters())
     weights = np.asarray(signs, float) * np.asarray(alpha_row, float)[np.asarray(query_classes, int)]  # (m,)
-    direction = torch.as_tensor(weights @ np.asarray(query_features, float), dtype=param.dtype, device=param.device)
+    direction = torch.as_tensor(weights @ np.asarray(query_features, float))
 
     def relevance(x: torch.Tensor) -> torch.Tensor:
-        return model.features(x) @ direction
+        param = next(model.parameters())
+        return model.features(x.to(param.dtype)).to(direction.dtype) @ direction
 
     return relevance
+
+
+def top_query_dualda_relevances(dualda, rows: np.ndarray, query_features: np.ndarray, query_classes: np.ndarray,
+                                top: int = 3) -> tuple[list[Relevance], np.ndarray, np.ndarray]:
+    """For each training row position in ``rows`` (k,): its :func:`dualda_relevance` on the ``top`` queries whose
+    class-``c_j`` logit it moves most. ``dualda``: a :class:`DualDA` fitted with ``from_model``.
+
+    Returns ``(relevances, A, top_idx)``: ``A`` (k, m) the DualDA attributions ``a_ji`` (positive = the row pushes
+    query j's class-``c_j`` logit up), ``top_idx`` (k, top) by ``|A|``.
+    """
+    A = dualda.attribute(query_features, query_classes)[:, rows].T  # (k, m)
+    top_idx = np.argsort(-np.abs(A), axis=1)[:, :top]
+    relevances = [dualda_relevance(dualda.model_, dualda.alpha_[i], query_features[top_idx[r]],
+                                   np.asarray(query_classes)[top_idx[r]], np.sign(A[r, top_idx[r]]))
+                  for r, i in enumerate(rows)]
+    return relevances, A, top_idx
 
 
 def integrated_gradients(relevance: Relevance, x: np.ndarray, baseline: np.ndarray, steps: int = 16,
@@ -124,7 +162,11 @@ def deletion_curve(relevance: Relevance, x: np.ndarray, baseline: np.ndarray, or
 
 
 def deletion_auc(curve: np.ndarray, fractions: np.ndarray) -> float:
-    """Area under a deletion curve normalised by its start ``R(x)`` (trapezoid over ``fractions``)."""
-    c = np.asarray(curve, float) / curve[0]
+    """Area under the share of relevance left, ``clip(curve / curve[0], 0, 1)``, over ``fractions`` (trapezoid).
+
+    ``curve[0] = R(x) > 0``. The clip counts a relevance pushed past zero as gone and one pushed above its start as
+    whole: ``R`` is unbounded off the data, and one row's excursion would otherwise dominate a mean over rows.
+    """
+    c = np.clip(np.asarray(curve, float) / curve[0], 0.0, 1.0)
     f = np.asarray(fractions, float)
     return float(((c[1:] + c[:-1]) / 2 * np.diff(f)).sum())
