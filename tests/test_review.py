@@ -180,3 +180,16 @@ def test_approvals_saved_by_excel_with_a_byte_order_mark_are_read(awaiting, tmp_
     path.write_text("row_id,approved\n" + "".join(f"{i},yes\n" for i in ids), encoding="utf-8-sig")
     decisions = read_approvals(RunContext(load_config(run / "config.yaml"), run), path)
     assert decisions["row_id"].tolist() == ids and decisions["approved"].all()
+
+
+def test_xda_explanations_are_logged_with_the_run(awaiting, tmp_path):
+    """review/xda.json ("why this row") goes to the tracker's parent run with the other artefacts."""
+    from tda_clean.pipeline import run_pipeline
+    from tests.memory_tracker import InMemoryTracker
+
+    run = _copy_run(awaiting, tmp_path)
+    tracker = InMemoryTracker()
+    decisions = pd.read_csv(run / "review" / "candidates.csv")[["row_id"]].assign(approved=True)
+    report = run_pipeline(load_config(run / "config.yaml"), run, tracker=tracker, approvals=decisions)
+    logged = tracker.runs[report["mlflow"]["parent_run_id"]].artifacts
+    assert json.loads(logged["xda.json"]) == json.loads((run / "review" / "xda.json").read_text()) != []
