@@ -116,7 +116,7 @@ def run_case(name: str, rows: int, top_val: int, steps: int, baseline: str = "me
     for r, (R, x) in enumerate(zip(relevances, X)):
         e = integrated_gradients(R, x, baseline, steps)
         value, at_baseline = relevance_values(R, np.stack([x, baseline]))
-        gaps.append(abs(completeness(R, x, baseline, e)) / abs(value))
+        gaps.append(abs(completeness(R, x, baseline, e)) / abs(value - at_baseline))
         floors.append(at_baseline / value)
         e1 = integrated_gradients(R, x, baseline, 1)
         aucs["xda"].append(auc(R, x, baseline, np.argsort(-e.ravel())))
