@@ -11,6 +11,9 @@ fixed, and ``R(x_i)`` is the attribution score being explained. Two are built he
 - :func:`dualda_relevance`: ``R(x) = sum_j s_j alpha_i^{c_j} <phi(x), phi(v_j)>`` (DualDA's attribution of query
   j's class ``c_j`` to row i, ``phi`` the penultimate features), again ``R(x_i) = sum_j |a_ji|``.
 
+:func:`top_query_relevances` / :func:`top_query_dualda_relevances` build them for k training rows at once, each on
+the queries it moves most.
+
 :func:`integrated_gradients` decomposes ``R(x_i) - R(b)`` over the input features, ``b`` a baseline row (the
 training mean): ``e = (x_i - b) * mean_t grad R(b + t (x_i - b))`` over ``steps`` midpoints ``t`` of [0, 1]; the
 sum of ``e`` tends to ``R(x_i) - R(b)`` as ``steps`` grows (``completeness`` reports the gap).
@@ -42,7 +45,8 @@ def influence_relevance(space: ParamSpace, u: torch.Tensor, label: int, n: int) 
     u = u.to(theta)
 
     def relevance(x: torch.Tensor) -> torch.Tensor:
-        target = torch.full((len(x),), int(label), dtype=torch.long, device=x.device)
+        x = x.to(device=theta.device, dtype=theta.dtype)  # differentiable: gradients flow back to the caller's x
+        target = torch.full((len(x),), int(label), dtype=torch.long, device=theta.device)
         return _per_row_directional(space, theta, u, x, target) / n
 
     return relevance
@@ -93,7 +97,8 @@ def dualda_relevance(model: torch.nn.Module, alpha_row: np.ndarray, query_featur
 
     def relevance(x: torch.Tensor) -> torch.Tensor:
         param = next(model.parameters())
-        return model.features(x.to(param.dtype)).to(direction.dtype) @ direction
+        phi = model.features(x.to(device=param.device, dtype=param.dtype))
+        return phi.to(direction.dtype) @ direction.to(phi.device)
 
     return relevance
 
