@@ -25,7 +25,7 @@ from tda_clean.models.given import given_model
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.review import write_review
 from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
-                               RunContext, cleaned_train, load_model, make_model, open_run_dir, read_json, save_model,
+                               XDA, RunContext, cleaned_train, load_model, make_model, open_run_dir, read_json, save_model,
                                write_json_atomic)
 from tda_clean.selection import FitContext, Selection, make_detector
 from tda_clean.selection.base import serial_map
@@ -188,7 +188,7 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     tracker.log_metrics(parent_run_id, {f"actions_{k}": float(v) for k, v in report["actions"].items()})
     tracker.set_tags(parent_run_id, {"gate_passed": str(report["gate"]["passed"]).lower(), "status": "completed"})
-    for name in (REPORT, AUDIT, MANIFEST, PLOT, CONFIG):
+    for name in (REPORT, AUDIT, MANIFEST, PLOT, CONFIG) + ((XDA,) if ctx.path(XDA).is_file() else ()):
         tracker.log_artifact(parent_run_id, ctx.path(name))
     bundle = DataBundle.load(ctx.path(DATA))
     tracker.log_dataset(parent_run_id, bundle.train.frame(), name=f"{bundle.name}-train", targets="label",

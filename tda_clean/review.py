@@ -3,7 +3,8 @@
 ``write_review(ctx)`` lists every flagged row with its scores, the suggested action, its groups, the
 validation rows it influences most (influence of the before-model with the detector's influence spec, else
 exact last-layer influence, ``REVIEW_SPEC``; sign convention: positive = removing the row INCREASES that
-validation row's loss) and, for images, a thumbnail.
+validation row's loss), for the top candidates why (``why``, ``why_image``: :mod:`tda_clean.review_why`) and, for
+images, a thumbnail.
 ``read_approvals(ctx, path)`` validates a filled-in file (columns ``row_id``, ``approved``) against the
 candidates; the pipeline's act stage then touches approved rows only and audits the rejected ones.
 """
@@ -20,7 +21,8 @@ import pandas as pd
 from tda_clean.config.influence import ExactSettings, GradientSettings, InfluenceSpec
 from tda_clean.data.dataset import DataBundle
 from tda_clean.errors import InputError
-from tda_clean.run_dir import CANDIDATES, PAGE, RunContext, load_model
+from tda_clean.review_why import why_columns
+from tda_clean.run_dir import CANDIDATES, PAGE, XDA, RunContext, load_model, write_json_atomic
 from tda_clean.selection.base import Selection
 
 REVIEW_SPEC = InfluenceSpec(solver=ExactSettings(damping=0.0), gradients=GradientSettings(params="head", dtype="float64"))
@@ -42,8 +44,11 @@ def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, 
     for column in train.groups.columns:
         frame[f"group_{column}"] = train.groups[column].to_numpy()[idx]
     spec = getattr(ctx.config.detector, "influence", REVIEW_SPEC)
-    frame["most_influenced_val_rows"] = _influenced_val_rows(load_model(ctx, "before", bundle), bundle, idx,
-                                                             spec, ctx.config.train, top_val)
+    model = load_model(ctx, "before", bundle)
+    frame["most_influenced_val_rows"] = _influenced_val_rows(model, bundle, idx, spec, ctx.config.train, top_val)
+    why, records = why_columns(model, bundle, idx, spec, ctx.config.train, top_val)  # the top candidates only
+    frame = frame.assign(**why)
+    frame.attrs["xda"] = records  # for review/xda.json
     frame["reason"] = list(selection.reasons)
     frame["approved"] = ""
     return frame
@@ -75,6 +80,7 @@ def write_review(ctx: RunContext, bundle: DataBundle, selection: Selection) -> d
     """Write ``review/candidates.csv`` and ``review/index.html``; return their paths."""
     frame = candidates_frame(ctx, bundle, selection)
     ctx.write(CANDIDATES, lambda tmp: frame.to_csv(tmp, index=False))
+    write_json_atomic(ctx.path(XDA), frame.attrs.get("xda", []))  # "why this row": XDA attributions
     images = bundle.train.X[selection.indices] if bundle.train.X.ndim >= 3 else None
     ctx.write(PAGE, lambda tmp: tmp.write_text(_page(ctx, frame, images)))
     return {"candidates": str(ctx.path(CANDIDATES)), "page": str(ctx.path(PAGE)), "n_candidates": len(frame)}
@@ -93,7 +99,7 @@ def _thumbnail(image: np.ndarray) -> str:
 
 
 def _page(ctx: RunContext, frame: pd.DataFrame, images: np.ndarray | None) -> str:
-    shown = frame.drop(columns=["approved"])
+    shown = frame.drop(columns=["approved", "why_image"], errors="ignore")  # heat maps: the review page renders them
     head = "".join(f"<th>{html.escape(c)}</th>" for c in (["image"] if images is not None else []) + list(shown.columns))
     rows = []
     for r, record in enumerate(shown.itertuples(index=False)):

@@ -31,10 +31,11 @@ IDENTITY, CONFIG, TRACKING, STAGES = "run.json", "config.yaml", "tracking.json",
 DATA, SELECTION, CLEANED, AUDIT, MANIFEST = "data.npz", "selection.npz", "train_cleaned.npz", "audit.csv", "manifest.json"
 REPORT, PLOT, CLEANED_DATA = "report.json", "before_after.png", "cleaned"  # cleaned/: the user's own format
 CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
+XDA = "review/xda.json"  # why the top candidates are relevant (tda_clean.review_why)
 #: Every path a run writes, ``fnmatch`` patterns matched segment by segment (``*`` never crosses a ``/``);
 #: ``.*.tmp-*`` are atomic writes a kill interrupted.
 OWNED = (IDENTITY, CONFIG, TRACKING, DATA, SELECTION, CLEANED, AUDIT, MANIFEST, REPORT, PLOT, "model_before.pt",
-         "model_after.pt", STAGES, f"{STAGES}/*.json", "review", CANDIDATES, PAGE, APPROVALS, ".*.tmp-*",
+         "model_after.pt", STAGES, f"{STAGES}/*.json", "review", CANDIDATES, PAGE, APPROVALS, XDA, ".*.tmp-*",
          f"{STAGES}/.*.tmp-*", "review/.*.tmp-*", CLEANED_DATA, f"{CLEANED_DATA}/*", f"{CLEANED_DATA}/.*.tmp-*")
 
 

@@ -52,6 +52,19 @@ def test_review_required_stops_after_detection(awaiting, capsys):
     assert candidates["most_influenced_val_rows"].str.split().map(len).eq(3).all()
     page = (run / "review" / "index.html").read_text()
     assert page.count("data:image/png;base64") == len(candidates)  # digits: one thumbnail per candidate
+    # why this row (XDA): the top candidates get 5 signed pixel shares and a heat map, the others nothing
+    from tda_clean.review_why import XDA_ROWS
+
+    explained = min(XDA_ROWS, len(candidates))
+    why = candidates["why"].fillna("")
+    assert why.iloc[:explained].str.fullmatch(r"(\(\d,\d\) [+-]\d\.\d\d(, )?){5}").all(), why.tolist()
+    assert candidates["why_image"].iloc[:explained].str.startswith("data:image/png;base64,").all()
+    assert (why.iloc[explained:] == "").all()
+    records = json.loads((run / "review" / "xda.json").read_text())
+    assert [r["row_id"] for r in records] == candidates["row_id"].iloc[:explained].tolist()
+    for record, listed in zip(records, candidates["most_influenced_val_rows"]):  # the same validation rows
+        assert record["val_row_ids"] == [int(item.split(":")[0]) for item in listed.split()]
+        assert record["relevance"] == pytest.approx(sum(abs(v) for v in record["val_influence"]), rel=1e-6)
 
 
 def test_apply_acts_on_approved_rows_only(awaiting, tmp_path, capsys):
@@ -167,3 +180,16 @@ def test_approvals_saved_by_excel_with_a_byte_order_mark_are_read(awaiting, tmp_
     path.write_text("row_id,approved\n" + "".join(f"{i},yes\n" for i in ids), encoding="utf-8-sig")
     decisions = read_approvals(RunContext(load_config(run / "config.yaml"), run), path)
     assert decisions["row_id"].tolist() == ids and decisions["approved"].all()
+
+
+def test_xda_explanations_are_logged_with_the_run(awaiting, tmp_path):
+    """review/xda.json ("why this row") goes to the tracker's parent run with the other artefacts."""
+    from tda_clean.pipeline import run_pipeline
+    from tests.memory_tracker import InMemoryTracker
+
+    run = _copy_run(awaiting, tmp_path)
+    tracker = InMemoryTracker()
+    decisions = pd.read_csv(run / "review" / "candidates.csv")[["row_id"]].assign(approved=True)
+    report = run_pipeline(load_config(run / "config.yaml"), run, tracker=tracker, approvals=decisions)
+    logged = tracker.runs[report["mlflow"]["parent_run_id"]].artifacts
+    assert json.loads(logged["xda.json"]) == json.loads((run / "review" / "xda.json").read_text()) != []
