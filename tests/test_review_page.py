@@ -108,3 +108,22 @@ def test_exported_csv_cells_cannot_run_as_formulas(tmp_path):
     assert back["score"].tolist()[0] == "-0.5"  # numbers stay numbers
     assert [unescape_cell(v) for v in back["label"]] == f["label"].tolist()  # reversible
     assert escape_frame(f)["row_id"].tolist() == f["row_id"].tolist()
+
+
+def test_audit_of_formula_like_class_names_is_escaped_and_read_back(tmp_path):
+    """Class names '=yes' / '-no': audit.csv holds "'=yes", and the cleaned DataFrame gets the names as given."""
+    import tda_clean
+    from tests.test_api import frames
+
+    df = pd.concat(frames())
+    df["label"] = df["label"].map({"yes": "=yes", "no": "-no"})
+    flip = df.index[:20]
+    df.loc[flip, "label"] = df.loc[flip, "label"].map({"=yes": "-no", "-no": "=yes"})
+    report = tda_clean.clean(df, label="label", groups=["sex"], detector={"kind": "cleanlab", "folds": 3},
+                             action="relabel", output=tmp_path / "run", tracking={"enabled": False})
+    audit = pd.read_csv(report.run_dir / "audit.csv", dtype=str)
+    relabelled = audit[audit["action"] == "relabel"]
+    assert len(relabelled) > 0 and set(relabelled["new_label"]) <= {"'=yes", "'-no"}
+    new = dict(zip(relabelled["row_id"].astype(int), relabelled["new_label"].str[1:]))
+    cleaned = report.cleaned_data["label"].to_numpy()
+    assert all(cleaned[row] == label for row, label in new.items())  # row_id = position in the DataFrame
