@@ -5,7 +5,8 @@ can judge it, and writes the approvals CSV ``tda-clean apply`` reads.
 with the candidates frame of :func:`tda_clean.review.candidates_frame` as JSON inside a
 ``<script type="application/json">`` block (``<``, ``>``, ``&``, U+2028/9 escaped, so no value can close the
 block). The page script builds every cell with ``textContent`` (never ``innerHTML``) and only shows images
-given as ``data:image/png;base64,`` URIs. It filters (score range, group, detector, action, decision, text),
+given as ``data:image/png;base64,`` URIs; the page's Content-Security-Policy allows no network access and runs
+only that script (by its SHA-256), so no inline handler could run either. It filters (score range, group, detector, action, decision, text),
 sorts, pages, counts candidates per group, keeps decisions in the browser's local storage, and downloads
 ``approvals.csv`` (``row_id,approved,label,suggested_label,suggested_action``; ``approved`` is yes/no; text
 cells starting with ``= + - @ '``, tab or CR get a leading ``'``).
@@ -17,6 +18,7 @@ when it can be read again, else the model's encoded features.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import math
@@ -150,6 +152,9 @@ def render_page(frame: pd.DataFrame, train_views: dict[int, dict], val_views: di
         "train": {str(k): v for k, v in train_views.items()},
         "val": {str(k): v for k, v in val_views.items()},
     }
-    fields = {"title": html.escape(f"tda-clean review: {meta['name']}"), "data": script_json(payload)}
     template = resources.files("tda_clean").joinpath("review_page.html").read_text(encoding="utf-8")
+    script = re.search(r"<script>(.*?)</script>", template, flags=re.S).group(1)  # the page script (no fields)
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    fields = {"title": html.escape(f"tda-clean review: {meta['name']}"), "data": script_json(payload),
+              "script_hash": f"sha256-{digest}"}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: fields[m.group(1)], template)

@@ -99,6 +99,7 @@ class Browser:
         options.binary_location = str(CHROMIUM)
         for flag in FLAGS + [f"--user-data-dir={root / 'profile'}"]:
             options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, for get_log
         options.add_experimental_option("prefs", {"download.default_directory": str(self.downloads),
                                                   "download.prompt_for_download": False})
         self.service = Service(str(CHROMEDRIVER), log_output=str(root / "chromedriver.log"),
@@ -202,6 +203,12 @@ def test_review_page_filters_sorts_and_writes_approvals_apply_reads(awaiting, tm
         _set(driver, "f-text", "onerror")
         hostile = [e.text for e in driver.find_elements("css selector", "#rows dd")]
         assert HOSTILE[0] in hostile and not driver.find_elements("css selector", "#rows img:not(.thumb)")
+        _set(driver, "f-text", "hyperlink")
+        assert HOSTILE[1] in [e.text for e in driver.find_elements("css selector", "#rows dd")]
+        time.sleep(0.5)
+        assert driver.title == "tda-clean review: review-browser"
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not [m for m in errors if "Uncaught" in m or "Content Security Policy" in m], errors
         _set(driver, "f-text", "")
 
         # each candidate shows its values and the validation rows it names, with their values
@@ -249,7 +256,7 @@ def test_mlflow_ui_shows_the_parent_run(awaiting, tmp_path, artifacts):
         browser = Browser(tmp_path)
         driver = browser.driver
         driver.get(f"{server.url}/#/experiments/{experiment}/runs/{parent}")
-        _wait(lambda: "review-browser" in driver.find_element("tag name", "body").text, "the parent run page", 120)
+        _wait(lambda: parent in driver.find_element("tag name", "body").text, "the parent run page", 120)
         time.sleep(2)  # let the page settle before the picture
         from selenium.common.exceptions import WebDriverException
 
@@ -259,7 +266,8 @@ def test_mlflow_ui_shows_the_parent_run(awaiting, tmp_path, artifacts):
             except WebDriverException:  # hidden or covered: the picture just keeps the panel
                 pass
         driver.save_screenshot(str(artifacts / "mlflow_parent_run.png"))
-        assert parent in driver.page_source or "review-browser" in driver.title + driver.page_source
+        body = driver.find_element("tag name", "body").text
+        assert "review-browser" in body and "completed" in body  # the run's name and its status tag
     finally:
         if browser is not None:
             browser.close()
