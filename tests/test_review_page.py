@@ -127,3 +127,13 @@ def test_audit_of_formula_like_class_names_is_escaped_and_read_back(tmp_path):
     new = dict(zip(relabelled["row_id"].astype(int), relabelled["new_label"].str[1:]))
     cleaned = report.cleaned_data["label"].to_numpy()
     assert all(cleaned[row] == label for row, label in new.items())  # row_id = position in the DataFrame
+
+
+def test_raw_table_reads_the_users_columns_by_row_id(tmp_path):
+    from tda_clean.review_page import raw_table
+    from tests.unit_helpers import csv_config, small_table
+
+    small_table(20).to_csv(tmp_path / "t.csv", index=False)
+    raw = raw_table(csv_config(tmp_path / "t.csv", id_column="uid").data)
+    assert list(raw.columns) == ["age", "income", "city"] and raw.index[0] == 10_000  # no label, group or id column
+    assert raw_table(csv_config(tmp_path / "missing.csv").data) is None  # unreadable now: encoded features instead
