@@ -273,3 +273,33 @@ def test_mlflow_ui_shows_the_parent_run(awaiting, tmp_path, artifacts):
             browser.close()
         server.stop()
     assert server.proc.poll() is not None
+
+
+def test_synthetic_page_shows_why_columns_and_hostile_labels_as_text(tmp_path):
+    """A frame fed through the same page writer: `why` / `why_image` shown, a missing suggestion shows no arrow
+    and no `<NA>`, a label and group made of HTML appear as text."""
+    _require_browser()
+    from tda_clean.review_page import render_page
+    from tests.test_review_page import HOSTILE as LABEL, frame
+
+    pixel = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgAB"
+             "4iG8MwAAAABJRU5ErkJggg==")
+    f = frame(3, suggested=False).assign(why=["pixels at the top left", None, None], why_image=[pixel, None, None])
+    page = tmp_path / "index.html"
+    page.write_text(render_page(f, {}, {}, {"name": "synthetic", "action": "remove", "storage_key": str(page),
+                                            "apply_command": "tda-clean apply RUN --approved approvals.csv"}))
+    browser = Browser(tmp_path / "browser")
+    try:
+        driver = browser.driver
+        driver.get(page.as_uri())
+        _wait(lambda: len(_ids(driver)) == 3, "three candidates")
+        rows = driver.find_elements("css selector", "#rows > tr")
+        assert "pixels at the top left" in rows[0].text and len(rows[0].find_elements("css selector", ".why img")) == 1
+        assert not rows[1].find_elements("css selector", ".why")
+        body = driver.find_element("tag name", "body").text
+        assert LABEL.replace("\u2028", "").split("&")[0] in body.replace("\n", "")
+        assert "<NA>" not in body and driver.title == "tda-clean review: synthetic"
+        assert not driver.find_elements("css selector", "#rows .arrow")  # no suggestion: no "→ new label"
+        assert not driver.find_elements("css selector", "#rows script, #rows b")
+    finally:
+        browser.close()
