@@ -25,6 +25,7 @@ from tda_clean.data.sources import MEMORY, register_in_memory
 from tda_clean.errors import InputError
 from tda_clean.models.given import MODELS, register_module
 from tda_clean.run_dir import AUDIT
+from tda_clean.spreadsheet import read_safe_csv
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def clean(train, *, val=None, test=None, label: str | None = None, groups=(), mo
         from tda_clean.pipeline import run_pipeline
 
         report = run_pipeline(cfg := parse_config(raw, source="tda_clean.clean"), output, fresh=fresh)
-        cleaned = (cleaned_frame(cfg.data, pd.read_csv(Path(report["run_dir"]) / AUDIT))
+        cleaned = (cleaned_frame(cfg.data, read_safe_csv(Path(report["run_dir"]) / AUDIT))
                    if report["status"] == "completed" and isinstance(train, pd.DataFrame) else None)
     finally:
         for registry, key in held:

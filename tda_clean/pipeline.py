@@ -29,6 +29,7 @@ from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, 
                                write_json_atomic)
 from tda_clean.selection import FitContext, Selection, make_detector
 from tda_clean.selection.base import serial_map
+from tda_clean.spreadsheet import write_safe_csv
 
 RELEASE_ALIAS = "release"
 #: Stages whose results depend on the reviewers' decisions: recomputed when ``apply`` brings other decisions.
@@ -124,7 +125,7 @@ def stage_act(ctx: RunContext) -> dict[str, int]:
     result = apply_action(bundle.train, selection, ctx.config.action)
     audit = result.audit if rejected_audit is None else pd.concat([result.audit, rejected_audit], ignore_index=True)
     ctx.write(CLEANED, lambda tmp: np.savez(tmp, **result.train.to_arrays("train/")))
-    ctx.write(AUDIT, lambda tmp: audit.to_csv(tmp, index=False))
+    ctx.write(AUDIT, lambda tmp: write_safe_csv(audit, tmp))  # text cells escaped against spreadsheet formulas
     write_json_atomic(ctx.path(MANIFEST), {
         "source_fingerprint": bundle.train.fingerprint(), "cleaned_fingerprint": result.train.fingerprint(),
         "n_rows_before": len(bundle.train), "n_rows_after": len(result.train), "audit": AUDIT, **result.counts,

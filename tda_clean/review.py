@@ -3,16 +3,15 @@
 ``write_review(ctx)`` lists every flagged row with its scores, the suggested action, its groups, the
 validation rows it influences most (influence of the before-model with the detector's influence spec, else
 exact last-layer influence, ``REVIEW_SPEC``; sign convention: positive = removing the row INCREASES that
-validation row's loss), for the top candidates why (``why``, ``why_image``: :mod:`tda_clean.review_why`) and, for
-images, a thumbnail.
+validation row's loss), the detector's reason in plain words (``reason``; its own text in ``reason_detail``),
+for the top candidates why (``why``, ``why_image``: XDA feature attribution, :mod:`tda_clean.review_why`). The CSV's text cells are
+escaped against spreadsheet formulas (:mod:`tda_clean.spreadsheet`); the page (:mod:`tda_clean.review_page`)
+shows each row's values or thumbnail next to the validation rows it names.
 ``read_approvals(ctx, path)`` validates a filled-in file (columns ``row_id``, ``approved``) against the
 candidates; the pipeline's act stage then touches approved rows only and audits the rejected ones.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,11 @@ import pandas as pd
 from tda_clean.config.influence import ExactSettings, GradientSettings, InfluenceSpec
 from tda_clean.data.dataset import DataBundle
 from tda_clean.errors import InputError
+from tda_clean.review_reasons import plain_reason
 from tda_clean.review_why import why_columns
 from tda_clean.run_dir import CANDIDATES, PAGE, XDA, RunContext, load_model, write_json_atomic
 from tda_clean.selection.base import Selection
+from tda_clean.spreadsheet import write_safe_csv
 
 REVIEW_SPEC = InfluenceSpec(solver=ExactSettings(damping=0.0), gradients=GradientSettings(params="head", dtype="float64"))
 _YES, _NO = {"yes", "y", "true", "1", "approve", "approved"}, {"no", "n", "false", "0", "reject", "rejected"}
@@ -49,7 +50,9 @@ def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, 
     why, records = why_columns(model, bundle, idx, spec, ctx.config.train, top_val)  # the top candidates only
     frame = frame.assign(**why)
     frame.attrs["xda"] = records  # for review/xda.json
-    frame["reason"] = list(selection.reasons)
+    frame["reason"] = [plain_reason(selection.detector, text, label, None if pd.isna(suggestion) else suggestion)
+                       for text, label, suggestion in zip(selection.reasons, frame["label"], frame["suggested_label"])]
+    frame["reason_detail"] = list(selection.reasons)
     frame["approved"] = ""
     return frame
 
@@ -76,45 +79,24 @@ def _influenced_val_rows(model, bundle: DataBundle, idx: np.ndarray, spec: Influ
     return [" ".join(f"{bundle.val.row_id[j]}:{scores[r, j]:+.2e}" for j in order[r]) for r in range(len(idx))]
 
 
-def write_review(ctx: RunContext, bundle: DataBundle, selection: Selection) -> dict[str, str]:
-    """Write ``review/candidates.csv`` and ``review/index.html``; return their paths."""
-    frame = candidates_frame(ctx, bundle, selection)
-    ctx.write(CANDIDATES, lambda tmp: frame.to_csv(tmp, index=False))
+def write_review(ctx: RunContext, bundle: DataBundle, selection: Selection,
+                 frame: pd.DataFrame | None = None) -> dict[str, str]:
+    """Write ``review/candidates.csv`` and ``review/index.html``; return their paths. ``frame``: the candidates
+    (default :func:`candidates_frame`; a caller may add ``why`` / ``why_image`` columns)."""
+    from tda_clean.review_page import influenced, raw_table, render_page, row_views
+
+    frame = candidates_frame(ctx, bundle, selection) if frame is None else frame
+    raw = raw_table(ctx.config.data) if bundle.train.X.ndim == 2 else None
+    val_ids = {int(i) for cell in frame["most_influenced_val_rows"] for i, _ in influenced(cell)}
+    val_positions = np.flatnonzero(np.isin(bundle.val.row_id, list(val_ids)))
+    meta = {"name": ctx.config.name, "action": ctx.config.action.kind, "storage_key": str(ctx.path(PAGE)),
+            "apply_command": f"tda-clean apply {ctx.run_dir} --approved approvals.csv"}
+    page = render_page(frame, row_views(bundle.train, selection.indices, raw),
+                       row_views(bundle.val, val_positions, raw), meta)
+    ctx.write(CANDIDATES, lambda tmp: write_safe_csv(frame, tmp))
     write_json_atomic(ctx.path(XDA), frame.attrs.get("xda", []))  # "why this row": XDA attributions
-    images = bundle.train.X[selection.indices] if bundle.train.X.ndim >= 3 else None
-    ctx.write(PAGE, lambda tmp: tmp.write_text(_page(ctx, frame, images)))
+    ctx.write(PAGE, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return {"candidates": str(ctx.path(CANDIDATES)), "page": str(ctx.path(PAGE)), "n_candidates": len(frame)}
-
-
-def _thumbnail(image: np.ndarray) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    img = image if image.ndim == 2 else np.moveaxis(image, 0, -1).squeeze()
-    plt.imsave(buf, img, cmap="gray", format="png")
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" width="48" height="48">'
-
-
-def _page(ctx: RunContext, frame: pd.DataFrame, images: np.ndarray | None) -> str:
-    shown = frame.drop(columns=["approved", "why_image"], errors="ignore")  # heat maps: the review page renders them
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in (["image"] if images is not None else []) + list(shown.columns))
-    rows = []
-    for r, record in enumerate(shown.itertuples(index=False)):
-        cells = [_thumbnail(images[r])] if images is not None else []
-        cells += [html.escape(f"{v:.4g}" if isinstance(v, float) else str(v)) for v in record]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tda-clean review: {html.escape(ctx.config.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}th{{background:#eef}}</style></head><body>
-<h1>Review: {html.escape(ctx.config.name)}</h1>
-<p>{len(frame)} candidates flagged by <b>{html.escape(str(frame['detector'].iloc[0]) if len(frame) else '-')}</b>;
-action on approval: <b>{html.escape(ctx.config.action.kind)}</b>. Fill the <code>approved</code> column (yes/no) of
-<code>candidates.csv</code>, then run <code>tda-clean apply {html.escape(str(ctx.run_dir))} --approved FILE</code>.
-Influence on validation rows: positive = removing the candidate increases that row's loss.</p>
-<table><tr>{head}</tr>{''.join(rows)}</table></body></html>"""
 
 
 def read_approvals(ctx: RunContext, path: str | Path) -> pd.DataFrame:

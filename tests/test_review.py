@@ -14,6 +14,7 @@ from tda_clean.cli import main
 from tda_clean.data import DataBundle
 from tda_clean.run_dir import RunContext, cleaned_train
 from tda_clean.config import load_config
+from tests.test_review_page import page_data
 
 CONFIG = {
     "name": "review-test", "data": {"kind": "digits"}, "scenario": {"kind": "uniform_flip", "rate": 0.05},
@@ -50,8 +51,15 @@ def test_review_required_stops_after_detection(awaiting, capsys):
     assert candidates["suggested_action"].str.startswith("relabel").all()
     # three most influenced validation rows per candidate, each "row_id:signed influence"
     assert candidates["most_influenced_val_rows"].str.split().map(len).eq(3).all()
-    page = (run / "review" / "index.html").read_text()
-    assert page.count("data:image/png;base64") == len(candidates)  # digits: one thumbnail per candidate
+    assert candidates["reason_detail"].str.startswith("cleanlab:").all()  # the detector's own words
+    assert candidates["reason"].str.contains("probability").all() and not candidates["reason"].str.contains("p=").any()
+    data = page_data((run / "review" / "index.html").read_text())
+    assert [r["id"] for r in data["rows"]] == candidates["row_id"].tolist()
+    # digits: a thumbnail of every candidate and of every validation row it names, labels as class names
+    assert all(data["train"][str(i)]["image"].startswith("data:image/png;base64,") for i in candidates["row_id"])
+    named = {i for r in data["rows"] for i, _ in r["val"]}
+    assert named and all(data["val"][str(i)]["image"].startswith("data:image/png;base64,") for i in named)
+    assert {r["label"] for r in data["rows"]} <= set(map(str, range(10)))
     # why this row (XDA): the top candidates get 5 signed pixel shares and a heat map, the others nothing
     from tda_clean.review_why import XDA_ROWS
 
@@ -193,3 +201,18 @@ def test_xda_explanations_are_logged_with_the_run(awaiting, tmp_path):
     report = run_pipeline(load_config(run / "config.yaml"), run, tracker=tracker, approvals=decisions)
     logged = tracker.runs[report["mlflow"]["parent_run_id"]].artifacts
     assert json.loads(logged["xda.json"]) == json.loads((run / "review" / "xda.json").read_text()) != []
+
+
+def test_approvals_in_the_page_format_are_read(awaiting, tmp_path):
+    """The page's download: extra columns, CRLF, text cells escaped with a leading ' (a label '=1+1')."""
+    from tda_clean.review import read_approvals
+
+    run = awaiting / "run"
+    ids = pd.read_csv(run / "review" / "candidates.csv")["row_id"].tolist()
+    lines = ["row_id,approved,label,suggested_label,suggested_action"]
+    lines += [f"{i},{'yes' if k % 2 else 'no'},'=1+1,\"'@x, y\",relabel" for k, i in enumerate(ids)]
+    path = tmp_path / "approvals.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    decisions = read_approvals(RunContext(load_config(run / "config.yaml"), run), path)
+    assert decisions["row_id"].tolist() == ids
+    assert decisions["approved"].tolist() == [k % 2 == 1 for k in range(len(ids))]
