@@ -20,7 +20,7 @@ from tda_clean.config import RunConfig
 from tda_clean.data import DataBundle, IndexedDataset, load_bundle
 from tda_clean.data.export import write_cleaned
 from tda_clean.evaluation import detection_metrics, evaluate_model
-from tda_clean.evaluation.gate import check_gate
+from tda_clean.evaluation.gate import check_gate, check_gate_measurable
 from tda_clean.models.given import given_model
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.review import write_review
@@ -40,6 +40,8 @@ AFTER_REVIEW = ("act", "train_after", "evaluate_after", "log", "log_models")
 def stage_load(ctx: RunContext) -> dict[str, Any]:
     """Load, split, preprocess, corrupt (scenario) -> ``data.npz``."""
     bundle = load_bundle(ctx.config)
+    check_gate_measurable(ctx.config.gate, bundle.test.group_keys(), ctx.config.evaluation.min_group_size,
+                          bundle.info["n_classes"])
     ctx.write(DATA, bundle.save)
     return {**bundle.info, "fingerprint": bundle.train.fingerprint()}
 

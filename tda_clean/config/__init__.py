@@ -244,7 +244,8 @@ class GateConfig(_Frozen):
 class EvaluationConfig(_Frozen):
     """Group cells (intersections of the group columns) with fewer than ``min_group_size`` test rows are left out
     of ``worst_group_accuracy`` and the fairness gaps (their own ``accuracy_<cell>`` is still reported);
-    ``report.json`` lists them under ``dataset.small_groups``."""
+    ``report.json`` lists them under ``dataset.small_groups``. A fairness gate the remaining cells cannot measure
+    is refused when the data is loaded (:func:`tda_clean.evaluation.gate.check_gate_measurable`)."""
 
     min_group_size: int = Field(default=20, ge=1)
 

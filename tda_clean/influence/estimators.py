@@ -1,12 +1,18 @@
 """Influence estimators on top of gradients + curvature (docs/methods.md#influence-functions).
 
 Sign convention (everywhere): a POSITIVE influence of removing training row i on objective f means that
-removing the row INCREASES f. With ``A = H + damping I`` the training-loss curvature over the parameter subset,
-``g_i`` the per-row training-loss gradient and ``q`` an objective's query gradient:
+removing the row INCREASES f. The model minimises ``L = (1/n) sum_i CE_i + (l2/2) ||theta||^2``; retraining
+without row i minimises the MEAN over the other ``n - 1`` rows with the SAME ``l2``, so every row carries its
+share of the regulariser: per-row loss ``CE_i + (l2/2) ||theta||^2`` with gradient ``gt_i = g_i + l2 theta*``.
+With ``A = H + damping I`` the training-loss curvature over the parameter subset, ``g_i`` the per-row CE
+gradient and ``q`` an objective's query gradient (derivation: docs/methods.md#influence-functions):
 
-    influence(i -> f)    = (1/n) q^T A^-1 g_i                         (Koh & Liang, cross-loss form of Silva et al.)
-    self_influence(i)    = (1/n) g_i^T A^-1 g_i      = the predicted rise of row i's own loss when it is removed
+    influence(i -> f)    = q^T A^-1 gt_i / (n - 1)                    (removal of row i, first order)
+    self_influence(i)    = g_i^T A^-1 gt_i / (n - 1)  = the predicted change of row i's own loss when it is removed
     flip(i, c)           = (1/n) q^T A^-1 (g_i(y_i) - g_i(c))  = predicted change of f when row i's label becomes c
+
+(``q^T A^-1 g_i / n`` alone, the textbook form, leaves out the re-weighting of the regulariser against the data
+mean: a shift common to all rows that decides the sign of most scores when l2 is small.)
 
 ``InfluenceEngine`` fits the curvature once and answers many queries; ``compute_influence`` / ``self_influence``
 / ``pairwise_influence`` are one-call wrappers. Training rows come as an ``IndexedDataset`` or a tuple ``(X, y)``.
@@ -20,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.func import jvp, vmap
 
 from tda_clean.config.influence import GradientSettings, InfluenceSpec
 from tda_clean.errors import InputError
@@ -144,8 +151,9 @@ class InfluenceEngine:
         return InfluenceResult(self.scores(objective), objective.name, self.spec.solver.kind, self._info())
 
     def scores(self, objective: Objective, train_loss: RowLoss | None = None) -> np.ndarray:
-        """(m, n) ``(1/n) q_j^T A^-1 g_i``, ``q_j`` the objective's query gradients and ``g_i`` the gradient of
-        ``train_loss(logits_i, y_i)`` at training row i (default the training loss: the influence of removing row i).
+        """(m, n) influence of removing each training row, ``q_j^T A^-1 (g_i + l2 theta*) / (n - 1)`` with ``q_j``
+        the objective's query gradients and ``g_i`` the training loss's gradient at row i (module docstring).
+        With another ``train_loss`` (a row function ``h``), ``(1/n) q_j^T A^-1 grad h_i`` instead: not a removal.
 
         With a solver that scores in an eigenbasis (``solver.eigenbasis``: K-FAC / EK-FAC), a row-wise objective and
         no gradient store, both sides are projected on the
@@ -155,6 +163,35 @@ class InfluenceEngine:
         """
         fast = self._eigenbasis_scores(objective, train_loss)
         return fast if fast is not None else self.scores_for(self.inverse_hvp(objective), train_loss=train_loss)
+
+    # ---------------------------------------------------------------------- removal: the regulariser's share
+    def regulariser_gradient(self) -> torch.Tensor:
+        """``l2 theta*`` (p,): the gradient of the regulariser share ``(l2/2) ||theta||^2`` every row carries."""
+        return self.loss.l2 * self.loss.theta
+
+    def removal_scale(self) -> float:
+        """``1 / (n - 1)``: removing one row leaves a mean over ``n - 1`` rows."""
+        if self.n < 2:
+            raise InputError("training set: removal influence needs at least 2 training rows (removing the only "
+                             "row leaves nothing to train on)")
+        return 1.0 / (self.n - 1)
+
+    def _regulariser_offsets(self, objective: PerSampleObjective) -> torch.Tensor:
+        """(m,) ``q_j^T A^-1 l2 theta*``: forward-mode derivatives of the objective's outputs along ``A^-1 l2 theta*``
+        (no (m, p) query gradients)."""
+        reg = self.regulariser_gradient()
+        Xq, tq = as_tensors(self.space, objective.X, objective.targets)
+        if not float(reg.abs().max()) > 0:
+            d = torch.zeros(len(Xq), dtype=torch.float64)
+        else:
+            v = self.solver.solve(reg[None])[0].to(self.loss.theta)
+            theta, bs, parts = self.loss.theta, self.spec.gradients.batch_size, []
+            for start in range(0, len(Xq), bs):
+                xb, tb = Xq[start:start + bs], tq[start:start + bs]
+                f = lambda th: vmap(objective.row_value)(self.space.forward(th, xb), tb)  # noqa: E731
+                parts.append(jvp(f, (theta,), (v,))[1].detach())
+            d = torch.cat(parts).double().cpu()
+        return d.mean(0, keepdim=True) if objective.reduce == "mean" else d
 
     def _eigenbasis_scores(self, objective: Objective, train_loss: RowLoss | None) -> np.ndarray | None:
         if not isinstance(objective, PerSampleObjective) or self.store_dir is not None or not self.solver.eigenbasis:
@@ -167,6 +204,9 @@ class InfluenceEngine:
         check_finite_rows(Q, what=f"{objective.name} query gradients")
         Q = (Q.mean(0, keepdim=True) if objective.reduce == "mean" else Q) * solver.eigenbasis_scale()
         out = torch.zeros(len(Q), self.n, dtype=torch.float64)
+        removal = train_loss is None
+        scale = self.removal_scale() if removal else 1.0 / self.n
+        offsets = self._regulariser_offsets(objective)[:, None] if removal else 0.0
         row_elems = int(np.prod(self.loss.X.shape[1:]))
         size = rows_per_batch(self.space.p, Q.element_size(), self.spec.gradients.memory_mb, row_elems)
         for start in range(0, self.n, size):
@@ -175,25 +215,34 @@ class InfluenceEngine:
             if G is None:
                 return None
             check_finite_rows(G, offset=start)
-            out[:, rows] = (Q @ G.T).double().cpu() / self.n
+            out[:, rows] = ((Q @ G.T).double().cpu() + offsets) * scale
         return out.numpy()
 
     def self_influence(self, rows: slice | None = None) -> np.ndarray:
-        """(n,) ``(1/n) g_i^T A^-1 g_i`` (the diagonal of pairwise influence on the training losses);
-        with ``rows``, only that shard's values (len(rows),)."""
+        """(n,) ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)``: the predicted change of row i's own loss when it is
+        removed (the diagonal of pairwise influence on the training losses); with ``rows``, only that shard's
+        values (len(rows),)."""
         offset = 0 if rows is None else (rows.start or 0)
         out = np.zeros(self.n if rows is None else len(range(self.n)[rows]))
+        scale, reg = self.removal_scale(), self.regulariser_gradient()
         for block, G in self.train_gradients(rows=rows):
-            out[block.start - offset:block.stop - offset] = ((G * self.solver.solve(G)).sum(1) / self.n).double().cpu().numpy()
+            value = (self.solver.solve(G) * (G + reg.to(G))).sum(1) * scale
+            out[block.start - offset:block.stop - offset] = value.double().cpu().numpy()
         return out
 
     def scores_for(self, W: torch.Tensor, rows: slice | None = None, train_loss: RowLoss | None = None) -> np.ndarray:
-        """``(1/n) W G^T``: (m, n) influence of each training row (or of ``rows`` only) for precomputed
-        ``W = A^-1 Q`` (:meth:`inverse_hvp`); ``G`` holds the rows' gradients of ``train_loss``."""
+        """(m, n) removal influence ``W (G + l2 theta*)^T / (n - 1)`` of each training row (or of ``rows`` only)
+        for precomputed ``W = A^-1 Q`` (:meth:`inverse_hvp`); ``G`` holds the rows' training-loss gradients.
+        With another ``train_loss``: ``(1/n) W G^T`` with ``G`` its gradients (see :meth:`scores`)."""
         offset = 0 if rows is None else (rows.start or 0)
         out = torch.zeros(W.shape[0], self.n if rows is None else len(range(self.n)[rows]), dtype=torch.float64)
+        removal = train_loss is None
+        scale = self.removal_scale() if removal else 1.0 / self.n
+        reg = self.regulariser_gradient()
         for block, G in self.train_gradients(rows=rows, loss=train_loss):
-            out[:, block.start - offset:block.stop - offset] = (W @ G.T).double().cpu() / self.n
+            if removal:
+                G = G + reg.to(G)
+            out[:, block.start - offset:block.stop - offset] = (W @ G.T).double().cpu() * scale
         return out.numpy()
 
     def flip_influence(self, objective: Objective, n_classes: int) -> np.ndarray:
@@ -232,7 +281,7 @@ def compute_influence(model: nn.Module, train, objective: Objective, spec: Influ
 
 
 def self_influence(model: nn.Module, train, spec: InfluenceSpec, training: TrainingObjective) -> np.ndarray:
-    """(n,) self-influence ``(1/n) g_i^T A^-1 g_i`` (high = the model had to bend to fit the row)."""
+    """(n,) self-influence ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)`` (high = the model had to bend to fit the row)."""
     return InfluenceEngine(model, train, spec, training).self_influence()
 
 
@@ -251,7 +300,8 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
     """TRAK-style influence in a seeded ``k``-dim random projection of the gradients (for large models / data).
 
     Curvature: the projected empirical Fisher ``F = (1/n) sum_i (P g_i)(P g_i)^T + (l2 + damping) I`` (k, k);
-    scores ``(1/n) (P q)^T F^-1 (P g_i)`` (m, n), same sign convention. Projected training gradients go to the
+    scores ``(P q)^T F^-1 P (g_i + l2 theta*) / (n - 1)`` (m, n), the removal form and sign convention of
+    :class:`InfluenceEngine`. Projected training gradients go to the
     optional ``store_dir`` (memory-mapped, fingerprint includes the projection), so n x p never sits in RAM.
     ``g_i``: gradients of ``training``'s per-row loss (the objective the model was trained with).
     """
@@ -260,8 +310,8 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
     space = ParamSpace(model, gradients.params)
     proj = RandomProjector(space.p, k, kind, seed)  # validates k / kind
     n = len(X)
-    if n == 0:
-        raise InputError("training set is empty: influence needs at least one training row")
+    if n < 2:
+        raise InputError(f"training set: removal influence needs at least 2 training rows, got {n}")
 
     def blocks(rows: slice = slice(None)) -> Iterator[tuple[slice, torch.Tensor]]:
         for sub, G in iter_per_sample_grads(space, X[rows], y[rows], loss=training.row, memory_mb=gradients.memory_mb):
@@ -287,7 +337,8 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
     F = F / n + (l2 + damping) * torch.eye(k, dtype=torch.float64)
     Pq = proj.project(objective.query_gradients(space, gradients.memory_mb)).double().cpu()
     W = torch.linalg.solve(F, Pq.T).T
+    Preg = proj.project((l2 * space.flat())[None]).double().cpu()  # (1, k): P l2 theta*
     scores = torch.zeros(len(Pq), n, dtype=torch.float64)
     for rows, Pg in source():
-        scores[:, rows] = W @ Pg.double().cpu().T / n
+        scores[:, rows] = W @ (Pg.double().cpu() + Preg).T / (n - 1)
     return InfluenceResult(scores.numpy(), objective.name, "projected", {"k": k, "projection": proj.describe()})

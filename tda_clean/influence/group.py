@@ -7,9 +7,9 @@ Scale convention. The trainer minimises ``L(theta) = (1/n) sum_i lt_i(theta)`` w
 ``lt_i = CE_i + (l2/2) ||theta||^2`` (the L2 term belongs to every row, so retraining on ``n - m`` rows keeps the
 same ``l2``). Over the engine's parameter subset, with ``A = H + damping I`` the engine's curvature:
 
-* ``gt_i = g_i + l2 theta*``         per-row gradient of ``lt_i`` (``g_i`` = the engine's CE gradient);
-  ``regularized_rows=False`` drops the ``l2 theta*`` part (then first order = the engine's single-row scores
-  summed);
+* ``gt_i = g_i + l2 theta*``         per-row gradient of ``lt_i`` (``g_i`` = the engine's CE gradient), as in the
+  engine's single-row scores ``a^T gt_i / (n - 1)`` (so first order = ``(n-1)/(n-m)`` x their sum over U);
+  ``regularized_rows=False`` drops the ``l2 theta*`` part (the textbook form, for comparison);
 * ``Ht_i = d2 CE_i + (l2 + damping) I``  per-row curvature, so that ``(1/n) sum_i Ht_i = A``;
 * for a group U of ``m`` rows, ``p = m/n``, sums ``g_U = sum_U gt_i`` and ``H_U = sum_U Ht_i``:
 

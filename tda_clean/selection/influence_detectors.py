@@ -118,7 +118,8 @@ def _group_keys(groups_val: Any, column: str | None, n: int) -> np.ndarray:
 
 
 class SelfInfluenceSelector(_InfluenceSelector):
-    """Self-influence ``(1/n) g_i^T H^-1 g_i`` (high = the model had to bend to fit the row: likely label issue).
+    """Self-influence ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)``, the predicted rise of the row's own loss when it is
+    removed (high = the model had to bend to fit the row: likely label issue).
 
     ``suggested_labels_`` = the trained model's argmax prediction.
     """
@@ -138,7 +139,8 @@ class SelfInfluenceSelector(_InfluenceSelector):
 
 
 class HarmfulSelector(_InfluenceSelector):
-    """Rows whose removal most DECREASES the validation ``objective``: score = -influence (positive = harmful)."""
+    """Rows whose removal most DECREASES the validation ``objective``: score = -influence (positive = harmful), the
+    removal influence ``q^T A^-1 (g_i + l2 theta*) / (n - 1)`` (docs/methods.md#influence-functions)."""
 
     name = "harmful"
     spec_type = HarmfulDetector

@@ -125,3 +125,46 @@ def test_run_reports_small_group_cells_and_leaves_them_out_of_worst_group(tmp_pa
         assert f"accuracy_{small[0]}" in metrics  # still reported under its own name
         kept = [v for k, v in metrics.items() if k.startswith("accuracy_") and "&" in k and k[9:] not in small]
         assert metrics["worst_group_accuracy"] == min(kept)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("gate, min_size, expected", [
+    ("max_equalized_odds_difference=0.2", 150,
+     "gate.max_equalized_odds_difference: equalized_odds_difference needs 2 test group cells with at least "
+     "evaluation.min_group_size=150 rows; the test split has 1, too small (test rows): 'sex=F&site=common' (122), "
+     "'sex=F&site=rare' (1); lower evaluation.min_group_size or unset gate.max_equalized_odds_difference"),
+    ("min_worst_group_accuracy=0.5", 1000,
+     "gate.min_worst_group_accuracy: worst_group_accuracy needs 1 test group cell with at least "
+     "evaluation.min_group_size=1000 rows; the test split has 0, too small (test rows): 'sex=F&site=common' (122), "
+     "'sex=F&site=rare' (1), 'sex=M&site=common' (177); lower evaluation.min_group_size or unset "
+     "gate.min_worst_group_accuracy"),
+], ids=["equalized-odds", "worst-group"])
+def test_run_refuses_fairness_gate_on_too_small_cells_naming_them(tmp_path, table, gate, min_size, expected):
+    """Small cells alone are reported (test above); a fairness gate the test split cannot measure is refused up
+    front, before any training, naming the cells."""
+    path, csv = table
+    message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", f"gate.{gate}",
+                       "--set", f"evaluation.min_group_size={min_size}", "--output", "out", inputs=(path, csv))
+    assert message == expected
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.fixture
+def digits_config(tmp_path: Path) -> Path:
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump({"seed": 0, "data": {"kind": "digits"}, "tracking": {"enabled": False}}))
+    return path
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("scenario, expected", [
+    ("{kind: badnets, target: 0, rate: 0.05, patch_size: 9}",
+     "scenario.patch_size: 9 does not fit images of size (8, 8)"),
+    ("{kind: badnets, target: 10, rate: 0.05}", "scenario.target: class 10 not in 0..9"),
+    ("{kind: class_flip, source: 1, target: 12, rate: 0.5}", "scenario.target: class 12 not in 0..9"),
+], ids=["trigger-larger-than-image", "badnets-target-not-a-class", "flip-target-not-a-class"])
+def test_run_refuses_scenario_that_does_not_fit_the_data(tmp_path, digits_config, scenario, expected):
+    message = _refused(tmp_path, "run", str(digits_config), *LOCAL, "--set", f"scenario={scenario}",
+                       "--output", "out", inputs=(digits_config,))
+    assert message == expected
+    assert not (tmp_path / "out" / "report.json").exists()

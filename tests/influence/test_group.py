@@ -78,17 +78,19 @@ def test_first_order_is_scaled_sum_of_single_row_influences(convex, regularized)
     model, X, y, l2 = convex
     engine = InfluenceEngine(model, (X, y), EXACT0, TrainingObjective(l2))
     objective = MeanLoss(X[:10], y[:10])
-    single = engine.influence(objective).per_row  # (1/n) a^T g_i
+    single = engine.influence(objective).per_row  # a^T (g_i + l2 theta*) / (n - 1)
     gi = GroupInfluence(engine, regularized_rows=regularized)
     rng = np.random.default_rng(0)
     groups = [rng.choice(len(y), size=m, replace=False) for m in (1, 4, 12)]
     res = gi.objective_change(groups, objective)
     n = len(y)
     a = engine.inverse_hvp(objective)[0]
-    reg = float(a @ (l2 * engine.loss.theta)) / n if regularized else 0.0
+    reg = 0.0 if regularized else float(a @ (l2 * engine.loss.theta)) / (n - 1)  # the share the textbook form drops
+    assert abs(reg) > 1e-3 * np.abs(single).max() or regularized
     for g, got in zip(groups, res.first[:, 0]):
-        p = len(g) / n
-        assert got == pytest.approx((single[g].sum() + len(g) * reg) / (1 - p), rel=1e-9, abs=1e-14)
+        assert got == pytest.approx((single[g] - reg).sum() * (n - 1) / (n - len(g)), rel=1e-9, abs=1e-14)
+    if regularized:  # one row: the group's first order is the engine's single-row score
+        assert res.first[0, 0] == pytest.approx(single[groups[0]].sum(), rel=1e-9)
     # parameter form agrees with the objective form
     D1 = gi.parameter_change(groups, order=1)
     q = objective.query_gradients(engine.space)[0]
