@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None, *, flow: Callable[..., dict[str, Any]] |
     from tda_clean.progress import log_to_stderr
 
     args = _parser().parse_args(argv)
-    log_to_stderr()
-    with stop_on_signals(args.command != "serve"):  # one line, exit 130/143; serve: Prefect handles them
+    with log_to_stderr(), stop_on_signals(args.command != "serve"):  # one line, exit 130/143; serve: Prefect's
         return _main(args, flow, serve)
 
 

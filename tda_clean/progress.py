@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
@@ -24,13 +25,14 @@ LOG_INTERVAL_S = 15.0
 class LogProgress:
     """The ``tqdm`` subset the library uses (``update``, ``set_postfix``, iteration, context manager), as log lines.
 
-    ``clock`` is injectable for tests; a line is due when ``clock() - last >= interval_s``."""
+    A line is due when ``clock() - last >= interval_s`` (default :data:`LOG_INTERVAL_S`); ``clock`` is for tests."""
 
-    def __init__(self, total: int, desc: str, unit: str = "it", *, interval_s: float = LOG_INTERVAL_S,
+    def __init__(self, total: int, desc: str, unit: str = "it", *, interval_s: float | None = None,
                  iterable: Any = None, clock=time.monotonic) -> None:
-        self.total, self.desc, self.unit, self.interval_s = int(total), desc, unit, interval_s
+        self.total, self.desc, self.unit = int(total), desc, unit
+        self.interval_s = LOG_INTERVAL_S if interval_s is None else interval_s
         self.iterable, self.clock = iterable, clock
-        self.n, self.postfix, self.logged = 0, "", 0
+        self.n, self.postfix, self.logged, self.closed = 0, "", 0, False
         self.start = self.last = clock()
 
     def __enter__(self) -> "LogProgress":
@@ -40,9 +42,12 @@ class LogProgress:
         self.close()
 
     def __iter__(self):
-        for item in self.iterable:
-            yield item
-            self.update()
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:  # also when the loop breaks early (the generator is closed)
+            self.close()
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
@@ -55,7 +60,8 @@ class LogProgress:
             self._log(self._status(now))
 
     def close(self) -> None:
-        if self.logged:  # only work that announced itself says that it ended
+        if self.logged and not self.closed:  # only work that announced itself says that it ended
+            self.closed = True
             self._log(f"done, {self.n} {self.unit} in {self.clock() - self.start:.0f} s")
 
     def _status(self, now: float) -> str:
@@ -86,16 +92,26 @@ def progress_bar(total: int, desc: str, unit: str = "it", *, worth_showing: bool
     return LogProgress(total, desc, unit, iterable=iterable)
 
 
-def log_to_stderr(level: int = logging.INFO) -> None:
-    """Route the library's log records (``tda_clean.*``: progress lines) to stderr, once, in the format of
-    Prefect's console lines. For commands, not for the library (which never configures logging itself)."""
+@contextmanager
+def log_to_stderr(level: int = logging.INFO) -> Iterator[None]:
+    """While open, the library's log records (``tda_clean.*``: progress lines) go to stderr in the format of Prefect's
+    console lines, and only there (not also through a root handler, which Prefect configures). For commands: the
+    library never configures logging itself. Restores the ``tda_clean`` logger on exit; nested uses add nothing."""
     root = logging.getLogger("tda_clean")
     if any(getattr(h, "_tda_clean", False) for h in root.handlers):
+        yield
         return
     handler = logging.StreamHandler(sys.stderr)
     handler._tda_clean = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
                                            datefmt="%H:%M:%S"))
+    saved = root.level, root.propagate
     root.addHandler(handler)
     root.setLevel(level)
-    root.propagate = False  # no second copy through a root handler (Prefect configures one)
+    root.propagate = False
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
