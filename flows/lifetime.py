@@ -15,7 +15,7 @@
   API handlers write to the one SQLite file concurrently; a writer that loses the race gets ``SQLITE_BUSY`` and
   Prefect retries it (the API answers 503 and the client retries; the recorder puts the events back). Prefect
   already silences these for ``uvicorn.error``, but the task-run recorder logs each retried flush at ERROR with
-  a ~100-line traceback. Records that are not a retryable lock pass, and events Prefect finally drops are still
+  a long traceback. Records that are not a retryable lock pass, and events Prefect finally drops are still
   logged (their "Dropping event" line carries no lock exception). ``PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true``
   shows them all again.
 
@@ -59,10 +59,9 @@ def _run_server_class():
         """Prefect's temporary server, started in a new session and tied to this process's life."""
 
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            import prefect
-            from prefect.settings import get_current_settings
-
             from pathlib import Path
+
+            from prefect.settings import get_current_settings
 
             here = Path(__file__).resolve().parent  # this package: flows/ in a checkout, tda_clean_flows/ installed
             return subprocess.Popen(  # the command line of Prefect 3.8's SubprocessASGIServer, with our app factory

@@ -179,3 +179,29 @@ def test_a_normal_run_prints_no_traceback(tmp_path: Path, mlflow_uri: str):
     for bad in ("Traceback", "database is locked", "ERROR"):
         assert bad not in proc.stderr, proc.stderr[-3000:]
     assert "Starting temporary server" in proc.stderr and (tmp_path / "prefect" / "prefect.db").is_file()
+
+
+def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Path, capsys, monkeypatch):
+    """Prefect's RuntimeError from a server that never answers becomes one line; the wait is long enough for a
+    first start's migrations (at least STARTUP_TIMEOUT_S)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import lifetime
+    from flows.cli import main
+
+    waited = []
+
+    class NeverUp:
+        def start(self, timeout=None):
+            waited.append(timeout)
+            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.\nstderr: ...")
+
+    monkeypatch.setattr(lifetime, "_run_server_class", lambda: NeverUp)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(table_config(write_table(tmp_path / "t.csv"))))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = main(["run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and waited[0] >= lifetime.STARTUP_TIMEOUT_S
+    assert err.count("\n") == 1 and err.startswith("tda-clean: error: the temporary Prefect server did not start "
+                                                   "(Timed out while attempting"), err
+    assert not (tmp_path / "run").exists()
