@@ -72,3 +72,26 @@ def test_validate_and_configs_commands_by_name(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.startswith("tda-clean: error: configs: no bundled config 'nope'; bundled: ")
     assert main(["run", "nope", "--engine", "local"]) == 2
     assert "config file not found: nope" in capsys.readouterr().err
+
+
+def test_relative_paths_of_a_bundled_config_name_files_next_to_it(tmp_path, monkeypatch, capsys):
+    """A bundled config read by name resolves its relative paths against its own folder, not the cwd."""
+    import yaml
+
+    from tests.tables import table_config, write_table
+
+    shipped = tmp_path / "site-packages" / "configs"
+    shipped.mkdir(parents=True)
+    write_table(shipped / "table.csv")
+    config = table_config(shipped / "table.csv")
+    config["data"]["path"] = "table.csv"
+    (shipped / "example.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr("tda_clean.config.bundled.bundled_dir", lambda: shipped)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from tda_clean.config import load_config
+
+    assert Path(load_config(resolve_config("example")).data.path) == shipped / "table.csv"
+    assert main(["run", "example", "--engine", "local", "--output", str(tmp_path / "run")]) == 0
+    assert "gate: passed" in capsys.readouterr().out
