@@ -7,7 +7,17 @@
   own session (Ctrl-C on the terminal reaches only the run, which then still reports to a live server) and,
   on Linux, with ``PR_SET_PDEATHSIG`` (the kernel kills it when the run's main thread dies, even by SIGKILL).
   Prefect stops it at interpreter exit, after its log and event workers have drained. Its database is
-  Prefect's usual one under ``PREFECT_HOME``.
+  Prefect's usual one under ``PREFECT_HOME``; a first start (a new ``PREFECT_HOME``) migrates it, so the wait
+  for the server is at least :data:`STARTUP_TIMEOUT_S` (or ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` if
+  longer), and a server that does not come up is one line (:class:`~tda_clean.errors.TdaCleanError`, exit 1).
+- The server's app is :func:`create_app`: Prefect's, with its console log handlers filtered of records caused by
+  SQLite's "database is locked". The server's background services (task-run recorder, event persister) and its
+  API handlers write to the one SQLite file concurrently; a writer that loses the race gets ``SQLITE_BUSY`` and
+  Prefect retries it (the API answers 503 and the client retries; the recorder puts the events back). Prefect
+  already silences these for ``uvicorn.error``, but the task-run recorder logs each retried flush at ERROR with
+  a long traceback. Records that are not a retryable lock pass, and events Prefect finally drops are still
+  logged (their "Dropping event" line carries no lock exception). ``PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true``
+  shows them all again.
 
 Nothing here imports Prefect at import time.
 """
@@ -21,6 +31,9 @@ import sys
 from typing import Any, Callable
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: Seconds to wait at least for the temporary server to answer (Prefect's default, 20 s, is shorter
+#: than the first start's database migrations on a busy machine).
+STARTUP_TIMEOUT_S = 120
 
 
 def _die_with_parent() -> Callable[[], None]:
@@ -46,12 +59,14 @@ def _run_server_class():
         """Prefect's temporary server, started in a new session and tied to this process's life."""
 
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            import prefect
+            from pathlib import Path
+
             from prefect.settings import get_current_settings
 
-            return subprocess.Popen(  # the command line of Prefect 3.8's SubprocessASGIServer
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+            here = Path(__file__).resolve().parent  # this package: flows/ in a checkout, tda_clean_flows/ installed
+            return subprocess.Popen(  # the command line of Prefect 3.8's SubprocessASGIServer, with our app factory
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(here.parent), "--factory",
+                 f"{here.name}.lifetime:create_app", "--host", "127.0.0.1", "--port", str(self.port),
                  "--log-level", "error", "--lifespan", "on"],
                 env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                      "PREFECT__SERVER_FINAL": "1",
@@ -62,11 +77,54 @@ def _run_server_class():
     return RunServer
 
 
+def is_retryable_sqlite_lock(exc: BaseException | None) -> bool:
+    """True for SQLAlchemy's wrapping of SQLite's "database is locked" (``SQLITE_BUSY``), which Prefect retries."""
+    import sqlite3
+
+    orig = getattr(exc, "orig", None)
+    if not isinstance(orig, sqlite3.OperationalError) or type(exc).__name__ != "OperationalError":
+        return False
+    return (getattr(orig, "sqlite_errorname", None) in {"SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT"}
+            or "database is locked" in str(orig))
+
+
+class SQLiteLockFilter:
+    """A ``logging`` filter that drops records whose exception is a retryable SQLite lock."""
+
+    def filter(self, record) -> bool:
+        return not (record.exc_info and is_retryable_sqlite_lock(record.exc_info[1]))
+
+
+def quiet_sqlite_locks() -> None:
+    """Filter every handler of the configured loggers (Prefect's ``console`` handler serves root, ``uvicorn``
+    and ``fastapi``; the server's loggers propagate to root) unless ``PREFECT_SERVER_LOG_RETRYABLE_ERRORS``."""
+    import logging
+
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().server.log_retryable_errors:
+        return
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if not any(isinstance(f, SQLiteLockFilter) for f in handler.filters):
+            handler.addFilter(SQLiteLockFilter())
+
+
+def create_app():
+    """The temporary server's ASGI app (``uvicorn --factory``): Prefect's, its logs quieted of retried locks."""
+    from prefect.server.api.server import create_app as prefect_app
+
+    app = prefect_app()
+    quiet_sqlite_locks()  # after Prefect's logging setup (done on import) and uvicorn's
+    return app
+
+
 def prefect_api() -> None:
     """Check the configured Prefect API, or start the temporary server now (call in the main thread)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    from tda_clean.errors import InputError
+    from tda_clean.errors import InputError, TdaCleanError
 
     if PREFECT_API_URL.value():
         from .deploy import prefect_api_url
@@ -76,4 +134,10 @@ def prefect_api() -> None:
     if not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         raise InputError("PREFECT_API_URL is not set and Prefect's temporary server is disabled "
                          "(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE): set PREFECT_API_URL or use --engine local")
-    _run_server_class()().start()
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+
+    try:
+        _run_server_class()().start(timeout=max(STARTUP.value(), STARTUP_TIMEOUT_S))
+    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect to ephemeral Prefect API server"
+        raise TdaCleanError(f"the temporary Prefect server did not start ({str(exc).splitlines()[0]}); set "
+                            "PREFECT_API_URL to a running server or use --engine local") from None

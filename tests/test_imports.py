@@ -1,16 +1,10 @@
 """Dependencies point one way: library (tda_clean) <- flows <- the ``tda-clean`` command. No import circles among
 the project's modules (function-local imports count: a circle that closes at call time is still a tangle), no
-import of the flows from the library, and no generic top-level ``flows`` package in the installed distribution."""
+import of the flows from the library, and the flows shipped under their own name (the wheel: tests/test_wheel.py)."""
 from __future__ import annotations
 
 import ast
-import shutil
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOPS = ("tda_clean", "flows")
@@ -102,27 +96,7 @@ def test_console_script_is_the_flows_cli_and_flows_ship_under_their_own_name():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["scripts"] == {"tda-clean": "tda_clean_flows.cli:main"}
     setuptools = project["tool"]["setuptools"]
-    assert setuptools["package-dir"] == {"tda_clean_flows": "flows"}
+    assert setuptools["package-dir"] == {"tda_clean_flows": "flows", "tda_clean.configs": "configs"}
     on_disk = sorted(".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "tda_clean").rglob("__init__.py"))
-    assert sorted(setuptools["packages"]) == sorted([*on_disk, "tda_clean_flows"])  # the hand list is complete
-
-
-@pytest.mark.slow
-def test_wheel_has_no_top_level_flows_package(tmp_path: Path):
-    """Build the wheel (no network, no install) from a copy of the sources and read its file list."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    for top in TOPS:
-        shutil.copytree(REPO / top, src / top, ignore=shutil.ignore_patterns("__pycache__"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert tops == {"tda_clean", "tda_clean_flows"}
-    assert {"tda_clean_flows/cli.py", "tda_clean_flows/clean.py", "tda_clean/cli.py"} <= set(names)
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "tda-clean = tda_clean_flows.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # the hand list is complete; configs/ ships as data (tests/test_wheel.py builds the wheel)
+    assert sorted(setuptools["packages"]) == sorted([*on_disk, "tda_clean_flows", "tda_clean.configs"])

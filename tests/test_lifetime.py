@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -128,4 +129,79 @@ def test_no_api_url_and_no_temporary_server_is_one_line_exit_2(tmp_path: Path, c
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("tda-clean: error: PREFECT_API_URL is not set"), err
+    assert not (tmp_path / "run").exists()
+
+
+_LOCK_RECORDS = """
+import logging, sqlite3, sys
+from sqlalchemy.exc import OperationalError
+from flows.lifetime import create_app
+
+create_app()  # the temporary server's app, as uvicorn makes it: Prefect's logging configured, then ours
+
+def error(message):
+    try:
+        raise OperationalError("INSERT INTO task_run ...", {}, sqlite3.OperationalError(message))
+    except OperationalError:
+        return sys.exc_info()
+
+recorder = logging.getLogger("prefect.server.services.task_run_recorder")
+recorder.error("Error flushing 3 events (3 to retry, 0 dropped)", exc_info=error("database is locked"))
+recorder.error("Error flushing 1 events (1 to retry, 0 dropped)", exc_info=error("no such table: task_run"))
+recorder.error("Dropping event 1 after 4 failed attempts")
+"""
+
+
+def test_temporary_server_logs_no_retried_sqlite_locks_but_other_errors(tmp_path: Path):
+    """The records Prefect's task-run recorder writes when a flush meets a locked SQLite file (it retries) are
+    dropped from the temporary server's console; other database errors and dropped events still show."""
+    proc = subprocess.run([sys.executable, "-c", _LOCK_RECORDS], cwd=tmp_path, env=command_env(base_env()),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "database is locked" not in proc.stderr and "3 to retry" not in proc.stderr
+    assert "no such table: task_run" in proc.stderr and "Traceback" in proc.stderr
+    assert "Dropping event 1 after 4 failed attempts" in proc.stderr
+    shown = subprocess.run([sys.executable, "-c", _LOCK_RECORDS], cwd=tmp_path, capture_output=True, text=True,
+                           env=command_env(base_env(PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")), timeout=120)
+    assert "database is locked" in shown.stderr  # the user's switch to see them all
+
+
+def test_a_normal_run_prints_no_traceback(tmp_path: Path, mlflow_uri: str):
+    """``tda-clean run`` with no Prefect server (a temporary one) in a fresh PREFECT_HOME: exit 0, the table on
+    stdout, and no traceback or SQLite lock message from the server on stderr."""
+    config = table_config(write_table(tmp_path / "t.csv"), mlflow_uri)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run(tda_clean("run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=command_env(base_env(PREFECT_HOME=str(tmp_path / "prefect"))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gate: passed" in proc.stdout
+    for bad in ("Traceback", "database is locked", "ERROR"):
+        assert bad not in proc.stderr, proc.stderr[-3000:]
+    assert "Starting temporary server" in proc.stderr and (tmp_path / "prefect" / "prefect.db").is_file()
+
+
+def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Path, capsys, monkeypatch):
+    """Prefect's RuntimeError from a server that never answers becomes one line; the wait is long enough for a
+    first start's migrations (at least STARTUP_TIMEOUT_S)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import lifetime
+    from flows.cli import main
+
+    waited = []
+
+    class NeverUp:
+        def start(self, timeout=None):
+            waited.append(timeout)
+            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.\nstderr: ...")
+
+    monkeypatch.setattr(lifetime, "_run_server_class", lambda: NeverUp)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(table_config(write_table(tmp_path / "t.csv"))))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = main(["run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and waited[0] >= lifetime.STARTUP_TIMEOUT_S
+    assert err.count("\n") == 1 and err.startswith("tda-clean: error: the temporary Prefect server did not start "
+                                                   "(Timed out while attempting"), err
     assert not (tmp_path / "run").exists()

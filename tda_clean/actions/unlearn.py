@@ -26,6 +26,7 @@ itself), ``n_forget``, ``n_retain`` and method details (``param_change_norm`` fo
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import Any, Callable
 
@@ -35,6 +36,9 @@ from torch import nn
 
 from tda_clean.config import TrainConfig, UnlearnAction
 from tda_clean.errors import InputError
+from tda_clean.progress import progress_bar
+
+logger = logging.getLogger(__name__)
 
 
 def _check(cfg: UnlearnAction, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray) -> np.ndarray:
@@ -152,7 +156,7 @@ def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config
     gen = torch.Generator().manual_seed(seed)
     objective = training_objective(train_config)
     bs = cfg.batch_size or train_config.batch_size
-    for _ in range(cfg.epochs):
+    for _ in progress_bar(cfg.epochs, f"unlearn ({cfg.method})", "epochs", iterable=range(cfg.epochs)):
         model.train()
         order = keep[torch.randperm(len(keep), generator=gen).to(device)]
         for start in range(0, len(order), bs):
@@ -182,6 +186,7 @@ def unlearn(cfg: UnlearnAction, model_before: nn.Module, X: np.ndarray, y: np.nd
     X, y = np.asarray(X), np.asarray(y)
     mask = _check(cfg, X, y, forget_mask)
     start = time.perf_counter()
+    logger.info("unlearn (%s): forgetting %d rows, keeping %d", cfg.method, int(mask.sum()), int((~mask).sum()))
     if mask.sum() == 0:
         model, extra = copy.deepcopy(model_before).eval(), {"note": "empty forget set: model unchanged"}
     elif cfg.method == "retrain":
@@ -193,6 +198,7 @@ def unlearn(cfg: UnlearnAction, model_before: nn.Module, X: np.ndarray, y: np.nd
         model, extra = _gradient_unlearn(cfg, model_before, X, y, mask, train_config, seed,
                                          ascent=cfg.method == "ascent")
     seconds = time.perf_counter() - start
+    logger.info("unlearn (%s): done in %.0f s", cfg.method, seconds)
     return model, {"method": cfg.method, "seconds": round(seconds, 4), "n_forget": int(mask.sum()),
                    "n_retain": int((~mask).sum()), **extra}
 

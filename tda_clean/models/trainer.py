@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from tda_clean.config import TrainConfig
 from tda_clean.errors import InputError
 from tda_clean.objective import TrainingObjective, cross_entropy
+from tda_clean.progress import progress_bar
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,7 +84,9 @@ def fit(
     """Train ``model`` in place on ``X`` (n, *feature_shape), ``y`` (n,) int labels; return it with history.
 
     ``on_epoch(epoch, model)`` is called after each epoch (Adam) or round (L-BFGS), e.g. to save
-    TracIn checkpoints. ``progress=None`` shows a bar only on an interactive terminal.
+    TracIn checkpoints. ``progress=None`` shows a bar on an interactive terminal; ``False`` (inner training whose
+    caller shows its own progress) never does. Without a bar, long training logs a progress line now and then
+    (:mod:`tda_clean.progress`).
     """
     if len(X) == 0:
         raise InputError("training set is empty")
@@ -96,7 +97,7 @@ def fit(
     val = None
     if X_val is not None and y_val is not None and len(X_val):
         val = (model_input(X_val, device, dtype), torch.as_tensor(y_val, dtype=torch.long, device=device))
-    show = sys.stderr.isatty() if progress is None else progress
+    show = progress is not False
     objective = training_objective(config)
     if config.function:  # the user's training function (one "epoch" for on_epoch, e.g. TracIn's checkpoints)
         from tda_clean.models.user import TrainSet, fit_with_function
@@ -125,7 +126,8 @@ def _fit_lbfgs(model, Xt, yt, wt, val, config: TrainConfig, objective, on_epoch,
         return loss
 
     previous = float("inf")
-    for epoch in tqdm(range(config.epochs), desc="train (lbfgs)", disable=not show, leave=False):
+    for epoch in progress_bar(config.epochs, "train (lbfgs)", "rounds", worth_showing=show,
+                              iterable=range(config.epochs)):
         loss = float(opt.step(closure).detach())
         result.train_loss.append(loss)
         _check_diverged(result.train_loss, epoch, "raise train.l2 or check the features' scale")
@@ -171,7 +173,7 @@ def _fit_adam(model, Xt, yt, wt, val, config: TrainConfig, objective, seed: int,
     gen = torch.Generator().manual_seed(seed)
     n = len(Xt)
     best_state, best_val, stale, first = copy.deepcopy(model.state_dict()), float("inf"), 0, None
-    bar = tqdm(range(config.epochs), desc="train (adam)", disable=not show, leave=False)
+    bar = progress_bar(config.epochs, "train (adam)", "epochs", worth_showing=show, iterable=range(config.epochs))
     for epoch in bar:
         model.train()
         order = torch.randperm(n, generator=gen).to(Xt.device)

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
-from tqdm.auto import tqdm
 
 from tda_clean.data.sources import MEMORY
 from tda_clean.errors import InputError, one_line
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.models.trainer import predict_proba
+from tda_clean.progress import progress_bar
 from tda_clean.selection.base import BaseSelector, FitContext, cap_flagged, register_selector
 
 
@@ -23,8 +23,8 @@ def out_of_sample_probs(X: np.ndarray, y: np.ndarray, context: FitContext, folds
         raise InputError(f"detector.folds={folds}: a class has fewer training rows than folds")
     probs = np.zeros((len(y), n_classes))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=context.seed)
-    for k, (fit_idx, held_idx) in enumerate(tqdm(list(splitter.split(X, y)), desc="cleanlab folds", leave=False,
-                                                  disable=None)):
+    for k, (fit_idx, held_idx) in enumerate(progress_bar(folds, "cleanlab folds", "folds",
+                                                         iterable=list(splitter.split(X, y)))):
         model = context.make_model(context.seed + k)
         fit_model(model, X[fit_idx], y[fit_idx], context.train_config, context.seed + k,
                   X_val=context.X_val, y_val=context.y_val, progress=False)
