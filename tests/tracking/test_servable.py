@@ -132,3 +132,75 @@ def test_unexportable_model_falls_back_to_pickle_with_a_warning(mlflow_uri: str)
         model_id = tracker.log_model(run_id, _DataDependent(), name="model_after", serving=_serving())
     tags = MlflowClient(tracking_uri=mlflow_uri).get_logged_model(model_id).tags
     assert tags[SERVABLE_TAG] == "false" and "torch.export failed" in tags[FALLBACK_TAG]
+
+
+USER_CODE = '''
+import torch
+from torch import nn
+
+
+class Plain(nn.Module):
+    def __init__(self, d, k):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d, 8), nn.ReLU())
+        self.out = nn.Linear(8, k)
+
+    def forward(self, x):
+        return self.out(self.body(x))
+
+
+class ValueBranch(Plain):  # Python control flow on a tensor's value: torch.export cannot capture it
+    def forward(self, x):
+        return super().forward(x) if x.sum() > -1e9 else -super().forward(x)
+
+
+def plain(input_shape, n_classes):
+    return Plain(input_shape[0], n_classes)
+
+
+def value_branch(input_shape, n_classes):
+    return ValueBranch(input_shape[0], n_classes)
+'''
+
+
+@pytest.mark.parametrize("factory", ["plain", "value_branch"])
+def test_user_python_model_is_exported_or_falls_back_with_its_code(factory: str, tmp_path: Path, mlflow_uri: str) -> None:
+    """``model.kind: python`` through the pipeline: an exportable module is a servable pyfunc predicting the table's
+    class names from its raw columns; one that is not is the pickle with the user's code file, tagged and warned."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from tda_clean.config import parse_config
+    from tda_clean.data import DataBundle
+    from tda_clean.pipeline import run_pipeline
+    from tda_clean.run_dir import RunContext, load_model
+    from tests.tables import table_config, write_table
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "servable_user_models.py").write_text(USER_CODE)
+    csv = write_table(tmp_path / "t.csv")
+    config = parse_config({**table_config(csv, mlflow_uri), "name": f"user-{factory}",
+                           "model": {"kind": "python", "factory": f"servable_user_models:{factory}",
+                                     "code_dir": str(tmp_path / "code")},
+                           "train": {"optimizer": "adam", "epochs": 3, "device": "cpu"}})
+    if factory == "plain":
+        report = run_pipeline(config, tmp_path / "run")
+    else:
+        with pytest.warns(UserWarning, match="pickle"):
+            report = run_pipeline(config, tmp_path / "run")
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    (logged,) = [m for m in client.search_logged_models([report["mlflow"]["experiment_id"]]) if m.name == "model_after"]
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(tmp_path / "m")))
+    if factory == "value_branch":
+        assert logged.tags["servable"] == "false" and "torch.export failed" in logged.tags["servable_fallback"]
+        assert (local / "code" / "servable_user_models.py").is_file()
+        return
+    assert logged.tags["servable"] == "true" and not (local / "code").exists()
+    bundle = DataBundle.load(tmp_path / "run" / "data.npz")
+    model = load_model(RunContext(config, tmp_path / "run"), "after", bundle)
+    raw = pd.read_csv(csv).set_axis(range(len(pd.read_csv(csv)))).loc[bundle.test.row_id]  # row ids = row numbers
+    out = mlflow.pyfunc.load_model(str(local)).predict(raw)
+    with torch.no_grad():
+        want = model(torch.as_tensor(bundle.test.X)).argmax(1).numpy()
+    assert out["label"].tolist() == [bundle.classes[k] for k in want]
