@@ -14,7 +14,7 @@ Artifacts (written by :mod:`tda_clean.tracking.servable`):
   - ``kind: table``: raw columns (a DataFrame, one row per example; other columns are ignored); numeric
     columns standardised ``(x - mean) / scale``, categorical ones one-hot encoded (an unseen value gives zeros), a
     free-text column TF-IDF weighted; blocks in that order, ``feature_names`` (d,).
-  - ``kind: array``: raw values ``(n, *shape)`` or flattened ``(n, prod(shape))`` (e.g. 0..16 grey levels of
+  - ``kind: array``: raw values ``(n, *shape)`` (float64, the signature's dtype; e.g. 0..16 grey levels of
     scikit-learn's digits, 0..255 pixels of image files, already resized), divided by ``scale``.
 
 ``predict`` returns a DataFrame with one row per input row: ``label`` (str, the predicted class name) and
