@@ -141,8 +141,7 @@ def save_servable(model: torch.nn.Module, serving_in: ServingInput, path: str, *
     serving = {"format": 1, "classes": list(serving_in.classes), "model_dtype": str(dtype).removeprefix("torch."),
                "batch": batch, "input": preprocessing}
     signature, input_example = signature_and_example(serving)
-    with tempfile.TemporaryDirectory(prefix="tda-clean-servable-") as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method", category=UserWarning)
+    with tempfile.TemporaryDirectory(prefix="tda-clean-servable-") as tmp:
         torch.export.save(program, os.path.join(tmp, "model.pt2"))
         with open(os.path.join(tmp, "serving.json"), "w", encoding="utf-8") as f:
             json.dump(serving, f)
