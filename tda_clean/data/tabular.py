@@ -94,8 +94,7 @@ def preprocessing_spec(pre: ColumnTransformer, X: pd.DataFrame, names: tuple[str
     for name, fitted, cols in pre.transformers_:
         cols = [cols] if isinstance(cols, str) else list(cols)
         if name == "num" and cols:
-            dtypes = [X[c].dtype if X[c].dtype != bool else np.dtype(np.float64) for c in cols]
-            dtype = "float32" if np.result_type(*dtypes) == np.float32 else "float64"
+            dtype = "float32" if X[cols].iloc[:1].to_numpy().dtype == np.float32 else "float64"  # as sklearn sees it
             spec["numeric"] = {"columns": cols, "mean": fitted.mean_.tolist(), "scale": fitted.scale_.tolist(),
                                "dtype": dtype}
         elif name == "cat" and cols:
