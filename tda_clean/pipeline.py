@@ -206,8 +206,12 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
                 write_json_atomic(ctx.marker("log_models"), done)
             return done[key]
 
+        from tda_clean.tracking.servable import serving_input
+
+        serving = serving_input(ctx.config, bundle)  # loads without tda_clean, predicts on raw rows
         models = {which: once(f"model_{which}:{children[which]}", lambda: tracker.log_model(  # called at once
-            children[which], load_model(ctx, which, bundle), name=f"model_{which}")) for which in ("before", "after")}
+            children[which], load_model(ctx, which, bundle), name=f"model_{which}", serving=serving))
+            for which in ("before", "after")}
         # the after-model is always registered; the `release` alias only moves to it when the gate passes
         alias = RELEASE_ALIAS if report["gate"]["passed"] else None
         out["registered_version"] = once(f"version:{models['after']}", lambda: tracker.register_model(

@@ -112,10 +112,11 @@ class InMemoryTracker:
         with self._lock:
             self._run(run_id).datasets.append(entry)
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str, serving=None) -> str:
         n_params = sum(int(p.numel()) for p in model.parameters())
         model_id = f"m-{uuid.uuid4().hex}"
-        entry = {"name": name, "class": type(model).__name__, "n_parameters": n_params, "model_id": model_id}
+        entry = {"name": name, "class": type(model).__name__, "n_parameters": n_params, "model_id": model_id,
+                 "serving": serving}
         with self._lock:
             self._run(run_id).models.append(entry)
         return model_id

@@ -9,7 +9,7 @@ from tda_clean.data.dataset import DataBundle, IndexedDataset
 from tda_clean.data.scenarios import apply_scenario
 from tda_clean.data.sources import RawImages, RawTable, load_source
 from tda_clean.data.splits import stratified_split, user_split
-from tda_clean.data.tabular import check_no_missing, encode_labels, fit_transform_splits
+from tda_clean.data.tabular import check_no_missing, encode_labels, fit_preprocessing
 from tda_clean.errors import InputError
 
 __all__ = ["DataBundle", "IndexedDataset", "load_bundle", "build_bundle"]
@@ -34,8 +34,9 @@ def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
     parts = stratified_split(y, config.split, config.seed) if raw.split is None else user_split(raw.split, y, classes)
     if isinstance(raw, RawImages):
         X_parts, names = [raw.X[idx] for idx in parts], ()
+        preprocessing = array_preprocessing(X_parts[1] if len(X_parts[1]) else X_parts[0], pixel_scale(config.data))
     else:
-        X_parts, names = fit_transform_splits(raw.frame, raw.features, parts, raw.text)
+        X_parts, names, preprocessing = fit_preprocessing(raw.frame, raw.features, parts, raw.text)
     splits = [
         IndexedDataset(raw.row_id[idx], X, y[idx], groups.iloc[idx].reset_index(drop=True), classes, names)
         for idx, X in zip(parts, X_parts)
@@ -50,7 +51,25 @@ def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
             "classes": list(classes), "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0,
             # test cells left out of worst-group accuracy and the fairness gaps (evaluation.min_group_size)
             "small_groups": [str(k) for k, n in zip(cells, counts) if k and n < config.evaluation.min_group_size]}
-    return DataBundle(raw.name, *splits, info=info)
+    return DataBundle(raw.name, *splits, info=info, preprocessing=preprocessing)
+
+
+def pixel_scale(source) -> float:
+    """What the source's raw values are divided by to give the model's input: digits' 0..16 grey levels, 8-bit
+    pixels of image files and Fashion-MNIST, 1 for arrays given to :func:`tda_clean.clean` (used as they are)."""
+    if source.kind == "digits":
+        return 16.0
+    if source.kind in ("fashion_mnist", "image_folder") or getattr(source, "image_column", None):
+        return 255.0
+    return 1.0
+
+
+def array_preprocessing(X: np.ndarray, scale: float) -> dict:
+    """The JSON recipe for array inputs: raw values ``(n, *shape)`` (or flattened ``(n, prod(shape))``) divided by
+    ``scale`` give the model input ``(n, *shape)`` of ``dtype`` (float32; integer arrays given as they are stay
+    integer); ``example`` one raw row."""
+    return {"kind": "array", "shape": list(X.shape[1:]), "scale": scale, "dtype": str(X.dtype),
+            "example": np.round(X[:1].astype(np.float64) * scale, 6).tolist()}
 
 
 def _check_groups_in_test(groups: pd.DataFrame, test: IndexedDataset) -> None:

@@ -118,6 +118,8 @@ class DataBundle:
     triggered_test:    test rows (non-target classes) with the backdoor trigger and their TRUE labels, or None.
     attack_target:     class id the backdoor sends triggered inputs to, or None.
     info:              small JSON-able description (source, sizes, scenario).
+    preprocessing:     JSON-able recipe from the user's raw rows to model input (fitted on train; the ``input``
+                       of :func:`tda_clean.tracking.servable.serving_spec`), or None (a folder from before it existed).
     """
 
     name: str
@@ -129,6 +131,7 @@ class DataBundle:
     triggered_test: IndexedDataset | None = None
     attack_target: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    preprocessing: dict[str, Any] | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -144,7 +147,7 @@ class DataBundle:
             arrays["corrupted_mask"] = self.corrupted_mask
             arrays["clean_train_y"] = self.clean_train_y
         meta = {"name": self.name, "classes": list(self.classes), "feature_names": list(self.train.feature_names),
-                "attack_target": self.attack_target, "info": self.info}
+                "attack_target": self.attack_target, "info": self.info, "preprocessing": self.preprocessing}
         np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
@@ -158,5 +161,5 @@ class DataBundle:
                 name=meta["name"], **split, triggered_test=triggered,
                 corrupted_mask=f["corrupted_mask"] if "corrupted_mask" in f.files else None,
                 clean_train_y=f["clean_train_y"] if "clean_train_y" in f.files else None,
-                attack_target=meta["attack_target"], info=meta["info"],
+                attack_target=meta["attack_target"], info=meta["info"], preprocessing=meta.get("preprocessing"),
             )

@@ -73,7 +73,7 @@ class SmallCNN(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features, shape ``(n, hidden)``; ``x`` may omit the channel axis."""
-        return self.dense(self.conv(x.reshape(len(x), *self.in_shape)))
+        return self.dense(self.conv(x.reshape(x.shape[0], *self.in_shape)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -13,6 +13,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; keeps pandas/torch out of i
     import pandas as pd
     import torch
 
+    from tda_clean.tracking.servable import ServingInput
+
 RunStatus = Literal["FINISHED", "FAILED"]
 TERMINAL_STATUSES: tuple[str, ...] = ("FINISHED", "FAILED")
 #: Tag that links a child run to its parent (MLflow's own name, used by every tracker).
@@ -56,8 +58,10 @@ class Tracker(Protocol):
     ) -> None:
         """Record ``df`` as an input of the run (``context``: e.g. ``"training"``)."""
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
-        """Log a torch model as an output of the run, without touching any active run; return its model id."""
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str, serving: ServingInput | None = None) -> str:
+        """Log a torch model as an output of the run, without touching any active run; return its model id.
+        With ``serving`` (:class:`tda_clean.tracking.servable.ServingInput`) it is logged to load without
+        tda_clean and predict on raw rows."""
 
     def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
         """Register a logged model as a new version of registered model ``name`` (created if missing);
@@ -81,7 +85,7 @@ class NullTracker(Tracker):
     def child_runs(self, parent_run_id: str) -> dict[str, str]:
         return {}
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str, serving: ServingInput | None = None) -> str:
         return ""
 
     def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from mlflow import MlflowClient
 
+    from tda_clean.tracking.servable import ServingInput
+
 #: Seconds to wait for an http(s) tracking server before giving up (MLflow itself retries for minutes).
 REACHABILITY_TIMEOUT_S = 3.0
 _BATCH = 1000  # MLflow's MAX_ENTITIES_PER_BATCH (and 100 params/tags per batch)
@@ -172,8 +174,10 @@ class MlflowTracker:
         tag = InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, [tag])])
 
-    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str) -> str:
-        """Log ``model`` (mlflow.pytorch flavor) as a LoggedModel output of ``run_id``.
+    def log_model(self, run_id: str, model: torch.nn.Module, *, name: str, serving: ServingInput | None = None) -> str:
+        """Log ``model`` as a LoggedModel output of ``run_id``: with ``serving``, the servable pyfunc of
+        :mod:`tda_clean.tracking.servable` (loads without tda_clean, predicts on raw rows); without, the
+        mlflow.pytorch flavor described next.
 
         Mirrors ``mlflow.pytorch.log_model`` through this tracker's client instead of the global
         tracking URI / active run / active experiment, so it works in any thread and against any
@@ -193,9 +197,18 @@ class MlflowTracker:
                          run_id=run_id, model_id=logged.model_id)
             with tempfile.TemporaryDirectory(prefix="tda-clean-model-") as tmp:
                 local = os.path.join(tmp, "model")
-                mlflow.pytorch.save_model(model, local, mlflow_model=meta, serialization_format="pickle",
-                                          pip_requirements=[f"torch=={torch.__version__}"])
+                tags = {}
+                if serving is not None:
+                    from tda_clean.tracking.servable import save_servable
+
+                    tags = save_servable(model, serving, local, mlflow_model=meta)
+                else:
+                    mlflow.pytorch.save_model(model, local, mlflow_model=meta, serialization_format="pickle",
+                                              pip_requirements=[f"torch=={torch.__version__}"])
                 self.client.log_model_artifacts(logged.model_id, local)
+            if tags:
+                self.client.set_logged_model_tags(logged.model_id, tags)
+                self.set_tags(run_id, tags)
         except BaseException:
             self.client.finalize_logged_model(logged.model_id, "FAILED")
             raise
