@@ -233,8 +233,12 @@ Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, 
 
 # ------------------------------------------------------------------------------------ gate + tracking
 class GateConfig(_Frozen):
-    """Release gate on the after-model; every threshold is optional and in [0, 1]."""
+    """Release gate on the after-model (tda_clean/evaluation/gate.py). ``no_regression`` (default on): no
+    guarded metric (accuracy, worst-group accuracy, fairness gaps, attack success) may be worse after than before
+    by more than ``tolerance`` (absolute). The thresholds are optional and in [0, 1]."""
 
+    no_regression: bool = True
+    tolerance: float = Field(default=0.0, ge=0, le=1)
     min_accuracy: float | None = Field(default=None, ge=0, le=1)
     min_worst_group_accuracy: float | None = Field(default=None, ge=0, le=1)
     max_attack_success_rate: float | None = Field(default=None, ge=0, le=1)
