@@ -14,9 +14,6 @@ Direction = Literal["higher", "lower"]
 
 HIGHER_IS_BETTER = ("accuracy", "balanced_accuracy", "worst_group_accuracy")
 LOWER_IS_BETTER = ("attack_success_rate", "demographic_parity_difference", "equalized_odds_difference")
-#: Metrics the default (no-regression) gate compares before vs after, when both sides measured them.
-GUARDED = ("accuracy", "worst_group_accuracy", "demographic_parity_difference", "equalized_odds_difference",
-           "attack_success_rate")
 
 
 def direction(metric: str) -> Direction | None:

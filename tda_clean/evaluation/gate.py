@@ -1,19 +1,20 @@
 """Release gate on the after-model: no regression against the before-model, then optional thresholds.
 
-1. No regression (``gate.no_regression``, on by default): for every metric in
-   :data:`~tda_clean.evaluation.directions.GUARDED` measured (not NaN) on both models, the after-model may not
-   be worse than the before-model by more than ``gate.tolerance`` (absolute, in metric units; 0.0 by default,
-   so any worsening fails). Better/worse per metric comes from :mod:`tda_clean.evaluation.directions`.
+1. No regression (``gate.no_regression``, on by default): for every metric of ``gate.regression_metrics``
+   (default: accuracy, worst-group accuracy, both fairness gaps, attack success) measured (not NaN) on both
+   models, the after-model may not be worse than the before-model by more than ``gate.tolerance`` (absolute, in
+   metric units; 0.0 by default, so any worsening fails). Better/worse per metric comes from
+   :mod:`tda_clean.evaluation.directions`.
 2. Thresholds (``gate.min_accuracy`` ...): each one set must hold on the after-model; a threshold on a metric
    the run did not measure fails.
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from tda_clean.config import GateConfig
-from tda_clean.evaluation.directions import GUARDED, direction, improvement
+from tda_clean.evaluation.directions import direction, improvement
 
 # config field -> (metric name, direction); "min" means the metric must be >= the threshold.
 _RULES = {
@@ -24,10 +25,12 @@ _RULES = {
 }
 
 
-def regressions(before: Mapping[str, float], after: Mapping[str, float], tolerance: float) -> list[str]:
-    """One reason per guarded metric whose after-value is worse than its before-value by more than ``tolerance``."""
+def regressions(before: Mapping[str, float], after: Mapping[str, float], tolerance: float,
+                metrics: Iterable[str]) -> list[str]:
+    """One reason per metric of ``metrics`` whose after-value is worse than its before-value by more than
+    ``tolerance``; metrics missing or NaN on either side are not compared."""
     reasons = []
-    for metric in GUARDED:
+    for metric in metrics:
         if metric not in before or metric not in after:
             continue
         gain = improvement(metric, float(before[metric]), float(after[metric]))
@@ -42,7 +45,8 @@ def check_gate(config: GateConfig, after: Mapping[str, float],
                before: Mapping[str, float] | None = None) -> tuple[bool, list[str]]:
     """``(passed, reasons)`` for the after-model's metrics ``after``; ``before`` (the before-model's metrics)
     is needed for the no-regression check, which is skipped when it is ``None``."""
-    reasons = regressions(before, after, config.tolerance) if config.no_regression and before is not None else []
+    guard = config.no_regression and before is not None
+    reasons = regressions(before, after, config.tolerance, config.regression_metrics) if guard else []
     for field, (metric, way) in _RULES.items():
         threshold = getattr(config, field)
         if threshold is None:

@@ -42,6 +42,22 @@ def test_every_guarded_metric_is_compared_in_its_direction(metric, worse):
     assert passed is False and len(reasons) == 1 and reasons[0].startswith(f"{metric} regressed")
 
 
+def test_regression_metrics_choose_what_is_compared():
+    before = dict(METRICS, demographic_parity_difference=0.1)
+    after = dict(before, demographic_parity_difference=0.177, accuracy=0.86)
+    assert check_gate(GateConfig(), after, before)[0] is False
+    narrowed = GateConfig(regression_metrics=["accuracy", "worst_group_accuracy", "equalized_odds_difference"])
+    assert check_gate(narrowed, after, before) == (True, [])
+    assert check_gate(narrowed, dict(after, accuracy=0.84), before)[0] is False
+
+
+def test_unknown_regression_metric_is_a_config_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="regression_metrics"):
+        GateConfig(regression_metrics=["accuracy_sex=F"])
+
+
 def test_tolerance_and_switching_the_check_off():
     before, after = METRICS, dict(METRICS, accuracy=0.848)
     assert check_gate(GateConfig(tolerance=0.002), after, before) == (True, [])
