@@ -93,7 +93,8 @@ def test_flow_run_against_both_servers(tmp_path: Path, prefect_url: str, mlflow_
     experiment = client.get_experiment_by_name("integration")
     runs = client.search_runs([experiment.experiment_id])
     parent = client.get_run(report["mlflow"]["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "integration-run"
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("integration-run · cleanlab → relabel")
+    assert parent.info.run_name.endswith(" · gate passed") and parent.data.tags["gate"] == "passed"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"before", "after"} and len(runs) == 3
     from tda_clean.tracking import mlflow_key
@@ -222,7 +223,8 @@ def test_cron_schedule_fires_and_completes(tmp_path: Path, prefect_url: str, mlf
     client = mlflow_client(mlflow_url)
     experiment = client.get_experiment_by_name("integration-schedule")
     parents = client.search_runs([experiment.experiment_id], f"tags.prefect_flow_run_id = '{done.id}'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1
+    assert parents[0].info.status == ("FINISHED" if parents[0].data.tags["gate"] == "passed" else "FAILED")
     assert parents[0].data.params["detector.folds"] == "2"  # the --set override reached the scheduled run
 
 
