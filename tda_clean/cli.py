@@ -70,8 +70,11 @@ def format_table(report: dict[str, Any]) -> str:
     acts = ", ".join(f"{k} {v}" for k, v in report["actions"].items() if v)
     lines += ["", f"detector {sel['detector']}: flagged {sel['n_flagged']}{quality}", f"actions: {acts or 'none'}"]
     gate = report["gate"]
-    lines.append("gate: passed" if gate["passed"] else "gate: FAILED — " + "; ".join(gate["reasons"]) +
-                 (" (the release alias was not moved)" if report["mlflow"].get("parent_run_id") else ""))
+    if gate["passed"]:
+        lines.append("gate: passed")
+    else:
+        lines.append("gate: FAILED" + (" (the release alias was not moved)" if report["mlflow"].get("parent_run_id")
+                                       else "") + "".join(f"\n  - {reason}" for reason in gate["reasons"]))
     if report.get("resumed_stages"):
         lines.append(f"resumed (not recomputed): {', '.join(report['resumed_stages'])}")
     lines.append(f"report: {Path(report['run_dir']) / REPORT}")
