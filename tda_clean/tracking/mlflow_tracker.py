@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -39,12 +40,16 @@ def default_tracking_uri() -> str:
 def check_reachable(uri: str, timeout: float = REACHABILITY_TIMEOUT_S) -> None:
     """Raise :class:`InputError` naming ``uri`` if an http(s) server does not answer in ``timeout`` s.
 
-    Any HTTP answer (even 401/404) counts as reachable; other schemes are not checked.
+    Any HTTP answer (even 401/404) counts as reachable; other schemes are not checked. Credentials in the URI
+    (``http://user:password@host``) are left out of the probe (urllib would read them as part of the host name).
     """
     if not uri.lower().startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    probe = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health",
+                                     "", ""))
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+        with urllib.request.urlopen(probe, timeout=timeout):
             return
     except urllib.error.HTTPError:
         return
@@ -86,7 +91,8 @@ class MlflowTracker:
             else:
                 self.experiment_id = found.experiment_id
         except MlflowException as exc:
-            raise InputError(f"MLflow tracking store {redact(self.tracking_uri)}: {redact(exc.message)}") from None
+            message = " ".join(redact(exc.message).split())  # one line (a wrong server answers with an HTML page)
+            raise InputError(f"MLflow tracking store {redact(self.tracking_uri)}: {truncate(message, 400)}") from None
         except (OSError, ImportError, ValueError) as exc:  # bad path/scheme (InputError passes through)
             if isinstance(exc, InputError):
                 raise

@@ -82,6 +82,8 @@ def test_a_server_that_is_not_mlflow_fails_without_the_password():
     finally:
         server.shutdown()
         server.server_close()
+    assert "not reachable" not in str(info.value)  # it got past the health probe: MLflow itself refused
+    assert "404" in str(info.value) and "\n" not in str(info.value)  # MLflow's error, on one line
     assert "alice:***@127.0.0.1" in str(info.value) and SECRET not in str(info.value)
 
 
