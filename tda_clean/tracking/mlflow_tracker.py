@@ -75,6 +75,8 @@ class MlflowTracker:
     ) -> None:
         self.tracking_uri = tracking_uri or default_tracking_uri()
         check_reachable(self.tracking_uri)
+        if redact(self.tracking_uri) != self.tracking_uri:  # MLflow prints "View run ... at: <URI>" when a run ends
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
