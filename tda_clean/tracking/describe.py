@@ -89,9 +89,12 @@ def description(config: RunConfig, report: Mapping[str, Any], version: str | Non
     head = ["**Gate passed**" if gate["passed"] else "**Gate FAILED**"]
     head += [f"- {reason}" for reason in gate["reasons"]]
     if gate["passed"]:
-        guard = (f"no regression of accuracy, worst-group accuracy, fairness gaps or attack success beyond "
-                 f"gate.tolerance {config.gate.tolerance}" if config.gate.no_regression else "no-regression check off")
-        head.append(f"- {guard}; thresholds met")
+        guard = (f"no regression beyond gate.tolerance {config.gate.tolerance} of "
+                 f"{', '.join(config.gate.regression_metrics)} (those measured)" if config.gate.no_regression
+                 else "no-regression check off (gate.no_regression: false)")
+        thresholds = [k for k, v in config.gate.model_dump().items() if k.startswith(("min_", "max_")) and v is not None]
+        head.append(f"- {guard}" + (f"; thresholds met ({', '.join(f'gate.{k}' for k in thresholds)})"
+                                    if thresholds else ""))
     return "\n".join([
         f"### {config.name}: {what_was_done(config)}", "", *head, "", selection_line(report), "",
         model_line(config.name, version, alias) if config.tracking.log_models else "Models not logged.", "",
