@@ -164,6 +164,6 @@ def test_log_stage_killed_while_registering_logs_each_model_once(tmp_path: Path)
     with pytest.raises(RuntimeError, match="killed while registering"):
         run_pipeline(cfg, tmp_path / "run", tracker=tracker)
     run_pipeline(cfg, tmp_path / "run", tracker=tracker)
-    assert sorted((r.name, len(r.models)) for r in tracker.runs.values()) == [("after", 1), ("before", 1),
-                                                                               ("resume-test", 0)]
+    assert sorted((r.name.split(" · ")[0], len(r.models)) for r in tracker.runs.values()) == [
+        ("after", 1), ("before", 1), ("resume-test", 0)]  # the parent: "resume-test · cleanlab → remove · <date>"
     assert [v[0] for v in tracker.registry["resume-test"]["versions"]] == ["1"]
