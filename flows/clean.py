@@ -58,6 +58,6 @@ def clean(config: RunConfig | str, output: str | None = None, overrides: list[st
         table=[{"metric": k, "before": round(v, 4), "after": round(report["after"][k], 4),
                 "delta": round(report["after"][k] - v, 4)} for k, v in report["before"].items()],
         description=f"{cfg.name}: {report['selection']['detector']} flagged {report['selection']['n_flagged']} rows; "
-                    f"gate {'passed' if report['gate']['passed'] else 'FAILED'}",
+                    f"gate {'passed' if report['gate']['passed'] else 'FAILED: ' + '; '.join(report['gate']['reasons'])}",
     )
     return report

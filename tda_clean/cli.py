@@ -121,14 +121,19 @@ def _configs_command(name: str | None) -> int:
 
 def format_table(report: dict[str, Any]) -> str:
     """The before/after table printed at the end of a run."""
+    from tda_clean.evaluation.directions import direction, improvement
+    from tda_clean.redact import redact
     from tda_clean.run_dir import REPORT
 
-    rows = [("metric", "before", "after", "delta")]
+    rows = [("metric", "before", "after", "delta", "")]
     for key, before in report["before"].items():
         after = report["after"][key]
-        rows.append((key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
+        gain = improvement(key, before, after)
+        verdict = "" if gain is None else f"{'better' if gain > 0 else 'worse' if gain < 0 else 'same'} " \
+                                          f"({direction(key)} is better)"
+        rows.append((key, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}", verdict))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{r[0]:<{width}}  {r[1]:>8}  {r[2]:>8}  {r[3]:>8}" for r in rows]
+    lines = [f"{r[0]:<{width}}  {r[1]:>8}  {r[2]:>8}  {r[3]:>8}  {r[4]}".rstrip() for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     sel = report["selection"]
     quality = (f", precision {sel['precision']:.3f} recall {sel['recall']:.3f} on {sel['n_true']} corrupted rows"
@@ -136,12 +141,16 @@ def format_table(report: dict[str, Any]) -> str:
     acts = ", ".join(f"{k} {v}" for k, v in report["actions"].items() if v)
     lines += ["", f"detector {sel['detector']}: flagged {sel['n_flagged']}{quality}", f"actions: {acts or 'none'}"]
     gate = report["gate"]
-    lines.append("gate: passed" if gate["passed"] else "gate: FAILED — " + "; ".join(gate["reasons"]))
+    if gate["passed"]:
+        lines.append("gate: passed")
+    else:
+        lines.append("gate: FAILED" + (" (the release alias was not moved)" if report["mlflow"].get("parent_run_id")
+                                       else "") + "".join(f"\n  - {reason}" for reason in gate["reasons"]))
     if report.get("resumed_stages"):
         lines.append(f"resumed (not recomputed): {', '.join(report['resumed_stages'])}")
     lines.append(f"report: {Path(report['run_dir']) / REPORT}")
     if report["mlflow"].get("parent_run_id"):
-        lines.append(f"mlflow: {report['mlflow']['tracking_uri']} run {report['mlflow']['parent_run_id']}")
+        lines.append(f"mlflow: {redact(report['mlflow']['tracking_uri'])} run {report['mlflow']['parent_run_id']}")
     return "\n".join(lines)
 
 
@@ -213,7 +222,9 @@ def _main(args: argparse.Namespace, flow: Callable[..., dict[str, Any]] | None,
 
             report = run_pipeline(config, args.output, fresh=args.fresh)
     except TdaCleanError as exc:
-        print(f"tda-clean: error: {exc}", file=sys.stderr)
+        from tda_clean.redact import redact
+
+        print(f"tda-clean: error: {redact(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         print(f"tda-clean: interrupted ({exc or 'SIGINT'}); completed stages kept, rerun to resume", file=sys.stderr)

@@ -8,7 +8,9 @@ runner that turns each stage into a Prefect task.
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +25,7 @@ from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate, check_gate_measurable
 from tda_clean.models.given import given_model
 from tda_clean.models.trainer import fit as fit_model
+from tda_clean.redact import redact
 from tda_clean.review import write_review
 from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
                                XDA, RunContext, cleaned_train, load_model, make_model, open_run_dir, read_json, save_model,
@@ -151,7 +154,7 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
     from tda_clean.selection.group_selectors import explain_selection
 
     done = "after" in parts
-    passed, reasons = check_gate(ctx.config.gate, parts["after"]) if done else (None, [])
+    passed, reasons = check_gate(ctx.config.gate, parts["after"], parts["before"]) if done else (None, [])
     bundle, selection = DataBundle.load(ctx.path(DATA)), Selection.load(ctx.path(SELECTION))
     contributions = selection.contributions
     groups = bundle.train.groups if bundle.train.groups.shape[1] else None
@@ -175,24 +178,39 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
     }
     if not done:
         return report
-    ctx.write(PLOT, lambda tmp: plot_before_after(report["before"], report["after"], tmp, title=ctx.config.name))
+    from tda_clean.tracking.describe import what_was_done
+
+    title = f"{ctx.config.name}: {what_was_done(ctx.config)} · gate {'passed' if passed else 'FAILED'}"
+    ctx.write(PLOT, lambda tmp: plot_before_after(report["before"], report["after"], tmp, title=title))
     write_json_atomic(ctx.path(REPORT), report)
     return report
 
 
 def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, Any]) -> dict[str, str]:
     """Everything to the tracker, with explicit run ids (safe from worker threads). Run again after a kill, it
-    duplicates nothing: the parent's child runs are reused and the models logged so far are recorded."""
+    duplicates nothing: the parent's child runs are reused and the models logged so far are recorded. The parent
+    gets its outcome in its name, the ``gate`` tags, a Markdown description and the registered model's tags."""
+    from tda_clean.tracking import describe
     from tda_clean.tracking.layout import log_before_after
 
     children = log_before_after(tracker, parent_run_id, report["before"], report["after"])
-    tracker.log_params(parent_run_id, ctx.config.flat())
+    params = {k: redact(v) for k, v in ctx.config.flat().items()}
+    for which in ("before", "after"):
+        tracker.log_params(children[which], params)
+        tracker.set_tags(children[which], {describe.NOTE_TAG: describe.child_description(ctx.config, which)})
+    tracker.log_params(parent_run_id, params)
     tracker.log_metrics(parent_run_id, {f"selection_{k}": float(v) for k, v in report["selection"].items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     tracker.log_metrics(parent_run_id, {f"actions_{k}": float(v) for k, v in report["actions"].items()})
-    tracker.set_tags(parent_run_id, {"gate_passed": str(report["gate"]["passed"]).lower(), "status": "completed"})
-    for name in (REPORT, AUDIT, MANIFEST, PLOT, CONFIG) + ((XDA,) if ctx.path(XDA).is_file() else ()):
+    passed = report["gate"]["passed"]
+    tracker.set_tags(parent_run_id, {"gate_passed": str(passed).lower(), "status": "completed",
+                                     describe.GATE_TAG: "passed" if passed else "failed",
+                                     "gate_reasons": "; ".join(report["gate"]["reasons"])})
+    for name in (REPORT, AUDIT, MANIFEST, PLOT) + ((XDA,) if ctx.path(XDA).is_file() else ()):
         tracker.log_artifact(parent_run_id, ctx.path(name))
+    with tempfile.TemporaryDirectory(prefix="tda-clean-config-") as tmp:  # the config without credentials
+        (Path(tmp) / CONFIG).write_text(redact(ctx.path(CONFIG).read_text()))
+        tracker.log_artifact(parent_run_id, Path(tmp) / CONFIG)
     bundle = DataBundle.load(ctx.path(DATA))
     tracker.log_dataset(parent_run_id, bundle.train.frame(), name=f"{bundle.name}-train", targets="label",
                         context="training")
@@ -217,6 +235,16 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
         out["registered_version"] = once(f"version:{models['after']}", lambda: tracker.register_model(
             children["after"], models["after"], name=ctx.config.name, alias=alias))
         out["release_alias"] = alias or ""
+        tracker.set_tags(parent_run_id, {"registered_model": ctx.config.name,
+                                         "registered_model_version": out["registered_version"],
+                                         "registered_model_uri": f"models:/{ctx.config.name}/{out['registered_version']}",
+                                         "release_alias": out["release_alias"] or "not moved",
+                                         "model_after": models["after"], "model_before": models["before"]})
+    title = read_json(ctx.path(TRACKING)).get("run_name", ctx.config.name)
+    tracker.set_tags(parent_run_id, {
+        describe.NAME_TAG: describe.outcome_name(title, "passed" if passed else "failed"),
+        describe.NOTE_TAG: describe.description(ctx.config, report, out.get("registered_version"),
+                                                out.get("release_alias") or None)})
     return out
 
 
@@ -256,7 +284,8 @@ def run_pipeline(
 
     Stages completed by an earlier, interrupted run on the same folder are not run again (their recorded
     results are reused and listed in ``report["resumed_stages"]``); ``fresh=True`` recomputes everything.
-    The tracker's parent run is marked FAILED with the message if any stage raises; the exception propagates.
+    The tracker's parent run is marked FAILED with the message if any stage raises (the exception propagates) or
+    when the release gate fails; a run awaiting review leaves it open (``apply`` continues it).
     ``stage_runner(stage, *args)`` lets an orchestrator wrap each stage (the Prefect flow makes them tasks).
     """
     if tracker is None:
@@ -293,9 +322,9 @@ def run_pipeline(
             if approvals is not None:
                 _keep_approvals(ctx, approvals)
             if not ctx.path(APPROVALS).is_file():
-                tracker.set_tags(parent, {"status": "awaiting_review"})
-                tracker.end_run(parent, "FINISHED")
-                return stage_report(ctx, parts)
+                waiting = stage_report(ctx, parts)
+                _awaiting_review(ctx, tracker, parent, waiting)  # the parent run stays open until `apply`
+                return waiting
         parts["actions"] = timed("act", stage_act)
         timed("train_after", stage_train, "after")
         parts["before"] = timed("evaluate_before", stage_evaluate, "before")
@@ -305,8 +334,20 @@ def run_pipeline(
     except BaseException as exc:
         tracker.end_run(parent, "FAILED", message=f"{type(exc).__name__}: {exc}")
         raise
-    tracker.end_run(parent, "FINISHED")
+    gate = report["gate"]
+    tracker.end_run(parent, "FINISHED" if gate["passed"] else "FAILED",
+                    message=None if gate["passed"] else "gate failed: " + "; ".join(gate["reasons"]))
     return report
+
+
+def _awaiting_review(ctx: RunContext, tracker, parent: str, report: dict[str, Any]) -> None:
+    """Mark the parent run as waiting for review: name suffix, ``gate=pending``, a description of what to do."""
+    from tda_clean.tracking import describe
+
+    title = read_json(ctx.path(TRACKING)).get("run_name", ctx.config.name)
+    tracker.set_tags(parent, {"status": "awaiting_review", describe.GATE_TAG: "pending",
+                              describe.NAME_TAG: describe.outcome_name(title, "pending"),
+                              describe.NOTE_TAG: describe.review_description(ctx.config, report)})
 
 
 def _keep_approvals(ctx: RunContext, decisions: pd.DataFrame) -> None:
@@ -326,8 +367,11 @@ def _parent_run(ctx: RunContext, tracker, tags: dict[str, str] | None) -> str:
         previous = read_json(path)
         if previous.get("tracking_uri") == info.get("tracking_uri") and previous.get("parent_run_id"):
             return previous["parent_run_id"]
+    from tda_clean.tracking.describe import run_title
+
     config = ctx.config
-    parent = tracker.start_run(config.name, tags={"config_hash": config.config_hash(), "git_commit": git_commit(),
-                                                  "run_dir": str(ctx.run_dir), **(tags or {})})
-    write_json_atomic(path, {**info, "parent_run_id": parent})
+    title = run_title(config, datetime.now())
+    parent = tracker.start_run(title, tags={"config_hash": config.config_hash(), "git_commit": git_commit(),
+                                            "run_dir": str(ctx.run_dir), **(tags or {})})
+    write_json_atomic(path, {**info, "parent_run_id": parent, "run_name": title})
     return parent

@@ -54,7 +54,8 @@ def test_flow_logs_parent_and_identical_children(tmp_path: Path, mlflow_uri: str
     client, runs = _runs(mlflow_uri)
     parent_id = report["mlflow"]["parent_run_id"]
     parent = client.get_run(parent_id)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == ("FINISHED" if report["gate"]["passed"] else "FAILED")  # a failed gate shows red
+    assert parent.info.run_name.startswith(f"table-test · {detector['kind']} → {action['kind']} · ")
     assert parent.data.tags["config_hash"] == config.config_hash()
     assert parent.data.tags["prefect_flow_run_id"] not in ("", "None")
     assert "git_commit" in parent.data.tags

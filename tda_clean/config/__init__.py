@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -232,9 +232,19 @@ Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, 
 
 
 # ------------------------------------------------------------------------------------ gate + tracking
-class GateConfig(_Frozen):
-    """Release gate on the after-model; every threshold is optional and in [0, 1]."""
+#: Metrics the release gate can compare before vs after (``gate.regression_metrics``; all of them by default).
+GuardedMetric = Literal["accuracy", "worst_group_accuracy", "demographic_parity_difference",
+                        "equalized_odds_difference", "attack_success_rate"]
 
+
+class GateConfig(_Frozen):
+    """Release gate on the after-model (tda_clean/evaluation/gate.py). ``no_regression`` (default on): none of
+    ``regression_metrics`` measured on both models may be worse after than before by more than ``tolerance``
+    (absolute; which way is worse: tda_clean/evaluation/directions.py). The thresholds are optional, in [0, 1]."""
+
+    no_regression: bool = True
+    regression_metrics: tuple[GuardedMetric, ...] = get_args(GuardedMetric)
+    tolerance: float = Field(default=0.0, ge=0, le=1)
     min_accuracy: float | None = Field(default=None, ge=0, le=1)
     min_worst_group_accuracy: float | None = Field(default=None, ge=0, le=1)
     max_attack_success_rate: float | None = Field(default=None, ge=0, le=1)

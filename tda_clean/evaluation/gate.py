@@ -1,11 +1,25 @@
-"""Release gate: thresholds on the after-model's metrics, and the refusal of a fairness threshold the test split
-cannot measure (checked when the data is loaded, before any training)."""
+"""Release gate on the after-model: no regression against the before-model, then optional thresholds.
+
+1. No regression (``gate.no_regression``, on by default): for every metric of ``gate.regression_metrics``
+   (default: accuracy, worst-group accuracy, both fairness gaps, attack success) measured (not NaN) on both
+   models, the after-model may not be worse than the before-model by more than ``gate.tolerance`` (absolute, in
+   metric units; 0.0 by default, so any worsening fails). Better/worse per metric comes from
+   :mod:`tda_clean.evaluation.directions`.
+2. Thresholds (``gate.min_accuracy`` ...): each one set must hold on the after-model; a threshold on a metric
+   the run did not measure fails.
+3. A fairness threshold the test split cannot measure is refused when the data is loaded, before any training
+   (:func:`check_gate_measurable`).
+"""
 from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from tda_clean.config import GateConfig
 from tda_clean.errors import InputError
+from tda_clean.evaluation.directions import direction, improvement
 
 # config field -> (metric name, direction); "min" means the metric must be >= the threshold.
 _RULES = {
@@ -18,18 +32,37 @@ _RULES = {
 _CELLS_NEEDED = {"min_worst_group_accuracy": 1, "max_equalized_odds_difference": 2}
 
 
-def check_gate(config: GateConfig, metrics: dict[str, float]) -> tuple[bool, list[str]]:
-    """``(passed, reasons)``; a threshold on a metric the run did not measure fails the gate."""
+def regressions(before: Mapping[str, float], after: Mapping[str, float], tolerance: float,
+                metrics: Iterable[str]) -> list[str]:
+    """One reason per metric of ``metrics`` whose after-value is worse than its before-value by more than
+    ``tolerance``; metrics missing or NaN on either side are not compared."""
     reasons = []
-    for field, (metric, direction) in _RULES.items():
+    for metric in metrics:
+        if metric not in before or metric not in after:
+            continue
+        gain = improvement(metric, float(before[metric]), float(after[metric]))
+        if gain is not None and gain < -tolerance - 1e-12:  # 1e-12: float noise of the subtraction
+            reasons.append(f"{metric} regressed: {before[metric]:.4f} -> {after[metric]:.4f} "
+                           f"({after[metric] - before[metric]:+.4f}; {direction(metric)} is better, "
+                           f"gate.tolerance {tolerance})")
+    return reasons
+
+
+def check_gate(config: GateConfig, after: Mapping[str, float],
+               before: Mapping[str, float] | None = None) -> tuple[bool, list[str]]:
+    """``(passed, reasons)`` for the after-model's metrics ``after``; ``before`` (the before-model's metrics)
+    is needed for the no-regression check, which is skipped when it is ``None``."""
+    guard = config.no_regression and before is not None
+    reasons = regressions(before, after, config.tolerance, config.regression_metrics) if guard else []
+    for field, (metric, way) in _RULES.items():
         threshold = getattr(config, field)
         if threshold is None:
             continue
-        value = metrics.get(metric)
-        if value is None:
+        value = after.get(metric)
+        if value is None or math.isnan(value):
             reasons.append(f"gate.{field}: metric {metric!r} was not measured in this run")
-        elif (direction == "min" and value < threshold) or (direction == "max" and value > threshold):
-            sign = "<" if direction == "min" else ">"
+        elif (way == "min" and value < threshold) or (way == "max" and value > threshold):
+            sign = "<" if way == "min" else ">"
             reasons.append(f"{metric} = {value:.4f} {sign} {threshold} (gate.{field})")
     return not reasons, reasons
 

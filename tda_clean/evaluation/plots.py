@@ -1,32 +1,61 @@
-"""Before/after bar chart of overall and per-group metrics (PNG)."""
+"""Before/after bar chart of overall and per-group metrics (PNG), coloured by whether each metric got better."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from tda_clean.evaluation.directions import direction, improvement
+
+#: after-bar colours: improved, regressed, unchanged or no direction
+BETTER, WORSE, NEUTRAL, BEFORE = "#2e9d4f", "#d1495b", "#2f7ed8", "#9aa5b1"
+_PLOTTED = ("worst_group_accuracy", "attack_success_rate", "balanced_accuracy", "equalized_odds_difference",
+            "demographic_parity_difference")
+
+
+def plotted(before: dict[str, float]) -> list[str]:
+    """The metrics on the chart, in report order."""
+    return [k for k in before if k.startswith("accuracy") or k in _PLOTTED]
+
+
+def after_colour(metric: str, before: float, after: float) -> str:
+    """:data:`BETTER` / :data:`WORSE` by the metric's direction; :data:`NEUTRAL` when unchanged or undirected."""
+    gain = improvement(metric, before, after)
+    return NEUTRAL if not gain else BETTER if gain > 0 else WORSE
+
 
 def plot_before_after(before: dict[str, float], after: dict[str, float], path: str | Path, title: str = "") -> Path:
-    """Grouped horizontal bars for accuracy, per-group accuracies, worst-group accuracy and attack success."""
+    """Grouped horizontal bars for accuracy, per-group accuracies, worst-group accuracy, fairness gaps and attack
+    success. Each label says which way is better (``↑`` higher, ``↓`` lower, from
+    :mod:`tda_clean.evaluation.directions`); the after-bar and its change are green when the metric improved,
+    red when it regressed, blue when unchanged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch
 
-    keys = [k for k in before if k.startswith("accuracy") or k in ("worst_group_accuracy", "attack_success_rate",
-                                                                  "balanced_accuracy", "equalized_odds_difference",
-                                                                  "demographic_parity_difference")]
+    keys = plotted(before)
     y = np.arange(len(keys))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(keys) + 1.2))
-    ax.barh(y - 0.2, [before[k] for k in keys], height=0.4, label="before", color="#9aa5b1")
-    ax.barh(y + 0.2, [after[k] for k in keys], height=0.4, label="after", color="#2f7ed8")
-    for yi, k in zip(y, keys):
-        ax.text(max(before[k], after[k]) + 0.01, yi, f"{after[k] - before[k]:+.3f}", va="center", fontsize=8)
-    ax.set_yticks(y, [k.removeprefix("accuracy_") if k.startswith("accuracy_") else k for k in keys], fontsize=8)
+    colours, labels = [], []
+    for k in keys:
+        colours.append(after_colour(k, before[k], after[k]))
+        name = k.removeprefix("accuracy_") if k.startswith("accuracy_") else k
+        labels.append(f"{name} {'↑' if direction(k) == 'higher' else '↓' if direction(k) == 'lower' else ''}")
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(keys) + 1.6))
+    ax.barh(y - 0.2, [before[k] for k in keys], height=0.4, color=BEFORE)
+    ax.barh(y + 0.2, [after[k] for k in keys], height=0.4, color=colours)
+    for yi, k, colour in zip(y, keys, colours):
+        verdict = {BETTER: " better", WORSE: " worse"}.get(colour, "")
+        ax.text(np.nanmax([before[k], after[k], 0.0]) + 0.01, yi, f"{after[k] - before[k]:+.3f}{verdict}",
+                va="center", fontsize=8, color=colour if colour != NEUTRAL else "black")
+    ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1.12)
-    ax.set_xlabel("value (per-group rows: accuracy)")
-    ax.set_title(title or "before vs after cleaning")
-    ax.legend(loc="lower right")
+    ax.set_xlim(0, 1.2)
+    ax.set_xlabel("value (per-group rows: accuracy) — ↑ higher is better, ↓ lower is better")
+    ax.set_title(title or "before vs after cleaning", fontsize=10)
+    ax.legend(handles=[Patch(color=BEFORE, label="before"), Patch(color=BETTER, label="after: better"),
+                       Patch(color=WORSE, label="after: worse"), Patch(color=NEUTRAL, label="after: same")],
+              loc="lower right", fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -71,7 +71,8 @@ class Tracker(Protocol):
         """Mark the run terminated; a FAILED run gets ``message`` as its ``error`` tag."""
 
     def info(self) -> dict[str, Any]:
-        """``{"tracking_uri": ..., "experiment_id": ...}`` (``None`` values when disabled)."""
+        """``{"tracking_uri": ..., "experiment_id": ...}`` (``None`` values when disabled); the URI without credentials
+        (:func:`tda_clean.redact.redact`): it is printed and stored in ``report.json``."""
 
 
 class NullTracker(Tracker):

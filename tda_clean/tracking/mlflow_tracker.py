@@ -2,7 +2,8 @@
 
 No call here touches MLflow's fluent state (active run, global tracking URI, active experiment),
 so the tracker is safe in Prefect worker threads and leaves no orphan or dangling active runs.
-Metric, param and tag keys go through :func:`tda_clean.tracking.keys.mlflow_key`.
+Metric, param and tag keys go through :func:`tda_clean.tracking.keys.mlflow_key`; param and tag values, error
+messages and :meth:`MlflowTracker.info` go through :func:`tda_clean.redact.redact` (no credentials stored or printed).
 """
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tda_clean.errors import InputError
+from tda_clean.redact import redact
 from tda_clean.tracking.base import ERROR_TAG, PARENT_TAG, RunStatus, check_status
 from tda_clean.tracking.keys import MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, mlflow_keys, truncate
 
@@ -39,19 +42,23 @@ def default_tracking_uri() -> str:
 def check_reachable(uri: str, timeout: float = REACHABILITY_TIMEOUT_S) -> None:
     """Raise :class:`InputError` naming ``uri`` if an http(s) server does not answer in ``timeout`` s.
 
-    Any HTTP answer (even 401/404) counts as reachable; other schemes are not checked.
+    Any HTTP answer (even 401/404) counts as reachable; other schemes are not checked. Credentials in the URI
+    (``http://user:password@host``) are left out of the probe (urllib would read them as part of the host name).
     """
     if not uri.lower().startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    probe = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health",
+                                     "", ""))
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+        with urllib.request.urlopen(probe, timeout=timeout):
             return
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise InputError(
-            f"MLflow tracking server {uri} is not reachable ({reason}); start it, fix "
+            f"MLflow tracking server {redact(uri)} is not reachable ({redact(reason)}); start it, fix "
             "tracking.tracking_uri / MLFLOW_TRACKING_URI, or set tracking.enabled=false"
         ) from None
 
@@ -70,6 +77,8 @@ class MlflowTracker:
     ) -> None:
         self.tracking_uri = tracking_uri or default_tracking_uri()
         check_reachable(self.tracking_uri)
+        if redact(self.tracking_uri) != self.tracking_uri:  # MLflow prints "View run ... at: <URI>" when a run ends
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
@@ -81,16 +90,17 @@ class MlflowTracker:
                     experiment, artifact_location=artifact_location
                 )
             elif found.lifecycle_stage == "deleted":
-                raise InputError(f"MLflow experiment {experiment!r} is deleted in {self.tracking_uri}; "
+                raise InputError(f"MLflow experiment {experiment!r} is deleted in {redact(self.tracking_uri)}; "
                                  "restore it or set tracking.experiment to another name")
             else:
                 self.experiment_id = found.experiment_id
         except MlflowException as exc:
-            raise InputError(f"MLflow tracking store {self.tracking_uri}: {exc.message}") from None
+            message = " ".join(redact(exc.message).split())  # one line (a wrong server answers with an HTML page)
+            raise InputError(f"MLflow tracking store {redact(self.tracking_uri)}: {truncate(message, 400)}") from None
         except (OSError, ImportError, ValueError) as exc:  # bad path/scheme (InputError passes through)
             if isinstance(exc, InputError):
                 raise
-            raise InputError(f"MLflow tracking store {self.tracking_uri}: {exc}") from None
+            raise InputError(f"MLflow tracking store {redact(self.tracking_uri)}: {redact(exc)}") from None
         self.experiment = experiment
 
     # ------------------------------------------------------------------ runs
@@ -99,7 +109,7 @@ class MlflowTracker:
     ) -> str:
         """Create a run; a child gets the ``mlflow.parentRunId`` tag. Returns the run id."""
         all_tags = _context_tags()
-        all_tags.update({k: truncate(v, MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()})
+        all_tags.update({k: truncate(redact(v), MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()})
         if parent_run_id is not None:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=mlflow_keys(all_tags))
@@ -114,7 +124,7 @@ class MlflowTracker:
         """Terminate the run; on FAILED the message is stored as the ``error`` tag first."""
         check_status(status)
         if status == "FAILED" and message is not None:
-            self.client.set_tag(run_id, ERROR_TAG, truncate(message, MAX_TAG_VALUE_LENGTH))
+            self.client.set_tag(run_id, ERROR_TAG, truncate(redact(message), MAX_TAG_VALUE_LENGTH))
         self.client.set_terminated(run_id, status=status)
 
     # ------------------------------------------------------------------ values
@@ -124,12 +134,12 @@ class MlflowTracker:
 
         from mlflow.exceptions import MlflowException
 
-        items = [Param(k, truncate(v, MAX_PARAM_VALUE_LENGTH)) for k, v in mlflow_keys(params).items()]
+        items = [Param(k, truncate(redact(v), MAX_PARAM_VALUE_LENGTH)) for k, v in mlflow_keys(params).items()]
         try:
             for i in range(0, len(items), 100):
                 self.client.log_batch(run_id, params=items[i : i + 100])
         except MlflowException as exc:  # e.g. a param re-logged with another value
-            raise ValueError(f"run {run_id}: {exc.message}") from exc
+            raise ValueError(f"run {run_id}: {redact(exc.message)}") from exc
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -142,7 +152,7 @@ class MlflowTracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, truncate(v, MAX_TAG_VALUE_LENGTH)) for k, v in mlflow_keys(tags).items()]
+        items = [RunTag(k, truncate(redact(v), MAX_TAG_VALUE_LENGTH)) for k, v in mlflow_keys(tags).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, tags=items[i : i + 100])
 
@@ -232,7 +242,7 @@ class MlflowTracker:
         return str(version.version)
 
     def info(self) -> dict[str, Any]:
-        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id}
+        return {"tracking_uri": redact(self.tracking_uri), "experiment_id": self.experiment_id}
 
 
 def _context_tags() -> dict[str, str]:

@@ -115,7 +115,8 @@ def test_run_refuses_equalized_odds_objective_on_three_classes(tmp_path, table):
 @pytest.mark.timeout(300)
 def test_run_reports_small_group_cells_and_leaves_them_out_of_worst_group(tmp_path, table):
     path, csv = table
-    proc = _cli(tmp_path, "run", str(path), *LOCAL, "--output", "out")
+    # about group cells, not the gate (relabeling widens a fairness gap here, which the default gate blocks: exit 3)
+    proc = _cli(tmp_path, "run", str(path), *LOCAL, "--set", "gate.no_regression=false", "--output", "out")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     small = report["dataset"]["small_groups"]

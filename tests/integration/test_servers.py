@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_flow_run_against_both_servers(tmp_path: Path, prefect_url: str, mlflow_
     experiment = client.get_experiment_by_name("integration")
     runs = client.search_runs([experiment.experiment_id])
     parent = client.get_run(report["mlflow"]["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "integration-run"
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("integration-run · cleanlab → relabel")
+    assert parent.info.run_name.endswith(" · gate passed") and parent.data.tags["gate"] == "passed"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"before", "after"} and len(runs) == 3
     from tda_clean.tracking import mlflow_key
@@ -222,8 +224,32 @@ def test_cron_schedule_fires_and_completes(tmp_path: Path, prefect_url: str, mlf
     client = mlflow_client(mlflow_url)
     experiment = client.get_experiment_by_name("integration-schedule")
     parents = client.search_runs([experiment.experiment_id], f"tags.prefect_flow_run_id = '{done.id}'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1
+    assert parents[0].info.status == ("FINISHED" if parents[0].data.tags["gate"] == "passed" else "FAILED")
     assert parents[0].data.params["detector.folds"] == "2"  # the --set override reached the scheduled run
+
+
+def test_credentials_in_the_tracking_uri_are_used_and_stored_nowhere(tmp_path: Path, mlflow_url: str):
+    """``http://user:password@host``: MLflow sends basic auth (this server ignores it); the password appears in no
+    output, report.json, param, tag or the config artifact."""
+    secret = "s3cret-Pa55"
+    uri = mlflow_url.replace("http://", f"http://alice:{secret}@")
+    config = write_config(tmp_path, "integration-credentials", uri, "integration-credentials")
+    proc = cli(["run", str(config), "--engine", "local", "--output", str(tmp_path / "run")], tmp_path, None)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr and "alice:***@127.0.0.1" in proc.stdout
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["mlflow"]["tracking_uri"] == mlflow_url.replace("http://", "http://alice:***@")
+    assert secret not in (tmp_path / "run" / "report.json").read_text()
+
+    client = mlflow_client(mlflow_url)
+    runs = client.search_runs([client.get_experiment_by_name("integration-credentials").experiment_id])
+    assert len(runs) == 3
+    for run in runs:
+        assert secret not in json.dumps([run.data.params, run.data.tags, run.info.run_name])
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(client.download_artifacts(report["mlflow"]["parent_run_id"], "config.yaml", tmp)).read_text()
+    assert secret not in text and "alice:***@127.0.0.1" in text
 
 
 def test_unreachable_mlflow_fails_before_any_compute(tmp_path: Path, prefect_url: str):

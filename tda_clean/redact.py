@@ -1,0 +1,29 @@
+"""Credentials out of everything printed or stored: the one function every URI passes through.
+
+``redact("http://user:pw@host:5000/x?token=abc")`` -> ``"http://user:***@host:5000/x?token=***"``. It works on
+free text as well (error messages, config values, Markdown): in every ``scheme://`` URI inside it, the password of
+the userinfo (or the whole userinfo when it has no ``user:`` part, e.g. a token) and the values of query
+parameters named like a secret (``password``, ``token``, ``secret``, ``key``, ``sig``, ...) become ``***``.
+Text without credentials comes back unchanged.
+"""
+from __future__ import annotations
+
+import re
+
+MASK = "***"
+# scheme://userinfo@ — the userinfo is everything up to the last "@" before the path (a raw "@" in a password too)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s?#'\"<>]*)@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:[\w.\-]*(?:password|passwd|pwd|secret|token|apikey|api_key|access_key|key|sig|signature|"
+    r"credential|auth)[\w.\-]*)=)(?P<value>[^&;#\s'\"]*)", re.IGNORECASE)
+
+
+def _userinfo(match: re.Match[str]) -> str:
+    user, sep, _ = match["userinfo"].partition(":")
+    return f"{match['scheme']}{user}:{MASK}@" if sep and user else f"{match['scheme']}{MASK}@"
+
+
+def redact(text: object) -> str:
+    """``str(text)`` with the credentials of every URI in it replaced by ``***`` (see the module docstring)."""
+    out = _USERINFO.sub(_userinfo, str(text))
+    return _SECRET_QUERY.sub(lambda m: m["key"] + MASK, out) if "://" in out else out
