@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tda_clean.config import RunConfig, parse_config, read_config_file
+from tda_clean.config import REVEAL_CREDENTIALS, RunConfig, parse_config, read_config_file
 from tda_clean.data.export import cleaned_frame
 from tda_clean.data.sources import MEMORY, register_in_memory
 from tda_clean.errors import InputError
@@ -98,7 +98,7 @@ def _base(config) -> dict[str, Any]:
     if config is None:
         return {}
     if isinstance(config, RunConfig):
-        return config.model_dump(mode="json")
+        return config.model_dump(mode="json", context={REVEAL_CREDENTIALS: True})
     if isinstance(config, (str, Path)):
         config = read_config_file(config)
     if not isinstance(config, Mapping):

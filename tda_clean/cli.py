@@ -229,6 +229,13 @@ def _main(args: argparse.Namespace, flow: Callable[..., dict[str, Any]] | None,
     except KeyboardInterrupt as exc:
         print(f"tda-clean: interrupted ({exc or 'SIGINT'}); completed stages kept, rerun to resume", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
+    except Exception as exc:  # a bug, not bad input: the whole traceback, but never a credential in it
+        import traceback
+
+        from tda_clean.redact import redact
+
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+        return 1
     if report["status"] == "awaiting_review":
         print(format_awaiting(report))
         return 0

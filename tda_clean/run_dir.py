@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, RunConfig, TableSource
+from tda_clean.config import AdultSource, DigitsSource, FashionMNISTSource, ImageFolderSource, REVEAL_CREDENTIALS, RunConfig, TableSource
 from tda_clean.data import DataBundle, IndexedDataset
 from tda_clean.errors import InputError
 from tda_clean.files import read_json, write_atomic, write_json_atomic  # noqa: F401  (re-exported)
@@ -179,5 +179,6 @@ def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: 
         raise InputError(f"--output {run_dir}: folder is not empty and is not a tda-clean run folder")
     ctx = RunContext(config, run_dir)
     write_json_atomic(id_file, identity)
-    ctx.write(CONFIG, lambda tmp: tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)))
+    full = config.model_dump(mode="json", context={REVEAL_CREDENTIALS: True})  # apply reconnects with this file
+    ctx.write(CONFIG, lambda tmp: tmp.write_text(yaml.safe_dump(full, sort_keys=False)))
     return ctx

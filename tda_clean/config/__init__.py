@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SerializationInfo, ValidationError, field_serializer, field_validator, model_validator
 
 from tda_clean.config.base import _Frozen
 from tda_clean.config.data import (  # noqa: F401  (re-exported)
@@ -260,6 +260,9 @@ class EvaluationConfig(_Frozen):
     min_group_size: int = Field(default=20, ge=1)
 
 
+REVEAL_CREDENTIALS = "reveal_credentials"  # serialisation context key: keep the tracking URI's password
+
+
 class TrackingConfig(_Frozen):
     """MLflow tracking. ``tracking_uri`` defaults to ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``."""
 
@@ -267,6 +270,15 @@ class TrackingConfig(_Frozen):
     tracking_uri: str | None = None
     experiment: str = "tda-clean"
     log_models: bool = True
+
+    @field_serializer("tracking_uri", when_used="json")
+    def _without_credentials(self, uri: str | None, info: SerializationInfo) -> str | None:
+        """JSON dumps carry the URI without its password (Prefect stores a flow's config parameter this way, MLflow
+        params too); only a dump with ``context={REVEAL_CREDENTIALS: True}`` keeps it: the run folder's own
+        ``config.yaml``, which ``tda-clean apply`` reconnects with."""
+        from tda_clean.redact import redact
+
+        return uri if uri is None or (info.context or {}).get(REVEAL_CREDENTIALS) else redact(uri)
 
 
 class RunnerConfig(_Frozen):

@@ -99,7 +99,7 @@ def test_a_run_with_a_password_in_its_tracking_uri_stores_and_prints_it_nowhere(
 
     uri = f"http://alice:{SECRET}@mlflow.example:5000"
     config = parse_config(table_config(write_table(tmp_path / "t.csv"), uri))
-    assert config.tracking.tracking_uri == uri and SECRET in json.dumps(config.flat())
+    assert config.tracking.tracking_uri == uri and SECRET not in json.dumps(config.flat())  # JSON dumps hide it
     tracker = MlflowTracker(mlflow_uri, "credentials")
     tracker.tracking_uri = uri  # what a tracker on that server holds; its client stays on the test store
     report = run_pipeline(config, tmp_path / "run", tracker=tracker)
@@ -123,3 +123,35 @@ def test_a_run_with_a_password_in_its_tracking_uri_stores_and_prints_it_nowhere(
             text = Path(client.download_artifacts(parent.info.run_id, artifact, tmp)).read_text()
             assert SECRET not in text and "alice:***@mlflow.example" in text, artifact
     assert SECRET in (run_dir / "config.yaml").read_text()  # the local copy keeps it: `apply` reconnects with it
+
+
+def test_prefect_stores_the_config_parameter_without_the_password():
+    """Prefect keeps a flow run's parameters (the config) in its database and UI: it serialises them with the
+    function below, which must not see the password; the run folder's copy (context REVEAL_CREDENTIALS) keeps it."""
+    from flows.clean import clean
+
+    from tda_clean.config import REVEAL_CREDENTIALS
+
+    uri = f"postgresql://alice:{SECRET}@db.example/mlflow"
+    config = parse_config({"data": {"kind": "digits"}, "model": {"kind": "mlp"}, "tracking": {"tracking_uri": uri}})
+    stored = clean.serialize_parameters({"config": config})
+    assert SECRET not in json.dumps(stored) and stored["config"]["tracking"]["tracking_uri"] == \
+        "postgresql://alice:***@db.example/mlflow"
+    assert config.tracking.tracking_uri == uri  # the run itself still connects with it
+    assert config.model_dump(mode="json", context={REVEAL_CREDENTIALS: True})["tracking"]["tracking_uri"] == uri
+
+
+def test_an_unexpected_error_prints_its_traceback_without_the_password(monkeypatch, capsys, tmp_path):
+    """A bug (not bad input) exits 1 with the traceback, credentials masked."""
+    from tda_clean import cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"could not reach http://alice:{SECRET}@mlflow.example:5000")
+
+    monkeypatch.setattr("tda_clean.pipeline.run_pipeline", boom)
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {kind: digits}\nmodel: {kind: mlp}\n")
+    code = cli.main(["run", str(config), "--engine", "local"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" in err and "RuntimeError" in err
+    assert SECRET not in err and "alice:***@mlflow.example" in err
