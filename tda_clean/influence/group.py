@@ -223,22 +223,26 @@ class GroupInfluence:
         for start in range(0, len(rows), bs):
             sub = rows[start : start + bs]
             Xb, yb, wb = X[sub.to(X.device)], y[sub.to(y.device)], w[sub]
-            out += loss_hvps(lambda th: (wb * training.loss(space.forward(th, Xb), yb)).sum(),
-                             theta, V, hvp_mode(space, len(sub)))
+            mode = "reverse" if len(V) == 1 else hvp_mode(space, len(sub))  # one vector: nothing to vectorise
+            out += loss_hvps(lambda th: (wb * training.loss(space.forward(th, Xb), yb)).sum(), theta, V, mode)
         return out + float(w.sum()) * self._shift() * V
 
     def row_bilinear(self, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(n,): ``u^T Ht_i b`` for every training row, ``u``, ``b`` (p,).
 
-        Equals ``row_hvps(u) @ b`` without the (n, p) matrix: per row block, a forward-over-forward product
+        Equals ``row_hvps(u) @ b`` without the (n, p) matrix: per block of rows, a forward-over-forward product
         (``jvp`` along ``b`` of the per-row ``jvp`` along ``u`` of the per-row losses), plus ``(l2 + damping) u^T b``.
         """
         theta = self.engine.loss.theta
         u, b = u.reshape(-1).to(theta), b.reshape(-1).to(theta)
         space, training = self.engine.space, self.engine.training
+        X, y = self.engine.loss.X, self.engine.loss.y
+        bs = max(self.engine.spec.gradients.batch_size, 4096)
         out = []
         with torch.no_grad():
-            for _, Xb, yb in self._row_blocks():
+            for start in range(0, self.n, bs):
+                Xb, yb = X[start : start + bs], y[start : start + bs]
+
                 def along_u(th, Xb=Xb, yb=yb):
                     return jvp(lambda t: training.loss(space.forward(t, Xb), yb), (th,), (u,))[1]
 
