@@ -6,17 +6,17 @@ from pathlib import Path
 
 def plot_before_after(before: dict[str, float], after: dict[str, float], path: str | Path, title: str = "") -> Path:
     """Grouped horizontal bars for accuracy, per-group accuracies, worst-group accuracy and attack success."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # not pyplot: no global figure manager, no interactive backend
 
     keys = [k for k in before if k.startswith("accuracy") or k in ("worst_group_accuracy", "attack_success_rate",
                                                                   "balanced_accuracy", "equalized_odds_difference",
                                                                   "demographic_parity_difference")]
     y = np.arange(len(keys))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(keys) + 1.2))
+    fig = Figure(figsize=(8, 0.45 * len(keys) + 1.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.barh(y - 0.2, [before[k] for k in keys], height=0.4, label="before", color="#9aa5b1")
     ax.barh(y + 0.2, [after[k] for k in keys], height=0.4, label="after", color="#2f7ed8")
     for yi, k in zip(y, keys):
@@ -30,5 +30,4 @@ def plot_before_after(before: dict[str, float], after: dict[str, float], path: s
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
