@@ -10,10 +10,12 @@ from tda_clean import cli
 
 
 def run_flow(config, *, output: str | None, fresh: bool) -> dict[str, Any]:
-    from .clean import clean  # imports prefect: only for the commands that need it
-    from .lifetime import prefect_api
+    from .lifetime import launch_prefect_api
 
-    prefect_api()  # PREFECT_API_URL answers, or a temporary server that dies with this process
+    ready = launch_prefect_api()  # a temporary server boots while the flow's modules import
+    from .clean import clean  # imports prefect: only for the commands that need it
+
+    ready()  # PREFECT_API_URL answers, or a temporary server that dies with this process
     return clean(config, output=output, fresh=fresh)
 
 
