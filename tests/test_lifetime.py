@@ -129,3 +129,19 @@ def test_no_api_url_and_no_temporary_server_is_one_line_exit_2(tmp_path: Path, c
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("tda-clean: error: PREFECT_API_URL is not set"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_path: Path):
+    """The command's fast exit (flows.cli.exit_now): atexit handlers still run (last registered first), buffered
+    output is not lost, the exit code is the command's."""
+    import sys
+
+    code = ("import atexit, sys; from flows.cli import exit_now; "
+            "atexit.register(lambda: (tmp / 'first').write_text('1') and None); "
+            "atexit.register(lambda: print('handler', flush=False)); "
+            "sys.stdout.write('buffered'); exit_now(3)")
+    code = f"from pathlib import Path; tmp = Path({str(tmp_path)!r}); " + code
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=command_env(), timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "bufferedhandler\n"
+    assert (tmp_path / "first").read_text() == "1"
