@@ -7,7 +7,9 @@
   own session (Ctrl-C on the terminal reaches only the run, which then still reports to a live server) and,
   on Linux, with ``PR_SET_PDEATHSIG`` (the kernel kills it when the run's main thread dies, even by SIGKILL).
   Prefect stops it at interpreter exit, after its log and event workers have drained. Its database is
-  Prefect's usual one under ``PREFECT_HOME``.
+  Prefect's usual one under ``PREFECT_HOME``. :func:`launch_prefect_api` does the same in two halves (what
+  ``tda-clean run`` uses): the server's process is launched before the flow's imports and handed to Prefect after
+  them, so that it boots while they load.
 
 Nothing here imports Prefect at import time.
 """

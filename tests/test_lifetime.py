@@ -145,3 +145,26 @@ def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_pat
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == "bufferedhandler\n"
     assert (tmp_path / "first").read_text() == "1"
+
+
+@linux_proc
+def test_default_run_with_a_temporary_server_completes_and_stops_it(tmp_path: Path):
+    """No PREFECT_API_URL: the server is launched before the flow's imports, adopted by Prefect, used by the
+    flow, and stopped by Prefect's exit handler (which ``exit_now`` still runs) when the run ends."""
+    config = table_config(write_table(tmp_path / "t.csv"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with open(tmp_path / "stdout.txt", "wb") as out, open(tmp_path / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(tda_clean("run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")),
+                                cwd=tmp_path, stdout=out, stderr=err, env=command_env(base_env()))
+    try:
+        _wait_for(lambda: _servers(proc.pid), proc, tmp_path)
+        servers = _servers(proc.pid)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs = (tmp_path / "stdout.txt").read_text() + (tmp_path / "stderr.txt").read_text()
+    assert (tmp_path / "run" / "report.json").is_file()
+    assert "Stopping temporary server" in logs, logs[-3000:]
+    assert len(servers) == 1 and _gone(servers[0])
