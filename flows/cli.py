@@ -4,17 +4,36 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from tda_clean import cli
 
 
 def run_flow(config, *, output: str | None, fresh: bool) -> dict[str, Any]:
-    from .clean import clean  # imports prefect: only for the commands that need it
-    from .lifetime import prefect_api
+    from .lifetime import launch_prefect_api, prefect_api
 
-    prefect_api()  # PREFECT_API_URL answers, or a temporary server that dies with this process
+    ready = launch_prefect_api()  # a temporary server boots while the flow's modules import
+    from .clean import clean  # imports prefect: only for the commands that need it
+
+    if ready is not prefect_api:  # the server is still booting: import what the run's tracker imports anyway
+        _import_tracking(config)
+    ready()  # PREFECT_API_URL answers, or a temporary server that dies with this process
     return clean(config, output=output, fresh=fresh)
+
+
+def _import_tracking(config) -> None:
+    """Import the modules the run's MLflow tracker will import (mlflow, its SQL store for a database URI, the
+    dataset and model flavours its log stage uses), so that their import overlaps the temporary server's boot."""
+    if not config.tracking.enabled:
+        return
+    from tda_clean.tracking.mlflow_tracker import default_tracking_uri
+
+    import mlflow.data  # noqa: F401
+    uri = config.tracking.tracking_uri or default_tracking_uri()
+    if uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    if config.tracking.log_models:
+        import mlflow.pytorch  # noqa: F401
 
 
 def serve(config_path: str, cron: str, *, name: str | None, overrides: list[str]) -> None:
@@ -24,7 +43,31 @@ def serve(config_path: str, cron: str, *, name: str | None, overrides: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(argv, flow=run_flow, serve=serve)
+    code = cli.main(argv, flow=run_flow, serve=serve)
+    if argv is None:  # the process's own command line (console script, python -m): end the process here
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process as ``sys.exit(code)`` would, minus the interpreter's teardown: non-daemon threads are
+    joined, every ``atexit`` handler runs (Prefect drains its log and event workers and stops its temporary
+    server, logging flushes), stdout and stderr are flushed, then ``os._exit(code)``. The teardown skipped
+    (freeing the modules of torch, Prefect and MLflow one by one) writes nothing and takes seconds."""
+    import atexit
+    import os
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to write to
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

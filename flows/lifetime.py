@@ -18,6 +18,9 @@
   a long traceback. Records that are not a retryable lock pass, and events Prefect finally drops are still
   logged (their "Dropping event" line carries no lock exception). ``PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true``
   shows them all again.
+- :func:`launch_prefect_api` does the same in two halves (what
+  ``tda-clean run`` uses): the server's process is launched before the flow's imports and handed to Prefect after
+  them, so that it boots while they load.
 
 Nothing here imports Prefect at import time.
 """
@@ -52,6 +55,24 @@ def _die_with_parent() -> Callable[[], None]:
     return preexec
 
 
+def _launch(port: int) -> subprocess.Popen[Any]:
+    """The temporary server's process on ``port`` (main thread: ``PR_SET_PDEATHSIG`` follows the forking thread)."""
+    from pathlib import Path
+
+    from prefect.settings import get_current_settings
+
+    here = Path(__file__).resolve().parent  # this package: flows/ in a checkout, tda_clean_flows/ installed
+    return subprocess.Popen(  # the command line of Prefect 3.8's SubprocessASGIServer, with our app factory
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(here.parent), "--factory",
+         f"{here.name}.lifetime:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+             "PREFECT__SERVER_FINAL": "1",
+             **get_current_settings().to_environment_variables(exclude_unset=True)},
+        start_new_session=True, preexec_fn=_die_with_parent(),
+    )
+
+
 def _run_server_class():
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -59,20 +80,8 @@ def _run_server_class():
         """Prefect's temporary server, started in a new session and tied to this process's life."""
 
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            from pathlib import Path
-
-            from prefect.settings import get_current_settings
-
-            here = Path(__file__).resolve().parent  # this package: flows/ in a checkout, tda_clean_flows/ installed
-            return subprocess.Popen(  # the command line of Prefect 3.8's SubprocessASGIServer, with our app factory
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(here.parent), "--factory",
-                 f"{here.name}.lifetime:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--log-level", "error", "--lifespan", "on"],
-                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1",
-                     **get_current_settings().to_environment_variables(exclude_unset=True)},
-                start_new_session=True, preexec_fn=_die_with_parent(),
-            )
+            launched = _LAUNCHED.pop(self.port, None)  # launched early by launch_prefect_api, still booting
+            return launched if launched is not None and launched.poll() is None else _launch(self.port)
 
     return RunServer
 
@@ -118,6 +127,52 @@ def create_app():
     app = prefect_app()
     quiet_sqlite_locks()  # after Prefect's logging setup (done on import) and uvicorn's
     return app
+
+
+_LAUNCHED: dict[int, subprocess.Popen[Any]] = {}  # port -> server process not yet handed to Prefect
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _reap_unadopted() -> None:
+    """At exit: stop a launched server that was never handed to Prefect (the run failed before its flow)."""
+    while _LAUNCHED:
+        _, proc = _LAUNCHED.popitem()
+        proc.kill()
+        proc.wait()
+
+
+def launch_prefect_api() -> Callable[[], None]:
+    """:func:`prefect_api` in two halves, so that the temporary server boots while the run imports its flow.
+
+    Call it in the main thread before the heavy imports: with no ``PREFECT_API_URL`` (and the temporary server
+    allowed) it launches the server's process now (a free port, Prefect's command line) and returns the call
+    that waits for the server to answer and hands it to Prefect as its singleton; otherwise it returns
+    :func:`prefect_api` itself. Call the returned function before the flow starts, in the main thread."""
+    import atexit
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return prefect_api
+    port = _free_port()
+    if not _LAUNCHED:
+        atexit.register(_reap_unadopted)
+    _LAUNCHED[port] = _launch(port)
+
+    def adopt() -> None:
+        server = _run_server_class()()
+        if not server.running:
+            server.port = port  # start() takes the launched process (or relaunches if it has exited)
+        server.start()
+
+    return adopt
 
 
 def prefect_api() -> None:

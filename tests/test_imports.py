@@ -4,7 +4,11 @@ import of the flows from the library, and the flows shipped under their own name
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOPS = ("tda_clean", "flows")
@@ -100,3 +104,39 @@ def test_console_script_is_the_flows_cli_and_flows_ship_under_their_own_name():
     on_disk = sorted(".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "tda_clean").rglob("__init__.py"))
     # the hand list is complete; configs/ ships as data (tests/test_wheel.py builds the wheel)
     assert sorted(setuptools["packages"]) == sorted([*on_disk, "tda_clean_flows", "tda_clean.configs"])
+
+
+HEAVY = ("matplotlib", "mlflow", "prefect", "torch._dynamo")
+
+
+@pytest.mark.parametrize("module", ["tda_clean", "tda_clean.pipeline", "tda_clean.api"])
+def test_importing_the_library_loads_no_plotting_tracking_orchestration_or_compiler(module):
+    """``import tda_clean[.pipeline|.api]`` in a fresh interpreter leaves matplotlib, mlflow, prefect and torch's
+    compiler (torch._dynamo) out of ``sys.modules``: they load when a run plots, tracks, orchestrates."""
+    code = (f"import sys, {module}; print(sorted({{m.split('.')[0] if m.split('.')[0] != 'torch' else m "
+            f"for m in sys.modules}} & set({HEAVY!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_lbfgs_training_does_not_import_the_compiler_and_leaves_torch_optim_as_it_was():
+    code = """
+import sys
+import numpy as np
+import torch
+from tda_clean.models.eager import _wrapped_methods
+from tda_clean.models.factory import LogisticRegression
+from tda_clean.models.trainer import fit_to_optimum
+rng = np.random.default_rng(0)
+fit_to_optimum(LogisticRegression(3, 2).double(), rng.normal(size=(30, 3)), rng.integers(0, 2, 30), 0.1)
+assert "torch._dynamo" not in sys.modules, "L-BFGS imported torch._dynamo"
+methods = _wrapped_methods()
+assert len(methods) == 4, methods  # the torch wrappers this relies on are still there
+assert not any(hasattr(f, "__dynamo_disable") for f in methods), "wrapper caches left filled"
+torch.optim.LBFGS(torch.nn.Linear(2, 2).parameters())  # outside the block: torch's own behaviour
+assert "torch._dynamo" in sys.modules
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

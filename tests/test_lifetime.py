@@ -205,3 +205,42 @@ def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Pat
     assert err.count("\n") == 1 and err.startswith("tda-clean: error: the temporary Prefect server did not start "
                                                    "(Timed out while attempting"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_path: Path):
+    """The command's fast exit (flows.cli.exit_now): atexit handlers still run (last registered first), buffered
+    output is not lost, the exit code is the command's."""
+    import sys
+
+    code = ("import atexit, sys; from flows.cli import exit_now; "
+            "atexit.register(lambda: (tmp / 'first').write_text('1') and None); "
+            "atexit.register(lambda: print('handler', flush=False)); "
+            "sys.stdout.write('buffered'); exit_now(3)")
+    code = f"from pathlib import Path; tmp = Path({str(tmp_path)!r}); " + code
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=command_env(), timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "bufferedhandler\n"
+    assert (tmp_path / "first").read_text() == "1"
+
+
+@linux_proc
+def test_default_run_with_a_temporary_server_completes_and_stops_it(tmp_path: Path):
+    """No PREFECT_API_URL: the server is launched before the flow's imports, adopted by Prefect, used by the
+    flow, and stopped by Prefect's exit handler (which ``exit_now`` still runs) when the run ends."""
+    config = table_config(write_table(tmp_path / "t.csv"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with open(tmp_path / "stdout.txt", "wb") as out, open(tmp_path / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(tda_clean("run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")),
+                                cwd=tmp_path, stdout=out, stderr=err, env=command_env(base_env()))
+    try:
+        _wait_for(lambda: _servers(proc.pid), proc, tmp_path)
+        servers = _servers(proc.pid)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs = (tmp_path / "stdout.txt").read_text() + (tmp_path / "stderr.txt").read_text()
+    assert (tmp_path / "run" / "report.json").is_file()
+    assert "Stopping temporary server" in logs, logs[-3000:]
+    assert len(servers) == 1 and _gone(servers[0])

@@ -27,11 +27,9 @@ def plot_before_after(before: dict[str, float], after: dict[str, float], path: s
     success. Each label says which way is better (``↑`` higher, ``↓`` lower, from
     :mod:`tda_clean.evaluation.directions`); the after-bar and its change are green when the metric improved,
     red when it regressed, blue when unchanged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # not pyplot: no global figure manager, no interactive backend
     from matplotlib.patches import Patch
 
     keys = plotted(before)
@@ -41,7 +39,9 @@ def plot_before_after(before: dict[str, float], after: dict[str, float], path: s
         colours.append(after_colour(k, before[k], after[k]))
         name = k.removeprefix("accuracy_") if k.startswith("accuracy_") else k
         labels.append(f"{name} {'↑' if direction(k) == 'higher' else '↓' if direction(k) == 'lower' else ''}")
-    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(keys) + 1.6))
+    fig = Figure(figsize=(8.5, 0.45 * len(keys) + 1.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.barh(y - 0.2, [before[k] for k in keys], height=0.4, color=BEFORE)
     ax.barh(y + 0.2, [after[k] for k in keys], height=0.4, color=colours)
     for yi, k, colour in zip(y, keys, colours):
@@ -59,5 +59,4 @@ def plot_before_after(before: dict[str, float], after: dict[str, float], path: s
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

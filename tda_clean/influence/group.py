@@ -204,6 +204,51 @@ class GroupInfluence:
                 out.append(fn(v, Xb, yb) + self._shift() * v)
         return torch.cat(out)
 
+    def weighted_hvp(self, w: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """``H_w V`` (k, p): ``sum_i w_i Ht_i v`` for each row ``v`` of ``V`` (k, p), membership weights ``w`` (n,).
+
+        Equals ``row_hvps(v).T @ w`` without the (n, p) matrix: one Hessian-vector product of the weighted loss
+        ``sum_i w_i CE_i`` over the rows with ``w_i != 0``, plus ``sum(w) (l2 + damping) v``.
+        """
+        theta = self.engine.loss.theta
+        w = w.reshape(-1).to(theta)
+        V = V.reshape(-1, theta.numel()).to(theta)
+        if w.shape[0] != self.n:
+            raise InputError(f"weighted_hvp: {w.shape[0]} weights for {self.n} training rows")
+        X, y = self.engine.loss.X, self.engine.loss.y
+        space, training = self.engine.space, self.engine.training
+        rows = torch.nonzero(w).reshape(-1)
+        bs = max(self.engine.spec.gradients.batch_size, 4096)
+        out = torch.zeros_like(V)
+        for start in range(0, len(rows), bs):
+            sub = rows[start : start + bs]
+            Xb, yb, wb = X[sub.to(X.device)], y[sub.to(y.device)], w[sub]
+            mode = "reverse" if len(V) == 1 else hvp_mode(space, len(sub))  # one vector: nothing to vectorise
+            out += loss_hvps(lambda th: (wb * training.loss(space.forward(th, Xb), yb)).sum(), theta, V, mode)
+        return out + float(w.sum()) * self._shift() * V
+
+    def row_bilinear(self, u: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(n,): ``u^T Ht_i b`` for every training row, ``u``, ``b`` (p,).
+
+        Equals ``row_hvps(u) @ b`` without the (n, p) matrix: per block of rows, a forward-over-forward product
+        (``jvp`` along ``b`` of the per-row ``jvp`` along ``u`` of the per-row losses), plus ``(l2 + damping) u^T b``.
+        """
+        theta = self.engine.loss.theta
+        u, b = u.reshape(-1).to(theta), b.reshape(-1).to(theta)
+        space, training = self.engine.space, self.engine.training
+        X, y = self.engine.loss.X, self.engine.loss.y
+        bs = max(self.engine.spec.gradients.batch_size, 4096)
+        out = []
+        with torch.no_grad():
+            for start in range(0, self.n, bs):
+                Xb, yb = X[start : start + bs], y[start : start + bs]
+
+                def along_u(th, Xb=Xb, yb=yb):
+                    return jvp(lambda t: training.loss(space.forward(t, Xb), yb), (th,), (u,))[1]
+
+                out.append(jvp(along_u, (theta,), (b,))[1])
+        return torch.cat(out) + self._shift() * float(u @ b)
+
     def group_gradients(self, groups) -> tuple[torch.Tensor, np.ndarray]:
         """``(g_U (k, p), sizes (k,))``: per-group SUMS of ``gt_i``."""
         pos = group_positions(groups, self.n)

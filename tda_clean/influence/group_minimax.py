@@ -23,8 +23,9 @@ change, and the selection minimises a smooth max of them:
 :class:`tda_clean.selection.group_selectors.GroupSecondOrderSelector` calls this in ROUNDS, refitting (warm
 start) on the kept rows in between.
 
-Costs per projected-gradient step: two per-row Hessian-vector passes over the n training rows (``(n, p)``
-each), four solves with ``A`` and one forward/backward pass over the validation rows.
+Costs per projected-gradient step: two Hessian-vector products of the ``w``-weighted training loss, one
+forward-over-forward pass over the n training rows (per-row ``u^T Ht_i b``; nothing of size ``(n, p)``), four
+solves with ``A`` and one forward/backward pass over the validation rows.
 """
 from __future__ import annotations
 
@@ -141,7 +142,6 @@ class GroupComponents:
 @dataclass
 class _Cache:
     u: torch.Tensor  # A^-1 G^T w
-    Ru: torch.Tensor | None  # (n, p) Ht_i u (second order only)
 
 
 class ParameterChangeModel:
@@ -173,9 +173,8 @@ class ParameterChangeModel:
         c1, a1, a2 = self.coef(m)
         u = self._solve(self.G.T @ w)
         if self.order == 1:
-            return c1 * u, _Cache(u, None)
-        Ru = self.gi.row_hvps(u)
-        return a1 * u + a2 * self._solve(Ru.T @ w), _Cache(u, Ru)
+            return c1 * u, _Cache(u)
+        return a1 * u + a2 * self._solve(self.gi.weighted_hvp(w, u)[0]), _Cache(u)
 
     def pullback(self, w: torch.Tensor, m: float, v: torch.Tensor, cache: _Cache) -> torch.Tensor:
         """``d(v^T dtheta(w)) / dw`` (n,) with ``v`` held fixed (chain rule for a function of theta* + dtheta):
@@ -185,8 +184,8 @@ class ParameterChangeModel:
         b = self._solve(v.to(self.G))
         if self.order == 1:
             return c1 * (self.G @ b)
-        Rb = self.gi.row_hvps(b)
-        return self.G @ (a1 * b + a2 * self._solve(Rb.T @ w)) + a2 * (cache.Ru @ b)
+        Hb = self.gi.weighted_hvp(w, b)[0]  # H_w b
+        return self.G @ (a1 * b + a2 * self._solve(Hb)) + a2 * self.gi.row_bilinear(cache.u, b)
 
 
 # ------------------------------------------------------------------------------------------ selection

@@ -20,6 +20,7 @@ from torch import nn
 
 from tda_clean.config import TrainConfig
 from tda_clean.errors import InputError
+from tda_clean.models.eager import eager_optimizer
 from tda_clean.objective import TrainingObjective, cross_entropy
 from tda_clean.progress import progress_bar
 
@@ -108,7 +109,8 @@ def fit(
         with torch.no_grad():
             return TrainResult(model, [float(training_loss(model, Xt, yt, objective, wt))])
     if config.optimizer == "lbfgs":
-        return _fit_lbfgs(model, Xt, yt, wt, val, config, objective, on_epoch, show)
+        with eager_optimizer():  # L-BFGS never needs torch._dynamo (models/eager.py)
+            return _fit_lbfgs(model, Xt, yt, wt, val, config, objective, on_epoch, show)
     return _fit_adam(model, Xt, yt, wt, val, config, objective, seed, on_epoch, show)
 
 
@@ -153,17 +155,18 @@ def fit_to_optimum(model: nn.Module, X: np.ndarray, y: np.ndarray, l2: float, *,
     param = next(model.parameters())
     Xt = model_input(X, param.device, param.dtype)
     yt = torch.as_tensor(y, dtype=torch.long, device=param.device)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, history_size=history_size,
-                            tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
-                            line_search_fn="strong_wolfe")
+    with eager_optimizer():
+        opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=max_iter, history_size=history_size,
+                                tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+                                line_search_fn="strong_wolfe")
 
-    def closure():
-        opt.zero_grad()
-        loss = training_loss(model, Xt, yt, l2)
-        loss.backward()
-        return loss
+        def closure():
+            opt.zero_grad()
+            loss = training_loss(model, Xt, yt, l2)
+            loss.backward()
+            return loss
 
-    opt.step(closure)
+        opt.step(closure)
     return model.eval()
 
 

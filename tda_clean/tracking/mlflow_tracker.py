@@ -176,11 +176,14 @@ class MlflowTracker:
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+        from tda_clean.tracking.dataset_schema import with_schema
+
         if targets is not None and targets not in df.columns:
             raise ValueError(f"targets column {targets!r} not in dataset {name!r}")
         with warnings.catch_warnings():  # "integer column(s)" schema hint on every labelled frame
             warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-            entity = mlflow.data.from_pandas(df, name=name, targets=targets)._to_mlflow_entity()
+            dataset = with_schema(mlflow.data.from_pandas(df, name=name, targets=targets), df)
+            entity = dataset._to_mlflow_entity()
         tag = InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, [tag])])
 
