@@ -168,18 +168,37 @@ def launch_prefect_api() -> Callable[[], None]:
 
     def adopt() -> None:
         server = _run_server_class()()
-        if not server.running:
+        if not getattr(server, "running", False):
             server.port = port  # start() takes the launched process (or relaunches if it has exited)
-        server.start()
+        try:
+            _start(server)
+        finally:
+            unused = _LAUNCHED.pop(port, None)  # still here: start() did not take it (failed, or already running)
+            if unused is not None:
+                unused.kill()
+                unused.wait()
 
     return adopt
+
+
+def _start(server) -> None:
+    """Start Prefect's server object, waiting at least :data:`STARTUP_TIMEOUT_S`; a timeout is one line."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+
+    from tda_clean.errors import TdaCleanError
+
+    try:
+        server.start(timeout=max(STARTUP.value(), STARTUP_TIMEOUT_S))
+    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect to ephemeral Prefect API server"
+        raise TdaCleanError(f"the temporary Prefect server did not start ({str(exc).splitlines()[0]}); set "
+                            "PREFECT_API_URL to a running server or use --engine local") from None
 
 
 def prefect_api() -> None:
     """Check the configured Prefect API, or start the temporary server now (call in the main thread)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    from tda_clean.errors import InputError, TdaCleanError
+    from tda_clean.errors import InputError
 
     if PREFECT_API_URL.value():
         from .deploy import prefect_api_url
@@ -189,10 +208,4 @@ def prefect_api() -> None:
     if not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         raise InputError("PREFECT_API_URL is not set and Prefect's temporary server is disabled "
                          "(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE): set PREFECT_API_URL or use --engine local")
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
-
-    try:
-        _run_server_class()().start(timeout=max(STARTUP.value(), STARTUP_TIMEOUT_S))
-    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect to ephemeral Prefect API server"
-        raise TdaCleanError(f"the temporary Prefect server did not start ({str(exc).splitlines()[0]}); set "
-                            "PREFECT_API_URL to a running server or use --engine local") from None
+    _start(_run_server_class()())
