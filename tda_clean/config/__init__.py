@@ -73,15 +73,39 @@ class GroupFlip(_Frozen):
 
 
 class BadNets(_Frozen):
-    """BadNets backdoor: stamp a ``patch_size`` square of value ``patch_value`` in the bottom-right corner of
-    a ``rate`` share of training images (from classes other than ``target``) and relabel them ``target``.
-    The test set gets a triggered copy to measure attack success."""
+    """BadNets backdoor: stamp a trigger patch on a ``rate`` share of training images (from classes other than
+    ``target``) and relabel them ``target``; the test set gets a triggered copy to measure attack success.
+
+    The patch: ``patch_size`` (side, or ``[height, width]``) at ``position`` (a corner, ``"center"``, or the
+    ``[row, col]`` of its top-left pixel); ``pattern`` ``solid`` (every pixel ``patch_value``),
+    ``checkerboard`` (``patch_value`` at the top-left pixel, alternating with ``1 - patch_value``) or
+    ``random`` (uniform [0, 1) pixels drawn with ``pattern_seed``); blended into the image as
+    ``(1 - alpha) x + alpha patch`` inside the patch (``alpha: 1`` = stamped). The defaults are the classic
+    2x2 white square in the bottom-right corner."""
 
     kind: Literal["badnets"] = "badnets"
     target: int = 0
     rate: float = Field(gt=0, lt=0.5)
-    patch_size: int = Field(default=2, ge=1)
+    patch_size: Union[int, tuple[int, int]] = Field(default=2)
     patch_value: float = 1.0
+    position: Union[Literal["bottom-right", "bottom-left", "top-right", "top-left", "center"], tuple[int, int]] = "bottom-right"
+    pattern: Literal["solid", "checkerboard", "random"] = "solid"
+    pattern_seed: int = 1234
+    alpha: float = Field(default=1.0, gt=0, le=1)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_size(cls, v):
+        if min((v,) if isinstance(v, int) else v) < 1:
+            raise ValueError(f"{v} must be at least 1 pixel")
+        return v
+
+    @field_validator("position")
+    @classmethod
+    def _non_negative_position(cls, v):
+        if not isinstance(v, str) and min(v) < 0:
+            raise ValueError(f"[row, col] {list(v)} must not be negative")
+        return v
 
 
 class Blended(_Frozen):
