@@ -119,8 +119,9 @@ class RandomDetector(BudgetFields):
 class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, docs/methods.md#delta-influence).
 
-    ``queries``: ``auto`` (trigger scan on validation inputs, else outlying rows of the suspected ``target``
-    class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
+    ``queries``: ``auto`` (trigger search on validation inputs -- ``trigger_search``: ``corners`` patches,
+    ``optimise`` a reconstructed mask + pattern of any place and shape with ``search_steps`` steps, ``auto``
+    corners then reconstruction, ``none`` -- else outlying rows of the suspected ``target`` class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
     ``n_copies`` transformed copies per query (``transforms``: default all that apply to the data type; raw
     pixels in [0, 1]), relabelled to random non-target classes. Flag rule: per-copy robust z of the support
     change below ``-z_threshold`` in at least ``n_copies - tol`` copies for ``vote`` of the queries, and a
@@ -142,9 +143,11 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     z_threshold: float = Field(default=2.0, gt=0)
     vote: float = Field(default=0.5, gt=0, le=1)
     split: Literal["target_class", "all"] = "target_class"
-    min_gap_z: float = Field(default=3.0, ge=0)
+    min_gap_z: float = Field(default=2.5, ge=0)
     train_gradient: Literal["margin", "loss"] = "margin"
     scan_min_flip: float = Field(default=0.2, gt=0, le=1)
+    trigger_search: Literal["auto", "corners", "optimise", "none"] = "auto"
+    search_steps: int = Field(default=200, ge=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -25,13 +25,16 @@ dataset, trigger and poison rate: BENCHMARKS.md "Poison detection and unlearning
 Queries (``queries``):
   * ``"rows"``: training row positions ``query_rows`` (e.g. inputs reported as attacked);
   * ``"file"``: a ``.npy`` file ``query_file`` of inputs (feature shape of the training data);
-  * ``"auto"`` (default): (1) images -- a trigger scan: candidate corner patches (sizes 1-3, values 0 / 1)
-    stamped on the validation inputs (training inputs when there is no validation split); a candidate that
-    sends at least ``scan_min_flip`` of the inputs predicted as another class to ONE class ``t`` is taken as
-    the trigger, and the most confidently-``t`` stamped inputs (spread over their original classes) are the
-    queries. (2) otherwise (tabular, or no candidate flips) -- the suspected target ``target`` (or the class
-    whose training rows hold the strongest spectral outlier cluster) and its most outlying training rows
-    predicted as that class.
+  * ``"auto"`` (default): (1) images -- a trigger search (``trigger_search``) on the validation inputs (training
+    inputs when there is no validation split): ``corners`` stamps candidate corner patches (sizes 1-3, values
+    0 / 1) and takes one that sends at least ``scan_min_flip`` of the inputs predicted as another class to ONE
+    class ``t``; ``optimise`` reconstructs a mask + pattern of any place, shape and pattern per candidate class
+    (Neural-Cleanse style, :mod:`tda_clean.selection.trigger_search`) and takes the class whose mask is an
+    outlier in size; ``auto`` (default) tries the corners first, then the reconstruction; ``none`` skips to
+    (2). The most confidently-``t`` stamped inputs (spread over their original classes) are the queries.
+    (2) otherwise (tabular, or nothing found) -- the suspected target ``target`` (or the class whose training
+    rows hold the strongest spectral outlier cluster) and its most outlying training rows predicted as that
+    class.
 Given queries must all be predicted as one class (the target), else :class:`InputError`.
 """
 from __future__ import annotations
@@ -227,15 +230,14 @@ class DeltaInfluenceSelector(BaseSelector):
 
     def _auto_queries(self, model, X: np.ndarray, y: np.ndarray, context: FitContext) -> tuple[np.ndarray, int, dict]:
         probe = context.X_val if context.X_val is not None and len(context.X_val) else X
-        if X.ndim >= 3:
-            found = trigger_scan(model, probe, self.spec.scan_min_flip)
+        if X.ndim >= 3 and self.spec.trigger_search != "none":
+            found = self._find_trigger(model, probe, context)
             if found is not None and (self.spec.target is None or found["target"] == self.spec.target):
                 t = found["target"]
                 cand = np.flatnonzero((found["probs"].argmax(1) == t) & (found["base"] != t))
                 pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
-                info = {"query_source": "trigger_scan", "trigger": {k: found[k] for k in ("corner", "size", "value")},
-                        "trigger_flip_rate": found["flip_rate"]}
-                return found["X"][pick], t, info
+                if len(pick):
+                    return found["X"][pick], t, found["info"]
         # fallback: outlying training rows of the suspected target class, predicted as that class
         pred = predict(model, X)
         F = penultimate(model, X)
@@ -253,6 +255,27 @@ class DeltaInfluenceSelector(BaseSelector):
             raise InputError(f"delta_influence: no training row labelled {t} is predicted as {t}; give queries")
         pick = cand[np.argsort(-outlier[cand], kind="stable")[: self.spec.n_queries]]
         return X[pick], t, {"query_source": "class_outliers"}
+
+    def _find_trigger(self, model, probe: np.ndarray, context: FitContext) -> dict[str, Any] | None:
+        """``trigger_search``: ``corners`` (square corner patches of value 0 / 1), ``optimise`` (a reconstructed
+        mask + pattern of any place, shape and pattern, :mod:`tda_clean.selection.trigger_search`) or ``auto``
+        (corners when one reaches ``scan_min_flip``, else the reconstruction)."""
+        if self.spec.trigger_search in ("corners", "auto"):
+            found = trigger_scan(model, probe, self.spec.scan_min_flip)
+            if found is not None:
+                found["info"] = {"query_source": "trigger_scan", "trigger_flip_rate": found["flip_rate"],
+                                 "trigger": {k: found[k] for k in ("corner", "size", "value")}}
+            if found is not None or self.spec.trigger_search == "corners":
+                return found
+        from tda_clean.selection.trigger_search import reconstruct_trigger
+
+        seed = int(np.random.default_rng([self.spec.seed, context.seed, 0x7216]).integers(2**31))
+        found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps)
+        if found is None or found["flip_rate"] < self.spec.scan_min_flip:
+            return None
+        found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
+                         "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"]}
+        return found
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "DeltaInfluenceSelector":
