@@ -127,7 +127,9 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     change below ``-z_threshold`` in at least ``n_copies - tol`` copies for ``vote`` of the queries, and a
     continuous score more than ``min_gap_z`` robust deviations above the low cluster of a 2-means split
     (``split``: within the target class, or all rows). ``train_gradient: margin`` (default) uses the
-    training rows' margin gradients (loss gradients vanish on well-fitted poisons).
+    training rows' margin gradients (loss gradients vanish on well-fitted poisons). ``erase_trigger``: also
+    flag pool rows the model stops predicting as the target once the found trigger's pixels are erased, when
+    their score lies more than ``erase_min_gap_z`` robust deviations above the low cluster.
     """
 
     kind: Literal["delta_influence"] = "delta_influence"
@@ -143,11 +145,13 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     z_threshold: float = Field(default=2.0, gt=0)
     vote: float = Field(default=0.5, gt=0, le=1)
     split: Literal["target_class", "all"] = "target_class"
-    min_gap_z: float = Field(default=2.5, ge=0)
+    min_gap_z: float = Field(default=3.0, ge=0)
     train_gradient: Literal["margin", "loss"] = "margin"
     scan_min_flip: float = Field(default=0.2, gt=0, le=1)
     trigger_search: Literal["auto", "corners", "optimise", "none"] = "auto"
     search_steps: int = Field(default=200, ge=1)
+    erase_trigger: bool = True
+    erase_min_gap_z: float = Field(default=1.0, ge=0)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -229,6 +229,7 @@ class DeltaInfluenceSelector(BaseSelector):
         return Xq, target, {"query_source": self.spec.queries}
 
     def _auto_queries(self, model, X: np.ndarray, y: np.ndarray, context: FitContext) -> tuple[np.ndarray, int, dict]:
+        self._erase = None
         probe = context.X_val if context.X_val is not None and len(context.X_val) else X
         if X.ndim >= 3 and self.spec.trigger_search != "none":
             found = self._find_trigger(model, probe, context)
@@ -237,6 +238,7 @@ class DeltaInfluenceSelector(BaseSelector):
                 cand = np.flatnonzero((found["probs"].argmax(1) == t) & (found["base"] != t))
                 pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
                 if len(pick):
+                    self._erase = (found["region"], np.median(probe, axis=0))
                     return found["X"][pick], t, found["info"]
         # fallback: outlying training rows of the suspected target class, predicted as that class
         pred = predict(model, X)
@@ -265,6 +267,7 @@ class DeltaInfluenceSelector(BaseSelector):
             if found is not None:
                 found["info"] = {"query_source": "trigger_scan", "trigger_flip_rate": found["flip_rate"],
                                  "trigger": {k: found[k] for k in ("corner", "size", "value")}}
+                found["region"] = stamp_patch(np.zeros((1,) + probe.shape[-2:]), found["corner"], found["size"], 1.0)[0] > 0
             if found is not None or self.spec.trigger_search == "corners":
                 return found
         from tda_clean.selection.trigger_search import reconstruct_trigger
@@ -273,6 +276,7 @@ class DeltaInfluenceSelector(BaseSelector):
         found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps)
         if found is None or found["flip_rate"] < self.spec.scan_min_flip:
             return None
+        found["region"] = found["mask"] >= 0.5 * found["mask"].max()
         found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
                          "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"]}
         return found
@@ -283,6 +287,7 @@ class DeltaInfluenceSelector(BaseSelector):
         from tda_clean.influence import Margin
 
         X, y = np.asarray(X), np.asarray(y)
+        self._erase = None
         n_classes = context.n_classes or int(y.max()) + 1
         self._check_settings(n_classes)
         names = check_transforms(self.spec.transforms, X) if self.spec.transforms is not None else default_transforms(X)
@@ -316,6 +321,8 @@ class DeltaInfluenceSelector(BaseSelector):
         pool = (y == target) if self.spec.split == "target_class" else np.ones(len(y), dtype=bool)
         cut, gap_z = split_high_cluster(cont, pool)
         support = pool & (gap_z > self.spec.min_gap_z) & (votes >= needed)
+        erased = self._erased(model, X, pool, target)
+        support |= erased & (gap_z > self.spec.erase_min_gap_z)
         support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
@@ -326,8 +333,22 @@ class DeltaInfluenceSelector(BaseSelector):
         self.queries_ = Xq
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq)),
                       "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
-                      "train_gradient": self.spec.train_gradient}
+                      "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
+                      "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum())}
         return self
+
+    def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
+        """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.5) once the found trigger's region
+        is set to the probe inputs' per-pixel median; all False without a found trigger or ``erase_trigger``."""
+        out = np.zeros(len(X), dtype=bool)
+        if not self.spec.erase_trigger or self._erase is None or not pool.any():
+            return out
+        region, fill = self._erase
+        rows = np.flatnonzero(pool)
+        Xe = np.array(X[rows], copy=True)
+        Xe[..., region] = fill[..., region]
+        out[rows] = (predict(model, X[rows]).argmax(1) == target) & (predict(model, Xe)[:, target] < 0.5)
+        return out
 
     def reason(self, i: int) -> str:
         return (f"support of {int(self.votes_[i])}/{len(self.queries_)} class-{self.target_} queries collapsed "
