@@ -30,7 +30,8 @@ Queries (``queries``):
     0 / 1) and takes one that sends at least ``scan_min_flip`` of the inputs predicted as another class to ONE
     class ``t``; ``optimise`` reconstructs a mask + pattern of any place, shape and pattern per candidate class
     (Neural-Cleanse style, :mod:`tda_clean.selection.trigger_search`) and takes the class whose mask is an
-    outlier in size; ``auto`` (default) tries the corners first, then the reconstruction; ``none`` skips to
+    outlier in size; ``auto`` (default) takes a corner patch flipping at least ``scan_accept_flip``, else the
+    reconstruction, else a corner patch at ``scan_min_flip``; ``none`` skips to
     (2). The most confidently-``t`` stamped inputs (spread over their original classes) are the queries.
     (2) otherwise (tabular, or nothing found) -- the suspected target ``target`` (or the class whose training
     rows hold the strongest spectral outlier cluster) and its most outlying training rows predicted as that
@@ -239,6 +240,10 @@ class DeltaInfluenceSelector(BaseSelector):
                 pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
                 if len(pick):
                     self._erase = (found["region"], np.median(probe, axis=0))
+                    if found["info"]["query_source"] == "trigger_reconstruction":
+                        rows = self._erased_rows(model, X, y, t)
+                        if len(rows) >= min(4, self.spec.n_queries):
+                            return X[rows], t, {**found["info"], "query_source": "trigger_reconstruction_rows"}
                     return found["X"][pick], t, found["info"]
         # fallback: outlying training rows of the suspected target class, predicted as that class
         pred = predict(model, X)
@@ -259,23 +264,25 @@ class DeltaInfluenceSelector(BaseSelector):
         return X[pick], t, {"query_source": "class_outliers"}
 
     def _find_trigger(self, model, probe: np.ndarray, context: FitContext) -> dict[str, Any] | None:
-        """``trigger_search``: ``corners`` (square corner patches of value 0 / 1), ``optimise`` (a reconstructed
-        mask + pattern of any place, shape and pattern, :mod:`tda_clean.selection.trigger_search`) or ``auto``
-        (corners when one reaches ``scan_min_flip``, else the reconstruction)."""
+        """``trigger_search``: ``corners`` (square corner patches of value 0 / 1, taken at ``scan_min_flip``),
+        ``optimise`` (a reconstructed mask + pattern of any place, shape and pattern,
+        :mod:`tda_clean.selection.trigger_search`) or ``auto`` (a corner patch that flips at least
+        ``scan_accept_flip``, else the reconstruction, else a corner patch at ``scan_min_flip``)."""
+        corner = None
         if self.spec.trigger_search in ("corners", "auto"):
-            found = trigger_scan(model, probe, self.spec.scan_min_flip)
-            if found is not None:
-                found["info"] = {"query_source": "trigger_scan", "trigger_flip_rate": found["flip_rate"],
-                                 "trigger": {k: found[k] for k in ("corner", "size", "value")}}
-                found["region"] = stamp_patch(np.zeros((1,) + probe.shape[-2:]), found["corner"], found["size"], 1.0)[0] > 0
-            if found is not None or self.spec.trigger_search == "corners":
-                return found
+            corner = trigger_scan(model, probe, self.spec.scan_min_flip)
+            if corner is not None:
+                corner["info"] = {"query_source": "trigger_scan", "trigger_flip_rate": corner["flip_rate"],
+                                  "trigger": {k: corner[k] for k in ("corner", "size", "value")}}
+                corner["region"] = stamp_patch(np.zeros((1,) + probe.shape[-2:]), corner["corner"], corner["size"], 1.0)[0] > 0
+            if self.spec.trigger_search == "corners" or (corner is not None and corner["flip_rate"] >= self.spec.scan_accept_flip):
+                return corner
         from tda_clean.selection.trigger_search import reconstruct_trigger
 
         seed = int(np.random.default_rng([self.spec.seed, context.seed, 0x7216]).integers(2**31))
         found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps)
         if found is None or found["flip_rate"] < self.spec.scan_min_flip:
-            return None
+            return corner
         found["region"] = found["mask"] >= 0.5 * found["mask"].max()
         found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
                          "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"]}
@@ -336,6 +343,20 @@ class DeltaInfluenceSelector(BaseSelector):
                       "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
                       "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum())}
         return self
+
+    def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
+        """Up to ``n_queries`` training rows labelled ``target`` that :meth:`_erased` flags, largest drop of the
+        target probability first: inputs that carry the real trigger (a reconstructed trigger only
+        approximates it), used as queries."""
+        pool = y == target
+        rows = np.flatnonzero(self._erased(model, X, pool, target))
+        if not len(rows):
+            return rows
+        region, fill = self._erase
+        Xe = np.array(X[rows], copy=True)
+        Xe[..., region] = fill[..., region]
+        drop = predict(model, X[rows])[:, target] - predict(model, Xe)[:, target]
+        return rows[np.argsort(-drop, kind="stable")[: self.spec.n_queries]]
 
     def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
         """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.5) once the found trigger's region
