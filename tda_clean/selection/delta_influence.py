@@ -32,11 +32,17 @@ Queries (``queries``):
     (Neural-Cleanse style, :mod:`tda_clean.selection.trigger_search`) and takes the class whose mask is an
     outlier in size; ``auto`` (default) takes a corner patch flipping at least ``scan_accept_flip``, else the
     reconstruction, else a corner patch at ``scan_min_flip``; ``none`` skips to
-    (2). The most confidently-``t`` stamped inputs (spread over their original classes) are the queries.
+    (2). The most confidently-``t`` stamped inputs (spread over their original classes) are the queries; with a
+    reconstructed trigger, the target-class training rows the erasure check below flags (inputs carrying the
+    real trigger) when there are at least 4.
     (2) otherwise (tabular, or nothing found) -- the suspected target ``target`` (or the class whose training
     rows hold the strongest spectral outlier cluster) and its most outlying training rows predicted as that
     class.
 Given queries must all be predicted as one class (the target), else :class:`InputError`.
+
+Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
+when the model stops predicting the target (p < 0.5) once the trigger's pixels are set to the validation
+inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster.
 """
 from __future__ import annotations
 
