@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field, NonNegativeInt, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator,
+)
 
 from tda_clean.config.base import _Frozen
 from tda_clean.config.data import (  # noqa: F401  (re-exported)
@@ -86,26 +88,13 @@ class BadNets(_Frozen):
     kind: Literal["badnets"] = "badnets"
     target: int = 0
     rate: float = Field(gt=0, lt=0.5)
-    patch_size: Union[int, tuple[int, int]] = Field(default=2)
+    patch_size: Union[PositiveInt, tuple[PositiveInt, PositiveInt]] = 2
     patch_value: float = 1.0
-    position: Union[Literal["bottom-right", "bottom-left", "top-right", "top-left", "center"], tuple[int, int]] = "bottom-right"
+    position: Union[Literal["bottom-right", "bottom-left", "top-right", "top-left", "center"],
+                    tuple[NonNegativeInt, NonNegativeInt]] = "bottom-right"
     pattern: Literal["solid", "checkerboard", "random"] = "solid"
     pattern_seed: int = 1234
     alpha: float = Field(default=1.0, gt=0, le=1)
-
-    @field_validator("patch_size")
-    @classmethod
-    def _positive_size(cls, v):
-        if min((v,) if isinstance(v, int) else v) < 1:
-            raise ValueError(f"{v} must be at least 1 pixel")
-        return v
-
-    @field_validator("position")
-    @classmethod
-    def _non_negative_position(cls, v):
-        if not isinstance(v, str) and min(v) < 0:
-            raise ValueError(f"[row, col] {list(v)} must not be negative")
-        return v
 
 
 class Blended(_Frozen):
