@@ -41,7 +41,7 @@ Queries (``queries``):
 Given queries must all be predicted as one class (the target), else :class:`InputError`.
 
 Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
-when the model stops predicting the target (p < 0.5) once the trigger's pixels are set to the validation
+when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
 inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster.
 """
 from __future__ import annotations
@@ -351,9 +351,9 @@ class DeltaInfluenceSelector(BaseSelector):
         return self
 
     def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
-        """Up to ``n_queries`` training rows labelled ``target`` that :meth:`_erased` flags, largest drop of the
-        target probability first: inputs that carry the real trigger (a reconstructed trigger only
-        approximates it), used as queries."""
+        """Training rows labelled ``target`` that :meth:`_erased` flags, lowest target probability after the
+        erasure first, the stronger half of them (at least 4, at most ``n_queries``): inputs that carry the real
+        trigger (a reconstructed trigger only approximates it), used as queries."""
         pool = y == target
         rows = np.flatnonzero(self._erased(model, X, pool, target))
         if not len(rows):
@@ -361,11 +361,12 @@ class DeltaInfluenceSelector(BaseSelector):
         region, fill = self._erase
         Xe = np.array(X[rows], copy=True)
         Xe[..., region] = fill[..., region]
-        drop = predict(model, X[rows])[:, target] - predict(model, Xe)[:, target]
-        return rows[np.argsort(-drop, kind="stable")[: self.spec.n_queries]]
+        after = predict(model, Xe)[:, target]
+        half = max(4, (len(rows) + 1) // 2)             # the stronger half: clean rows flip less completely
+        return rows[np.argsort(after, kind="stable")[: min(half, self.spec.n_queries)]]
 
     def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
-        """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.5) once the found trigger's region
+        """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.1) once the found trigger's region
         is set to the probe inputs' per-pixel median; all False without a found trigger or ``erase_trigger``."""
         out = np.zeros(len(X), dtype=bool)
         if not self.spec.erase_trigger or self._erase is None or not pool.any():
@@ -374,7 +375,7 @@ class DeltaInfluenceSelector(BaseSelector):
         rows = np.flatnonzero(pool)
         Xe = np.array(X[rows], copy=True)
         Xe[..., region] = fill[..., region]
-        out[rows] = (predict(model, X[rows]).argmax(1) == target) & (predict(model, Xe)[:, target] < 0.5)
+        out[rows] = (predict(model, X[rows]).argmax(1) == target) & (predict(model, Xe)[:, target] < 0.1)
         return out
 
     def reason(self, i: int) -> str:
