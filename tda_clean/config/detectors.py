@@ -153,7 +153,7 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     trigger_search: Literal["auto", "corners", "optimise", "none"] = "auto"
     search_steps: int = Field(default=200, ge=1)
     erase_trigger: bool = True
-    erase_min_gap_z: float = Field(default=1.0, ge=0)
+    erase_min_gap_z: float = Field(default=1.5, ge=0)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0
