@@ -9,7 +9,8 @@ of the probe images NOT predicted as ``c`` are sent to ``c``, while the mask's L
 down (cross-entropy + ``lam * sum(m)``, ``lam`` adapted each step: up while at least ``success`` of the
 inputs flip, down otherwise). A backdoor is a shortcut: its class needs a much smaller mask than every other
 class. The class with the smallest mask is the suspected target; its anomaly index is the robust z of how
-far that norm lies below the median norm of all classes, ``(median - norm_t) / (1.4826 MAD)``, and the
+far that norm lies below the others on a log scale (norms spread multiplicatively across classes),
+``(median(log norm) - log norm_t) / (1.4826 MAD(log norm))``, and the
 trigger is taken as found when the index exceeds ``min_anomaly``. Every random step takes ``seed``.
 """
 from __future__ import annotations
@@ -97,13 +98,13 @@ def reconstruct_trigger(model, X: np.ndarray, seed: int, steps: int = 200, max_i
             p.requires_grad_(flag)
         model.train(was_training)
     norms = {c: v[0] for c, v in found.items()}
-    finite = np.array([v for v in norms.values() if np.isfinite(v)])
+    finite = np.log([max(v, 1e-12) for v in norms.values() if np.isfinite(v)])
     if len(finite) < 3:
         return None
     t = min(norms, key=norms.get)
     med = np.median(finite)
     mad = 1.4826 * np.median(np.abs(finite - med))
-    anomaly = float((med - norms[t]) / max(mad, 1e-12 * max(med, 1.0)))
+    anomaly = float((med - np.log(max(norms[t], 1e-12))) / max(mad, 1e-12))
     if anomaly <= min_anomaly:
         return None
     _, mask, pattern = found[t]
