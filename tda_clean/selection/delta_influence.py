@@ -187,7 +187,7 @@ class DeltaInfluenceSelector(BaseSelector):
     Fashion-MNIST the Otsu cut itself fell inside the poison cluster (BENCHMARKS.md, Fashion 1% seed 2),
     so the cut is not a condition.
 
-    Learned state: ``scores_`` (vote share + tie-break),
+    Learned state: ``scores_`` (vote share + tie-break), ``erased_`` (n,) (the trigger-erasure check),
     ``delta_scores_`` (continuous), ``votes_`` (n,), ``support_``, ``threshold_`` (NaN: rule-based),
     ``queries_`` (the query inputs), ``target_``, ``info_``."""
 
@@ -337,6 +337,7 @@ class DeltaInfluenceSelector(BaseSelector):
         erased = self._erased(model, X, pool, target)
         support |= erased & (gap_z > self.spec.erase_min_gap_z)
         support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
+        self.erased_ = erased
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -379,8 +380,9 @@ class DeltaInfluenceSelector(BaseSelector):
         return out
 
     def reason(self, i: int) -> str:
+        erased = "; predicted as another class once the trigger is erased" if self.erased_[i] else ""
         return (f"support of {int(self.votes_[i])}/{len(self.queries_)} class-{self.target_} queries collapsed "
-                f"under trigger-breaking transforms (Δ-influence score {self.delta_scores_[i]:.3g})")
+                f"under trigger-breaking transforms (Δ-influence score {self.delta_scores_[i]:.3g}){erased}")
 
 
 register_selector("delta_influence", DeltaInfluenceSelector)
