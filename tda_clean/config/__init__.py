@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
-from pydantic import Field, PrivateAttr, SerializationInfo, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    Field, PrivateAttr, SerializationInfo, ValidationError, field_serializer, field_validator, model_validator,
+)
 
 from tda_clean.config.base import _Frozen
 from tda_clean.config.data import (  # noqa: F401  (re-exported)
@@ -32,72 +34,13 @@ from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda
 from tda_clean.config.influence import (  # noqa: F401  (re-exported)
     Budget, GradientSettings, InfluenceFields, InfluenceSpec,
 )
+from tda_clean.config.scenarios import (  # noqa: F401  (re-exported)
+    BadNets, Blended, ClassFlip, GroupFlip, NoScenario, Scenario, UniformFlip,
+)
 from tda_clean.errors import InputError, one_line
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; more (or more nodes once aliases expand) is refused
 MAX_CONFIG_NODES = 100_000
-
-
-# ------------------------------------------------------------------------------------------ scenarios
-class NoScenario(_Frozen):
-    kind: Literal["none"] = "none"
-
-
-class UniformFlip(_Frozen):
-    """Flip a ``rate`` share of training labels, each to a uniformly drawn other class."""
-
-    kind: Literal["uniform_flip"] = "uniform_flip"
-    rate: float = Field(gt=0, lt=0.5)
-
-
-class ClassFlip(_Frozen):
-    """Flip a ``rate`` share (below 1: the class must keep rows) of the training rows of class ``source`` to
-    class ``target``."""
-
-    kind: Literal["class_flip"] = "class_flip"
-    source: int
-    target: int
-    rate: float = Field(gt=0, lt=1)
-
-
-class GroupFlip(_Frozen):
-    """Flip a ``rate`` share of the training rows in one subgroup (``column == value``) with label ``source``
-    to ``target`` — e.g. 30% of the positive labels of women become negative."""
-
-    kind: Literal["group_flip"] = "group_flip"
-    column: str
-    value: str
-    source: int = 1
-    target: int = 0
-    rate: float = Field(gt=0, le=1)
-
-
-class BadNets(_Frozen):
-    """BadNets backdoor: stamp a ``patch_size`` square of value ``patch_value`` in the bottom-right corner of
-    a ``rate`` share of training images (from classes other than ``target``) and relabel them ``target``.
-    The test set gets a triggered copy to measure attack success."""
-
-    kind: Literal["badnets"] = "badnets"
-    target: int = 0
-    rate: float = Field(gt=0, lt=0.5)
-    patch_size: int = Field(default=2, ge=1)
-    patch_value: float = 1.0
-
-
-class Blended(_Frozen):
-    """Blended-trigger backdoor (Chen et al. 2017): ``x' = (1 - alpha) x + alpha P`` for a fixed seeded
-    uniform-noise pattern ``P`` (``pattern_seed``) on a ``rate`` share of training images (from classes other
-    than ``target``), relabelled ``target``; the test set gets a blended copy to measure attack success."""
-
-    kind: Literal["blended"] = "blended"
-    target: int = 0
-    rate: float = Field(gt=0, lt=0.5)
-    alpha: float = Field(default=0.2, gt=0, lt=1)
-    pattern_seed: int = 1234
-
-
-Scenario = Annotated[Union[NoScenario, UniformFlip, ClassFlip, GroupFlip, BadNets, Blended],
-                     Field(discriminator="kind")]
 
 
 # -------------------------------------------------------------------------------------- model + train

@@ -119,14 +119,18 @@ class RandomDetector(BudgetFields):
 class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, docs/methods.md#delta-influence).
 
-    ``queries``: ``auto`` (trigger scan on validation inputs, else outlying rows of the suspected ``target``
-    class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
+    ``queries``: ``auto`` (trigger search on validation inputs -- ``trigger_search``: ``corners`` patches,
+    ``optimise`` a reconstructed mask + pattern of any place and shape with ``search_steps`` steps, ``auto``
+    a corner patch flipping ``scan_accept_flip`` of the inputs, else the reconstruction, else a corner patch
+    at ``scan_min_flip``; ``none`` -- else outlying rows of the suspected ``target`` class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
     ``n_copies`` transformed copies per query (``transforms``: default all that apply to the data type; raw
     pixels in [0, 1]), relabelled to random non-target classes. Flag rule: per-copy robust z of the support
     change below ``-z_threshold`` in at least ``n_copies - tol`` copies for ``vote`` of the queries, and a
     continuous score more than ``min_gap_z`` robust deviations above the low cluster of a 2-means split
     (``split``: within the target class, or all rows). ``train_gradient: margin`` (default) uses the
-    training rows' margin gradients (loss gradients vanish on well-fitted poisons).
+    training rows' margin gradients (loss gradients vanish on well-fitted poisons). ``erase_trigger``: also
+    flag pool rows the model stops predicting as the target once the found trigger's pixels are erased, when
+    their score lies more than ``erase_min_gap_z`` robust deviations above the low cluster.
     """
 
     kind: Literal["delta_influence"] = "delta_influence"
@@ -145,6 +149,11 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     min_gap_z: float = Field(default=3.0, ge=0)
     train_gradient: Literal["margin", "loss"] = "margin"
     scan_min_flip: float = Field(default=0.2, gt=0, le=1)
+    scan_accept_flip: float = Field(default=0.8, gt=0, le=1)
+    trigger_search: Literal["auto", "corners", "optimise", "none"] = "auto"
+    search_steps: int = Field(default=200, ge=1)
+    erase_trigger: bool = True
+    erase_min_gap_z: float = Field(default=1.5, ge=0)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -1,4 +1,5 @@
-"""Corruption scenarios with ground truth: label flips and two backdoors (BadNets patch, blended pattern).
+"""Corruption scenarios with ground truth: label flips and two backdoors (BadNets patch of any position, size,
+pattern and blending; blended full-image pattern).
 
 Each scenario takes the clean bundle and returns a NEW bundle whose training split is corrupted, plus the
 ground-truth mask of corrupted training rows. The clean arrays are never written to.
@@ -81,6 +82,56 @@ def stamp_trigger(X: np.ndarray, patch_size: int, value: float) -> np.ndarray:
     return out
 
 
+def trigger_geometry(cfg: BadNets, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(row, col, height, width)`` of the configured patch in ``image_hw`` images; InputError naming the key
+    when it does not fit or lies outside."""
+    H, W = image_hw
+    h, w = (cfg.patch_size, cfg.patch_size) if isinstance(cfg.patch_size, int) else cfg.patch_size
+    if h >= H or w >= W:
+        raise InputError(f"scenario.patch_size: {cfg.patch_size} does not fit images of size {(H, W)}")
+    if isinstance(cfg.position, str):
+        row = {"t": 0, "b": H - h, "c": (H - h) // 2}[cfg.position[0]]
+        col = {"l": 0, "r": W - w, "c": (W - w) // 2}[cfg.position.split("-")[-1][0]]
+    else:
+        row, col = cfg.position
+        if row + h > H or col + w > W:
+            raise InputError(f"scenario.position: a {h}x{w} patch at [{row}, {col}] lies outside the {H}x{W} images")
+    return int(row), int(col), int(h), int(w)
+
+
+def trigger_patch(cfg: BadNets, h: int, w: int) -> np.ndarray:
+    """The (h, w) float32 patch of the configured ``pattern`` (broadcast over channels when stamped)."""
+    if cfg.pattern == "random":
+        return np.random.default_rng(cfg.pattern_seed).uniform(0, 1, (h, w)).astype(np.float32)
+    patch = np.full((h, w), cfg.patch_value, dtype=np.float32)
+    if cfg.pattern == "checkerboard":
+        odd = (np.add.outer(np.arange(h), np.arange(w)) % 2).astype(bool)
+        patch[odd] = 1.0 - cfg.patch_value
+    return patch
+
+
+def trigger_mask(cfg: BadNets, image_hw: tuple[int, int]) -> np.ndarray:
+    """Bool (H, W) mask of the pixels the configured trigger covers."""
+    row, col, h, w = trigger_geometry(cfg, image_hw)
+    mask = np.zeros(image_hw, dtype=bool)
+    mask[row:row + h, col:col + w] = True
+    return mask
+
+
+def apply_trigger(X: np.ndarray, cfg: BadNets) -> np.ndarray:
+    """Copy of images ``X`` (n, [C,] H, W) with the configured patch: ``(1 - alpha) x + alpha patch`` inside it
+    (``alpha == 1``: the patch's values exactly), the rest unchanged (input dtype)."""
+    row, col, h, w = trigger_geometry(cfg, X.shape[-2:])
+    patch = trigger_patch(cfg, h, w)
+    out = X.copy()
+    region = out[..., row:row + h, col:col + w]
+    if cfg.alpha == 1.0:
+        region[...] = patch
+    else:
+        region[...] = ((1 - cfg.alpha) * region + cfg.alpha * patch).astype(X.dtype)
+    return out
+
+
 def blend_pattern(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """The blended trigger: a fixed seeded uniform [0, 1) pattern of one image's ``shape``."""
     return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
@@ -111,10 +162,9 @@ def _backdoor(bundle: DataBundle, target: int, rate: float, seed: int, apply: Ca
 
 
 def badnets(bundle: DataBundle, cfg: BadNets, seed: int) -> DataBundle:
-    if bundle.train.X.ndim >= 3 and cfg.patch_size >= min(bundle.train.X.shape[-2:]):
-        raise InputError(f"scenario.patch_size: {cfg.patch_size} does not fit images of size {bundle.train.X.shape[-2:]}")
-    return _backdoor(bundle, cfg.target, cfg.rate, seed,
-                     lambda X: stamp_trigger(X, cfg.patch_size, cfg.patch_value), cfg.kind)
+    if bundle.train.X.ndim >= 3:
+        trigger_geometry(cfg, bundle.train.X.shape[-2:])          # refuse a patch that does not fit, first
+    return _backdoor(bundle, cfg.target, cfg.rate, seed, lambda X: apply_trigger(X, cfg), cfg.kind)
 
 
 def blended(bundle: DataBundle, cfg: Blended, seed: int) -> DataBundle:

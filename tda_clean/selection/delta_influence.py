@@ -25,14 +25,24 @@ dataset, trigger and poison rate: BENCHMARKS.md "Poison detection and unlearning
 Queries (``queries``):
   * ``"rows"``: training row positions ``query_rows`` (e.g. inputs reported as attacked);
   * ``"file"``: a ``.npy`` file ``query_file`` of inputs (feature shape of the training data);
-  * ``"auto"`` (default): (1) images -- a trigger scan: candidate corner patches (sizes 1-3, values 0 / 1)
-    stamped on the validation inputs (training inputs when there is no validation split); a candidate that
-    sends at least ``scan_min_flip`` of the inputs predicted as another class to ONE class ``t`` is taken as
-    the trigger, and the most confidently-``t`` stamped inputs (spread over their original classes) are the
-    queries. (2) otherwise (tabular, or no candidate flips) -- the suspected target ``target`` (or the class
-    whose training rows hold the strongest spectral outlier cluster) and its most outlying training rows
-    predicted as that class.
+  * ``"auto"`` (default): (1) images -- a trigger search (``trigger_search``) on the validation inputs (training
+    inputs when there is no validation split): ``corners`` stamps candidate corner patches (sizes 1-3, values
+    0 / 1) and takes one that sends at least ``scan_min_flip`` of the inputs predicted as another class to ONE
+    class ``t``; ``optimise`` reconstructs a mask + pattern of any place, shape and pattern per candidate class
+    (Neural-Cleanse style, :mod:`tda_clean.selection.trigger_search`) and takes the class whose mask is an
+    outlier in size; ``auto`` (default) takes a corner patch flipping at least ``scan_accept_flip``, else the
+    reconstruction, else a corner patch at ``scan_min_flip``; ``none`` skips to
+    (2). The most confidently-``t`` stamped inputs (spread over their original classes) are the queries; with a
+    reconstructed trigger, the target-class training rows the erasure check below flags (inputs carrying the
+    real trigger) when there are at least 4.
+    (2) otherwise (tabular, or nothing found) -- the suspected target ``target`` (or the class whose training
+    rows hold the strongest spectral outlier cluster) and its most outlying training rows predicted as that
+    class.
 Given queries must all be predicted as one class (the target), else :class:`InputError`.
+
+Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
+when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
+inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster.
 """
 from __future__ import annotations
 
@@ -177,7 +187,7 @@ class DeltaInfluenceSelector(BaseSelector):
     Fashion-MNIST the Otsu cut itself fell inside the poison cluster (BENCHMARKS.md, Fashion 1% seed 2),
     so the cut is not a condition.
 
-    Learned state: ``scores_`` (vote share + tie-break),
+    Learned state: ``scores_`` (vote share + tie-break), ``erased_`` (n,) (the trigger-erasure check),
     ``delta_scores_`` (continuous), ``votes_`` (n,), ``support_``, ``threshold_`` (NaN: rule-based),
     ``queries_`` (the query inputs), ``target_``, ``info_``."""
 
@@ -226,16 +236,21 @@ class DeltaInfluenceSelector(BaseSelector):
         return Xq, target, {"query_source": self.spec.queries}
 
     def _auto_queries(self, model, X: np.ndarray, y: np.ndarray, context: FitContext) -> tuple[np.ndarray, int, dict]:
+        self._erase = None
         probe = context.X_val if context.X_val is not None and len(context.X_val) else X
-        if X.ndim >= 3:
-            found = trigger_scan(model, probe, self.spec.scan_min_flip)
+        if X.ndim >= 3 and self.spec.trigger_search != "none":
+            found = self._find_trigger(model, probe, context)
             if found is not None and (self.spec.target is None or found["target"] == self.spec.target):
                 t = found["target"]
                 cand = np.flatnonzero((found["probs"].argmax(1) == t) & (found["base"] != t))
                 pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
-                info = {"query_source": "trigger_scan", "trigger": {k: found[k] for k in ("corner", "size", "value")},
-                        "trigger_flip_rate": found["flip_rate"]}
-                return found["X"][pick], t, info
+                if len(pick):
+                    self._erase = (found["region"], np.median(probe, axis=0))
+                    if found["info"]["query_source"] == "trigger_reconstruction":
+                        rows = self._erased_rows(model, X, y, t)
+                        if len(rows) >= min(4, self.spec.n_queries):
+                            return X[rows], t, {**found["info"], "query_source": "trigger_reconstruction_rows"}
+                    return found["X"][pick], t, found["info"]
         # fallback: outlying training rows of the suspected target class, predicted as that class
         pred = predict(model, X)
         F = penultimate(model, X)
@@ -254,12 +269,38 @@ class DeltaInfluenceSelector(BaseSelector):
         pick = cand[np.argsort(-outlier[cand], kind="stable")[: self.spec.n_queries]]
         return X[pick], t, {"query_source": "class_outliers"}
 
+    def _find_trigger(self, model, probe: np.ndarray, context: FitContext) -> dict[str, Any] | None:
+        """``trigger_search``: ``corners`` (square corner patches of value 0 / 1, taken at ``scan_min_flip``),
+        ``optimise`` (a reconstructed mask + pattern of any place, shape and pattern,
+        :mod:`tda_clean.selection.trigger_search`) or ``auto`` (a corner patch that flips at least
+        ``scan_accept_flip``, else the reconstruction, else a corner patch at ``scan_min_flip``)."""
+        corner = None
+        if self.spec.trigger_search in ("corners", "auto"):
+            corner = trigger_scan(model, probe, self.spec.scan_min_flip)
+            if corner is not None:
+                corner["info"] = {"query_source": "trigger_scan", "trigger_flip_rate": corner["flip_rate"],
+                                  "trigger": {k: corner[k] for k in ("corner", "size", "value")}}
+                corner["region"] = stamp_patch(np.zeros((1,) + probe.shape[-2:]), corner["corner"], corner["size"], 1.0)[0] > 0
+            if self.spec.trigger_search == "corners" or (corner is not None and corner["flip_rate"] >= self.spec.scan_accept_flip):
+                return corner
+        from tda_clean.selection.trigger_search import reconstruct_trigger
+
+        seed = int(np.random.default_rng([self.spec.seed, context.seed, 0x7216]).integers(2**31))
+        found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps)
+        if found is None or found["flip_rate"] < self.spec.scan_min_flip:
+            return corner
+        found["region"] = found["mask"] >= 0.5 * found["mask"].max()
+        found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
+                         "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"]}
+        return found
+
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "DeltaInfluenceSelector":
         from tda_clean.data.transforms import check_transforms, default_transforms, random_copies
         from tda_clean.influence import Margin
 
         X, y = np.asarray(X), np.asarray(y)
+        self._erase = None
         n_classes = context.n_classes or int(y.max()) + 1
         self._check_settings(n_classes)
         names = check_transforms(self.spec.transforms, X) if self.spec.transforms is not None else default_transforms(X)
@@ -293,7 +334,10 @@ class DeltaInfluenceSelector(BaseSelector):
         pool = (y == target) if self.spec.split == "target_class" else np.ones(len(y), dtype=bool)
         cut, gap_z = split_high_cluster(cont, pool)
         support = pool & (gap_z > self.spec.min_gap_z) & (votes >= needed)
+        erased = self._erased(model, X, pool, target)
+        support |= erased & (gap_z > self.spec.erase_min_gap_z)
         support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
+        self.erased_ = erased
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -303,12 +347,42 @@ class DeltaInfluenceSelector(BaseSelector):
         self.queries_ = Xq
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq)),
                       "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
-                      "train_gradient": self.spec.train_gradient}
+                      "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
+                      "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum())}
         return self
 
+    def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
+        """Training rows labelled ``target`` that :meth:`_erased` flags, lowest target probability after the
+        erasure first, the stronger half of them (at least 4, at most ``n_queries``): inputs that carry the real
+        trigger (a reconstructed trigger only approximates it), used as queries."""
+        pool = y == target
+        rows = np.flatnonzero(self._erased(model, X, pool, target))
+        if not len(rows):
+            return rows
+        region, fill = self._erase
+        Xe = np.array(X[rows], copy=True)
+        Xe[..., region] = fill[..., region]
+        after = predict(model, Xe)[:, target]
+        half = max(4, (len(rows) + 1) // 2)             # the stronger half: clean rows flip less completely
+        return rows[np.argsort(after, kind="stable")[: min(half, self.spec.n_queries)]]
+
+    def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
+        """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.1) once the found trigger's region
+        is set to the probe inputs' per-pixel median; all False without a found trigger or ``erase_trigger``."""
+        out = np.zeros(len(X), dtype=bool)
+        if not self.spec.erase_trigger or self._erase is None or not pool.any():
+            return out
+        region, fill = self._erase
+        rows = np.flatnonzero(pool)
+        Xe = np.array(X[rows], copy=True)
+        Xe[..., region] = fill[..., region]
+        out[rows] = (predict(model, X[rows]).argmax(1) == target) & (predict(model, Xe)[:, target] < 0.1)
+        return out
+
     def reason(self, i: int) -> str:
+        erased = "; predicted as another class once the trigger is erased" if self.erased_[i] else ""
         return (f"support of {int(self.votes_[i])}/{len(self.queries_)} class-{self.target_} queries collapsed "
-                f"under trigger-breaking transforms (Δ-influence score {self.delta_scores_[i]:.3g})")
+                f"under trigger-breaking transforms (Δ-influence score {self.delta_scores_[i]:.3g}){erased}")
 
 
 register_selector("delta_influence", DeltaInfluenceSelector)
