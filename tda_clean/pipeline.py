@@ -25,10 +25,11 @@ from tda_clean.evaluation import detection_metrics, evaluate_model
 from tda_clean.evaluation.gate import check_gate, check_gate_measurable
 from tda_clean.models.given import given_model
 from tda_clean.models.trainer import fit as fit_model
+from tda_clean.errors import InputError
 from tda_clean.redact import redact
 from tda_clean.review import write_review
 from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
-                               XDA, RunContext, cleaned_train, load_model, make_model, open_run_dir, read_json, save_model,
+                               XDA, RunContext, cleaned_train, discard_new_run_dir, load_model, make_model, open_run_dir, read_json, save_model,
                                write_json_atomic)
 from tda_clean.selection import FitContext, Selection, make_detector
 from tda_clean.selection.base import serial_map
@@ -333,6 +334,8 @@ def run_pipeline(
         timed("log", stage_log, tracker, parent, report)
     except BaseException as exc:
         tracker.end_run(parent, "FAILED", message=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, InputError):
+            discard_new_run_dir(ctx)  # bad input leaves no half-written run folder behind
         raise
     gate = report["gate"]
     tracker.end_run(parent, "FINISHED" if gate["passed"] else "FAILED",

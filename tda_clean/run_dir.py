@@ -49,6 +49,7 @@ class RunContext:
 
     config: RunConfig
     run_dir: Path
+    created: bool = False  # the folder did not exist before this run opened it
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
@@ -177,8 +178,19 @@ def open_run_dir(config: RunConfig, output: str | Path | None = None, *, fresh: 
                              "or choose another folder")
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise InputError(f"--output {run_dir}: folder is not empty and is not a tda-clean run folder")
-    ctx = RunContext(config, run_dir)
+    ctx = RunContext(config, run_dir, created=not run_dir.exists())
     write_json_atomic(id_file, identity)
     full = config.model_dump(mode="json", context={REVEAL_CREDENTIALS: True})  # apply reconnects with this file
     ctx.write(CONFIG, lambda tmp: tmp.write_text(yaml.safe_dump(full, sort_keys=False)))
     return ctx
+
+
+def discard_new_run_dir(ctx: RunContext) -> None:
+    """Delete the run folder this run created (``ctx.created``) after bad input stopped it: it holds only what
+    this run wrote, which a corrected config (another config hash or data fingerprint) could not resume. A folder
+    that existed before, or holds anything a run does not write, is left as it is."""
+    if not ctx.created or not ctx.run_dir.is_dir() or foreign_entry(ctx.run_dir) is not None:
+        return
+    doomed = ctx.run_dir.with_name(f".{ctx.run_dir.name}.deleting-{uuid.uuid4().hex[:8]}")
+    ctx.run_dir.rename(doomed)
+    shutil.rmtree(doomed)

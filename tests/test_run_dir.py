@@ -161,3 +161,26 @@ def test_fingerprint_follows_the_bytes_not_the_sizes(tmp_path):
     before = rd.data_fingerprint(source)
     (tmp_path / FASHION_FILES[1]).write_bytes(bytes([1]) + bytes(63))  # one label changed, same size
     assert rd.data_fingerprint(source) != before
+
+
+def test_bad_input_discards_only_a_run_folder_the_run_created(tmp_path):
+    """``discard_new_run_dir`` deletes a folder the failed run created and nothing else: not a folder that existed
+    before (a run to resume, or awaiting review), not one holding a file a run does not write."""
+    from tda_clean.config import parse_config
+    from tda_clean.run_dir import RunContext, discard_new_run_dir, open_run_dir
+
+    config = parse_config({"data": {"kind": "digits"}, "tracking": {"enabled": False}})
+    ctx = open_run_dir(config, tmp_path / "new")
+    assert ctx.created and (tmp_path / "new" / "run.json").is_file()
+    discard_new_run_dir(ctx)
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []
+
+    ctx = open_run_dir(config, tmp_path / "again")
+    reopened = open_run_dir(config, tmp_path / "again")  # the same run, resumed: not created by this call
+    assert not reopened.created
+    discard_new_run_dir(reopened)
+    assert (tmp_path / "again" / "run.json").is_file()
+
+    (tmp_path / "again" / "notes.txt").write_text("mine")
+    discard_new_run_dir(RunContext(config, tmp_path / "again", created=True))
+    assert (tmp_path / "again" / "notes.txt").read_text() == "mine"

@@ -86,7 +86,7 @@ def test_run_refuses_infinite_feature_naming_column_and_row(tmp_path, table):
     message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", f"data.path={bad}", "--output", "out",
                        inputs=(path, bad))
     assert message == "feature columns with infinite values: 'score' (1) first at row 7"
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out").exists()  # no half-written run folder
 
 
 @pytest.mark.timeout(300)
@@ -95,7 +95,7 @@ def test_run_with_exploding_learning_rate_stops_naming_train_lr(tmp_path, table)
     message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", "model.kind=mlp", "--set", "train.optimizer=adam",
                        "--set", "train.lr=1e9", "--output", "out", inputs=(path, csv))
     assert message.startswith("train: the loss diverged (") and message.endswith("lower train.lr (now 1e+09)")
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out").exists()  # no half-written run folder
 
 
 @pytest.mark.timeout(300)
@@ -147,7 +147,7 @@ def test_run_refuses_fairness_gate_on_too_small_cells_naming_them(tmp_path, tabl
     message = _refused(tmp_path, "run", str(path), *LOCAL, "--set", f"gate.{gate}",
                        "--set", f"evaluation.min_group_size={min_size}", "--output", "out", inputs=(path, csv))
     assert message == expected
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out").exists()  # no half-written run folder
 
 
 @pytest.fixture
@@ -168,4 +168,4 @@ def test_run_refuses_scenario_that_does_not_fit_the_data(tmp_path, digits_config
     message = _refused(tmp_path, "run", str(digits_config), *LOCAL, "--set", f"scenario={scenario}",
                        "--output", "out", inputs=(digits_config,))
     assert message == expected
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out").exists()  # no half-written run folder
