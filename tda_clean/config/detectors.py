@@ -122,7 +122,7 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     ``queries``: ``auto`` (trigger search on validation inputs -- ``trigger_search``: ``corners`` patches,
     ``optimise`` a reconstructed mask + pattern of any place and shape with ``search_steps`` steps, ``auto``
     a corner patch flipping ``scan_accept_flip`` of the inputs, else the reconstruction, else a corner patch
-    at ``scan_min_flip``; ``none`` -- else outlying rows of the suspected ``target`` class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
+    at ``scan_min_flip`` (also taken over a reconstruction with a larger mask); ``none`` -- else outlying rows of the suspected ``target`` class), ``rows`` (training positions ``query_rows``) or ``file`` (``.npy`` inputs ``query_file``).
     ``n_copies`` transformed copies per query (``transforms``: default all that apply to the data type; raw
     pixels in [0, 1]), relabelled to random non-target classes. Flag rule: per-copy robust z of the support
     change below ``-z_threshold`` in at least ``n_copies - tol`` copies for ``vote`` of the queries, and a

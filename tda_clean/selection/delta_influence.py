@@ -59,6 +59,11 @@ from tda_clean.selection.base import (
 )
 
 
+#: a reconstructed mask whose L1 norm exceeds this share of the image's pixels is not taken as a trigger (an
+#: input-wide change flips any class; backdoor triggers are small)
+MAX_TRIGGER_SHARE = 0.25
+
+
 # --------------------------------------------------------------------------------------------- helpers
 def predict(model, X: np.ndarray) -> np.ndarray:
     from tda_clean.models.trainer import predict_proba
@@ -273,7 +278,8 @@ class DeltaInfluenceSelector(BaseSelector):
         """``trigger_search``: ``corners`` (square corner patches of value 0 / 1, taken at ``scan_min_flip``),
         ``optimise`` (a reconstructed mask + pattern of any place, shape and pattern,
         :mod:`tda_clean.selection.trigger_search`) or ``auto`` (a corner patch that flips at least
-        ``scan_accept_flip``, else the reconstruction, else a corner patch at ``scan_min_flip``)."""
+        ``scan_accept_flip``, else the reconstruction unless a corner patch at ``scan_min_flip`` flips with no more
+        pixels than its mask, else that corner patch)."""
         corner = None
         if self.spec.trigger_search in ("corners", "auto"):
             corner = trigger_scan(model, probe, self.spec.scan_min_flip)
@@ -287,8 +293,11 @@ class DeltaInfluenceSelector(BaseSelector):
 
         seed = int(np.random.default_rng([self.spec.seed, context.seed, 0x7216]).integers(2**31))
         found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps)
-        if found is None or found["flip_rate"] < self.spec.scan_min_flip:
-            return corner
+        if (found is None or found["flip_rate"] < self.spec.scan_min_flip
+                or found["mask"].sum() > MAX_TRIGGER_SHARE * found["mask"].size):
+            return corner  # nothing flips, or the "trigger" covers much of the image: not a backdoor patch
+        if corner is not None and corner["region"].sum() <= found["mask"].sum():
+            return corner  # a corner patch that flips with no more pixels than the reconstruction: the smaller trigger
         found["region"] = found["mask"] >= 0.5 * found["mask"].max()
         found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
                          "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"]}
