@@ -195,7 +195,7 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
     from tda_clean.tracking.layout import log_before_after
 
     children = log_before_after(tracker, parent_run_id, report["before"], report["after"])
-    params = {k: redact(v) for k, v in ctx.config.flat().items()}
+    params = ctx.config.flat()  # JSON values: the tracking URI without its password; the tracker redacts too
     for which in ("before", "after"):
         tracker.log_params(children[which], params)
         tracker.set_tags(children[which], {describe.NOTE_TAG: describe.child_description(ctx.config, which)})
