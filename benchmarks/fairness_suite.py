@@ -5,6 +5,8 @@ ExponentiatedGradient(EqualizedOdds) and reweighing.
 
     python benchmarks/fairness_suite.py --data compas --seeds 0 1 2     # one data set -> results/fairness_suite-compas.json
     python benchmarks/fairness_suite.py --report                        # table + goal check over the saved data sets
+    python benchmarks/fairness_suite.py --data law --budgets 0.02 0.03 0.05 --tag budget   # budget from validation
+    python benchmarks/fairness_suite.py --noise                         # EOD before and its bootstrap sd
 
 Data sets (label; intersectional groups; features = every other column, the sensitive ones included):
 ``adult`` (income > 50K; sex x race White / Non-white; as ``tda-clean run`` loads it), ``compas`` (two-year
@@ -24,7 +26,10 @@ objective (those validation rows are not used). Every merged and left-out cell i
 
 Model: L2 logistic regression (l2 = 1e-3), fitted to its optimum by full-batch Newton in float64; selectors are the
 registered detectors (``debias.make_selector``), same settings on every data set (``--fraction``, ``--objective``,
-``--temperature``, ``--rounds``; chosen on Adult and COMPAS only, see BENCHMARKS.md).
+``--temperature``, ``--rounds``; chosen on Adult and COMPAS only, see BENCHMARKS.md). With ``--budgets`` the
+validation split is halved (stratified by cell and label): every selector sees half A, and the budget (0 or one of
+the fractions) is chosen per seed on half B from the second-order selections (``choose_budget``); random, first
+order and D3M then remove as many rows as second order.
 """
 from __future__ import annotations
 
@@ -159,22 +164,35 @@ def select(method: str, X, y, context, fraction: float, args) -> np.ndarray:
     return det.fit(X, y, context).to_selection().mask
 
 
-def choose_budget(X, y, d, theta, bundle, context, small, args):
-    """The budget from validation evidence: second-order selections at every fraction of ``--budgets``, each
-    refitted; among those whose validation accuracy (all validation rows) is at most ``--val-tolerance`` below the
-    before-model's, the one with the lowest validation EOD (kept cells; the smaller fraction on ties). Returns
-    the fraction, the curve (fraction -> validation accuracy, EOD) and the selections by fraction."""
-    val_small = list(small)
-    acc0 = evaluate_split(predict(theta, d, bundle.val.X), bundle.val, val_small)["accuracy"]
-    curve, masks = [], {}
-    for f in sorted(args.budgets):
-        masks[f] = select("group_second_order", X, y, context, f, args)
+def halves(split, seed: int):
+    """Split ``split`` into two halves A, B, stratified by cell and label (seeded)."""
+    rng = np.random.default_rng(seed)
+    a = []
+    strata = np.char.add(split.group_keys(), split.y.astype(str))
+    for k in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == k))
+        a.extend(rows[: (len(rows) + 1) // 2])
+    in_a = np.zeros(len(split.y), dtype=bool)
+    in_a[a] = True
+    return split.subset(np.flatnonzero(in_a)), split.subset(np.flatnonzero(~in_a))
+
+
+def choose_budget(X, y, d, theta, check, context, small, args):
+    """The budget from held-out evidence: second-order selections (on validation half A, ``context``) at every
+    fraction of ``--budgets`` plus 0 (remove nothing), each refitted; on validation half B (``check``, which the
+    selector never saw), among the fractions whose accuracy is at most ``--val-tolerance`` points below the
+    before-model's, the one with the lowest EOD (kept cells; the smaller fraction on ties). Returns the fraction,
+    the curve (fraction -> half-B accuracy, EOD) and the selections by fraction."""
+    curve, masks = [], {0.0: np.zeros(len(y), dtype=bool)}
+    for f in [0.0] + sorted(args.budgets):
+        if f:
+            masks[f] = select("group_second_order", X, y, context, f, args)
         keep = ~masks[f]
-        th = newton_lr(X[keep], y[keep], L2, theta0=theta, tol=1e-9)
-        m = evaluate_split(predict(th, d, bundle.val.X), bundle.val, val_small)
-        curve.append({"fraction": f, "val_accuracy": m["accuracy"], "val_eod": m["equalized_odds_difference"],
-                      "val_accuracy_before": acc0})
-    ok = [c for c in curve if acc0 - c["val_accuracy"] <= args.val_tolerance / 100] or curve[:1]
+        th = theta if not f else newton_lr(X[keep], y[keep], L2, theta0=theta, tol=1e-9)
+        m = evaluate_split(predict(th, d, check.X), check, list(small))
+        curve.append({"fraction": f, "val_accuracy": m["accuracy"], "val_eod": m["equalized_odds_difference"]})
+    acc0 = curve[0]["val_accuracy"]
+    ok = [c for c in curve if acc0 - c["val_accuracy"] <= args.val_tolerance / 100]
     best = min(ok, key=lambda c: (round(c["val_eod"], 12), c["fraction"]))
     return best["fraction"], curve, masks
 
@@ -193,11 +211,14 @@ def run_seed(name: str, seed: int, args) -> dict:
     bundle, merged, small = bundle_for(name, seed, args.min_label_rows)
     X, y, d = bundle.train.X.astype(np.float64), bundle.train.y, bundle.train.X.shape[1]
     theta = newton_lr(X, y, L2)
-    keep_val = ~np.isin(bundle.val.group_keys(), list(small))
+    val, check = bundle.val, None
+    if args.budgets:  # selectors see half A of the validation split, the budget is chosen on half B
+        val, check = halves(bundle.val, seed)
+    keep_val = ~np.isin(val.group_keys(), list(small))
     context = FitContext(seed=seed, model=lr_model(theta, d),
                          train_config=TrainConfig(l2=L2, dtype="float64", device="cpu"),
-                         X_val=bundle.val.X[keep_val].astype(np.float64), y_val=bundle.val.y[keep_val],
-                         groups_val=bundle.val.groups[keep_val].reset_index(drop=True), n_classes=2)
+                         X_val=val.X[keep_val].astype(np.float64), y_val=val.y[keep_val],
+                         groups_val=val.groups[keep_val].reset_index(drop=True), n_classes=2)
     cells, counts = np.unique(bundle.test.group_keys(), return_counts=True)
     out = {"info": {"n_train": len(y), "n_val": len(bundle.val.y), "n_test": len(bundle.test.y), "d": d,
                     "test_cells": dict(zip(map(str, cells), map(int, counts))), "merged_cells": merged,
@@ -206,7 +227,7 @@ def run_seed(name: str, seed: int, args) -> dict:
     fraction, cached = args.fraction, {}
     if args.budgets:
         t0 = time.perf_counter()
-        fraction, curve, cached = choose_budget(X, y, d, theta, bundle, context, small, args)
+        fraction, curve, cached = choose_budget(X, y, d, theta, check, context, small, args)
         out["budget"] = {"fraction": fraction, "curve": curve, "seconds": time.perf_counter() - t0}
         print(f"  {name} seed {seed} budget: {out['budget']}", file=sys.stderr, flush=True)
     for method in args.methods:
@@ -214,6 +235,8 @@ def run_seed(name: str, seed: int, args) -> dict:
         if method in SELECTORS:
             if method == "group_second_order" and fraction in cached:
                 mask = cached[fraction]
+            elif fraction == 0:
+                mask = np.zeros(len(y), dtype=bool)
             else:
                 mask = select(method, X, y, context, fraction, args)
             keep = ~mask
@@ -230,6 +253,31 @@ def run_seed(name: str, seed: int, args) -> dict:
         out[method] = {**evaluate(pred, bundle, small), "seconds": time.perf_counter() - t0, **extra}
         print(f"  {name} seed {seed} {method}: {out[method]}", file=sys.stderr, flush=True)
     return out
+
+
+def noise(names, seed: int = 0, resamples: int = 100) -> str:
+    """EOD of the before-model on validation and test with its bootstrap standard deviation (``resamples``
+    resamples of the split's rows, seeded): how much of the gap a split of this size can tell from noise."""
+    from tda_clean.evaluation.metrics import classification_metrics
+
+    lines = ["| data set | validation EOD (bootstrap sd) | test EOD (bootstrap sd) |", "|---|---|---|"]
+    for name in names:
+        bundle, _, small = bundle_for(name, seed, 10)
+        X, y, d = bundle.train.X.astype(np.float64), bundle.train.y, bundle.train.X.shape[1]
+        theta = newton_lr(X, y, L2)
+        cells = []
+        for split in (bundle.val, bundle.test):
+            pred = predict(theta, d, split.X)
+            eod = classification_metrics(split.y, pred, split.groups, tuple(small))["equalized_odds_difference"]
+            rng, boot = np.random.default_rng(seed), []
+            for _ in range(resamples):
+                i = rng.integers(0, len(split.y), len(split.y))
+                part = split.subset(i)
+                boot.append(classification_metrics(part.y, pred[i], part.groups, tuple(small))
+                            ["equalized_odds_difference"])
+            cells.append(f"{eod:.3f} ({np.std(boot):.3f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -266,8 +314,8 @@ def report(names) -> str:
             removed = np.mean([s[m]["n_removed"] for s in per_seed])
             lines.append(f"| {m} | {removed:.0f} | " + " | ".join(cells) + f" | {ms(ratio)} |")
         if "budget" in per_seed[0]:
-            lines.append("budget chosen on validation per seed: " + ", ".join(
-                f"{s['budget']['fraction']:.0%}" for s in per_seed) + "; validation curves (fraction: accuracy, "
+            lines.append("budget chosen on validation half B per seed: " + ", ".join(
+                f"{s['budget']['fraction']:.0%}" for s in per_seed) + "; curves on validation half B (fraction: accuracy, "
                 "EOD): " + " | ".join(", ".join(f"{c['fraction']:.0%}: {c['val_accuracy']:.4f}, {c['val_eod']:.3f}"
                                                  for c in s["budget"]["curve"]) for s in per_seed))
         lines.append("")
@@ -301,15 +349,19 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--min-label-rows", type=int, default=10)
     ap.add_argument("--budgets", type=float, nargs="*", default=[],
-                    help="choose the budget per data set and seed from these fractions on validation "
-                         "(choose_budget); --fraction is then unused")
+                    help="choose the budget per data set and seed from 0 and these fractions on a held-out half "
+                         "of the validation split (choose_budget); --fraction is then unused")
     ap.add_argument("--val-tolerance", type=float, default=0.5,
                     help="validation accuracy points a budget may lose (--budgets)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(SELECTORS) + ["reweighing",
                                                                                                "fairlearn_eg"])
     ap.add_argument("--tag", default="")
     ap.add_argument("--report", action="store_true", help="print the tables of the saved data sets")
+    ap.add_argument("--noise", action="store_true", help="EOD before removal and its bootstrap sd (seed 0)")
     args = ap.parse_args()
+    if args.noise:
+        print(noise(DATASETS))
+        return
     if args.report:
         print(report([n + (f"-{args.tag}" if args.tag else "") for n in DATASETS]))
         return
