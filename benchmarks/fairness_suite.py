@@ -3,7 +3,7 @@ budget of training rows chosen by each selector, retrain, and measure accuracy, 
 and demographic-parity differences over intersectional groups on the test split; compared with fairlearn's
 ExponentiatedGradient(EqualizedOdds) and reweighing.
 
-    python benchmarks/fairness_suite.py --data compas --seeds 0 1 2     # one data set -> results/fairness_suite-compas.json
+    python benchmarks/fairness_suite.py --data compas --seeds 0 1 2     # -> results/fairness_suite-compas.json
     python benchmarks/fairness_suite.py --report                        # table + goal check over the saved data sets
     python benchmarks/fairness_suite.py --data law --budgets 0.02 0.03 0.05 --tag budget   # budget from validation
     python benchmarks/fairness_suite.py --noise                         # EOD before and its bootstrap sd
@@ -295,6 +295,7 @@ def report(names) -> str:
         saved = json.loads(path.read_text())
         per_seed = saved["per_seed"]
         info = per_seed[0]["info"]
+
         def seeds_of(field):
             cells = sorted({k for s in per_seed for k in s["info"][field]})
             return "; ".join(f"{k.removeprefix('cell=')} ({sum(k in s['info'][field] for s in per_seed)}/"
@@ -314,10 +315,11 @@ def report(names) -> str:
             removed = np.mean([s[m]["n_removed"] for s in per_seed])
             lines.append(f"| {m} | {removed:.0f} | " + " | ".join(cells) + f" | {ms(ratio)} |")
         if "budget" in per_seed[0]:
-            lines.append("budget chosen on validation half B per seed: " + ", ".join(
-                f"{s['budget']['fraction']:.0%}" for s in per_seed) + "; curves on validation half B (fraction: accuracy, "
-                "EOD): " + " | ".join(", ".join(f"{c['fraction']:.0%}: {c['val_accuracy']:.4f}, {c['val_eod']:.3f}"
-                                                 for c in s["budget"]["curve"]) for s in per_seed))
+            chosen = ", ".join(f"{s['budget']['fraction']:.0%}" for s in per_seed)
+            curves = " | ".join(", ".join(f"{c['fraction']:.0%}: {c['val_accuracy']:.4f}, {c['val_eod']:.3f}"
+                                          for c in s["budget"]["curve"]) for s in per_seed)
+            lines.append(f"budget chosen on validation half B per seed: {chosen}; curves on validation half B "
+                         f"(fraction: accuracy, EOD): {curves}")
         lines.append("")
         mean = {m: {k: float(np.mean([s[m][k] for s in per_seed])) for k in METRICS} for m in methods}
         if "group_second_order" in mean:
@@ -332,7 +334,8 @@ def report(names) -> str:
                   "| data set | EOD reduction | accuracy lost (points) | lower EOD than random / first order / D3M |",
                   "|---|---|---|---|"]
         for name, red, lost, beats in rows:
-            lines.append(f"| {name} | {red:.1%} | {lost:.2f} | {' / '.join('yes' if v else 'no' for v in beats.values())} |")
+            ahead = " / ".join("yes" if v else "no" for v in beats.values())
+            lines.append(f"| {name} | {red:.1%} | {lost:.2f} | {ahead} |")
         lines.append(f"\nmedian EOD reduction over {len(rows)} data sets: {np.median([r[1] for r in rows]):.1%}; "
                      f"median accuracy lost {np.median([r[2] for r in rows]):.2f} points")
     return "\n".join(lines)
