@@ -33,6 +33,7 @@ from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, 
                                write_json_atomic)
 from tda_clean.selection import FitContext, Selection, make_detector
 from tda_clean.selection.base import serial_map
+from tda_clean.selection.budget_curve import check_budget_curve
 from tda_clean.spreadsheet import write_safe_csv
 
 RELEASE_ALIAS = "release"
@@ -46,6 +47,7 @@ def stage_load(ctx: RunContext) -> dict[str, Any]:
     bundle = load_bundle(ctx.config)
     check_gate_measurable(ctx.config.gate, bundle.test.group_keys(), ctx.config.evaluation.min_group_size,
                           bundle.info["n_classes"])
+    check_budget_curve(ctx.config.detector, len(bundle.train), len(bundle.val))
     ctx.write(DATA, bundle.save)
     return {**bundle.info, "fingerprint": bundle.train.fingerprint()}
 
@@ -96,7 +98,7 @@ def stage_detect(ctx: RunContext, mapper=serial_map) -> dict[str, Any]:
         seed=cfg.seed, make_model=lambda s: make_model(ctx, bundle, s), train_config=cfg.train,
         model=load_model(ctx, "before", bundle), X_val=bundle.val.X, y_val=bundle.val.y,
         groups_val=bundle.val.groups, n_classes=bundle.train.n_classes,
-        map=mapper, shard_rows=cfg.runner.shard_rows,
+        map=mapper, shard_rows=cfg.runner.shard_rows, action=cfg.action.kind,
     )
     selection = make_detector(cfg.detector).fit(bundle.train.X, bundle.train.y, context).to_selection()
     ctx.write(SELECTION, selection.save)
