@@ -46,6 +46,7 @@ class BudgetCurve:
     validated:   measured change of ``objective`` on the selection part after the refit.
     held_out:    measured change of ``objective`` on the held-out part after the refit.
     accuracy / accuracy_held_out: accuracy on the selection / held-out part after the refit (fraction).
+    accuracy_se / accuracy_held_out_se: standard error of the paired accuracy difference to k = 0 (same rows).
     chosen:      the chosen budget (one of ``k``); ``reason`` says why in one sentence.
     """
 
@@ -55,6 +56,8 @@ class BudgetCurve:
     held_out: tuple[float, ...]
     accuracy: tuple[float, ...]
     accuracy_held_out: tuple[float, ...]
+    accuracy_se: tuple[float, ...]
+    accuracy_held_out_se: tuple[float, ...]
     chosen: int
     reason: str
     objective: str = "val_loss"
@@ -62,7 +65,7 @@ class BudgetCurve:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (NaN predicted values as None)."""
-        out = asdict(self)
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         out["predicted"] = [None if math.isnan(v) else v for v in self.predicted]
         return out
 
@@ -73,20 +76,24 @@ class BudgetCurve:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def choose_budget(k, validated, accuracy, held_out, accuracy_held_out, tolerance: float,
-                  min_gain: float = 0.0) -> tuple[int, str]:
+def choose_budget(k, validated, accuracy, held_out, accuracy_held_out, tolerance: float, min_gain: float = 0.0,
+                  accuracy_se=None, accuracy_held_out_se=None) -> tuple[int, str]:
     """The chosen budget and why, from curves of the same length with the k = 0 reference first.
 
-    ``validated`` / ``held_out``: objective changes (negative = decrease); ``accuracy*``: fractions. Candidates are
-    the ks whose selection accuracy is at most ``tolerance`` below ``accuracy[0]`` and whose decrease exceeds
-    ``min_gain``; the one with the largest decrease is chosen (the smallest k on ties: where the gain stops). It must
-    hold out: held-out decrease > ``min_gain`` and held-out accuracy within ``tolerance`` of ``accuracy_held_out[0]``;
-    else the largest smaller candidate that holds (and decreases on the selection part); else 0.
+    ``validated`` / ``held_out``: objective changes (negative = decrease); ``accuracy*``: fractions; ``*_se``:
+    standard errors of the paired accuracy differences to k = 0 (default 0). A candidate COSTS accuracy when its
+    accuracy is more than ``tolerance`` + 2 standard errors below ``accuracy[0]`` (a drop the evaluation rows
+    cannot tell from noise does not count). Candidates are the ks that do not cost accuracy and whose decrease
+    exceeds ``min_gain``; the one with the largest decrease is chosen (the smallest k on ties: where the gain
+    stops). It must hold out: held-out decrease > ``min_gain`` and no held-out accuracy cost; else the largest
+    smaller candidate that holds (and decreases on the selection part); else 0.
     """
     k = [int(v) for v in k]
     gain, gain_out = -np.asarray(validated, float), -np.asarray(held_out, float)
     acc, acc_out = np.asarray(accuracy, float), np.asarray(accuracy_held_out, float)
-    costly = [i for i in range(1, len(k)) if acc[i] < acc[0] - tolerance]
+    se = np.zeros(len(k)) if accuracy_se is None else np.asarray(accuracy_se, float)
+    se_out = np.zeros(len(k)) if accuracy_held_out_se is None else np.asarray(accuracy_held_out_se, float)
+    costly = [i for i in range(1, len(k)) if acc[i] < acc[0] - tolerance - 2 * se[i]]
     admissible = [i for i in range(1, len(k)) if gain[i] > min_gain and i not in costly]
     dropped = f"; accuracy fell past the tolerance at k={', '.join(str(k[i]) for i in costly)}" if costly else ""
     if not admissible:
@@ -94,7 +101,7 @@ def choose_budget(k, validated, accuracy, held_out, accuracy_held_out, tolerance
     best = max(admissible, key=lambda i: (gain[i], -i))
 
     def holds(i: int) -> bool:
-        return bool(gain_out[i] > min_gain and acc_out[i] >= acc_out[0] - tolerance)
+        return bool(gain_out[i] > min_gain and acc_out[i] >= acc_out[0] - tolerance - 2 * se_out[i])
 
     if holds(best):
         return k[best], (f"k={k[best]}: largest decrease of the objective on the selection part "
@@ -167,19 +174,22 @@ class AutoBudgetSelector(BaseSelector):
         action = "relabel" if relabel else "remove"
         base = trained_model(X, y, context, self.spec.kind)
         name, measure = _measures(self.spec, base, part_sel, part_out)
-        rows = []
+        objective, correct = [], []
         for k in progress_bar(len(ks), "budget curve", "refits", iterable=ks):
             model = _refit(base, X, y, ranking[:k], inner if relabel else None, context, part_sel)
-            rows.append(measure(model))
-        values = np.array(rows)  # (len(ks), 4): objective / accuracy on the selection and held-out parts
-        validated, held = values[:, 0] - values[0, 0], values[:, 2] - values[0, 2]
-        chosen, reason = choose_budget(ks, validated, values[:, 1], held, values[:, 3], auto.tolerance, auto.min_gain)
+            values, hits = measure(model)
+            objective.append(values)
+            correct.append(hits)
+        objective = np.array(objective)  # (len(ks), 2): on the selection and held-out parts
+        validated, held = objective[:, 0] - objective[0, 0], objective[:, 1] - objective[0, 1]
+        (acc, se), (acc_out, se_out) = (_paired([c[part] for c in correct]) for part in (0, 1))
+        chosen, reason = choose_budget(ks, validated, acc, held, acc_out, auto.tolerance, auto.min_gain, se, se_out)
         logger.info("automatic budget (%s): %s", self.spec.kind, reason)
+        floats = lambda a: tuple(map(float, a))  # noqa: E731
         self.curve_ = BudgetCurve(
-            k=tuple(ks), predicted=tuple(_predicted(inner, ranking, ks, relabel)), validated=tuple(map(float, validated)),
-            held_out=tuple(map(float, held)), accuracy=tuple(map(float, values[:, 1])),
-            accuracy_held_out=tuple(map(float, values[:, 3])), chosen=int(chosen), reason=reason, objective=name,
-            action=action)
+            k=tuple(ks), predicted=tuple(_predicted(inner, ranking, ks, relabel)), validated=floats(validated),
+            held_out=floats(held), accuracy=floats(acc), accuracy_held_out=floats(acc_out), accuracy_se=floats(se),
+            accuracy_held_out_se=floats(se_out), chosen=int(chosen), reason=reason, objective=name, action=action)
         mask = np.zeros(len(y), dtype=bool)
         mask[ranking[:chosen]] = True
         inner.support_ = mask
@@ -205,7 +215,8 @@ def _part(context: FitContext, rows: np.ndarray) -> FitContext:
 
 
 def _measures(spec, model, part_sel: FitContext, part_out: FitContext):
-    """The objective's name and ``measure(model) -> (objective_sel, accuracy_sel, objective_out, accuracy_out)``."""
+    """The objective's name and ``measure(model) -> ((objective_sel, objective_out), (correct_sel, correct_out))``
+    (``correct_*``: (m,) bool, the part's rows the model predicts right)."""
     from tda_clean.models.trainer import predict_proba
     from tda_clean.selection.influence_detectors import _objective
 
@@ -213,14 +224,19 @@ def _measures(spec, model, part_sel: FitContext, part_out: FitContext):
     column = getattr(spec, "group_column", None)
     objectives = [_objective(name, model, part, column) for part in (part_sel, part_out)]
 
-    def measure(fitted) -> tuple[float, float, float, float]:
-        out = []
-        for objective, part in zip(objectives, (part_sel, part_out)):
-            accuracy = float((predict_proba(fitted, part.X_val).argmax(1) == part.y_val).mean())
-            out += [float(np.sum(objective.values(fitted))), accuracy]
-        return tuple(out)
+    def measure(fitted) -> tuple[tuple[float, float], tuple[np.ndarray, np.ndarray]]:
+        values = tuple(float(np.sum(o.values(fitted))) for o in objectives)
+        hits = tuple(predict_proba(fitted, p.X_val).argmax(1) == p.y_val for p in (part_sel, part_out))
+        return values, hits
 
     return name, measure
+
+
+def _paired(correct: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy per refit and the standard error of its paired difference to the first (same rows)."""
+    hits = np.array(correct, dtype=float)  # (len(ks), m)
+    diff = hits - hits[0]
+    return hits.mean(1), diff.std(1) / np.sqrt(max(1, hits.shape[1] - 1))
 
 
 def _refit(base, X, y, rows: np.ndarray, relabeller, context: FitContext, part_sel: FitContext):
