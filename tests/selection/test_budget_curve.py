@@ -166,5 +166,7 @@ def test_group_selector_and_cleanlab_take_the_automatic_budget():
                          (CleanlabDetector(auto_budget=grid, folds=3), "relabel")):
         selection = make_detector(spec).fit(X, y, replace(context, action=action)).to_selection()
         curve = selection.info["auto_budget"]
-        assert curve["k"] == [0, 8, 16, 24, 32, 48] and selection.n_flagged == curve["chosen"] > 0, curve["reason"]
+        # candidates beyond the detector's own flags are capped to them (cleanlab: its label issues)
+        assert curve["k"][:5] == [0, 8, 16, 24, 32] and curve["k"][-1] <= 48, curve["k"]
+        assert selection.n_flagged == curve["chosen"] > 0, curve["reason"]
         assert np.isin(selection.indices, flipped).mean() >= 0.25, (spec.kind, curve["chosen"])  # 3x the 8% base rate
