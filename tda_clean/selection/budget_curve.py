@@ -77,16 +77,19 @@ class BudgetCurve:
 
 
 def choose_budget(k, validated, accuracy, held_out, accuracy_held_out, tolerance: float, min_gain: float = 0.0,
-                  accuracy_se=None, accuracy_held_out_se=None) -> tuple[int, str]:
+                  accuracy_se=None, accuracy_held_out_se=None, row_values=None) -> tuple[int, str]:
     """The chosen budget and why, from curves of the same length with the k = 0 reference first.
 
     ``validated`` / ``held_out``: objective changes (negative = decrease); ``accuracy*``: fractions; ``*_se``:
     standard errors of the paired accuracy differences to k = 0 (default 0). A candidate COSTS accuracy when its
     accuracy is more than ``tolerance`` + 2 standard errors below ``accuracy[0]`` (a drop the evaluation rows
     cannot tell from noise does not count). Candidates are the ks that do not cost accuracy and whose decrease
-    exceeds ``min_gain``; the one with the largest decrease is chosen (the smallest k on ties: where the gain
-    stops). It must hold out: held-out decrease > ``min_gain`` and no held-out accuracy cost; else the largest
-    smaller candidate that holds (and decreases on the selection part); else 0.
+    exceeds ``min_gain``. Walking them in increasing k, the choice moves to a larger k only while its decrease is
+    larger than the current choice's -- by more than two standard errors of the paired per-row difference when
+    ``row_values`` (len(k), m) gives the objective row by row on the selection part (a mean objective such as
+    ``val_loss``); this is where the gain stops. It must hold out: held-out decrease > ``min_gain`` and no
+    held-out accuracy cost; else the largest smaller candidate that holds (and decreases on the selection part);
+    else 0.
     """
     k = [int(v) for v in k]
     gain, gain_out = -np.asarray(validated, float), -np.asarray(held_out, float)
@@ -98,14 +101,24 @@ def choose_budget(k, validated, accuracy, held_out, accuracy_held_out, tolerance
     dropped = f"; accuracy fell past the tolerance at k={', '.join(str(k[i]) for i in costly)}" if costly else ""
     if not admissible:
         return 0, f"nothing worth cleaning: no candidate lowers the objective on the selection part{dropped}"
-    best = max(admissible, key=lambda i: (gain[i], -i))
+    best = admissible[0]
+    for i in admissible[1:]:
+        noise = 0.0
+        if row_values is not None:
+            diff = np.asarray(row_values[i], float) - np.asarray(row_values[best], float)
+            noise = 2 * float(diff.std()) / np.sqrt(max(1, len(diff) - 1))
+        if gain[i] - gain[best] > noise:
+            best = i
+    larger = [k[i] for i in admissible if i > best]
+    stopped = f"; larger k gain no more{' beyond noise' if row_values is not None else ''}" if larger else ""
+    dropped = stopped + dropped
 
     def holds(i: int) -> bool:
         return bool(gain_out[i] > min_gain and acc_out[i] >= acc_out[0] - tolerance - 2 * se_out[i])
 
     if holds(best):
-        return k[best], (f"k={k[best]}: largest decrease of the objective on the selection part "
-                         f"({-gain[best]:+.4g}), held out ({-gain_out[best]:+.4g}){dropped}")
+        return k[best], (f"k={k[best]}: objective {-gain[best]:+.4g} on the selection part, held out "
+                         f"({-gain_out[best]:+.4g}){dropped}")
     why = (f"held-out change {-gain_out[best]:+.4g}" if gain_out[best] <= min_gain else
            f"held-out accuracy {acc_out[best]:.4f} < {acc_out[0]:.4f} - {tolerance:g}")
     for i in sorted((i for i in admissible if i < best), reverse=True):
@@ -174,16 +187,18 @@ class AutoBudgetSelector(BaseSelector):
         action = "relabel" if relabel else "remove"
         base = trained_model(X, y, context, self.spec.kind)
         name, measure = _measures(self.spec, base, part_sel, part_out)
-        objective, correct = [], []
+        objective, correct, row_values = [], [], []
         for k in progress_bar(len(ks), "budget curve", "refits", iterable=ks):
             model = _refit(base, X, y, ranking[:k], inner if relabel else None, context, part_sel)
-            values, hits = measure(model)
+            values, hits, losses = measure(model)
             objective.append(values)
             correct.append(hits)
+            row_values.append(losses)
         objective = np.array(objective)  # (len(ks), 2): on the selection and held-out parts
         validated, held = objective[:, 0] - objective[0, 0], objective[:, 1] - objective[0, 1]
         (acc, se), (acc_out, se_out) = (_paired([c[part] for c in correct]) for part in (0, 1))
-        chosen, reason = choose_budget(ks, validated, acc, held, acc_out, auto.tolerance, auto.min_gain, se, se_out)
+        chosen, reason = choose_budget(ks, validated, acc, held, acc_out, auto.tolerance, auto.min_gain, se, se_out,
+                                       None if row_values[0] is None else row_values)
         logger.info("automatic budget (%s): %s", self.spec.kind, reason)
         floats = lambda a: tuple(map(float, a))  # noqa: E731
         self.curve_ = BudgetCurve(
@@ -215,8 +230,9 @@ def _part(context: FitContext, rows: np.ndarray) -> FitContext:
 
 
 def _measures(spec, model, part_sel: FitContext, part_out: FitContext):
-    """The objective's name and ``measure(model) -> ((objective_sel, objective_out), (correct_sel, correct_out))``
-    (``correct_*``: (m,) bool, the part's rows the model predicts right)."""
+    """The objective's name and ``measure(model) -> ((objective_sel, objective_out), (correct_sel, correct_out),
+    losses_sel)``: ``correct_*`` (m,) bool, the part's rows the model predicts right; ``losses_sel`` (m,) the
+    selection part's per-row cross-entropy when the objective is ``val_loss`` (their mean), else None."""
     from tda_clean.models.trainer import predict_proba
     from tda_clean.selection.influence_detectors import _objective
 
@@ -224,10 +240,13 @@ def _measures(spec, model, part_sel: FitContext, part_out: FitContext):
     column = getattr(spec, "group_column", None)
     objectives = [_objective(name, model, part, column) for part in (part_sel, part_out)]
 
-    def measure(fitted) -> tuple[tuple[float, float], tuple[np.ndarray, np.ndarray]]:
+    def measure(fitted):
         values = tuple(float(np.sum(o.values(fitted))) for o in objectives)
-        hits = tuple(predict_proba(fitted, p.X_val).argmax(1) == p.y_val for p in (part_sel, part_out))
-        return values, hits
+        probs = [predict_proba(fitted, p.X_val) for p in (part_sel, part_out)]
+        hits = tuple(pr.argmax(1) == p.y_val for pr, p in zip(probs, (part_sel, part_out)))
+        rows = np.arange(len(part_sel.y_val))
+        losses = -np.log(np.clip(probs[0][rows, part_sel.y_val], 1e-300, None)) if name == "val_loss" else None
+        return values, hits, losses
 
     return name, measure
 

@@ -31,7 +31,21 @@ FLAT = [0.9, 0.9, 0.9, 0.9, 0.9]
 def test_chooser_takes_the_largest_decrease_where_the_gain_stops():
     validated = [0.0, -0.02, -0.05, -0.05, -0.01]  # gain stops at 20 (40 ties it: the smaller wins)
     k, reason = choose_budget(K, validated, FLAT, validated, FLAT, tolerance=0.005)
-    assert k == 20 and reason.startswith("k=20: largest decrease")
+    assert k == 20 and reason.startswith("k=20: objective -0.05") and "larger k gain no more" in reason
+
+
+def test_chooser_stops_where_further_gain_is_within_noise():
+    rng = np.random.default_rng(0)
+    validated = np.array([0.0, -0.02, -0.04, -0.045, -0.05])  # 40 and 80 add 0.005 and 0.01 over 20
+
+    def rows(noise: float) -> np.ndarray:  # (len(K), 400) per-row losses whose means follow ``validated``
+        values = 0.5 + validated[:, None] + noise * rng.normal(size=(len(K), 400))
+        return values - values.mean(1, keepdims=True) + (0.5 + validated)[:, None]
+
+    k, reason = choose_budget(K, validated, FLAT, validated, FLAT, tolerance=0.005, row_values=rows(0.1))
+    assert k == 20 and "beyond noise" in reason  # 2 standard errors of a difference ~0.014: > 0.01, < 0.02
+    k, _ = choose_budget(K, validated, FLAT, validated, FLAT, tolerance=0.005, row_values=rows(0.001))
+    assert k == 80
 
 
 def test_chooser_falls_back_when_the_gain_does_not_hold_out():
