@@ -10,8 +10,9 @@ built as :class:`AutoBudgetSelector` around the detector (``make_detector``). It
    suggested labels when it has them; every other action is simulated as removal) and refits the trained model
    (warm start, the run's training config, early stopping on the selection part), then measures the detector's
    objective (``val_loss`` for detectors without one) and the accuracy on both parts;
-4. chooses k with :func:`choose_budget` (largest selection-part decrease before accuracy drops past the tolerance,
-   confirmed on the held-out part, else a smaller candidate that holds, else 0).
+4. chooses k with :func:`choose_budget` (where the selection-part decrease stops growing beyond noise, among the
+   candidates that cost no accuracy past the tolerance; confirmed on the held-out part, else a smaller candidate
+   that holds, else 0).
 
 Sign convention: ``predicted``, ``validated`` and ``held_out`` are CHANGES of the objective against the k = 0
 refit (negative = the objective decreased = better). ``predicted`` is the detector's own first-order prediction

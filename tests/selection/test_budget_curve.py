@@ -184,3 +184,17 @@ def test_group_selector_and_cleanlab_take_the_automatic_budget():
         assert curve["k"][:5] == [0, 8, 16, 24, 32] and curve["k"][-1] <= 48, curve["k"]
         assert selection.n_flagged == curve["chosen"] > 0, curve["reason"]
         assert np.isin(selection.indices, flipped).mean() >= 0.25, (spec.kind, curve["chosen"])  # 3x the 8% base rate
+
+
+@pytest.mark.parametrize("predicted", [[0.0, -0.01, -0.02], [0.0, None, None]], ids=["predicted", "none"])
+def test_curve_plot_is_written(tmp_path, predicted):
+    from tda_clean.evaluation.plots import plot_budget_curve
+
+    curve = BudgetCurve(k=(0, 5, 10), predicted=tuple(np.nan if v is None else v for v in predicted),
+                        validated=(0.0, -0.01, -0.015), held_out=(0.0, -0.008, -0.01), accuracy=(0.9, 0.91, 0.91),
+                        accuracy_held_out=(0.9, 0.9, 0.91), accuracy_se=(0.0, 0.01, 0.01),
+                        accuracy_held_out_se=(0.0, 0.01, 0.01), chosen=10, reason="k=10: test").to_dict()
+    assert curve["predicted"][1:] == ([-0.01, -0.02] if predicted[1] is not None else [None, None])
+    path = plot_budget_curve(curve, tmp_path / "curve.png", title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert BudgetCurve.from_dict(curve).chosen == 10
