@@ -160,16 +160,19 @@ class AutoBudget(_Frozen):
     part (``selection_share`` of its rows) and a held-out part. The detector ranks the training rows using the
     selection part only; for each candidate budget k (``rows``, else ``ceil(f * n_train)`` for each f in
     ``fractions``; kept when 1 <= k < n_train) the top-k rows are removed or relabelled as the action would and the
-    model refitted (warm start from the trained model, the run's training config). Chosen: walking up in k, the
-    largest decrease of the objective on the selection part that is larger than every smaller candidate's (for
-    ``val_loss`` by more than two standard errors of the paired per-row difference), among the candidates whose
-    selection-part accuracy is at most ``tolerance`` (a fraction: 0.005 = half a point; plus two standard errors)
-    below the refitted k = 0 model's; the decrease must exceed ``min_gain``. It must hold on the held-out part too
-    (objective lower by more than ``min_gain``, accuracy within the same tolerance), else the largest smaller
-    candidate that holds, else 0 (nothing worth cleaning)."""
+    model refitted (warm start from the trained model, the run's training config). Chosen: the k with the largest
+    decrease of the objective on the selection part (``rule: max``; ``one_se``: the smallest k within one standard
+    error of the paired per-row difference of it, for ``val_loss`` and ``criterion: accuracy``), among the
+    candidates whose selection-part accuracy is at most ``tolerance`` (a fraction: 0.005 = half a point; plus two
+    standard errors) below the refitted k = 0 model's; the decrease must exceed ``min_gain``. It must hold on the
+    held-out part too (objective lower by more than ``min_gain``, accuracy within the same tolerance), else the largest smaller
+    candidate that holds, else 0 (nothing worth cleaning). ``criterion: accuracy`` measures the curve as the error
+    rate (1 - accuracy) instead of the detector's objective."""
 
     fractions: tuple[float, ...] = AUTO_FRACTIONS
     rows: tuple[int, ...] | None = None
+    criterion: Literal["objective", "accuracy"] = "objective"
+    rule: Literal["max", "one_se"] = "max"
     tolerance: float = Field(default=0.005, ge=0, lt=1)
     min_gain: float = Field(default=0.0, ge=0)
     selection_share: float = Field(default=0.5, gt=0, lt=1)

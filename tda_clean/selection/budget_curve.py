@@ -9,10 +9,11 @@ built as :class:`AutoBudgetSelector` around the detector (``make_detector``). It
 3. for k = 0 and every candidate k, applies the run's action to the top-k rows (``relabel`` to the detector's
    suggested labels when it has them; every other action is simulated as removal) and refits the trained model
    (warm start, the run's training config, early stopping on the selection part), then measures the detector's
-   objective (``val_loss`` for detectors without one) and the accuracy on both parts;
-4. chooses k with :func:`choose_budget` (where the selection-part decrease stops growing beyond noise, among the
-   candidates that cost no accuracy past the tolerance; confirmed on the held-out part, else a smaller candidate
-   that holds, else 0).
+   objective (``val_loss`` for detectors without one; the error rate with ``criterion: accuracy``) and the
+   accuracy on both parts;
+4. chooses k with :func:`choose_budget` (the largest selection-part decrease -- or the smallest k within one
+   standard error of it -- among the candidates that cost no accuracy past the tolerance; confirmed on the
+   held-out part, else a smaller candidate that holds, else 0).
 
 Sign convention: ``predicted``, ``validated`` and ``held_out`` are CHANGES of the objective against the k = 0
 refit (negative = the objective decreased = better). ``predicted`` is the detector's own first-order prediction
@@ -78,18 +79,18 @@ class BudgetCurve:
 
 
 def choose_budget(k, validated, accuracy, held_out, accuracy_held_out, tolerance: float, min_gain: float = 0.0,
-                  accuracy_se=None, accuracy_held_out_se=None, row_values=None) -> tuple[int, str]:
+                  accuracy_se=None, accuracy_held_out_se=None, row_values=None, rule: str = "max") -> tuple[int, str]:
     """The chosen budget and why, from curves of the same length with the k = 0 reference first.
 
     ``validated`` / ``held_out``: objective changes (negative = decrease); ``accuracy*``: fractions; ``*_se``:
     standard errors of the paired accuracy differences to k = 0 (default 0). A candidate COSTS accuracy when its
     accuracy is more than ``tolerance`` + 2 standard errors below ``accuracy[0]`` (a drop the evaluation rows
     cannot tell from noise does not count). Candidates are the ks that do not cost accuracy and whose decrease
-    exceeds ``min_gain``. Walking them in increasing k, the choice moves to a larger k only while its decrease is
-    larger than the current choice's -- by more than two standard errors of the paired per-row difference when
-    ``row_values`` (len(k), m) gives the objective row by row on the selection part (a mean objective such as
-    ``val_loss``); this is where the gain stops. It must hold out: held-out decrease > ``min_gain`` and no
-    held-out accuracy cost; else the largest smaller candidate that holds (and decreases on the selection part);
+    exceeds ``min_gain``; the one with the largest decrease is chosen (the smallest k on ties): the choice stops
+    where the validated gain stops. ``rule="one_se"``: the smallest candidate whose decrease is within one
+    standard error of the largest instead (standard error of the paired per-row difference; ``row_values``
+    (len(k), m) gives the objective row by row on the selection part, for a mean objective such as ``val_loss``). It must hold out: held-out decrease > ``min_gain`` and no held-out accuracy cost; else
+    the largest smaller candidate that holds (and decreases on the selection part);
     else 0.
     """
     k = [int(v) for v in k]
@@ -102,16 +103,19 @@ def choose_budget(k, validated, accuracy, held_out, accuracy_held_out, tolerance
     dropped = f"; accuracy fell past the tolerance at k={', '.join(str(k[i]) for i in costly)}" if costly else ""
     if not admissible:
         return 0, f"nothing worth cleaning: no candidate lowers the objective on the selection part{dropped}"
-    best = admissible[0]
-    for i in admissible[1:]:
+    top = max(admissible, key=lambda i: (gain[i], -i))
+    best = top
+    for i in admissible:  # the one-standard-error rule: the smallest k whose gain is within noise of the largest
+        if i >= top or rule != "one_se":
+            break
         noise = 0.0
         if row_values is not None:
-            diff = np.asarray(row_values[i], float) - np.asarray(row_values[best], float)
-            noise = 2 * float(diff.std()) / np.sqrt(max(1, len(diff) - 1))
-        if gain[i] - gain[best] > noise:
+            diff = np.asarray(row_values[i], float) - np.asarray(row_values[top], float)
+            noise = float(diff.std()) / np.sqrt(max(1, len(diff) - 1))
+        if gain[top] - gain[i] <= noise:
             best = i
-    larger = [k[i] for i in admissible if i > best]
-    stopped = f"; larger k gain no more{' beyond noise' if row_values is not None else ''}" if larger else ""
+            break
+    stopped = (f"; k={k[top]} lowers it most ({-gain[top]:+.4g}), within one standard error" if best != top else "")
     dropped = stopped + dropped
 
     def holds(i: int) -> bool:
@@ -198,12 +202,15 @@ class AutoBudgetSelector(BaseSelector):
         objective = np.array(objective)  # (len(ks), 2): on the selection and held-out parts
         validated, held = objective[:, 0] - objective[0, 0], objective[:, 1] - objective[0, 1]
         (acc, se), (acc_out, se_out) = (_paired([c[part] for c in correct]) for part in (0, 1))
+        if auto.criterion == "accuracy":  # the curve is the error rate's change
+            name, validated, held = "error_rate", acc[0] - acc, acc_out[0] - acc_out
+            row_values = [~c[0] for c in correct]
         chosen, reason = choose_budget(ks, validated, acc, held, acc_out, auto.tolerance, auto.min_gain, se, se_out,
-                                       None if row_values[0] is None else row_values)
+                                       None if row_values[0] is None else row_values, auto.rule)
         logger.info("automatic budget (%s): %s", self.spec.kind, reason)
         floats = lambda a: tuple(map(float, a))  # noqa: E731
         self.curve_ = BudgetCurve(
-            k=tuple(ks), predicted=tuple(_predicted(inner, ranking, ks, relabel)), validated=floats(validated),
+            k=tuple(ks), predicted=tuple(_predicted(inner, ranking, ks, relabel, name)), validated=floats(validated),
             held_out=floats(held), accuracy=floats(acc), accuracy_held_out=floats(acc_out), accuracy_se=floats(se),
             accuracy_held_out_se=floats(se_out), chosen=int(chosen), reason=reason, objective=name, action=action)
         mask = np.zeros(len(y), dtype=bool)
@@ -275,10 +282,12 @@ def _refit(base, X, y, rows: np.ndarray, relabeller, context: FitContext, part_s
     return model
 
 
-def _predicted(inner, ranking: np.ndarray, ks: list[int], relabel: bool) -> list[float]:
+def _predicted(inner, ranking: np.ndarray, ks: list[int], relabel: bool, name: str) -> list[float]:
     """The detector's predicted objective change for each k (module docstring), NaN when it predicts none."""
     from tda_clean.selection.influence_detectors import InfluenceRelabelSelector
 
+    if name == "error_rate":
+        return [0.0] + [float("nan")] * (len(ks) - 1)
     if isinstance(inner, InfluenceRelabelSelector) and relabel:
         per_row = -np.asarray(inner.scores_, float)[ranking]
     elif getattr(inner, "contributions_", None) is not None and not relabel:
