@@ -47,4 +47,4 @@ def test_memmapped_training_set_larger_than_the_budget_runs_under_it(tmp_path):
     assert out["n"] == ROWS and out["finite"] and out["flagged"] == 100 and 0 < out["harmful"] <= 100
     assert out["peak_mb"] - out["base_mb"] < BUDGET_MB, out
     control = _child(tmp_path, "--in-memory")  # the same run on the array loaded whole: the measurement sees it
-    assert control["peak_mb"] - control["base_mb"] > size_mb, control
+    assert control["peak_mb"] - control["base_mb"] > 0.9 * size_mb, control
