@@ -250,11 +250,33 @@ class InfluenceEngine:
         values (len(rows),)."""
         offset = 0 if rows is None else (rows.start or 0)
         out = np.zeros(self.n if rows is None else len(range(self.n)[rows]))
+        if self._eigenbasis_self_influence(rows, out):
+            return out
         scale, reg = self.removal_scale(), self.regulariser_gradient()
         for block, G in self.train_gradients(rows=rows):
             value = (self.solver.solve(G) * (G + reg.to(G))).sum(1) * scale
             out[block.start - offset:block.stop - offset] = value.double().cpu().numpy()
         return out
+
+    def _eigenbasis_self_influence(self, rows: slice | None, out: np.ndarray) -> bool:
+        """Self-influence in the solver's eigenbasis (K-FAC / EK-FAC, no gradient store), written into ``out``:
+        ``g~_i . (s * (g~_i + reg~)) / (n - 1)`` with ``g~`` the rotated row gradient, ``s`` the inverse eigenvalues
+        -- equal to ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)`` (the basis is orthogonal), without the rotation back.
+        False (``out`` untouched) where that path does not apply."""
+        solver = self.solver
+        if self.store_dir is not None or not solver.eigenbasis:
+            return False
+        s = solver.eigenbasis_scale()
+        reg = solver.to_eigenbasis(self.regulariser_gradient()[None])[0]
+        offset, scale = (0 if rows is None else rows.start or 0), self.removal_scale()
+        size = rows_per_batch(self.space.p, s.element_size(), self.spec.gradients.memory_mb, self.rows.row_elems)
+        for block, Xb, yb in self.loss.blocks(size, rows):
+            G = solver.eigenbasis_gradients(Xb, yb, self.training.row)
+            if G is None:  # decided by the model's structure: the first block already says so
+                return False
+            check_finite_rows(G, offset=block.start)
+            out[block.start - offset:block.stop - offset] = ((G * s * (G + reg)).sum(1) * scale).double().cpu().numpy()
+        return True
 
     def scores_for(self, W: torch.Tensor, rows: slice | None = None, train_loss: RowLoss | None = None,
                    reducer: ScoreReducer | None = None) -> Any:

@@ -216,6 +216,18 @@ class KFACSolver(CurvatureSolver):
             _to_flat(l, QS @ R @ QA.T, out)
         return out
 
+    def to_eigenbasis(self, V: torch.Tensor) -> torch.Tensor:
+        """Flat vectors ``V`` (k, p) in the Kronecker eigenbasis, ``Q_S^T M Q_A`` per layer (k, p), the layout of
+        :meth:`eigenbasis_gradients`."""
+        V = self._check_vectors(V)
+        out = torch.zeros_like(V)
+        for l in self.layers_:
+            M = V[:, l.w_slice].reshape(V.shape[0], l.out, -1)
+            if l.b_slice is not None:
+                M = torch.cat([M, V[:, l.b_slice].reshape(V.shape[0], l.out, 1)], dim=2)
+            _to_flat(l, self.QS_[l.name].to(V.dtype).T @ M @ self.QA_[l.name].to(V.dtype), out)
+        return out
+
     def hvp(self, V: torch.Tensor) -> torch.Tensor:
         return self._apply(V, inverse=False)
 

@@ -9,6 +9,7 @@ detector needs, so nothing of size m x n is held unless asked:
 * :class:`RowSum` / :class:`RowMean` -- (n,) per-row sum / mean over the m outputs (``harmful``'s score).
 * :class:`TopK` -- per output, the ``k`` rows with the largest (or smallest) scores: (m, k) values and indices.
 * :class:`DiskScores` -- the (m, n) matrix written block by block to a ``.npy`` file (read back memory-mapped).
+* :class:`Several` -- several of the above from one scoring pass (``result()`` -> a tuple of their results).
 
 Protocol: ``start(m, span)`` once (``span`` the range of training rows scored, e.g. one shard), then
 ``add(rows, block)`` for consecutive absolute row slices ``rows`` with ``block`` (m, len(rows)) float64, then
@@ -117,6 +118,25 @@ class TopK(ScoreReducer):
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         return self.values, self.indices
+
+
+class Several(ScoreReducer):
+    """Feed the same blocks to each of ``reducers`` (one scoring pass); ``result()`` -> tuple of their results."""
+
+    def __init__(self, *reducers: ScoreReducer):
+        self.reducers = reducers
+
+    def start(self, m, span):
+        for r in self.reducers:
+            r.start(m, span)
+
+    def add(self, rows, block):
+        block = _np(block)
+        for r in self.reducers:
+            r.add(rows, block)
+
+    def result(self) -> tuple:
+        return tuple(r.result() for r in self.reducers)
 
 
 def dense_top_k(S: np.ndarray, k: int, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:

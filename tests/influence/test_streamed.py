@@ -137,3 +137,31 @@ def test_harmful_and_self_influence_detectors_on_a_memmap_equal_in_memory(mlp, t
         np.testing.assert_array_equal(b.support_, a.support_)
         if hasattr(a, "suggested_labels_"):
             np.testing.assert_array_equal(b.suggested_labels_, a.suggested_labels_)
+
+
+@pytest.mark.parametrize("kind", ["kfac", "ekfac"])
+@pytest.mark.parametrize("fixture, params", [("mlp", "all"), ("cnn", "all"), ("cnn", "head")])
+def test_kfac_self_influence_in_the_eigenbasis_equals_the_materialised_formula(request, kind, fixture, params):
+    """g~ . s (g~ + reg~) / (n - 1) in the Kronecker eigenbasis == g^T A^-1 (g + l2 theta) / (n - 1)."""
+    from tda_clean.influence import per_sample_grads
+
+    model, X, y = request.getfixturevalue(fixture)
+    spec = InfluenceSpec(solver=KFACSettings(kind=kind, damping=0.01),
+                         gradients=GradientSettings(params=params, memory_mb=0.01))
+    eng = InfluenceEngine(model, (X, y), spec, TrainingObjective(0.05))
+    G = per_sample_grads(eng.space, X, y)
+    want = (eng.solver.solve(G) * (G + eng.regulariser_gradient())).sum(1).numpy() / (len(y) - 1)
+    np.testing.assert_allclose(eng.self_influence(), want, **TOL)
+    np.testing.assert_allclose(eng.self_influence(rows=slice(2, 9)), want[2:9], **TOL)
+
+
+def test_several_reducers_share_one_pass(mlp):
+    from tda_clean.influence.reducers import Several
+
+    model, X, y = mlp
+    eng = InfluenceEngine(model, (X, y), SPECS["ekfac"], TrainingObjective(0.05))
+    query = PerSampleLoss(X[:5], y[:5])
+    dense = eng.scores(query)
+    total, (values, index) = eng.scores(query, reducer=Several(RowSum(), TopK(3, largest=False)))
+    np.testing.assert_array_equal(total, dense.sum(0))
+    np.testing.assert_array_equal(index, dense_top_k(dense, 3, largest=False)[1])
