@@ -1,13 +1,14 @@
 """Streamed attribution: time and peak RSS against n at a fixed batch size (issue 16, "RSS per n").
 
     python benchmarks/stream_rss.py [--sizes 10000 30000 60000] [--queries 100] [--batch-size 256]
-                                    [--memory-mb 32] [--modes streamed dense] [--threads 2]
+                                    [--memory-mb 32] [--modes streamed dense] [--threads 2] [--params all]
 
 Data: Fashion-MNIST's 60,000 training images (``/usr/share/datasets/fashion-mnist``, pixels / 255) written once
 as a float32 ``(N, 1, 28, 28)`` ``.npy`` under ``benchmarks/.cache/stream_rss`` and opened with
 ``np.load(mmap_mode="r")``; sizes above 60,000 replicate the rows. Queries: the first ``--queries`` test images.
 Model: ``SmallCNN((1, 28, 28), 10, (4, 8), 32)`` (p = 50,874) with seeded initial weights in eval mode (time and
-memory do not depend on the weights' values). Influence: EK-FAC over all parameters, float32, damping "auto".
+memory do not depend on the weights' values). Influence: EK-FAC over all parameters (``--params head``: the last
+layer only, a light run), float32, damping "auto".
 
 Each (n, mode) runs in a fresh child process: a warm-up of every step on two batches of rows, then the resident set
 (``VmRSS``) as the baseline, then the timed steps -- EK-FAC fit, self-influence (n,), and per-query influence of
@@ -86,7 +87,7 @@ def child(n: int, mode: str, args) -> dict:
     torch.manual_seed(0)
     model = SmallCNN((1, 28, 28), 10, (4, 8), 32).eval()
     spec = InfluenceSpec(solver=KFACSettings(kind="ekfac"),
-                         gradients=GradientSettings(params="all", batch_size=args.batch_size, memory_mb=args.memory_mb))
+                         gradients=GradientSettings(params=args.params, batch_size=args.batch_size, memory_mb=args.memory_mb))
     training = TrainingObjective(l2=1e-4)
     query = PerSampleLoss(Xq, yq)
 
@@ -126,6 +127,7 @@ def main(argv=None) -> None:
     ap.add_argument("--memory-mb", type=float, default=32.0)
     ap.add_argument("--modes", nargs="+", default=["streamed", "dense"], choices=["streamed", "dense"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--params", default="all", choices=["all", "head"])
     ap.add_argument("--out", default=str(RESULTS / "stream_rss.json"))
     ap.add_argument("--child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -136,7 +138,7 @@ def main(argv=None) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     flags = ["--queries", str(args.queries), "--batch-size", str(args.batch_size), "--memory-mb", str(args.memory_mb),
-             "--threads", str(args.threads)]
+             "--threads", str(args.threads), "--params", args.params]
     runs = []
     for n in args.sizes:
         for mode in args.modes:
@@ -155,8 +157,8 @@ def main(argv=None) -> None:
         if len(rs) > 1:
             ns = [r["n"] for r in rs]
             fits[mode] = {key: slope(ns, [r[key] for r in rs]) for key in ("total_s", "fit_s", "self_influence_s",
-                                                                           "scores_s")}
-            print(f"{mode}: log-log slope of time vs n: " + ", ".join(f"{k} {v:.2f}" for k, v in fits[mode].items()))
+                                                                           "scores_s", "peak_mb")}
+            print(f"{mode}: log-log slope vs n: " + ", ".join(f"{k} {v:.2f}" for k, v in fits[mode].items()))
     write_json(Path(args.out), {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "child"},
                                 "runs": runs, "slopes": fits})
 
