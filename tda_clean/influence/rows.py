@@ -58,6 +58,19 @@ def release_pages(a: np.ndarray) -> None:
     _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), _DONTNEED)
 
 
+def _memmap_location(a: Any) -> dict | None:
+    """File name, byte offset, shape and dtype of a C-contiguous read-only memmap (view), or None."""
+    if not isinstance(a, np.memmap) or getattr(a, "mode", None) != "r" or not a.flags.c_contiguous:
+        return None
+    mm, filename = getattr(a, "_mmap", None), getattr(a, "filename", None)
+    if mm is None or filename is None:
+        return None
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data  # address of the mapping's first byte
+    start = a.offset - a.offset % mmap.ALLOCATIONGRANULARITY  # file offset where numpy's mapping begins
+    return {"kind": "memmap", "filename": str(filename), "offset": int(a.ctypes.data - base + start),
+            "shape": list(a.shape), "dtype": a.dtype.str}
+
+
 class TrainRows(ABC):
     """``n`` training rows read in blocks; see the module docstring.
 
@@ -130,6 +143,21 @@ class ArrayRows(TrainRows):
     @property
     def labels(self) -> np.ndarray:
         return self._y
+
+    def __getstate__(self) -> dict:
+        """Pickling (Dask workers): a read-only memmap travels as its file name and byte offset, not its data."""
+        state = dict(self.__dict__)
+        where = _memmap_location(self.X)
+        if where is not None:
+            state["X"] = where
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        X = state["X"]
+        if isinstance(X, dict) and X.get("kind") == "memmap":
+            state["X"] = np.memmap(X["filename"], dtype=np.dtype(X["dtype"]), mode="r", offset=X["offset"],
+                                   shape=tuple(X["shape"]), order="C")
+        self.__dict__.update(state)
 
     def _read(self, sl: slice, device, dtype) -> torch.Tensor:
         part = self.X[sl]
