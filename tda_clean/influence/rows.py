@@ -176,6 +176,7 @@ class ArrayRows(TrainRows):
     def take(self, index, device="cpu", dtype=torch.float32):
         index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
         X = self.X[torch.as_tensor(index)] if isinstance(self.X, torch.Tensor) else self.X[index]
+        release_pages(self.X)  # a gather from a memmap touched scattered pages: hand them all back
         return _to_tensor(X, device, dtype), torch.as_tensor(self._y[index], device=device)
 
 

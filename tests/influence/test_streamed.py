@@ -183,3 +183,18 @@ def test_memmap_rows_pickle_as_a_file_reference(tmp_path):
     np.testing.assert_array_equal(back.labels, np.arange(83) % 3)
     in_memory = pickle.loads(pickle.dumps(ArrayRows(X, np.zeros(100))))
     np.testing.assert_array_equal(in_memory.X, X)
+
+
+def test_stochastic_lissa_draws_rows_from_a_memmap(mlp, tmp_path):
+    """Random row access (stochastic LiSSA) on a memmap gives the in-memory numbers; a stream of batches refuses."""
+    from tda_clean.config.influence import LissaSettings
+
+    model, X, y = mlp
+    spec = InfluenceSpec(solver=LissaSettings(damping=0.1, batch_size=8, depth=30, scale=10.0))
+    query = MeanLoss(X[:6], y[:6])
+    want = InfluenceEngine(model, (X, y), spec, TrainingObjective(0.05)).scores(query)
+    sources = _sources(X, y, tmp_path)
+    np.testing.assert_allclose(InfluenceEngine(model, sources["memmap"], spec, TrainingObjective(0.05)).scores(query),
+                               want, **TOL)
+    with pytest.raises(InputError, match="random row access"):
+        InfluenceEngine(model, sources["loader"], spec, TrainingObjective(0.05)).scores(query)
