@@ -22,8 +22,9 @@ from tda_clean.influence.curvature import (
 )
 from tda_clean.influence.dualda import DualDA, model_features
 from tda_clean.influence.estimators import (
-    InfluenceEngine, InfluenceResult, compute_influence, pairwise_influence, projected_influence, self_influence,
+    InfluenceEngine, InfluenceResult, compute_influence, pairwise_influence, self_influence,
 )
+from tda_clean.influence.projected import projected_influence
 from tda_clean.influence.gradients import check_finite_rows, per_sample_grads, per_sample_grads_loop
 from tda_clean.influence.kfac import KFACSolver
 from tda_clean.influence.objectives import (
