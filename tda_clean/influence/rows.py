@@ -10,7 +10,8 @@ into one tensor: only one batch of ``size`` rows is converted at a time (to the 
   so the process's resident memory does not grow with n.
 * :class:`BatchRows` -- a re-iterable of ``(X_b, y_b)`` batches (e.g. a ``torch.utils.data.DataLoader`` with
   ``shuffle=False``), read in order on every pass and re-cut into blocks of the requested size, so block
-  boundaries (and therefore every sum over blocks) are the same as :class:`ArrayRows` over the same rows.
+  boundaries (and therefore every sum over blocks) are the same as :class:`ArrayRows` over the same rows. A shard
+  (``rows=``, contiguous) reads past the batches before it; random access is refused.
 
 Labels are small ((n,) int64) and are kept in memory. :func:`as_rows` builds the right source from what the
 engine is given (``IndexedDataset``, ``(X, y)``, a ``DataLoader`` or a :class:`TrainRows`).
