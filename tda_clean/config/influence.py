@@ -231,18 +231,24 @@ class InfluenceFields(_Frozen):
     """Config fields of every influence-based part (detectors, unlearning): ``solver``, ``damping`` (added to
     the Hessian; ``auto`` = 0.01 x its mean eigenvalue; use 0 for an L2 logistic model trained with lbfgs),
     ``params`` (``head`` = last layer, exact-solver friendly; or module names / glob patterns) and ``dtype`` (CUDA used when present). Read them
-    together as the :class:`InfluenceSpec` ``influence``."""
+    together as the :class:`InfluenceSpec` ``influence``. ``influence_memory_mb`` / ``influence_batch_size``: the
+    memory budget of one block of per-sample gradients and the rows per forward pass (``memory_mb`` / ``batch_size``
+    of :class:`GradientSettings`); peak memory follows them, not the number of training rows (rows are streamed)."""
 
     device: ClassVar[str] = "auto"
     solver: SolverKind = "exact"
     params: ParamSubset = "head"
     damping: Damping = "auto"
     dtype: Literal["model", "float32", "float64"] = "float32"
+    influence_memory_mb: float = Field(default=256.0, gt=0)
+    influence_batch_size: int = Field(default=1024, gt=0)
 
     @property
     def influence(self) -> InfluenceSpec:
         return InfluenceSpec(solver={"kind": self.solver, "damping": self.damping},
-                             gradients=GradientSettings(params=self.params, dtype=self.dtype, device=self.device))
+                             gradients=GradientSettings(params=self.params, dtype=self.dtype, device=self.device,
+                                                        memory_mb=self.influence_memory_mb,
+                                                        batch_size=self.influence_batch_size))
 
 
 class AutoBudgetField(_Frozen):
