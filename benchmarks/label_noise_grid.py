@@ -30,7 +30,6 @@ from tda_clean.data import load_bundle
 from tda_clean.evaluation import evaluate_model
 from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit as fit_model
-from tda_clean.models.trainer import predict_proba
 from tda_clean.selection import FitContext, make_detector
 
 
@@ -99,6 +98,8 @@ def detectors(damping) -> dict:
         "self_influence": (SelfInfluenceDetector(max_flagged=big, damping=damping), "relabel", False),
         "influence_relabel": (InfluenceRelabelDetector(max_flagged=big, damping=damping), "relabel", True),
         "harmful": (HarmfulDetector(max_flagged=big, damping=damping), "remove", True),
+        # issue 15's change: self-influence read as the first-order leave-one-out loss of the given label
+        "loo_loss": (SelfInfluenceDetector(max_flagged=big, damping=damping, score="loo_loss"), "relabel", False),
     }
 
 
@@ -132,24 +133,10 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
         det = make_detector(spec).fit(X, y, context)
         suggested = getattr(det, "suggested_labels_", None)
         fitted[name] = (det.scores_, suggested, action, positive, time.perf_counter() - start)
-    for name, extra in extra_scores(before, X, y, fitted, context, DATASETS[dataset]["damping"]).items():
-        fitted[name] = extra
     budgets = {"k_cl": len(own), "k_true": int(truth.sum())}
     if scores_dir:  # the rankings only (no retrains): for choosing a score on development settings
         Path(scores_dir).mkdir(parents=True, exist_ok=True)
-        val_losses = {}
-        for budget, k in budgets.items():
-            for name in ("harmful", "loo_loss"):
-                scores, suggested, action, positive, _ = fitted[name]
-                rows = ranking(np.asarray(scores, dtype=float), positive)[:k]
-                if action == "relabel":
-                    yt = y.copy(); yt[rows] = suggested[rows]; model, _ = fit_eval(X, yt)
-                else:
-                    keep = np.ones(len(y), dtype=bool); keep[rows] = False; model, _ = fit_eval(X[keep], y[keep])
-                pv = predict_proba(model, bundle.val.X)
-                val_losses[f"val_{name}_{budget}"] = -np.log(np.clip(pv[np.arange(len(bundle.val.y)), bundle.val.y], 1e-12, None)).mean()
-                val_losses[f"vacc_{name}_{budget}"] = (pv.argmax(1) == bundle.val.y).mean()
-        np.savez(Path(scores_dir) / f"{dataset}-{scenario}-{seed}.npz", truth=truth, y=y, own=own, **val_losses,
+        np.savez(Path(scores_dir) / f"{dataset}-{scenario}-{seed}.npz", truth=truth, y=y, own=own,
                  **{name: np.asarray(v[0], dtype=float) for name, v in fitted.items()},
                  positive=np.array([name for name, v in fitted.items() if v[3]]))
         return
@@ -179,27 +166,6 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
             if name == "cleanlab" and budget == "k_cl":
                 continue  # cleanlab's own set is reported above
             act_eval(name, budget, order[:k], suggested, action, seconds)
-
-
-def extra_scores(model, X: np.ndarray, y: np.ndarray, fitted: dict, context, damping) -> dict:
-    """Candidate improvements built from the fitted detectors' scores (see BENCHMARKS.md)."""
-    from tda_clean.influence.objectives import MeanLoss, PerSampleLoss
-    from tda_clean.selection.base import influence_engine
-
-    engine = influence_engine(X, y, context, HarmfulDetector(damping=damping).influence, "bench")
-    Xv, yv = context.X_val, context.y_val
-    per_row = -engine.scores(PerSampleLoss(Xv, yv, reduce="none"))  # (m, n) decrease of each val row's loss
-    per_class = np.stack([-engine.scores(MeanLoss(Xv[yv == c], yv[yv == c]))[0] for c in np.unique(yv)])
-    t0 = time.perf_counter()
-    probs = predict_proba(model, X)
-    loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))
-    si = np.asarray(fitted["self_influence"][0])
-    argmax = probs.argmax(1)
-    hs = fitted["harmful"][4]
-    return {"loo_loss": (loss + si, argmax, "relabel", False, fitted["self_influence"][4]),
-            "harm_rows_pos": (np.clip(per_row, 0, None).mean(0), argmax, "remove", True, hs),
-            "harm_class_pos": (np.clip(per_class, 0, None).sum(0), argmax, "remove", True, hs),
-            "harm_class_max": (per_class.max(0), argmax, "remove", True, hs)}
 
 
 def summarize(paths: list[str]) -> None:
