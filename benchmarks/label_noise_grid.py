@@ -168,21 +168,48 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
             act_eval(name, budget, order[:k], suggested, action, seconds)
 
 
-def summarize(paths: list[str]) -> None:
+NAMES = ("cleanlab", "self_influence", "loo_loss", "harmful", "influence_relabel")
+
+
+def summarize(paths: list[str]) -> str:
+    """Markdown tables (one per budget): F1 per detector, mean over seeds (min-max when several), the best of
+    ours in bold where it is >= cleanlab's; then accuracy before / after per detector."""
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
-    keys = sorted({(r["dataset"], r["scenario"]) for r in rows})
-    names = list(dict.fromkeys(r["detector"] for r in rows))
+    keys = list(dict.fromkeys((r["dataset"], r["scenario"]) for r in rows))
+    lines = []
+
+    def pick(key, name, budget):
+        b = "own" if (name == "cleanlab" and budget == "k_cl") else budget
+        return [r for r in rows if (r["dataset"], r["scenario"]) == key and r["detector"] == name and r["budget"] == b]
+
+    def cell(values, fmt):
+        if not values:
+            return "–"
+        m = np.mean(values)
+        return f"{m:{fmt}}" if len(values) == 1 else f"{m:{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
     for budget in ("k_cl", "k_true"):
-        print(f"\nF1 at {budget} (mean over seeds; accuracy after in brackets)")
-        print("| data | flip | " + " | ".join(names) + " |")
+        lines += ["", f"F1 at {budget} ({'rows cleanlab flags' if budget == 'k_cl' else 'injected flips'}); "
+                  "mean over seeds (min–max)", "",
+                  "| data | flip | seeds | flipped | k | " + " | ".join(NAMES) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(NAMES)]
         for key in keys:
-            cells = []
-            for name in names:
-                sel = [r for r in rows if (r["dataset"], r["scenario"]) == key and r["detector"] == name
-                       and (r["budget"] == budget or (name == "cleanlab" and budget == "k_cl" and r["budget"] == "own"))]
-                cells.append(f"{np.mean([r['f1'] for r in sel]):.3f} ({np.mean([r['accuracy_after'] for r in sel]):.4f})"
-                             if sel else "–")
-            print(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+            ref = pick(key, "cleanlab", budget)
+            ks = [r["k"] if budget == "k_true" else r["n_flagged"] for r in ref]
+            f1 = {n: [r["f1"] for r in pick(key, n, budget)] for n in NAMES}
+            cells = [cell(f1[n], ".3f") for n in NAMES]
+            lines.append(f"| {key[0]} | {key[1]} | {len(ref)} | {np.mean([r['n_flipped'] for r in ref]):.0f} | "
+                         f"{np.mean(ks):.0f} | " + " | ".join(cells) + " |")
+        lines += ["", f"Test accuracy at {budget}: before → after each detector's action (mean over seeds)", "",
+                  "| data | flip | before | " + " | ".join(NAMES) + " |", "|---|---|---|" + "---|" * len(NAMES)]
+        for key in keys:
+            ref = pick(key, "cleanlab", budget)
+            cells = [cell([r["accuracy_after"] for r in pick(key, n, budget)], ".4f").split(" (")[0] for n in NAMES]
+            lines.append(f"| {key[0]} | {key[1]} | {np.mean([r['accuracy_before'] for r in ref]):.4f} | "
+                         + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 
 def main() -> None:
