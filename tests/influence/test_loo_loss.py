@@ -56,3 +56,11 @@ def test_loo_loss_matches_leave_one_out_retraining(name):
     assert np.array_equal(loo.scores_, loo.loo_loss_) and np.allclose(predicted, in_sample + plain.scores_[rows])
     assert loo.info_["score"] == "loo_loss"
     assert set(loo.get_support(indices=True)) == set(np.argsort(-loo.loo_loss_, kind="stable")[:5])
+
+
+def test_unknown_score_is_named_in_the_error():
+    from tda_clean.config import parse_config
+    from tda_clean.errors import InputError
+
+    with pytest.raises(InputError, match=r"detector\.score: .*'loo_loss'"):
+        parse_config({"data": {"kind": "digits"}, "detector": {"kind": "self_influence", "score": "bogus"}})
