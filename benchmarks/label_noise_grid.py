@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,8 @@ def detectors(damping) -> dict:
     }
 
 
-def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | None = None) -> None:
+def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | None = None,
+                auto_budget: bool = False) -> None:
     cfg = config_for(dataset, scenario, seed)
     bundle = load_bundle(cfg)
     train = bundle.train
@@ -166,6 +168,14 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
         print(f"  validated choice at {budget}: {chosen} {info}", flush=True)
         act_eval(f"validated ({chosen})", budget, ranking(np.asarray(scores, dtype=float), positive)[:k], suggested,
                  action, seconds + time.perf_counter() - start)
+    if auto_budget:  # issue 15 item 2: each detector with its budget chosen on the validation split
+        for name, spec, action in auto_budget_detectors(DATASETS[dataset]["damping"]):
+            start = time.perf_counter()
+            det = make_detector(spec).fit(X, y, replace(context, action=action))
+            flagged = det.get_support(indices=True)
+            print(f"  automatic budget {name}: k = {len(flagged)} ({det.curve_.reason})", flush=True)
+            act_eval(name, "auto", flagged, getattr(det.detector_, "suggested_labels_", None), action,
+                     time.perf_counter() - start)
     act_eval("cleanlab", "own", own, fitted["cleanlab"][1], "relabel", fitted["cleanlab"][4])
     for name, (scores, suggested, action, positive, seconds) in fitted.items():
         order = ranking(np.asarray(scores, dtype=float), positive)
@@ -173,6 +183,13 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
             if name == "cleanlab" and budget == "k_cl":
                 continue  # cleanlab's own set is reported above
             act_eval(name, budget, order[:k], suggested, action, seconds)
+
+
+def auto_budget_detectors(damping) -> list[tuple[str, object, str]]:
+    """(name, config with ``max_flagged: auto``, action) -- the automatic budget's defaults."""
+    return [("cleanlab", CleanlabDetector(max_flagged="auto"), "relabel"),
+            ("loo_loss", SelfInfluenceDetector(max_flagged="auto", damping=damping, score="loo_loss"), "relabel"),
+            ("harmful", HarmfulDetector(max_flagged="auto", damping=damping), "remove")]
 
 
 def validated_choice(X, y, k, context, damping, fitted, fit_eval, seed) -> tuple[str, dict]:
@@ -251,6 +268,19 @@ def summarize(paths: list[str]) -> str:
             cells = [cell([r["accuracy_after"] for r in pick(key, n, budget)], ".4f").split(" (")[0] for n in NAMES]
             lines.append(f"| {key[0]} | {key[1]} | {np.mean([r['accuracy_before'] for r in ref]):.4f} | "
                          + " | ".join(cells) + " |")
+    if any(r["budget"] == "auto" for r in rows):
+        auto_names = ("cleanlab", "loo_loss", "harmful")
+        lines += ["", "With the automatic budget (issue 15 item 2, defaults): k chosen / F1 / accuracy after, mean over "
+                  "seeds", "", "| data | flip | flipped | " + " | ".join(auto_names) + " |",
+                  "|---|---|---|" + "---|" * len(auto_names)]
+        for key in keys:
+            sel = {n: pick(key, n, "auto") for n in auto_names}
+            if not any(sel.values()):
+                continue
+            cells = [(f"{np.mean([r['n_flagged'] for r in v]):.0f} / {np.mean([r['f1'] for r in v]):.3f} / "
+                      f"{np.mean([r['accuracy_after'] for r in v]):.4f}") if v else "–" for v in sel.values()]
+            flipped = np.mean([r["n_flipped"] for v in sel.values() for r in v])
+            lines.append(f"| {key[0]} | {key[1]} | {flipped:.0f} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     return text
@@ -263,6 +293,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", default="benchmarks/results/label_noise_grid.jsonl")
     parser.add_argument("--summarize", nargs="+", default=None)
+    parser.add_argument("--auto-budget", action="store_true", help="also the automatic budget (issue 15 item 2)")
     parser.add_argument("--scores-only", default=None, help="folder: save the rankings, skip actions and retrains")
     args = parser.parse_args()
     if args.summarize:
@@ -275,7 +306,7 @@ def main() -> None:
                 if args.scenarios and scenario not in args.scenarios:
                     continue
                 for seed in args.seeds:
-                    run_setting(dataset, scenario, seed, out, args.scores_only)
+                    run_setting(dataset, scenario, seed, out, args.scores_only, args.auto_budget)
 
 
 if __name__ == "__main__":
