@@ -1,6 +1,7 @@
 """Label noise vs cleanlab at equal budget, over data sets x flip kinds x seeds (issue 15 item 6).
 
     python benchmarks/label_noise_grid.py --datasets digits --seeds 0 --out benchmarks/results/label_noise_grid.jsonl
+    python benchmarks/label_noise_grid.py --datasets adult --seeds 0 --auto-budget   # + max_flagged: auto rows
     python benchmarks/label_noise_grid.py --summarize benchmarks/results/label_noise_grid.jsonl
 
 Per setting (data set, flip scenario, seed): one before-model, cleanlab (5-fold out-of-sample probabilities) and
@@ -256,6 +257,8 @@ def summarize(paths: list[str]) -> str:
                   "|---|---|---|---|---|" + "---|" * len(NAMES)]
         for key in keys:
             ref = pick(key, "cleanlab", budget)
+            if not ref:
+                continue
             ks = [r["k"] if budget == "k_true" else r["n_flagged"] for r in ref]
             f1 = {n: [r["f1"] for r in pick(key, n, budget)] for n in NAMES}
             cells = [cell(f1[n], ".3f") for n in NAMES]
@@ -265,6 +268,8 @@ def summarize(paths: list[str]) -> str:
                   "| data | flip | before | " + " | ".join(NAMES) + " |", "|---|---|---|" + "---|" * len(NAMES)]
         for key in keys:
             ref = pick(key, "cleanlab", budget)
+            if not ref:
+                continue
             cells = [cell([r["accuracy_after"] for r in pick(key, n, budget)], ".4f").split(" (")[0] for n in NAMES]
             lines.append(f"| {key[0]} | {key[1]} | {np.mean([r['accuracy_before'] for r in ref]):.4f} | "
                          + " | ".join(cells) + " |")
