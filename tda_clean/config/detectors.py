@@ -40,9 +40,13 @@ InfluenceObjectiveName = Literal[
 
 
 class SelfInfluenceDetector(_InfluenceDetectorBase):
-    """Label issues by self-influence ``g_i^T H^-1 g_i / n`` (highest first); suggested label = model argmax."""
+    """Label issues by self-influence (highest first); suggested label = model argmax. ``score``:
+    ``self_influence`` = the predicted RISE of the row's own loss when it is removed,
+    ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)``; ``loo_loss`` = the row's loss plus that rise, the first-order
+    leave-one-out loss ``-log p_{-i}(y_i | x_i)`` (an out-of-sample self-confidence without refitting)."""
 
     kind: Literal["self_influence"] = "self_influence"
+    score: Literal["self_influence", "loo_loss"] = "self_influence"
 
 
 class HarmfulDetector(_InfluenceDetectorBase):

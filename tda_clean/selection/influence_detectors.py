@@ -126,7 +126,10 @@ def _group_keys(groups_val: Any, column: str | None, n: int) -> np.ndarray:
 
 class SelfInfluenceSelector(_InfluenceSelector):
     """Self-influence ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)``, the predicted rise of the row's own loss when it is
-    removed (high = the model had to bend to fit the row: likely label issue).
+    removed (high = the model had to bend to fit the row: likely label issue). With ``spec.score == "loo_loss"``
+    the score is the row's training loss (cross-entropy of the given label, unregularised) plus that rise: the
+    first-order leave-one-out loss of the given label (high = the label is improbable under a model that did not
+    see the row), reported as ``loo_loss_`` (n,).
 
     ``suggested_labels_`` = the trained model's argmax prediction.
     """
@@ -139,7 +142,13 @@ class SelfInfluenceSelector(_InfluenceSelector):
         engine.solver  # fit the curvature once, before the shards are sent out
         scores = sharded(context, partial(_self_influence_shard, engine), len(y), axis=0)
         self.suggested_labels_ = engine.predicted_labels()
-        self._finish(scores, positive_only=False, info=engine._info())
+        if getattr(self.spec, "score", "self_influence") == "loo_loss":
+            from tda_clean.models.trainer import predict_proba
+
+            own = predict_proba(engine.model, X)[np.arange(len(y)), np.asarray(y)]
+            self.loo_loss_ = -np.log(np.clip(own, np.finfo(np.float64).tiny, None)) + scores
+            scores = self.loo_loss_
+        self._finish(scores, positive_only=False, info={**engine._info(), "score": self.spec.score})
         return self
 
 
