@@ -40,17 +40,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--out", default="benchmarks/results/auto_budget.md")
+    parser.add_argument("--only", nargs="+", type=int, help="rows of DETECTORS to run (0-based; default all)")
+    parser.add_argument("--root", default="/tmp/tda-bench-auto-budget", help="run folders go here")
     args = parser.parse_args()
     lines = ["| data | detector (action) | budget | flipped | flagged | precision | recall | accuracy before → after "
              "| detect s | chosen because |", "|---|---|---|---|---|---|---|---|---|---|"]
     for case in args.cases:
         path, overrides = CASES[case]
-        for name, budget, detector, action in DETECTORS:
+        for row, (name, budget, detector, action) in enumerate(DETECTORS):
+            if args.only is not None and row not in args.only:
+                continue
             start = time.perf_counter()
             config = load_config(path, overrides + [f"detector={detector}", f"action.kind={action}",
                                                     "tracking.enabled=false"])
             folder = f"{case}-{name}-{budget.replace(' ', '').replace(',', '-')}"
-            report = run_pipeline(config, Path("/tmp/tda-bench-auto-budget") / folder, fresh=True)
+            report = run_pipeline(config, Path(args.root) / folder, fresh=True)
             s, b, a = report["selection"], report["before"], report["after"]
             why = s["auto_budget"]["reason"] if "auto_budget" in s else ""
             lines.append(
