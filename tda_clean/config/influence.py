@@ -173,18 +173,23 @@ class InfluenceFields(_Frozen):
     """Config fields of every influence-based part (detectors, unlearning): ``solver``, ``damping`` (added to
     the Hessian; ``auto`` = 0.01 x its mean eigenvalue; use 0 for an L2 logistic model trained with lbfgs),
     ``params`` (``head`` = last layer, exact-solver friendly; or module names / glob patterns) and ``dtype`` (CUDA used when present). Read them
-    together as the :class:`InfluenceSpec` ``influence``."""
+    together as the :class:`InfluenceSpec` ``influence``. ``memory_mb`` / ``batch_size``: the memory budget of one
+    block of per-sample gradients and the rows per forward pass (:class:`GradientSettings`); peak memory follows
+    them, not the number of training rows (training rows are streamed)."""
 
     device: ClassVar[str] = "auto"
     solver: SolverKind = "exact"
     params: ParamSubset = "head"
     damping: Damping = "auto"
     dtype: Literal["model", "float32", "float64"] = "float32"
+    memory_mb: float = Field(default=256.0, gt=0)
+    batch_size: int = Field(default=1024, gt=0)
 
     @property
     def influence(self) -> InfluenceSpec:
         return InfluenceSpec(solver={"kind": self.solver, "damping": self.damping},
-                             gradients=GradientSettings(params=self.params, dtype=self.dtype, device=self.device))
+                             gradients=GradientSettings(params=self.params, dtype=self.dtype, device=self.device,
+                                                        memory_mb=self.memory_mb, batch_size=self.batch_size))
 
 
 class BudgetFields(_Frozen):

@@ -8,6 +8,10 @@ objective-driven detectors need the validation split (``X_val``, ``y_val`` and, 
 Budget: the top ``spec.budget.rows(n)`` rows (``max_flagged`` and/or ``fraction``; 5% when neither is set); the
 objective-driven detectors never flag a row with a non-positive score (a row whose removal would not help).
 Each selector takes its detector config whole as ``spec`` (``spec.influence`` is the influence spec).
+
+``self_influence`` and ``harmful`` score every row through the engine's streamed passes: the training features
+are read one block at a time (``X`` may be a ``np.memmap``) and ``harmful`` reduces the (m, n) influence matrix to
+its per-row sum block by block (``RowSum``), so memory does not grow with n beyond the (n,) scores.
 """
 from __future__ import annotations
 
@@ -56,8 +60,11 @@ def _self_influence_shard(engine, rows: tuple[int, int]) -> np.ndarray:
 
 
 def _influence_shard(engine, W, rows: tuple[int, int]) -> np.ndarray:
-    """Influence (m, len(rows)) of training rows ``range(*rows)`` for ``W = A^-1 Q``."""
-    return engine.scores_for(W, rows=slice(*rows))
+    """Influence (len(rows),) of training rows ``range(*rows)`` for ``W = A^-1 Q``, summed over the m outputs
+    (reduced block by block: exactly ``scores_for(W, rows).sum(axis=0)``)."""
+    from tda_clean.influence.reducers import RowSum
+
+    return engine.scores_for(W, rows=slice(*rows), reducer=RowSum())
 
 
 def sharded(context: FitContext, fn, n: int, axis: int) -> np.ndarray:
@@ -128,12 +135,10 @@ class SelfInfluenceSelector(_InfluenceSelector):
     spec_type = SelfInfluenceDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "SelfInfluenceSelector":
-        from tda_clean.models.trainer import predict_proba
-
         engine = influence_engine(X, y, context, self.spec.influence, self.name)
         engine.solver  # fit the curvature once, before the shards are sent out
         scores = sharded(context, partial(_self_influence_shard, engine), len(y), axis=0)
-        self.suggested_labels_ = predict_proba(engine.model, X).argmax(1).astype(np.int64)
+        self.suggested_labels_ = engine.predicted_labels()
         self._finish(scores, positive_only=False, info=engine._info())
         return self
 
@@ -148,7 +153,7 @@ class HarmfulSelector(_InfluenceSelector):
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "HarmfulSelector":
         engine, objective = self._engine_objective(X, y, context)
         W = engine.inverse_hvp(objective)
-        influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=1).sum(axis=0)
+        influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=0)
         self._finish(-influence, positive_only=True, info={**engine._info(), "objective": self.spec.objective})
         self.contributions_ = influence  # (n,) first-order change of the objective when the row is removed
         return self
