@@ -6,7 +6,9 @@ Needs a workload run folder whose ``load`` and ``train_before`` stages are done,
     python benchmarks/workload.py --n-train 10000 --epochs 2 --stop-after train_before
     python benchmarks/dask_workload.py --run-dir /tmp/tda-clean-workload/n10000-e2-ekfac [--workers 2]
 
-The in-process detect runs first (``stage_detect`` with the plain mapper), then the same stage inside a Prefect
+Both runs use one torch thread per process (``torch.set_num_threads(1)`` here, ``threads_per_worker: 1`` on the
+workers): float32 BLAS results depend on the thread count, so bit-identical scores need the same count on both
+sides. The in-process detect runs first (``stage_detect`` with the plain mapper), then the same stage inside a Prefect
 flow with ``prefect_mapper`` on ``RunnerConfig(kind="dask")`` -- what ``tda-clean run`` does for a config with
 ``runner.kind: dask`` -- against a temporary Prefect server this script starts (its URL is exported so the Dask
 worker processes report to it instead of each starting their own). Each copy of the folder gets its own
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    torch.set_num_threads(1)  # as each Dask worker (threads_per_worker=1): same kernels, same rounding
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the worker processes
     from tda_clean.config import RunnerConfig
     from tda_clean.pipeline import stage_detect
 
