@@ -12,7 +12,8 @@
 # carry .gpu to the machine. `run` installs the wheels into a private folder when an import is missing, finds
 # the idx files ($FASHION_MNIST_DIR, the library's default folder, then .gpu/fashion-mnist; one clear error
 # otherwise), runs the workload (60,000 images, 2 epochs, CUDA when available) and, while the budget (default
-# 480 s from the start) leaves at least 150 s, the peer comparison for the small CNN; writes DIR/gpu.json.
+# 480 s from the start) leaves at least 150 s, the peer comparison for the small CNN (digits; the peer scripts
+# pin every side to the CPU, all cores); writes DIR/gpu.json.
 # `--small`: 256 training images, a narrow net, no peers -- the CPU smoke test (tests/test_gpu_script.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,7 +103,7 @@ if [ $peers = 1 ] && [ "$(left)" -ge 150 ]; then
   t0=$(date +%s)
   PY=$py THREADS=$(nproc) timeout $(( $(left) - 15 )) bash -c '
     "$PY" -c "import sys; sys.path.insert(0, \".\"); from benchmarks.lds import full_model; from benchmarks.common import load_data; full_model(\"cnn\", *load_data())" &&
-    "$PY" benchmarks/ours_matching.py --model cnn &&
+    "$PY" benchmarks/ours_matching.py --model cnn --threads "$THREADS" &&
     "$PY" benchmarks/peers.py --model cnn --threads "$THREADS" &&
     "$PY" benchmarks/compare.py --model cnn' > "$out/peers.log" 2>&1 \
     || echo "peers: failed or out of budget (exit $?), see peers.log" >&2
