@@ -6,13 +6,15 @@ images of this run (``path``, ``label``, ``split``): ``--n-train`` training imag
 all by default), ``--n-val`` validation and the rest of the 10,000 test images as the test split. The run is
 ``tda_clean.pipeline.run_pipeline`` with tracking off: load (read the PNGs), uniform label noise (``--noise``),
 train the ResNet (``benchmarks/workload_model.py``, tda-clean's Adam trainer, ``--epochs``), detect the rows
-harmful to the validation loss (EK-FAC over every Conv2d / Linear layer), remove them, retrain, evaluate.
+harmful to the validation loss (``--solver``: EK-FAC by default, or K-FAC, over every Conv2d / Linear layer; the
+BatchNorm layers frozen), remove them, retrain, evaluate.
 
 Per stage: seconds (the pipeline's own timings) and the process's peak RSS during that stage (``VmHWM``, reset
 before each stage through ``/proc/self/clear_refs``). ``--stop-after STAGE`` ends the process after that stage;
 the next call with the same ``--run-dir`` resumes there (the pipeline's resume), so a long run can be split
-into several commands. The figures of every call are merged in ``<run-dir>/workload_stages.json``; when the run
-completes, the JSON goes to ``--json`` (default ``benchmarks/results/workload-n<N>-e<E>.json``).
+into several commands. The figures of every call are merged in ``<run-dir>-stages.json`` beside the run folder
+(default ``/tmp/tda-clean-workload/n<N>-e<E>-<solver>``); when the run completes, the JSON goes to ``--json``
+(default ``benchmarks/results/workload-n<N>-e<E>-<solver>.json``).
 
     python benchmarks/workload.py --n-train 60000 --epochs 1 [--stop-after train_before]
 """
