@@ -32,7 +32,7 @@ from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda
     SpectralSignatureDetector,
 )
 from tda_clean.config.influence import (  # noqa: F401  (re-exported)
-    Budget, GradientSettings, InfluenceFields, InfluenceSpec,
+    AutoBudget, Budget, GradientSettings, InfluenceFields, InfluenceSpec,
 )
 from tda_clean.config.scenarios import (  # noqa: F401  (re-exported)
     BadNets, Blended, ClassFlip, GroupFlip, NoScenario, Scenario, UniformFlip,

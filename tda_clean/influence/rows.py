@@ -10,7 +10,8 @@ into one tensor: only one batch of ``size`` rows is converted at a time (to the 
   so the process's resident memory does not grow with n.
 * :class:`BatchRows` -- a re-iterable of ``(X_b, y_b)`` batches (e.g. a ``torch.utils.data.DataLoader`` with
   ``shuffle=False``), read in order on every pass and re-cut into blocks of the requested size, so block
-  boundaries (and therefore every sum over blocks) are the same as :class:`ArrayRows` over the same rows.
+  boundaries (and therefore every sum over blocks) are the same as :class:`ArrayRows` over the same rows. A shard
+  (``rows=``, contiguous) reads past the batches before it; random access is refused.
 
 Labels are small ((n,) int64) and are kept in memory. :func:`as_rows` builds the right source from what the
 engine is given (``IndexedDataset``, ``(X, y)``, a ``DataLoader`` or a :class:`TrainRows`).
@@ -56,6 +57,19 @@ def release_pages(a: np.ndarray) -> None:
     end = start + a.nbytes
     end += -end % _PAGE  # a read-only page shared with a neighbouring batch is simply re-read later
     _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(end - first), _DONTNEED)
+
+
+def _memmap_location(a: Any) -> dict | None:
+    """File name, byte offset, shape and dtype of a C-contiguous read-only memmap (view), or None."""
+    if not isinstance(a, np.memmap) or getattr(a, "mode", None) != "r" or not a.flags.c_contiguous:
+        return None
+    mm, filename = getattr(a, "_mmap", None), getattr(a, "filename", None)
+    if mm is None or filename is None:
+        return None
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data  # address of the mapping's first byte
+    start = a.offset - a.offset % mmap.ALLOCATIONGRANULARITY  # file offset where numpy's mapping begins
+    return {"kind": "memmap", "filename": str(filename), "offset": int(a.ctypes.data - base + start),
+            "shape": list(a.shape), "dtype": a.dtype.str}
 
 
 class TrainRows(ABC):
@@ -131,6 +145,21 @@ class ArrayRows(TrainRows):
     def labels(self) -> np.ndarray:
         return self._y
 
+    def __getstate__(self) -> dict:
+        """Pickling (Dask workers): a read-only memmap travels as its file name and byte offset, not its data."""
+        state = dict(self.__dict__)
+        where = _memmap_location(self.X)
+        if where is not None:
+            state["X"] = where
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        X = state["X"]
+        if isinstance(X, dict) and X.get("kind") == "memmap":
+            state["X"] = np.memmap(X["filename"], dtype=np.dtype(X["dtype"]), mode="r", offset=X["offset"],
+                                   shape=tuple(X["shape"]), order="C")
+        self.__dict__.update(state)
+
     def _read(self, sl: slice, device, dtype) -> torch.Tensor:
         part = self.X[sl]
         if not isinstance(part, np.memmap):
@@ -148,6 +177,7 @@ class ArrayRows(TrainRows):
     def take(self, index, device="cpu", dtype=torch.float32):
         index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
         X = self.X[torch.as_tensor(index)] if isinstance(self.X, torch.Tensor) else self.X[index]
+        release_pages(self.X)  # a gather from a memmap touched scattered pages: hand them all back
         return _to_tensor(X, device, dtype), torch.as_tensor(self._y[index], device=device)
 
 

@@ -39,7 +39,8 @@ def main(argv: list[str]) -> None:
     model = MLP(X.shape[1], 10, (8,)).eval()
     Xv, yv = np.array(X[:64]), y[:64]
     context = FitContext(seed=0, model=model, train_config=TrainConfig(l2=1e-3), X_val=Xv, y_val=yv)
-    fields = dict(solver="ekfac", params="head", damping=0.01, max_flagged=100, memory_mb=32, batch_size=512)
+    fields = dict(solver="ekfac", params="head", damping=0.01, max_flagged=100, influence_memory_mb=32,
+                  influence_batch_size=512)
     def run(X, y):
         return (SelfInfluenceSelector(SelfInfluenceDetector(**fields)).fit(X, y, context),
                 HarmfulSelector(HarmfulDetector(**fields)).fit(X, y, context))

@@ -165,3 +165,36 @@ def test_several_reducers_share_one_pass(mlp):
     total, (values, index) = eng.scores(query, reducer=Several(RowSum(), TopK(3, largest=False)))
     np.testing.assert_array_equal(total, dense.sum(0))
     np.testing.assert_array_equal(index, dense_top_k(dense, 3, largest=False)[1])
+
+
+def test_memmap_rows_pickle_as_a_file_reference(tmp_path):
+    """Shards sent to workers carry the file name and offset of a memmap, not its data."""
+    import pickle
+
+    X = np.arange(600.0).reshape(100, 6)
+    np.save(tmp_path / "X.npy", X)
+    mm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    rows = ArrayRows(mm[17:], np.arange(83) % 3)
+    blob = pickle.dumps(rows)
+    assert len(blob) < X.nbytes // 2
+    back = pickle.loads(blob)
+    assert isinstance(back.X, np.memmap)
+    np.testing.assert_array_equal(np.asarray(back.X), X[17:])
+    np.testing.assert_array_equal(back.labels, np.arange(83) % 3)
+    in_memory = pickle.loads(pickle.dumps(ArrayRows(X, np.zeros(100))))
+    np.testing.assert_array_equal(in_memory.X, X)
+
+
+def test_stochastic_lissa_draws_rows_from_a_memmap(mlp, tmp_path):
+    """Random row access (stochastic LiSSA) on a memmap gives the in-memory numbers; a stream of batches refuses."""
+    from tda_clean.config.influence import LissaSettings
+
+    model, X, y = mlp
+    spec = InfluenceSpec(solver=LissaSettings(damping=0.1, batch_size=8, depth=30, scale=10.0))
+    query = MeanLoss(X[:6], y[:6])
+    want = InfluenceEngine(model, (X, y), spec, TrainingObjective(0.05)).scores(query)
+    sources = _sources(X, y, tmp_path)
+    np.testing.assert_allclose(InfluenceEngine(model, sources["memmap"], spec, TrainingObjective(0.05)).scores(query),
+                               want, **TOL)
+    with pytest.raises(InputError, match="random row access"):
+        InfluenceEngine(model, sources["loader"], spec, TrainingObjective(0.05)).scores(query)
