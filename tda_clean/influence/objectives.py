@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from tda_clean.errors import InputError
-from tda_clean.influence.gradients import as_tensors, check_finite_rows, cross_entropy_row, per_sample_grads
+from tda_clean.influence.gradients import (as_tensors, check_finite_rows, cross_entropy_row, iter_per_sample_grads,
+                                           per_sample_grads)
 from tda_clean.influence.params import ParamSpace
 
 
@@ -65,9 +66,20 @@ class PerSampleObjective(Objective):
         ...
 
     def query_gradients(self, space: ParamSpace, memory_mb: float = 256.0) -> torch.Tensor:
-        G = per_sample_grads(space, self.X, self.targets, loss=self.row_value, memory_mb=memory_mb, check_finite=False)
-        check_finite_rows(G, what=f"{self.name} query gradients")
-        return G.mean(0, keepdim=True) if self.reduce == "mean" else G
+        """(m, p) per-row gradients of the outputs; with ``reduce="mean"`` (1, p) their mean, summed block by block
+        (one block of ``memory_mb`` held at a time, never the (n_query, p) matrix)."""
+        if self.reduce != "mean":
+            G = per_sample_grads(space, self.X, self.targets, loss=self.row_value, memory_mb=memory_mb,
+                                 check_finite=False)
+            check_finite_rows(G, what=f"{self.name} query gradients")
+            return G
+        total = None
+        for rows, G in iter_per_sample_grads(space, self.X, self.targets, loss=self.row_value, memory_mb=memory_mb,
+                                             check_finite=False):
+            check_finite_rows(G, what=f"{self.name} query gradients", offset=rows.start)
+            part = G.sum(0, keepdim=True)
+            total = part if total is None else total + part
+        return total / len(self.X)
 
     def values(self, model: nn.Module) -> np.ndarray:
         X, t = as_tensors(model, self.X, self.targets)
