@@ -152,8 +152,12 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     scan_accept_flip: float = Field(default=0.8, gt=0, le=1)
     trigger_search: Literal["auto", "corners", "optimise", "none"] = "auto"
     search_steps: int = Field(default=200, ge=1)
+    search_restarts: int = Field(default=3, ge=1)
+    erase_dilate: int | None = Field(default=None, ge=0)
+    no_trigger: Literal["none", "class_outliers"] = "none"
     erase_trigger: bool = True
     erase_min_gap_z: float = Field(default=1.5, ge=0)
+    erase_min_precision: float = Field(default=0.8, ge=0, le=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -131,6 +131,20 @@ def trigger_scan(model, X: np.ndarray, min_flip: float) -> dict[str, Any] | None
     return best
 
 
+def dilate(region: np.ndarray, pixels: int) -> np.ndarray:
+    """Bool (H, W) ``region`` grown by ``pixels`` in the 8-neighbourhood (a reconstructed mask only approximates
+    the trigger's extent; erasing a margin around it removes the whole trigger)."""
+    out = np.asarray(region, dtype=bool)
+    for _ in range(pixels):
+        grown = out.copy()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                src = out[max(0, -dr): out.shape[0] - max(0, dr), max(0, -dc): out.shape[1] - max(0, dc)]
+                grown[max(0, dr): out.shape[0] - max(0, -dr), max(0, dc): out.shape[1] - max(0, -dc)] |= src
+        out = grown
+    return out
+
+
 def spread_top(candidates: np.ndarray, confidence: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
     """Up to ``k`` candidates, most confident first, taken round-robin over ``groups`` (diverse queries)."""
     order = candidates[np.argsort(-confidence[candidates], kind="stable")]
@@ -256,6 +270,8 @@ class DeltaInfluenceSelector(BaseSelector):
                         if len(rows) >= min(4, self.spec.n_queries):
                             return X[rows], t, {**found["info"], "query_source": "trigger_reconstruction_rows"}
                     return found["X"][pick], t, found["info"]
+            if self.spec.no_trigger == "none" and self.spec.target is None:
+                return None, None, {"query_source": "no_trigger_found"}
         # fallback: outlying training rows of the suspected target class, predicted as that class
         pred = predict(model, X)
         F = penultimate(model, X)
@@ -292,15 +308,18 @@ class DeltaInfluenceSelector(BaseSelector):
         from tda_clean.selection.trigger_search import reconstruct_trigger
 
         seed = int(np.random.default_rng([self.spec.seed, context.seed, 0x7216]).integers(2**31))
-        found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps)
+        found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps,
+                                    restarts=self.spec.search_restarts)
         if (found is None or found["flip_rate"] < self.spec.scan_min_flip
                 or found["mask"].sum() > MAX_TRIGGER_SHARE * found["mask"].size):
             return corner  # nothing flips, or the "trigger" covers much of the image: not a backdoor patch
         if corner is not None and corner["region"].sum() <= found["mask"].sum():
             return corner  # a corner patch that flips with no more pixels than the reconstruction: the smaller trigger
-        found["region"] = found["mask"] >= 0.5 * found["mask"].max()
+        grow = self.spec.erase_dilate if self.spec.erase_dilate is not None else int(min(probe.shape[-2:]) >= 16)
+        found["region"] = dilate(found["mask"] >= 0.5 * found["mask"].max(), grow)
         found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
-                         "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"]}
+                         "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"],
+                         "trigger_agreement": found["agreement"]}
         return found
 
     # ------------------------------------------------------------------------------------------- fit
@@ -318,6 +337,8 @@ class DeltaInfluenceSelector(BaseSelector):
             Xq, target, info = self._auto_queries(model, X, y, context)
         else:
             Xq, target, info = self._given_queries(model, X)
+        if Xq is None:
+            return self._nothing_found(len(y), info)
 
         rng = np.random.default_rng([self.spec.seed, context.seed, 0xDE17A])
         others = np.array([c for c in range(n_classes) if c != target])
@@ -344,9 +365,12 @@ class DeltaInfluenceSelector(BaseSelector):
         cut, gap_z = split_high_cluster(cont, pool)
         support = pool & (gap_z > self.spec.min_gap_z) & (votes >= needed)
         erased = self._erased(model, X, pool, target)
-        support |= erased & (gap_z > self.spec.erase_min_gap_z)
+        drop = self._drop
+        trusted, expected_false = self._erasure_trusted(model, context, target, erased)
+        support |= erased & ((gap_z > self.spec.erase_min_gap_z) | trusted)
         support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
+        self.erase_drop_ = drop
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -357,7 +381,21 @@ class DeltaInfluenceSelector(BaseSelector):
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq)),
                       "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
                       "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
-                      "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum())}
+                      "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum()),
+                      "erasure_trusted": bool(trusted), "erasure_expected_false": expected_false}
+        return self
+
+    def _nothing_found(self, n: int, info: dict[str, Any]) -> "DeltaInfluenceSelector":
+        """No trigger found on images (``no_trigger: none``): no class is an outlier, so no row is flagged."""
+        zeros = np.zeros(n)
+        self.erased_, self.erase_drop_, self.delta_scores_, self.scores_ = zeros.astype(bool), zeros, zeros, zeros
+        self.votes_ = np.zeros(n, dtype=np.int64)
+        self.support_ = np.zeros(n, dtype=bool)
+        self.supports_ = np.zeros((0, self.spec.n_copies + 1, n))
+        self.threshold_ = float("nan")
+        self.target_ = None
+        self.queries_ = np.zeros((0,))
+        self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0}
         return self
 
     def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
@@ -368,24 +406,52 @@ class DeltaInfluenceSelector(BaseSelector):
         rows = np.flatnonzero(self._erased(model, X, pool, target))
         if not len(rows):
             return rows
-        region, fill = self._erase
-        Xe = np.array(X[rows], copy=True)
-        Xe[..., region] = fill[..., region]
-        after = predict(model, Xe)[:, target]
+        _, after = self._erase_probs(model, X, rows, target)
         half = max(4, (len(rows) + 1) // 2)             # the stronger half: clean rows flip less completely
         return rows[np.argsort(after, kind="stable")[: min(half, self.spec.n_queries)]]
 
-    def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
-        """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.1) once the found trigger's region
-        is set to the probe inputs' per-pixel median; all False without a found trigger or ``erase_trigger``."""
-        out = np.zeros(len(X), dtype=bool)
-        if not self.spec.erase_trigger or self._erase is None or not pool.any():
-            return out
+    def _erasure_trusted(self, model, context: FitContext, target: int,
+                         erased: np.ndarray) -> tuple[bool, float | None]:
+        """Whether the erasure check alone may flag a row (no Δ gap needed), and the number of clean pool rows it is
+        expected to flag wrongly. Clean validation rows of the target class, predicted as the target, give the rate
+        at which erasing the trigger region alone takes the target away from a clean input (Laplace estimate
+        ``(k + 1) / (m + 2)``); expected false flags = rate x pool rows predicted as the target. Trusted when they
+        are at most ``1 - erase_min_precision`` of the rows the erasure flags (e.g. a small trigger on large
+        images); not trusted without a validation split or a found trigger."""
+        if (self._erase is None or not self.spec.erase_trigger or context.X_val is None or context.y_val is None
+                or not erased.any()):
+            return False, None
+        rows = np.flatnonzero(np.asarray(context.y_val) == target)
+        if not len(rows):
+            return False, None
+        before, after = self._erase_probs(model, np.asarray(context.X_val), rows, target)
+        kept = before.argmax(1) == target
+        k, m = int((kept & (after < 0.1)).sum()), int(kept.sum())
+        expected = (k + 1) / (m + 2) * self._n_pool_target
+        return bool(expected <= (1 - self.spec.erase_min_precision) * erased.sum()), float(expected)
+
+    def _erase_probs(self, model, X: np.ndarray, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs_before (len(rows), C), p_after (len(rows),))``: the model's probabilities on ``X[rows]`` and
+        its target probability on copies whose found trigger region is set to the probe inputs' per-pixel median."""
         region, fill = self._erase
-        rows = np.flatnonzero(pool)
         Xe = np.array(X[rows], copy=True)
         Xe[..., region] = fill[..., region]
-        out[rows] = (predict(model, X[rows]).argmax(1) == target) & (predict(model, Xe)[:, target] < 0.1)
+        return predict(model, X[rows]), predict(model, Xe)[:, target]
+
+    def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
+        """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.1) once the found trigger's region
+        is set to the probe inputs' per-pixel median; all False without a found trigger or ``erase_trigger``.
+        Also sets ``self._drop`` (n,): the target probability lost by the erasure (0 outside the pool), and
+        ``self._n_pool_target``: the number of pool rows predicted as the target."""
+        out = np.zeros(len(X), dtype=bool)
+        self._drop = np.zeros(len(X))
+        if not self.spec.erase_trigger or self._erase is None or not pool.any():
+            return out
+        rows = np.flatnonzero(pool)
+        before, after = self._erase_probs(model, X, rows, target)
+        out[rows] = (before.argmax(1) == target) & (after < 0.1)
+        self._drop[rows] = before[:, target] - after
+        self._n_pool_target = int((before.argmax(1) == target).sum())
         return out
 
     def reason(self, i: int) -> str:
