@@ -158,6 +158,7 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     erase_trigger: bool = True
     erase_min_gap_z: float = Field(default=1.5, ge=0)
     erase_min_precision: float = Field(default=0.8, ge=0, le=1)
+    erase_confirm_p: float = Field(default=0.05, gt=0, le=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -265,14 +265,32 @@ class DeltaInfluenceSelector(BaseSelector):
                 pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
                 if len(pick):
                     self._erase = (found["region"], np.median(probe, axis=0))
-                    if found["info"]["query_source"] == "trigger_reconstruction":
+                    if found["info"]["query_source"] == "trigger_reconstruction" and self.spec.erase_trigger:
+                        # confirmation: the training rows of the target class must depend on the trigger region
+                        # far more often than clean validation rows do, else it is a small natural feature
+                        evidence = self._erasure_evidence(model, context, t, self._erased(model, X, y == t, t))
+                        found["info"].update(evidence)
+                        if evidence and evidence["erase_p_value"] >= self.spec.erase_confirm_p:
+                            self._erase = None      # the reconstruction is not a backdoor of this training set
+                            return self._no_trigger(model, X, y, found["info"])
                         rows = self._erased_rows(model, X, y, t)
                         if len(rows) >= min(4, self.spec.n_queries):
                             return X[rows], t, {**found["info"], "query_source": "trigger_reconstruction_rows"}
                     return found["X"][pick], t, found["info"]
             if self.spec.no_trigger == "none" and self.spec.target is None:
                 return None, None, {"query_source": "no_trigger_found"}
-        # fallback: outlying training rows of the suspected target class, predicted as that class
+        return self._class_outlier_queries(model, X, y)
+
+    def _no_trigger(self, model, X: np.ndarray, y: np.ndarray, info: dict[str, Any]) -> tuple:
+        """No confirmed trigger: nothing to query (``no_trigger: none``, no given ``target``) or the class-outlier
+        fallback."""
+        if self.spec.no_trigger == "none" and self.spec.target is None:
+            return None, None, {**info, "query_source": "no_trigger_found"}
+        return self._class_outlier_queries(model, X, y)
+
+    def _class_outlier_queries(self, model, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int, dict]:
+        """Outlying training rows of the suspected target class (``target``, or the class whose training rows hold
+        the strongest spectral outlier cluster), predicted as that class."""
         pred = predict(model, X)
         F = penultimate(model, X)
         outlier = np.zeros(len(X))
@@ -366,8 +384,8 @@ class DeltaInfluenceSelector(BaseSelector):
         support = pool & (gap_z > self.spec.min_gap_z) & (votes >= needed)
         erased = self._erased(model, X, pool, target)
         drop = self._drop
-        trusted, expected_false = self._erasure_trusted(model, context, target, erased)
-        support |= erased & ((gap_z > self.spec.erase_min_gap_z) | trusted)
+        evidence = self._erasure_evidence(model, context, target, erased) if self.spec.erase_trigger else {}
+        support |= erased & ((gap_z > self.spec.erase_min_gap_z) | evidence.get("erasure_trusted", False))
         support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
         self.erase_drop_ = drop
@@ -382,7 +400,7 @@ class DeltaInfluenceSelector(BaseSelector):
                       "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
                       "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
                       "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum()),
-                      "erasure_trusted": bool(trusted), "erasure_expected_false": expected_false}
+                      **evidence}
         return self
 
     def _nothing_found(self, n: int, info: dict[str, Any]) -> "DeltaInfluenceSelector":
@@ -410,25 +428,31 @@ class DeltaInfluenceSelector(BaseSelector):
         half = max(4, (len(rows) + 1) // 2)             # the stronger half: clean rows flip less completely
         return rows[np.argsort(after, kind="stable")[: min(half, self.spec.n_queries)]]
 
-    def _erasure_trusted(self, model, context: FitContext, target: int,
-                         erased: np.ndarray) -> tuple[bool, float | None]:
-        """Whether the erasure check alone may flag a row (no Δ gap needed), and the number of clean pool rows it is
-        expected to flag wrongly. Clean validation rows of the target class, predicted as the target, give the rate
-        at which erasing the trigger region alone takes the target away from a clean input (Laplace estimate
-        ``(k + 1) / (m + 2)``); expected false flags = rate x pool rows predicted as the target. Trusted when they
-        are at most ``1 - erase_min_precision`` of the rows the erasure flags (e.g. a small trigger on large
-        images); not trusted without a validation split or a found trigger."""
-        if (self._erase is None or not self.spec.erase_trigger or context.X_val is None or context.y_val is None
-                or not erased.any()):
-            return False, None
+    def _erasure_evidence(self, model, context: FitContext, target: int, erased: np.ndarray) -> dict[str, Any]:
+        """How specific the erasure check is. Clean validation rows of the target class, predicted as the target,
+        give the rate at which erasing the trigger region alone takes the target away from a clean input (Laplace
+        estimate ``rate = (k + 1) / (m + 2)``, ``k`` of ``m`` rows). Returns ``rate``, ``expected_false`` (rate x
+        pool rows predicted as the target: clean rows the check is expected to flag), ``trusted`` (expected false
+        flags at most ``1 - erase_min_precision`` of the ``erased`` rows: the check may flag alone) and
+        ``p_value`` (binomial tail ``P(X >= erased rows)`` at that rate: small when the training pool holds far
+        more trigger-dependent rows than clean data explains -- poisons). Without a validation split or a found
+        trigger: ``{}``."""
+        from scipy.stats import binom
+
+        if self._erase is None or context.X_val is None or context.y_val is None:
+            return {}
         rows = np.flatnonzero(np.asarray(context.y_val) == target)
         if not len(rows):
-            return False, None
+            return {}
         before, after = self._erase_probs(model, np.asarray(context.X_val), rows, target)
         kept = before.argmax(1) == target
         k, m = int((kept & (after < 0.1)).sum()), int(kept.sum())
-        expected = (k + 1) / (m + 2) * self._n_pool_target
-        return bool(expected <= (1 - self.spec.erase_min_precision) * erased.sum()), float(expected)
+        rate = (k + 1) / (m + 2)
+        n_erased = int(erased.sum())
+        expected = rate * self._n_pool_target
+        return {"erase_val_rows": m, "erase_val_lost": k, "erase_rate_clean": rate, "erase_expected_false": expected,
+                "erase_n_train": n_erased, "erasure_trusted": bool(n_erased and expected <= (1 - self.spec.erase_min_precision) * n_erased),
+                "erase_p_value": float(binom.sf(n_erased - 1, self._n_pool_target, rate)) if n_erased else 1.0}
 
     def _erase_probs(self, model, X: np.ndarray, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
         """``(probs_before (len(rows), C), p_after (len(rows),))``: the model's probabilities on ``X[rows]`` and
