@@ -259,7 +259,8 @@ class DeltaInfluenceSelector(BaseSelector):
         probe = context.X_val if context.X_val is not None and len(context.X_val) else X
         if X.ndim >= 3 and self.spec.trigger_search != "none":
             found = self._find_trigger(model, probe, context)
-            if found is not None and (self.spec.target is None or found["target"] == self.spec.target):
+            unconfirmed = None
+            while found is not None and (self.spec.target is None or found["target"] == self.spec.target):
                 t = found["target"]
                 cand = np.flatnonzero((found["probs"].argmax(1) == t) & (found["base"] != t))
                 pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
@@ -272,20 +273,16 @@ class DeltaInfluenceSelector(BaseSelector):
                         found["info"].update(evidence)
                         if evidence and evidence["erase_p_value"] >= self.spec.erase_confirm_p:
                             self._erase = None      # the reconstruction is not a backdoor of this training set
-                            return self._no_trigger(model, X, y, found["info"])
+                            unconfirmed = {**found["info"], "query_source": "no_trigger_found"}
+                            found = found.get("corner")
+                            continue
                         rows = self._erased_rows(model, X, y, t)
                         if len(rows) >= min(4, self.spec.n_queries):
                             return X[rows], t, {**found["info"], "query_source": "trigger_reconstruction_rows"}
                     return found["X"][pick], t, found["info"]
+                break
             if self.spec.no_trigger == "none" and self.spec.target is None:
-                return None, None, {"query_source": "no_trigger_found"}
-        return self._class_outlier_queries(model, X, y)
-
-    def _no_trigger(self, model, X: np.ndarray, y: np.ndarray, info: dict[str, Any]) -> tuple:
-        """No confirmed trigger: nothing to query (``no_trigger: none``, no given ``target``) or the class-outlier
-        fallback."""
-        if self.spec.no_trigger == "none" and self.spec.target is None:
-            return None, None, {**info, "query_source": "no_trigger_found"}
+                return None, None, unconfirmed or {"query_source": "no_trigger_found"}
         return self._class_outlier_queries(model, X, y)
 
     def _class_outlier_queries(self, model, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int, dict]:
@@ -333,6 +330,7 @@ class DeltaInfluenceSelector(BaseSelector):
             return corner  # nothing flips, or the "trigger" covers much of the image: not a backdoor patch
         if corner is not None and corner["region"].sum() <= found["mask"].sum():
             return corner  # a corner patch that flips with no more pixels than the reconstruction: the smaller trigger
+        found["corner"] = corner  # taken instead when the erasure does not confirm the reconstruction
         grow = self.spec.erase_dilate if self.spec.erase_dilate is not None else int(min(probe.shape[-2:]) >= 16)
         found["region"] = dilate(found["mask"] >= 0.5 * found["mask"].max(), grow)
         found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
