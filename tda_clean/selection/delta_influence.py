@@ -42,7 +42,11 @@ Given queries must all be predicted as one class (the target), else :class:`Inpu
 
 Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
 when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
-inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster.
+inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster, or
+with no gap condition when clean validation rows of the target class rarely lose the target under the same
+erasure (:meth:`DeltaInfluenceSelector._erasure_evidence`). A reconstructed trigger is confirmed the same way
+(the target class's training rows must depend on its region far more often than clean validation rows); an
+unconfirmed one, or none, on images gives "no trigger found" and no flagged row (``no_trigger="none"``).
 """
 from __future__ import annotations
 
