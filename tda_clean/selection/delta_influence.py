@@ -61,6 +61,9 @@ from tda_clean.errors import InputError
 from tda_clean.selection.base import (
     BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
 )
+from tda_clean.selection.trigger_search import (  # noqa: F401 (stamp_patch re-exported)
+    dilate, erase_probs, erasure_evidence, stamp_patch, trigger_scan,
+)
 
 
 #: a reconstructed mask whose L1 norm exceeds this share of the image's pixels is not taken as a trigger (an
@@ -99,54 +102,6 @@ def spectral_outlier_scores(F: np.ndarray) -> np.ndarray:
     C = F - F.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(C, full_matrices=False)
     return (C @ vt[0]) ** 2
-
-
-def stamp_patch(X: np.ndarray, corner: str, size: int, value: float) -> np.ndarray:
-    """Copy of images ``X`` (n, [C,] H, W) with a ``size`` square of ``value`` in ``corner`` (br, bl, tr, tl)."""
-    out = np.array(X, copy=True)
-    rows = slice(-size, None) if corner[0] == "b" else slice(0, size)
-    cols = slice(-size, None) if corner[1] == "r" else slice(0, size)
-    out[..., rows, cols] = value
-    return out
-
-
-def trigger_scan(model, X: np.ndarray, min_flip: float) -> dict[str, Any] | None:
-    """Best candidate corner patch on inputs ``X`` (images) by the share of other-class predictions it sends
-    to one class; ``None`` when no candidate reaches ``min_flip``."""
-    base = predict(model, X).argmax(1)
-    H, W = X.shape[-2:]
-    best = None
-    for corner in ("br", "bl", "tr", "tl"):
-        for size in range(1, max(1, min(3, min(H, W) // 4)) + 1):
-            for value in (1.0, 0.0):
-                stamped = stamp_patch(X, corner, size, value)
-                probs = predict(model, stamped)
-                pred = probs.argmax(1)
-                for c in np.unique(pred):
-                    others = base != c
-                    if others.sum() < 2:
-                        continue
-                    rate = float(np.mean(pred[others] == c))
-                    if best is None or rate > best["flip_rate"]:
-                        best = {"corner": corner, "size": size, "value": value, "target": int(c), "flip_rate": rate,
-                                "X": stamped, "probs": probs, "base": base}
-    if best is None or best["flip_rate"] < min_flip:
-        return None
-    return best
-
-
-def dilate(region: np.ndarray, pixels: int) -> np.ndarray:
-    """Bool (H, W) ``region`` grown by ``pixels`` in the 8-neighbourhood (a reconstructed mask only approximates
-    the trigger's extent; erasing a margin around it removes the whole trigger)."""
-    out = np.asarray(region, dtype=bool)
-    for _ in range(pixels):
-        grown = out.copy()
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                src = out[max(0, -dr): out.shape[0] - max(0, dr), max(0, -dc): out.shape[1] - max(0, dc)]
-                grown[max(0, dr): out.shape[0] - max(0, -dr), max(0, dc): out.shape[1] - max(0, -dc)] |= src
-        out = grown
-    return out
 
 
 def spread_top(candidates: np.ndarray, confidence: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
@@ -431,38 +386,15 @@ class DeltaInfluenceSelector(BaseSelector):
         return rows[np.argsort(after, kind="stable")[: min(half, self.spec.n_queries)]]
 
     def _erasure_evidence(self, model, context: FitContext, target: int, erased: np.ndarray) -> dict[str, Any]:
-        """How specific the erasure check is. Clean validation rows of the target class, predicted as the target,
-        give the rate at which erasing the trigger region alone takes the target away from a clean input (Laplace
-        estimate ``rate = (k + 1) / (m + 2)``, ``k`` of ``m`` rows). Returns ``rate``, ``expected_false`` (rate x
-        pool rows predicted as the target: clean rows the check is expected to flag), ``trusted`` (expected false
-        flags at most ``1 - erase_min_precision`` of the ``erased`` rows: the check may flag alone) and
-        ``p_value`` (binomial tail ``P(X >= erased rows)`` at that rate: small when the training pool holds far
-        more trigger-dependent rows than clean data explains -- poisons). Without a validation split or a found
-        trigger: ``{}``."""
-        from scipy.stats import binom
-
+        """:func:`~tda_clean.selection.trigger_search.erasure_evidence` of the found trigger (``{}`` without one
+        or without a validation split)."""
         if self._erase is None or context.X_val is None or context.y_val is None:
             return {}
-        rows = np.flatnonzero(np.asarray(context.y_val) == target)
-        if not len(rows):
-            return {}
-        before, after = self._erase_probs(model, np.asarray(context.X_val), rows, target)
-        kept = before.argmax(1) == target
-        k, m = int((kept & (after < 0.1)).sum()), int(kept.sum())
-        rate = (k + 1) / (m + 2)
-        n_erased = int(erased.sum())
-        expected = rate * self._n_pool_target
-        return {"erase_val_rows": m, "erase_val_lost": k, "erase_rate_clean": rate, "erase_expected_false": expected,
-                "erase_n_train": n_erased, "erasure_trusted": bool(n_erased and expected <= (1 - self.spec.erase_min_precision) * n_erased),
-                "erase_p_value": float(binom.sf(n_erased - 1, self._n_pool_target, rate)) if n_erased else 1.0}
+        return erasure_evidence(model, np.asarray(context.X_val), np.asarray(context.y_val), *self._erase, target,
+                                self._n_pool_target, int(erased.sum()), self.spec.erase_min_precision)
 
     def _erase_probs(self, model, X: np.ndarray, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs_before (len(rows), C), p_after (len(rows),))``: the model's probabilities on ``X[rows]`` and
-        its target probability on copies whose found trigger region is set to the probe inputs' per-pixel median."""
-        region, fill = self._erase
-        Xe = np.array(X[rows], copy=True)
-        Xe[..., region] = fill[..., region]
-        return predict(model, X[rows]), predict(model, Xe)[:, target]
+        return erase_probs(model, X[rows], *self._erase, target)
 
     def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
         """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.1) once the found trigger's region

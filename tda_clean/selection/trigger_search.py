@@ -12,12 +12,101 @@ class. The class with the smallest mask is the suspected target; its anomaly ind
 far that norm lies below the others on a log scale (norms spread multiplicatively across classes),
 ``(median(log norm) - log norm_t) / (1.4826 MAD(log norm))``, and the
 trigger is taken as found when the index exceeds ``min_anomaly``. Every random step takes ``seed``.
+
+Also the corner-patch scan (:func:`trigger_scan`, :func:`stamp_patch`) and :func:`dilate` (a region grown by whole
+pixels) used by Δ-influence's trigger search.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+
+
+def stamp_patch(X: np.ndarray, corner: str, size: int, value: float) -> np.ndarray:
+    """Copy of images ``X`` (n, [C,] H, W) with a ``size`` square of ``value`` in ``corner`` (br, bl, tr, tl)."""
+    out = np.array(X, copy=True)
+    rows = slice(-size, None) if corner[0] == "b" else slice(0, size)
+    cols = slice(-size, None) if corner[1] == "r" else slice(0, size)
+    out[..., rows, cols] = value
+    return out
+
+
+def trigger_scan(model, X: np.ndarray, min_flip: float) -> dict[str, Any] | None:
+    """Best candidate corner patch on inputs ``X`` (images) by the share of other-class predictions it sends
+    to one class; ``None`` when no candidate reaches ``min_flip``."""
+    from tda_clean.models.trainer import predict_proba
+
+    base = predict_proba(model, X).argmax(1)
+    H, W = X.shape[-2:]
+    best = None
+    for corner in ("br", "bl", "tr", "tl"):
+        for size in range(1, max(1, min(3, min(H, W) // 4)) + 1):
+            for value in (1.0, 0.0):
+                stamped = stamp_patch(X, corner, size, value)
+                probs = predict_proba(model, stamped)
+                pred = probs.argmax(1)
+                for c in np.unique(pred):
+                    others = base != c
+                    if others.sum() < 2:
+                        continue
+                    rate = float(np.mean(pred[others] == c))
+                    if best is None or rate > best["flip_rate"]:
+                        best = {"corner": corner, "size": size, "value": value, "target": int(c), "flip_rate": rate,
+                                "X": stamped, "probs": probs, "base": base}
+    if best is None or best["flip_rate"] < min_flip:
+        return None
+    return best
+
+
+def dilate(region: np.ndarray, pixels: int) -> np.ndarray:
+    """Bool (H, W) ``region`` grown by ``pixels`` in the 8-neighbourhood (a reconstructed mask only approximates
+    the trigger's extent; erasing a margin around it removes the whole trigger)."""
+    out = np.asarray(region, dtype=bool)
+    for _ in range(pixels):
+        grown = out.copy()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                src = out[max(0, -dr): out.shape[0] - max(0, dr), max(0, -dc): out.shape[1] - max(0, dc)]
+                grown[max(0, dr): out.shape[0] - max(0, -dr), max(0, dc): out.shape[1] - max(0, -dc)] |= src
+        out = grown
+    return out
+
+
+def erase_probs(model, X: np.ndarray, region: np.ndarray, fill: np.ndarray,
+                target: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs (n, C), p_target_after (n,))``: the model's probabilities on images ``X`` and its target probability
+    on copies whose ``region`` (H, W) bool is set to ``fill`` (one image's shape, e.g. the per-pixel median)."""
+    from tda_clean.models.trainer import predict_proba
+
+    Xe = np.array(X, copy=True)
+    Xe[..., region] = fill[..., region]
+    return predict_proba(model, X), predict_proba(model, Xe)[:, target]
+
+
+def erasure_evidence(model, X_val: np.ndarray, y_val: np.ndarray, region: np.ndarray, fill: np.ndarray, target: int,
+                     n_pool_target: int, n_erased: int, min_precision: float) -> dict[str, Any]:
+    """How specific erasing ``region`` is. Clean validation rows labelled ``target`` and predicted as it give the
+    rate at which the erasure alone takes the target away (p < 0.1) from a clean input (Laplace estimate
+    ``rate = (k + 1) / (m + 2)``, ``k`` of ``m`` rows). ``n_pool_target``: training rows of the pool predicted as
+    the target; ``n_erased``: those the erasure took the target from. Returns ``erase_rate_clean``,
+    ``erase_expected_false`` (rate x n_pool_target: clean rows expected among the erased ones),
+    ``erasure_trusted`` (expected false at most ``1 - min_precision`` of ``n_erased``) and ``erase_p_value``
+    (binomial tail ``P(X >= n_erased)`` at that rate: small when the training pool holds far more
+    trigger-dependent rows than clean data explains, i.e. poisons); ``{}`` without such validation rows."""
+    from scipy.stats import binom
+
+    rows = np.flatnonzero(y_val == target)
+    if not len(rows):
+        return {}
+    before, after = erase_probs(model, X_val[rows], region, fill, target)
+    kept = before.argmax(1) == target
+    k, m = int((kept & (after < 0.1)).sum()), int(kept.sum())
+    rate = (k + 1) / (m + 2)
+    expected = rate * n_pool_target
+    return {"erase_val_rows": m, "erase_val_lost": k, "erase_rate_clean": rate, "erase_expected_false": expected,
+            "erase_n_train": n_erased, "erasure_trusted": bool(n_erased and expected <= (1 - min_precision) * n_erased),
+            "erase_p_value": float(binom.sf(n_erased - 1, n_pool_target, rate)) if n_erased else 1.0}
 
 
 def _optimise(model, X: np.ndarray, classes: list[int], steps: int, success: float, lo: float, hi: float,
