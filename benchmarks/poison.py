@@ -235,6 +235,8 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
             entry["query_source"] = det.info_.get("query_source")
             entry["target_found"] = det.target_ == bundle.attack_target
             entry["n_flagged_by_erasure_only"] = det.info_.get("n_flagged_by_erasure_only")
+            entry["trigger"] = {k: v for k, v in det.info_.items() if k.startswith(("trigger_", "erase"))
+                                and isinstance(v, (int, float, bool))}
         if mask.any():
             after, t_retrain = _train(model_cfg, train_cfg, bundle, X[~mask], y[~mask], seed)
             entry["after_retrain"] = _evaluate(after, bundle)
