@@ -130,8 +130,8 @@ def _objective_grad(loss) -> torch.Tensor:
     theta = loss.space.flat().clone().requires_grad_(True)
     total = 0.0
     with torch.enable_grad():
-        for s in loss._slices():
-            total = total + loss.objective.data_sum(loss.space.forward(theta, loss.X[s]), loss.y[s])
+        for _, Xb, yb in loss.blocks():
+            total = total + loss.objective.data_sum(loss.space.forward(theta, Xb), yb)
         (g,) = torch.autograd.grad(total / loss.n + loss.objective.regulariser(theta), theta)
     return g.detach()
 

@@ -9,14 +9,15 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from tda_clean.config.base import _Frozen
-from tda_clean.config.influence import BudgetFields, InfluenceFields, ParamSubset, SolverKind
+from tda_clean.config.influence import AutoBudgetField, BudgetFields, InfluenceFields, ParamSubset, SolverKind
 
 
-class CleanlabDetector(_Frozen):
+class CleanlabDetector(AutoBudgetField):
     """Confident learning (cleanlab) on out-of-sample predicted probabilities from ``folds``-fold
     cross-validation with the run's model family, or — with ``pred_probs_path`` — the user's own out-of-sample
     probabilities (a ``.npy`` array (n_train, n_classes), rows in training-split order, columns in class order).
-    ``max_flagged`` caps the flagged rows (most suspicious first)."""
+    ``max_flagged`` caps the flagged rows (most suspicious first); ``max_flagged: auto`` (``auto_budget``) chooses
+    the cap on the validation split (:class:`~tda_clean.config.influence.AutoBudget`)."""
 
     kind: Literal["cleanlab"] = "cleanlab"
     folds: int = Field(default=5, ge=2)
@@ -39,9 +40,13 @@ InfluenceObjectiveName = Literal[
 
 
 class SelfInfluenceDetector(_InfluenceDetectorBase):
-    """Label issues by self-influence ``g_i^T H^-1 g_i / n`` (highest first); suggested label = model argmax."""
+    """Label issues by self-influence (highest first); suggested label = model argmax. ``score``:
+    ``self_influence`` = the predicted RISE of the row's own loss when it is removed,
+    ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)``; ``loo_loss`` = the row's loss plus that rise, the first-order
+    leave-one-out loss ``-log p_{-i}(y_i | x_i)`` (an out-of-sample self-confidence without refitting)."""
 
     kind: Literal["self_influence"] = "self_influence"
+    score: Literal["self_influence", "loo_loss"] = "self_influence"
 
 
 class HarmfulDetector(_InfluenceDetectorBase):

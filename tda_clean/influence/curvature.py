@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Literal
+from typing import Callable, ClassVar, Iterator, Literal
 
 import torch
 from torch import nn
@@ -31,8 +31,8 @@ from torch.func import grad, jvp, vmap
 
 from tda_clean.config.influence import AUTO_DAMPING_FACTOR, Damping, SolverSettings
 from tda_clean.errors import InputError
-from tda_clean.influence.gradients import as_tensors
 from tda_clean.influence.params import ParamSpace
+from tda_clean.influence.rows import Block, TrainRows, as_rows
 from tda_clean.objective import TrainingObjective
 from tda_clean.progress import progress_bar
 
@@ -42,21 +42,22 @@ class NegativeCurvatureWarning(UserWarning):
 
 
 class TrainingLoss:
-    """The training ``objective`` over a :class:`ParamSpace`, on training rows ``X`` (n, ...), ``y`` (n,).
-
-    ``batch_size`` rows go through one forward pass in HVPs; results do not depend on it.
+    """The training ``objective`` over a :class:`ParamSpace`, on training rows ``X`` (n, ...), ``y`` (n,) -- or
+    ``X`` a :class:`~tda_clean.influence.rows.TrainRows` (``y`` then ignored): rows are read in blocks of
+    ``batch_size`` (:meth:`blocks`), never as one tensor; results do not depend on ``batch_size`` beyond rounding.
     """
 
     def __init__(self, space: ParamSpace, X, y, objective: TrainingObjective, batch_size: int = 1024):
         self.objective = objective
         self.space = space
-        self.X, self.y = as_tensors(space, X, y)
-        if len(self.X) == 0:
+        self.rows: TrainRows = X if isinstance(X, TrainRows) else as_rows((X, y))
+        if self.rows.n == 0:
             raise InputError("training set is empty: influence needs at least one training row")
-        self.n = len(self.X)
+        self.n = self.rows.n
         self.l2 = float(objective.l2)
         self.batch_size = int(batch_size)
         self.theta = space.flat()
+        self._dense: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def p(self) -> int:
@@ -70,6 +71,30 @@ class TrainingLoss:
     def device(self) -> torch.device:
         return self.theta.device
 
+    def blocks(self, size: int | None = None, rows: slice | None = None) -> Iterator[Block]:
+        """``(rows_b, X_b, y_b)`` blocks of ``size`` (default ``batch_size``) training rows on the model's device."""
+        return self.rows.batches(size or self.batch_size, rows, self.device, self.dtype)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(n,) long training labels on the model's device (labels are small: always in memory)."""
+        return torch.as_tensor(self.rows.labels, device=self.device)
+
+    @property
+    def X(self) -> torch.Tensor:
+        """ALL training features as one tensor (n, ...): materialised on first use, for small data sets and the
+        group estimators; the streamed paths (solvers, K-FAC, scoring) never call it."""
+        return self._materialised()[0]
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self._materialised()[1]
+
+    def _materialised(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._dense is None:
+            self._dense = self.rows.materialise(self.device, self.dtype)
+        return self._dense
+
     def _sum_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.objective.data_sum(self.space.forward(theta, X), y)
 
@@ -77,22 +102,20 @@ class TrainingLoss:
         """``L(theta)`` (scalar) at ``theta`` (p,), default the current parameters."""
         theta = self.theta if theta is None else theta
         with torch.no_grad():
-            total = sum(self._sum_loss(theta, self.X[s], self.y[s]) for s in self._slices())
+            total = sum(self._sum_loss(theta, Xb, yb) for _, Xb, yb in self.blocks())
         return total / self.n + self.objective.regulariser(theta)
-
-    def _slices(self, rows: torch.Tensor | None = None):
-        n = self.n if rows is None else len(rows)
-        for start in range(0, n, self.batch_size):
-            yield slice(start, min(n, start + self.batch_size))
 
     def hvp(self, V: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Undamped ``H V``: ``V`` (k, p) -> (k, p). ``rows`` (m,) restricts the CE part to those training rows
-        (its mean over them), e.g. for stochastic LiSSA."""
-        X, y = (self.X, self.y) if rows is None else (self.X[rows], self.y[rows])
-        n = len(X)
+        (its mean over them), e.g. for stochastic LiSSA (needs a random-access source)."""
+        if rows is None:
+            n, blocks = self.n, ((Xb, yb) for _, Xb, yb in self.blocks())
+        else:
+            n = len(rows)
+            blocks = (self.rows.take(rows[a:a + self.batch_size], self.device, self.dtype)
+                      for a in range(0, n, self.batch_size))
         out = torch.zeros_like(V)
-        for s in (slice(a, min(n, a + self.batch_size)) for a in range(0, n, self.batch_size)):
-            Xb, yb = X[s], y[s]
+        for Xb, yb in blocks:
             out += loss_hvps(lambda th: self._sum_loss(th, Xb, yb), self.theta, V, hvp_mode(self.space, len(Xb)))
         return out / n + self.l2 * V
 

@@ -15,11 +15,14 @@ gradient and ``q`` an objective's query gradient (derivation: docs/methods.md#in
 mean: a shift common to all rows that decides the sign of most scores when l2 is small.)
 
 ``InfluenceEngine`` fits the curvature once and answers many queries; ``compute_influence`` / ``self_influence``
-/ ``pairwise_influence`` are one-call wrappers. Training rows come as an ``IndexedDataset`` or a tuple ``(X, y)``.
+/ ``pairwise_influence`` are one-call wrappers. Training rows come as an ``IndexedDataset``, a tuple ``(X, y)``
+(``X`` may be a ``np.memmap``: ``np.load(path, mmap_mode="r")``), a ``DataLoader`` (``shuffle=False``) or a
+:class:`~tda_clean.influence.rows.TrainRows`; every pass reads them one block at a time (never X whole).
+Scores can be reduced on the fly (``reducer=``: per-row sums, top-k per query, chunked to disk;
+:mod:`tda_clean.influence.reducers`) so no (m, n) matrix is held unless asked.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,35 +31,18 @@ import torch
 from torch import nn
 from torch.func import jvp, vmap
 
-from tda_clean.config.influence import GradientSettings, InfluenceSpec
+from tda_clean.config.influence import InfluenceSpec
 from tda_clean.errors import InputError
 from tda_clean.influence.curvature import CurvatureSolver, TrainingLoss
 from tda_clean.influence.gradients import RowLoss, as_tensors, check_finite_rows, iter_per_sample_grads, rows_per_batch
 from tda_clean.influence.objectives import Objective, PerSampleLoss, PerSampleObjective
 from tda_clean.influence.params import ParamSpace, model_fingerprint, prepare_model
-from tda_clean.influence.projection import RandomProjector
+from tda_clean.influence.reducers import DenseScores, ScoreReducer
+from tda_clean.influence.result import InfluenceResult
+from tda_clean.influence.rows import ArrayRows, TrainRows, as_rows
 from tda_clean.influence.solvers import make_solver
-from tda_clean.influence.store import GradientStore, store_fingerprint
+from tda_clean.influence.store import GradientStore, rows_digest, store_fingerprint
 from tda_clean.objective import TrainingObjective
-
-
-@dataclass(frozen=True)
-class InfluenceResult:
-    """Scores of removing each training row on each objective output.
-
-    scores: (m, n) float64, ``scores[j, i]`` = predicted change of output j of the objective when training row i
-            is removed (POSITIVE = removal INCREASES f). ``m = 1`` for scalar objectives.
-    """
-
-    scores: np.ndarray
-    objective: str
-    method: str
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def per_row(self) -> np.ndarray:
-        """(n,) scores summed over the objective's outputs (the only row for scalar objectives)."""
-        return self.scores.sum(axis=0)
 
 
 def train_arrays(train) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +59,8 @@ class InfluenceEngine:
     memory-mapped :class:`GradientStore`).
 
     model:     a trained model (never modified; a cast copy is used when ``spec.gradients.dtype/device`` ask).
-    train:     training rows, ``X`` (n, ...), ``y`` (n,).
+    train:     training rows, ``X`` (n, ...), ``y`` (n,): an ``IndexedDataset``, ``(X, y)`` (``X`` possibly a
+               ``np.memmap``), a ``DataLoader`` or :class:`TrainRows` -- read in blocks, never whole.
     spec:      the :class:`InfluenceSpec` (solver settings with their damping, gradient settings), used whole.
     training:  the :class:`TrainingObjective` the model was trained with (its loss and ``l2`` make the Hessian).
     store_dir: optional directory of a gradient store (created, reused, or refused on fingerprint mismatch).
@@ -84,12 +71,22 @@ class InfluenceEngine:
         self.spec = spec
         self.training = training
         self.model = prepare_model(model, spec.gradients)
-        self.X, self.y = train_arrays(train)
+        self.rows: TrainRows = as_rows(train)
         self.space = ParamSpace(self.model, self.spec.gradients.params, layers_only=self.spec.solver.kind in ("kfac", "ekfac"))
-        self.loss = TrainingLoss(self.space, self.X, self.y, training, batch_size=self.spec.gradients.batch_size)
+        self.loss = TrainingLoss(self.space, self.rows, None, training, batch_size=self.spec.gradients.batch_size)
         self.n = self.loss.n
         self.store_dir = store_dir
         self._solver: CurvatureSolver | None = None
+
+    @property
+    def X(self):
+        """The training features as given (an array, memmap or tensor; a stream of batches is materialised)."""
+        return self.rows.X if isinstance(self.rows, ArrayRows) else self.loss.X
+
+    @property
+    def y(self) -> np.ndarray:
+        """(n,) int64 training labels."""
+        return self.rows.labels
 
     @property
     def solver(self) -> CurvatureSolver:
@@ -100,7 +97,7 @@ class InfluenceEngine:
 
     # ----------------------------------------------------------------------------- gradients
     def fingerprint(self) -> str:
-        return store_fingerprint(model_fingerprint(self.model), np.asarray(self.X), np.asarray(self.y),
+        return store_fingerprint(model_fingerprint(self.model), rows_digest(self.rows), np.asarray(self.y),
                                  str(self.space.subset), str(self.loss.dtype))
 
     def train_gradients(self, label_override: np.ndarray | None = None, rows: slice | None = None,
@@ -111,17 +108,11 @@ class InfluenceEngine:
         ``label_override`` (n,) computes them for other labels (never stored). ``rows`` restricts them to one
         contiguous range of training rows (a shard); the yielded slices are absolute row positions.
         """
-        y = self.y if label_override is None else label_override
         default = loss is None
         loss = self.training.row if default else loss
-        if rows is not None:
-            start = rows.start or 0
-            for sub, G in iter_per_sample_grads(self.space, self.X[rows], y[rows], loss=loss,
-                                                memory_mb=self.spec.gradients.memory_mb):
-                yield slice(start + sub.start, start + sub.stop), G
-            return
-        if self.store_dir is None or label_override is not None or not default:
-            yield from iter_per_sample_grads(self.space, self.X, y, loss=loss, memory_mb=self.spec.gradients.memory_mb)
+        if rows is not None or self.store_dir is None or label_override is not None or not default:
+            yield from iter_per_sample_grads(self.space, self.rows, label_override, loss=loss, rows=rows,
+                                             memory_mb=self.spec.gradients.memory_mb)
             return
         yield from self._stored_gradients()
 
@@ -131,7 +122,7 @@ class InfluenceEngine:
                                    dtype=dtype, chunk_rows=self._chunk_rows())
         for chunk in store.missing_chunks():
             rows = store.chunk_slice(chunk)
-            for _, G in iter_per_sample_grads(self.space, self.X[rows], self.y[rows], loss=self.training.row,
+            for _, G in iter_per_sample_grads(self.space, self.rows, loss=self.training.row, rows=rows,
                                               batch_size=rows.stop - rows.start):
                 store.write_chunk(chunk, G.cpu().numpy())
         for rows, block in store.iter_chunks():
@@ -150,7 +141,8 @@ class InfluenceEngine:
         """Influence of removing each training row on ``objective`` -> :class:`InfluenceResult` (m, n)."""
         return InfluenceResult(self.scores(objective), objective.name, self.spec.solver.kind, self._info())
 
-    def scores(self, objective: Objective, train_loss: RowLoss | None = None) -> np.ndarray:
+    def scores(self, objective: Objective, train_loss: RowLoss | None = None,
+               reducer: ScoreReducer | None = None) -> Any:
         """(m, n) influence of removing each training row, ``q_j^T A^-1 (g_i + l2 theta*) / (n - 1)`` with ``q_j``
         the objective's query gradients and ``g_i`` the training loss's gradient at row i (module docstring).
         With another ``train_loss`` (a row function ``h``), ``(1/n) q_j^T A^-1 grad h_i`` instead: not a removal.
@@ -160,9 +152,15 @@ class InfluenceEngine:
         Kronecker eigenbasis from their layer factors, where ``A^-1`` is diagonal
         (:meth:`KFACSolver.eigenbasis_gradients`): no (m, p) back-projection, and Linear layers' row gradients are
         never expanded before projecting. Same numbers as ``scores_for(inverse_hvp(objective))`` (tested).
+
+        ``reducer`` (default :class:`DenseScores`: the (m, n) matrix) consumes the scores one block of training rows
+        at a time and its ``result()`` is returned (e.g. ``RowSum()`` -> (n,), ``TopK(k)`` -> (m, k) values and
+        indices, ``DiskScores(path)`` -> (m, n) memmap): the dense matrix is then never built.
         """
-        fast = self._eigenbasis_scores(objective, train_loss)
-        return fast if fast is not None else self.scores_for(self.inverse_hvp(objective), train_loss=train_loss)
+        reducer = DenseScores() if reducer is None else reducer
+        if self._feed_eigenbasis(objective, train_loss, reducer):
+            return reducer.result()
+        return self.scores_for(self.inverse_hvp(objective), train_loss=train_loss, reducer=reducer)
 
     # ---------------------------------------------------------------------- removal: the regulariser's share
     def regulariser_gradient(self) -> torch.Tensor:
@@ -194,29 +192,37 @@ class InfluenceEngine:
         return d.mean(0, keepdim=True) if objective.reduce == "mean" else d
 
     def _eigenbasis_scores(self, objective: Objective, train_loss: RowLoss | None) -> np.ndarray | None:
+        """(m, n) scores by the eigenbasis path, or None where it does not apply."""
+        dense = DenseScores()
+        return dense.result() if self._feed_eigenbasis(objective, train_loss, dense) else None
+
+    def _feed_eigenbasis(self, objective: Objective, train_loss: RowLoss | None, reducer: ScoreReducer) -> bool:
+        """Feed ``reducer`` the scores computed in the solver's eigenbasis; False (nothing fed) where that path
+        does not apply (see :meth:`scores`)."""
         if not isinstance(objective, PerSampleObjective) or self.store_dir is not None or not self.solver.eigenbasis:
-            return None
+            return False
         solver = self.solver
         Xq, tq = as_tensors(self.space, objective.X, objective.targets)
         Q = solver.eigenbasis_gradients(Xq, tq, objective.row_value)
         if Q is None:
-            return None
+            return False
         check_finite_rows(Q, what=f"{objective.name} query gradients")
         Q = (Q.mean(0, keepdim=True) if objective.reduce == "mean" else Q) * solver.eigenbasis_scale()
-        out = torch.zeros(len(Q), self.n, dtype=torch.float64)
         removal = train_loss is None
         scale = self.removal_scale() if removal else 1.0 / self.n
         offsets = self._regulariser_offsets(objective)[:, None] if removal else 0.0
-        row_elems = int(np.prod(self.loss.X.shape[1:]))
-        size = rows_per_batch(self.space.p, Q.element_size(), self.spec.gradients.memory_mb, row_elems)
-        for start in range(0, self.n, size):
-            rows = slice(start, min(self.n, start + size))
-            G = solver.eigenbasis_gradients(self.loss.X[rows], self.loss.y[rows], train_loss or self.training.row)
-            if G is None:
-                return None
-            check_finite_rows(G, offset=start)
-            out[:, rows] = ((Q @ G.T).double().cpu() + offsets) * scale
-        return out.numpy()
+        size = rows_per_batch(self.space.p, Q.element_size(), self.spec.gradients.memory_mb, self.rows.row_elems)
+        started = False
+        for rows, Xb, yb in self.loss.blocks(size):
+            G = solver.eigenbasis_gradients(Xb, yb, train_loss or self.training.row)
+            if G is None:  # decided by the model's structure: the first block already says so
+                return False
+            if not started:
+                reducer.start(len(Q), range(self.n))
+                started = True
+            check_finite_rows(G, offset=rows.start)
+            reducer.add(rows, ((Q @ G.T).double().cpu() + offsets) * scale)
+        return True
 
     def self_influence(self, rows: slice | None = None) -> np.ndarray:
         """(n,) ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)``: the predicted change of row i's own loss when it is
@@ -224,26 +230,50 @@ class InfluenceEngine:
         values (len(rows),)."""
         offset = 0 if rows is None else (rows.start or 0)
         out = np.zeros(self.n if rows is None else len(range(self.n)[rows]))
+        if self._eigenbasis_self_influence(rows, out):
+            return out
         scale, reg = self.removal_scale(), self.regulariser_gradient()
         for block, G in self.train_gradients(rows=rows):
             value = (self.solver.solve(G) * (G + reg.to(G))).sum(1) * scale
             out[block.start - offset:block.stop - offset] = value.double().cpu().numpy()
         return out
 
-    def scores_for(self, W: torch.Tensor, rows: slice | None = None, train_loss: RowLoss | None = None) -> np.ndarray:
-        """(m, n) removal influence ``W (G + l2 theta*)^T / (n - 1)`` of each training row (or of ``rows`` only)
-        for precomputed ``W = A^-1 Q`` (:meth:`inverse_hvp`); ``G`` holds the rows' training-loss gradients.
-        With another ``train_loss``: ``(1/n) W G^T`` with ``G`` its gradients (see :meth:`scores`)."""
-        offset = 0 if rows is None else (rows.start or 0)
-        out = torch.zeros(W.shape[0], self.n if rows is None else len(range(self.n)[rows]), dtype=torch.float64)
+    def _eigenbasis_self_influence(self, rows: slice | None, out: np.ndarray) -> bool:
+        """Self-influence in the solver's eigenbasis (K-FAC / EK-FAC, no gradient store), written into ``out``:
+        ``g~_i . (s * (g~_i + reg~)) / (n - 1)`` with ``g~`` the rotated row gradient, ``s`` the inverse eigenvalues
+        -- equal to ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)`` (the basis is orthogonal), without the rotation back.
+        False (``out`` untouched) where that path does not apply."""
+        solver = self.solver
+        if self.store_dir is not None or not solver.eigenbasis:
+            return False
+        s = solver.eigenbasis_scale()
+        reg = solver.to_eigenbasis(self.regulariser_gradient()[None])[0]
+        offset, scale = (0 if rows is None else rows.start or 0), self.removal_scale()
+        size = rows_per_batch(self.space.p, s.element_size(), self.spec.gradients.memory_mb, self.rows.row_elems)
+        for block, Xb, yb in self.loss.blocks(size, rows):
+            G = solver.eigenbasis_gradients(Xb, yb, self.training.row)
+            if G is None:  # decided by the model's structure: the first block already says so
+                return False
+            check_finite_rows(G, offset=block.start)
+            out[block.start - offset:block.stop - offset] = ((G * s * (G + reg)).sum(1) * scale).double().cpu().numpy()
+        return True
+
+    def scores_for(self, W: torch.Tensor, rows: slice | None = None, train_loss: RowLoss | None = None,
+                   reducer: ScoreReducer | None = None) -> Any:
+        """(m, n) removal influence ``W (G + l2 theta*)^T / (n - 1)`` of each training row (or of ``rows`` only:
+        (m, len(rows))) for precomputed ``W = A^-1 Q`` (:meth:`inverse_hvp`); ``G`` holds the rows' training-loss
+        gradients. With another ``train_loss``: ``(1/n) W G^T`` with ``G`` its gradients (see :meth:`scores`).
+        ``reducer``: as in :meth:`scores` (its ``result()`` is returned; default the dense matrix)."""
+        reducer = DenseScores() if reducer is None else reducer
+        reducer.start(W.shape[0], range(self.n)[rows] if rows is not None else range(self.n))
         removal = train_loss is None
         scale = self.removal_scale() if removal else 1.0 / self.n
         reg = self.regulariser_gradient()
         for block, G in self.train_gradients(rows=rows, loss=train_loss):
             if removal:
                 G = G + reg.to(G)
-            out[:, block.start - offset:block.stop - offset] = (W @ G.T).double().cpu() * scale
-        return out.numpy()
+            reducer.add(block, (W @ G.T).double().cpu() * scale)
+        return reducer.result()
 
     def flip_influence(self, objective: Objective, n_classes: int) -> np.ndarray:
         """(n, n_classes) predicted change of a SCALAR objective when row i's label becomes c (0 at c = y_i).
@@ -266,11 +296,25 @@ class InfluenceEngine:
         out[np.arange(self.n), np.asarray(self.y)] = 0.0
         return out
 
+    def predicted_labels(self) -> np.ndarray:
+        """(n,) int64 most probable class of each training row under the (eval-mode) model, as
+        ``predict_proba(model, X).argmax(1)`` but streamed one block at a time."""
+        out = np.zeros(self.n, dtype=np.int64)
+        with torch.no_grad():
+            for rows, Xb, _ in self.rows.batches(self.spec.gradients.batch_size, None, *_input_device(self.model)):
+                out[rows] = torch.softmax(self.model(Xb), dim=1).double().cpu().numpy().argmax(1)
+        return out
+
     def _info(self) -> dict[str, Any]:
         s = self.solver
         return {"damping": float(s.damping_), "negative_curvature": bool(s.negative_curvature_),
                 "params": str(self.space.subset), "p": self.space.p, "n": self.n, "solver": self.spec.solver.kind,
                 "influence_params": self.space.describe(), **({"fisher": s.fisher_} if hasattr(s, "fisher_") else {})}
+
+
+def _input_device(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
 
 
 # ------------------------------------------------------------------------------------- one-call API
@@ -292,53 +336,10 @@ def pairwise_influence(model: nn.Module, train, spec: InfluenceSpec, training: T
     return compute_influence(model, train, PerSampleLoss(Xq, yq), spec, training).scores
 
 
-def projected_influence(model: nn.Module, train, objective: Objective, *, l2: float, k: int = 512,
-                        kind: str = "rademacher", seed: int = 0, damping: float = 0.0,
-                        gradients: GradientSettings = GradientSettings(),
-                        store_dir: str | Path | None = None,
-                        training: TrainingObjective = TrainingObjective()) -> InfluenceResult:
-    """TRAK-style influence in a seeded ``k``-dim random projection of the gradients (for large models / data).
+def __getattr__(name: str):
+    """``projected_influence`` lives in :mod:`tda_clean.influence.projected` (imported from here before)."""
+    if name == "projected_influence":
+        from tda_clean.influence.projected import projected_influence
 
-    Curvature: the projected empirical Fisher ``F = (1/n) sum_i (P g_i)(P g_i)^T + (l2 + damping) I`` (k, k);
-    scores ``(P q)^T F^-1 P (g_i + l2 theta*) / (n - 1)`` (m, n), the removal form and sign convention of
-    :class:`InfluenceEngine`. Projected training gradients go to the
-    optional ``store_dir`` (memory-mapped, fingerprint includes the projection), so n x p never sits in RAM.
-    ``g_i``: gradients of ``training``'s per-row loss (the objective the model was trained with).
-    """
-    model = prepare_model(model, gradients)
-    X, y = train_arrays(train)
-    space = ParamSpace(model, gradients.params)
-    proj = RandomProjector(space.p, k, kind, seed)  # validates k / kind
-    n = len(X)
-    if n < 2:
-        raise InputError(f"training set: removal influence needs at least 2 training rows, got {n}")
-
-    def blocks(rows: slice = slice(None)) -> Iterator[tuple[slice, torch.Tensor]]:
-        for sub, G in iter_per_sample_grads(space, X[rows], y[rows], loss=training.row, memory_mb=gradients.memory_mb):
-            yield sub, proj.project(G)
-
-    if store_dir is not None:
-        fp = store_fingerprint(model_fingerprint(model), np.asarray(X), np.asarray(y), str(space.subset),
-                               proj.describe(), str(space.flat().dtype))
-        dtype = str(space.flat().dtype).replace("torch.", "")
-        store = GradientStore.open(store_dir, fingerprint=fp, n=n, p=k, dtype=dtype, chunk_rows=min(n, 8192),
-                                   info={"projection": proj.describe()})
-        for chunk in store.missing_chunks():
-            rows = store.chunk_slice(chunk)
-            store.write_chunk(chunk, np.concatenate([Pg.cpu().numpy() for _, Pg in blocks(rows)]))
-        device = space.flat().device
-        source = lambda: ((rows, torch.as_tensor(b, device=device)) for rows, b in store.iter_chunks())  # noqa: E731
-    else:
-        source = blocks
-    F = torch.zeros(k, k, dtype=torch.float64)
-    for _, Pg in source():
-        Pg = Pg.double().cpu()
-        F += Pg.T @ Pg
-    F = F / n + (l2 + damping) * torch.eye(k, dtype=torch.float64)
-    Pq = proj.project(objective.query_gradients(space, gradients.memory_mb)).double().cpu()
-    W = torch.linalg.solve(F, Pq.T).T
-    Preg = proj.project((l2 * space.flat())[None]).double().cpu()  # (1, k): P l2 theta*
-    scores = torch.zeros(len(Pq), n, dtype=torch.float64)
-    for rows, Pg in source():
-        scores[:, rows] = W @ (Pg.double().cpu() + Preg).T / (n - 1)
-    return InfluenceResult(scores.numpy(), objective.name, "projected", {"k": k, "projection": proj.describe()})
+        return projected_influence
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

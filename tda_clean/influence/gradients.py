@@ -18,6 +18,7 @@ from torch.func import grad, vmap
 
 from tda_clean.errors import InputError
 from tda_clean.influence.params import ParamSpace
+from tda_clean.influence.rows import ArrayRows, TrainRows
 from tda_clean.objective import TrainingObjective
 from tda_clean.progress import progress_bar
 
@@ -60,32 +61,37 @@ def check_finite_rows(G: torch.Tensor, what: str = "per-sample gradients", offse
 
 
 def iter_per_sample_grads(
-    space: ParamSpace, X, y, *, loss: RowLoss = cross_entropy_row, memory_mb: float = 256.0,
-    batch_size: int | None = None, check_finite: bool = True,
+    space: ParamSpace, X, y=None, *, loss: RowLoss = cross_entropy_row, memory_mb: float = 256.0,
+    batch_size: int | None = None, check_finite: bool = True, rows: slice | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(rows, G_rows)`` blocks: ``G_rows`` (len(rows), p) per-sample gradients of ``loss``.
+    """Yield ``(rows_b, G_rows)`` blocks: ``G_rows`` (len(rows_b), p) per-sample gradients of ``loss``.
 
-    ``batch_size`` overrides the rows-per-block derived from ``memory_mb``.
+    ``X`` (n, ...) array / memmap / tensor with labels ``y`` (n,), or a :class:`TrainRows` (then ``y``, when
+    given, overrides its labels). Rows are read one block at a time (never the whole ``X``); ``rows`` restricts
+    them to one contiguous range and the yielded slices are absolute row positions. ``batch_size`` overrides
+    the rows-per-block derived from ``memory_mb``.
     """
-    Xt, yt = as_tensors(space, X, y)
-    n = len(Xt)
+    source = X if isinstance(X, TrainRows) else ArrayRows(X, y)
+    override = None if y is None or not isinstance(X, TrainRows) else np.asarray(y)
+    param = next(space.model.parameters())
     theta = space.flat()
-    row_elems = int(np.prod(Xt.shape[1:])) if Xt.dim() > 1 else 1
-    size = batch_size or rows_per_batch(space.p, theta.element_size(), memory_mb, row_elems)
+    size = batch_size or rows_per_batch(space.p, theta.element_size(), memory_mb, source.row_elems)
+    span = range(source.n)[rows] if rows is not None else range(source.n)
 
     def one(th: torch.Tensor, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         return loss(space.forward(th, x.unsqueeze(0))[0], label)
 
     per_row = vmap(grad(one), in_dims=(None, 0, 0))
-    with progress_bar(n, "per-sample gradients", "row", worth_showing=n > size) as bar:
-        for start in range(0, n, size):
-            rows = slice(start, min(n, start + size))
+    with progress_bar(len(span), "per-sample gradients", "row", worth_showing=len(span) > size) as bar:
+        for sl, Xb, yb in source.batches(size, rows, param.device, param.dtype):
+            if override is not None:
+                yb = torch.as_tensor(override[sl], device=param.device).long()
             with torch.no_grad():
-                G = per_row(theta, Xt[rows], yt[rows])
+                G = per_row(theta, Xb, yb)
             if check_finite:
-                check_finite_rows(G, offset=start)
-            bar.update(rows.stop - rows.start)
-            yield rows, G
+                check_finite_rows(G, offset=sl.start)
+            bar.update(sl.stop - sl.start)
+            yield sl, G
 
 
 def per_sample_grads(

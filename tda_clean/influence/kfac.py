@@ -166,22 +166,22 @@ class KFACSolver(CurvatureSolver):
     def _labels(self, loss: TrainingLoss) -> torch.Tensor:
         self.fisher_ = self.settings.fisher if loss.objective.loss is cross_entropy else "empirical"  # sampled: CE's
         if self.fisher_ == "empirical":
-            return loss.y
+            return loss.labels
         gen = torch.Generator(device="cpu").manual_seed(self.settings.seed)
         out = []
         with torch.no_grad():
-            for a in range(0, loss.n, loss.batch_size):
-                probs = torch.softmax(loss.space.model(loss.X[a : a + loss.batch_size]), dim=1)
+            for _, Xb, _ in loss.blocks():
+                probs = torch.softmax(loss.space.model(Xb), dim=1)
                 out.append(torch.multinomial(probs.double().cpu(), 1, generator=gen).flatten())
         return torch.cat(out).to(loss.device)
 
     def _passes(self, loss: TrainingLoss, labels: torch.Tensor):
-        """Yield ``(rows, acts {layer: (b, T, inp)}, grads {layer: (b, T, out)})`` per batch of training rows."""
+        """Yield ``(rows, acts {layer: (b, T, inp)}, grads {layer: (b, T, out)})`` per batch of training rows
+        (streamed from ``loss.blocks()``: the training features are never held whole)."""
         model = loss.space.model
         long = loss.n > loss.batch_size
         with progress_bar(loss.n, f"{self.name} curvature pass", "row", worth_showing=long) as bar:
-            for a in range(0, loss.n, loss.batch_size):
-                rows = slice(a, min(loss.n, a + loss.batch_size))
+            for rows, Xb, _ in loss.blocks():
                 bar.update(rows.stop - rows.start)
                 acts, outs, handles = {}, {}, []
                 for l in self.layers_:
@@ -191,7 +191,7 @@ class KFACSolver(CurvatureSolver):
                     handles.append(l.module.register_forward_hook(hook))
                 try:
                     with torch.enable_grad():
-                        logits = model(loss.X[rows])
+                        logits = model(Xb)
                         ce = loss.objective.data_sum(logits, labels[rows])
                         names = [l.name for l in self.layers_]
                         gouts = torch.autograd.grad(ce, [outs[k] for k in names])
@@ -214,6 +214,18 @@ class KFACSolver(CurvatureSolver):
             R = QS.T @ M @ QA
             R = R / lam if inverse else R * lam
             _to_flat(l, QS @ R @ QA.T, out)
+        return out
+
+    def to_eigenbasis(self, V: torch.Tensor) -> torch.Tensor:
+        """Flat vectors ``V`` (k, p) in the Kronecker eigenbasis, ``Q_S^T M Q_A`` per layer (k, p), the layout of
+        :meth:`eigenbasis_gradients`."""
+        V = self._check_vectors(V)
+        out = torch.zeros_like(V)
+        for l in self.layers_:
+            M = V[:, l.w_slice].reshape(V.shape[0], l.out, -1)
+            if l.b_slice is not None:
+                M = torch.cat([M, V[:, l.b_slice].reshape(V.shape[0], l.out, 1)], dim=2)
+            _to_flat(l, self.QS_[l.name].to(V.dtype).T @ M @ self.QA_[l.name].to(V.dtype), out)
         return out
 
     def hvp(self, V: torch.Tensor) -> torch.Tensor:

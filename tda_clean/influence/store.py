@@ -21,15 +21,36 @@ from typing import Iterator
 import numpy as np
 
 from tda_clean.errors import InputError
+from tda_clean.influence.rows import ArrayRows, TrainRows, release_pages
+
+
+def rows_digest(rows: TrainRows) -> np.ndarray | str:
+    """What :func:`store_fingerprint` hashes for training rows: the array itself (in-memory, memmap; a tensor as
+    numpy) or, for a stream of batches, a hash of the streamed float32 features."""
+    if isinstance(rows, ArrayRows):
+        X = rows.X
+        return X.detach().cpu().numpy() if hasattr(X, "detach") else np.asarray(X) if not isinstance(X, np.ndarray) else X
+    h = hashlib.sha256()
+    for _, Xb, _ in rows.batches(4096):
+        h.update(Xb.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+_HASH_BYTES = 32 * 2**20  # arrays are hashed in row blocks of about this size (same digest as one update)
 
 
 def store_fingerprint(*parts: object) -> str:
-    """Stable 16-hex-digit hash of strings / numbers / numpy arrays / dicts (json-able)."""
+    """Stable 16-hex-digit hash of strings / numbers / numpy arrays / dicts (json-able). Arrays (memmaps too) are
+    read in row blocks, and a memmap's pages are handed back after each block (never the whole array in RAM)."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, np.ndarray):
             h.update(str((part.shape, part.dtype.str)).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
+            step = max(1, _HASH_BYTES // max(1, part[:1].nbytes)) if part.ndim else 1
+            for a in range(0, max(len(part), 1) if part.ndim else 1, step):
+                block = part[a:a + step] if part.ndim else part
+                h.update(np.ascontiguousarray(block).tobytes())
+                release_pages(block)
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"|")

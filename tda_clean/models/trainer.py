@@ -240,5 +240,7 @@ def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 4096) -> np
 
 def model_input(a, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Array or tensor -> tensor on ``device``; floating inputs in ``dtype``, integer ones (token ids) kept long."""
-    t = torch.as_tensor(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a, device=device)
+    if isinstance(a, np.ndarray):  # read-only arrays (memmaps opened with mode "r") are copied, never shared
+        a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)
+    t = torch.as_tensor(a, device=device)
     return t.to(dtype) if t.is_floating_point() or t.dtype == torch.bool else t.long()

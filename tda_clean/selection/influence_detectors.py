@@ -8,6 +8,10 @@ objective-driven detectors need the validation split (``X_val``, ``y_val`` and, 
 Budget: the top ``spec.budget.rows(n)`` rows (``max_flagged`` and/or ``fraction``; 5% when neither is set); the
 objective-driven detectors never flag a row with a non-positive score (a row whose removal would not help).
 Each selector takes its detector config whole as ``spec`` (``spec.influence`` is the influence spec).
+
+``self_influence`` and ``harmful`` score every row through the engine's streamed passes: the training features
+are read one block at a time (``X`` may be a ``np.memmap``) and ``harmful`` reduces the (m, n) influence matrix to
+its per-row sum block by block (``RowSum``), so memory does not grow with n beyond the (n,) scores.
 """
 from __future__ import annotations
 
@@ -56,8 +60,11 @@ def _self_influence_shard(engine, rows: tuple[int, int]) -> np.ndarray:
 
 
 def _influence_shard(engine, W, rows: tuple[int, int]) -> np.ndarray:
-    """Influence (m, len(rows)) of training rows ``range(*rows)`` for ``W = A^-1 Q``."""
-    return engine.scores_for(W, rows=slice(*rows))
+    """Influence (len(rows),) of training rows ``range(*rows)`` for ``W = A^-1 Q``, summed over the m outputs
+    (reduced block by block: exactly ``scores_for(W, rows).sum(axis=0)``)."""
+    from tda_clean.influence.reducers import RowSum
+
+    return engine.scores_for(W, rows=slice(*rows), reducer=RowSum())
 
 
 def sharded(context: FitContext, fn, n: int, axis: int) -> np.ndarray:
@@ -119,7 +126,10 @@ def _group_keys(groups_val: Any, column: str | None, n: int) -> np.ndarray:
 
 class SelfInfluenceSelector(_InfluenceSelector):
     """Self-influence ``g_i^T A^-1 (g_i + l2 theta*) / (n - 1)``, the predicted rise of the row's own loss when it is
-    removed (high = the model had to bend to fit the row: likely label issue).
+    removed (high = the model had to bend to fit the row: likely label issue). With ``spec.score == "loo_loss"``
+    the score is the row's training loss (cross-entropy of the given label, unregularised) plus that rise: the
+    first-order leave-one-out loss of the given label (high = the label is improbable under a model that did not
+    see the row), reported as ``loo_loss_`` (n,).
 
     ``suggested_labels_`` = the trained model's argmax prediction.
     """
@@ -128,13 +138,17 @@ class SelfInfluenceSelector(_InfluenceSelector):
     spec_type = SelfInfluenceDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "SelfInfluenceSelector":
-        from tda_clean.models.trainer import predict_proba
-
         engine = influence_engine(X, y, context, self.spec.influence, self.name)
         engine.solver  # fit the curvature once, before the shards are sent out
         scores = sharded(context, partial(_self_influence_shard, engine), len(y), axis=0)
-        self.suggested_labels_ = predict_proba(engine.model, X).argmax(1).astype(np.int64)
-        self._finish(scores, positive_only=False, info=engine._info())
+        self.suggested_labels_ = engine.predicted_labels()
+        if getattr(self.spec, "score", "self_influence") == "loo_loss":
+            from tda_clean.models.trainer import predict_proba
+
+            own = predict_proba(engine.model, X)[np.arange(len(y)), np.asarray(y)]
+            self.loo_loss_ = -np.log(np.clip(own, np.finfo(np.float64).tiny, None)) + scores
+            scores = self.loo_loss_
+        self._finish(scores, positive_only=False, info={**engine._info(), "score": self.spec.score})
         return self
 
 
@@ -148,7 +162,7 @@ class HarmfulSelector(_InfluenceSelector):
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "HarmfulSelector":
         engine, objective = self._engine_objective(X, y, context)
         W = engine.inverse_hvp(objective)
-        influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=1).sum(axis=0)
+        influence = sharded(context, partial(_influence_shard, engine, W), len(y), axis=0)
         self._finish(-influence, positive_only=True, info={**engine._info(), "objective": self.spec.objective})
         self.contributions_ = influence  # (n,) first-order change of the objective when the row is removed
         return self
