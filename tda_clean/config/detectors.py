@@ -134,8 +134,14 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     continuous score more than ``min_gap_z`` robust deviations above the low cluster of a 2-means split
     (``split``: within the target class, or all rows). ``train_gradient: margin`` (default) uses the
     training rows' margin gradients (loss gradients vanish on well-fitted poisons). ``erase_trigger``: also
-    flag pool rows the model stops predicting as the target once the found trigger's pixels are erased, when
-    their score lies more than ``erase_min_gap_z`` robust deviations above the low cluster.
+    flag pool rows the model stops predicting as the target once the found trigger's pixels are erased (a
+    reconstructed region grown by ``erase_dilate`` pixels; ``None``: 1 on images of side >= 16, else 0), when
+    their score lies more than ``erase_min_gap_z`` robust deviations above the low cluster -- or on their own when
+    the rate at which clean validation rows lose the target under the same erasure predicts a precision of at
+    least ``erase_min_precision``. A reconstruction (``search_restarts`` starts per class, median norm) is taken
+    only when the target class's training rows lose the target under erasure more often than that rate explains
+    (binomial tail below ``erase_confirm_p``). ``no_trigger``: ``none`` flags nothing when no trigger is found on
+    images; ``class_outliers`` falls back to outlying rows of the suspected class.
     """
 
     kind: Literal["delta_influence"] = "delta_influence"
@@ -157,8 +163,13 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     scan_accept_flip: float = Field(default=0.8, gt=0, le=1)
     trigger_search: Literal["auto", "corners", "optimise", "none"] = "auto"
     search_steps: int = Field(default=200, ge=1)
+    search_restarts: int = Field(default=3, ge=1)
+    erase_dilate: int | None = Field(default=None, ge=0)
+    no_trigger: Literal["none", "class_outliers"] = "none"
     erase_trigger: bool = True
     erase_min_gap_z: float = Field(default=1.5, ge=0)
+    erase_min_precision: float = Field(default=0.8, ge=0, le=1)
+    erase_confirm_p: float = Field(default=0.05, gt=0, le=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -42,7 +42,11 @@ Given queries must all be predicted as one class (the target), else :class:`Inpu
 
 Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
 when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
-inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster.
+inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster, or
+with no gap condition when clean validation rows of the target class rarely lose the target under the same
+erasure (:meth:`DeltaInfluenceSelector._erasure_evidence`). A reconstructed trigger is confirmed the same way
+(the target class's training rows must depend on its region far more often than clean validation rows); an
+unconfirmed one, or none, on images gives "no trigger found" and no flagged row (``no_trigger="none"``).
 """
 from __future__ import annotations
 
@@ -56,6 +60,9 @@ from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.errors import InputError
 from tda_clean.selection.base import (
     BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
+)
+from tda_clean.selection.trigger_search import (  # noqa: F401 (stamp_patch re-exported)
+    dilate, erase_probs, erasure_evidence, stamp_patch, trigger_scan,
 )
 
 
@@ -95,40 +102,6 @@ def spectral_outlier_scores(F: np.ndarray) -> np.ndarray:
     C = F - F.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(C, full_matrices=False)
     return (C @ vt[0]) ** 2
-
-
-def stamp_patch(X: np.ndarray, corner: str, size: int, value: float) -> np.ndarray:
-    """Copy of images ``X`` (n, [C,] H, W) with a ``size`` square of ``value`` in ``corner`` (br, bl, tr, tl)."""
-    out = np.array(X, copy=True)
-    rows = slice(-size, None) if corner[0] == "b" else slice(0, size)
-    cols = slice(-size, None) if corner[1] == "r" else slice(0, size)
-    out[..., rows, cols] = value
-    return out
-
-
-def trigger_scan(model, X: np.ndarray, min_flip: float) -> dict[str, Any] | None:
-    """Best candidate corner patch on inputs ``X`` (images) by the share of other-class predictions it sends
-    to one class; ``None`` when no candidate reaches ``min_flip``."""
-    base = predict(model, X).argmax(1)
-    H, W = X.shape[-2:]
-    best = None
-    for corner in ("br", "bl", "tr", "tl"):
-        for size in range(1, max(1, min(3, min(H, W) // 4)) + 1):
-            for value in (1.0, 0.0):
-                stamped = stamp_patch(X, corner, size, value)
-                probs = predict(model, stamped)
-                pred = probs.argmax(1)
-                for c in np.unique(pred):
-                    others = base != c
-                    if others.sum() < 2:
-                        continue
-                    rate = float(np.mean(pred[others] == c))
-                    if best is None or rate > best["flip_rate"]:
-                        best = {"corner": corner, "size": size, "value": value, "target": int(c), "flip_rate": rate,
-                                "X": stamped, "probs": probs, "base": base}
-    if best is None or best["flip_rate"] < min_flip:
-        return None
-    return best
 
 
 def spread_top(candidates: np.ndarray, confidence: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
@@ -245,18 +218,35 @@ class DeltaInfluenceSelector(BaseSelector):
         probe = context.X_val if context.X_val is not None and len(context.X_val) else X
         if X.ndim >= 3 and self.spec.trigger_search != "none":
             found = self._find_trigger(model, probe, context)
-            if found is not None and (self.spec.target is None or found["target"] == self.spec.target):
+            unconfirmed = None
+            while found is not None and (self.spec.target is None or found["target"] == self.spec.target):
                 t = found["target"]
                 cand = np.flatnonzero((found["probs"].argmax(1) == t) & (found["base"] != t))
                 pick = spread_top(cand, found["probs"][:, t], found["base"], self.spec.n_queries)
                 if len(pick):
                     self._erase = (found["region"], np.median(probe, axis=0))
-                    if found["info"]["query_source"] == "trigger_reconstruction":
+                    if found["info"]["query_source"] == "trigger_reconstruction" and self.spec.erase_trigger:
+                        # confirmation: the training rows of the target class must depend on the trigger region
+                        # far more often than clean validation rows do, else it is a small natural feature
+                        evidence = self._erasure_evidence(model, context, t, self._erased(model, X, y == t, t))
+                        found["info"].update(evidence)
+                        if evidence and evidence["erase_p_value"] >= self.spec.erase_confirm_p:
+                            self._erase = None      # the reconstruction is not a backdoor of this training set
+                            unconfirmed = {**found["info"], "query_source": "no_trigger_found"}
+                            found = found.get("corner")
+                            continue
                         rows = self._erased_rows(model, X, y, t)
                         if len(rows) >= min(4, self.spec.n_queries):
                             return X[rows], t, {**found["info"], "query_source": "trigger_reconstruction_rows"}
                     return found["X"][pick], t, found["info"]
-        # fallback: outlying training rows of the suspected target class, predicted as that class
+                break
+            if self.spec.no_trigger == "none" and self.spec.target is None:
+                return None, None, unconfirmed or {"query_source": "no_trigger_found"}
+        return self._class_outlier_queries(model, X, y)
+
+    def _class_outlier_queries(self, model, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int, dict]:
+        """Outlying training rows of the suspected target class (``target``, or the class whose training rows hold
+        the strongest spectral outlier cluster), predicted as that class."""
         pred = predict(model, X)
         F = penultimate(model, X)
         outlier = np.zeros(len(X))
@@ -292,15 +282,19 @@ class DeltaInfluenceSelector(BaseSelector):
         from tda_clean.selection.trigger_search import reconstruct_trigger
 
         seed = int(np.random.default_rng([self.spec.seed, context.seed, 0x7216]).integers(2**31))
-        found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps)
+        found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps,
+                                    restarts=self.spec.search_restarts)
         if (found is None or found["flip_rate"] < self.spec.scan_min_flip
                 or found["mask"].sum() > MAX_TRIGGER_SHARE * found["mask"].size):
             return corner  # nothing flips, or the "trigger" covers much of the image: not a backdoor patch
         if corner is not None and corner["region"].sum() <= found["mask"].sum():
             return corner  # a corner patch that flips with no more pixels than the reconstruction: the smaller trigger
-        found["region"] = found["mask"] >= 0.5 * found["mask"].max()
+        found["corner"] = corner  # taken instead when the erasure does not confirm the reconstruction
+        grow = self.spec.erase_dilate if self.spec.erase_dilate is not None else int(min(probe.shape[-2:]) >= 16)
+        found["region"] = dilate(found["mask"] >= 0.5 * found["mask"].max(), grow)
         found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
-                         "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"]}
+                         "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"],
+                         "trigger_agreement": found["agreement"]}
         return found
 
     # ------------------------------------------------------------------------------------------- fit
@@ -318,6 +312,8 @@ class DeltaInfluenceSelector(BaseSelector):
             Xq, target, info = self._auto_queries(model, X, y, context)
         else:
             Xq, target, info = self._given_queries(model, X)
+        if Xq is None:
+            return self._nothing_found(len(y), info)
 
         rng = np.random.default_rng([self.spec.seed, context.seed, 0xDE17A])
         others = np.array([c for c in range(n_classes) if c != target])
@@ -344,9 +340,12 @@ class DeltaInfluenceSelector(BaseSelector):
         cut, gap_z = split_high_cluster(cont, pool)
         support = pool & (gap_z > self.spec.min_gap_z) & (votes >= needed)
         erased = self._erased(model, X, pool, target)
-        support |= erased & (gap_z > self.spec.erase_min_gap_z)
+        drop = self._drop
+        evidence = self._erasure_evidence(model, context, target, erased) if self.spec.erase_trigger else {}
+        support |= erased & ((gap_z > self.spec.erase_min_gap_z) | evidence.get("erasure_trusted", False))
         support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
+        self.erase_drop_ = drop
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -357,7 +356,21 @@ class DeltaInfluenceSelector(BaseSelector):
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq)),
                       "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
                       "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
-                      "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum())}
+                      "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum()),
+                      **evidence}
+        return self
+
+    def _nothing_found(self, n: int, info: dict[str, Any]) -> "DeltaInfluenceSelector":
+        """No trigger found on images (``no_trigger: none``): no class is an outlier, so no row is flagged."""
+        zeros = np.zeros(n)
+        self.erased_, self.erase_drop_, self.delta_scores_, self.scores_ = zeros.astype(bool), zeros, zeros, zeros
+        self.votes_ = np.zeros(n, dtype=np.int64)
+        self.support_ = np.zeros(n, dtype=bool)
+        self.supports_ = np.zeros((0, self.spec.n_copies + 1, n))
+        self.threshold_ = float("nan")
+        self.target_ = None
+        self.queries_ = np.zeros((0,))
+        self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0}
         return self
 
     def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
@@ -368,24 +381,35 @@ class DeltaInfluenceSelector(BaseSelector):
         rows = np.flatnonzero(self._erased(model, X, pool, target))
         if not len(rows):
             return rows
-        region, fill = self._erase
-        Xe = np.array(X[rows], copy=True)
-        Xe[..., region] = fill[..., region]
-        after = predict(model, Xe)[:, target]
+        _, after = self._erase_probs(model, X, rows, target)
         half = max(4, (len(rows) + 1) // 2)             # the stronger half: clean rows flip less completely
         return rows[np.argsort(after, kind="stable")[: min(half, self.spec.n_queries)]]
 
+    def _erasure_evidence(self, model, context: FitContext, target: int, erased: np.ndarray) -> dict[str, Any]:
+        """:func:`~tda_clean.selection.trigger_search.erasure_evidence` of the found trigger (``{}`` without one
+        or without a validation split)."""
+        if self._erase is None or context.X_val is None or context.y_val is None:
+            return {}
+        return erasure_evidence(model, np.asarray(context.X_val), np.asarray(context.y_val), *self._erase, target,
+                                self._n_pool_target, int(erased.sum()), self.spec.erase_min_precision)
+
+    def _erase_probs(self, model, X: np.ndarray, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+        return erase_probs(model, X[rows], *self._erase, target)
+
     def _erased(self, model, X: np.ndarray, pool: np.ndarray, target: int) -> np.ndarray:
         """Bool (n,): pool rows predicted as ``target`` that are not (p < 0.1) once the found trigger's region
-        is set to the probe inputs' per-pixel median; all False without a found trigger or ``erase_trigger``."""
+        is set to the probe inputs' per-pixel median; all False without a found trigger or ``erase_trigger``.
+        Also sets ``self._drop`` (n,): the target probability lost by the erasure (0 outside the pool), and
+        ``self._n_pool_target``: the number of pool rows predicted as the target."""
         out = np.zeros(len(X), dtype=bool)
+        self._drop = np.zeros(len(X))
         if not self.spec.erase_trigger or self._erase is None or not pool.any():
             return out
-        region, fill = self._erase
         rows = np.flatnonzero(pool)
-        Xe = np.array(X[rows], copy=True)
-        Xe[..., region] = fill[..., region]
-        out[rows] = (predict(model, X[rows]).argmax(1) == target) & (predict(model, Xe)[:, target] < 0.1)
+        before, after = self._erase_probs(model, X, rows, target)
+        out[rows] = (before.argmax(1) == target) & (after < 0.1)
+        self._drop[rows] = before[:, target] - after
+        self._n_pool_target = int((before.argmax(1) == target).sum())
         return out
 
     def reason(self, i: int) -> str:

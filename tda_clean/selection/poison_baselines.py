@@ -40,7 +40,8 @@ class InfluenceThresholdSelector(BaseSelector):
         spec = self.spec
         model = trained_model(X, y, context, self.name)
         finder = DeltaInfluenceSelector(DeltaInfluenceDetector(n_queries=spec.n_queries, target=spec.target,
-                                                               scan_min_flip=spec.scan_min_flip))
+                                                               scan_min_flip=spec.scan_min_flip,
+                                                               no_trigger="class_outliers"))
         finder._check_settings(context.n_classes or int(y.max()) + 1)
         Xq, target, info = finder._auto_queries(model, X, y, context)
         engine = influence_engine(X, y, context, spec.influence, self.name, model=model)

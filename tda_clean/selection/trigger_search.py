@@ -12,6 +12,9 @@ class. The class with the smallest mask is the suspected target; its anomaly ind
 far that norm lies below the others on a log scale (norms spread multiplicatively across classes),
 ``(median(log norm) - log norm_t) / (1.4826 MAD(log norm))``, and the
 trigger is taken as found when the index exceeds ``min_anomaly``. Every random step takes ``seed``.
+
+Also the corner-patch scan (:func:`trigger_scan`, :func:`stamp_patch`) and :func:`dilate` (a region grown by whole
+pixels) used by Δ-influence's trigger search.
 """
 from __future__ import annotations
 
@@ -20,11 +23,98 @@ from typing import Any
 import numpy as np
 
 
+def stamp_patch(X: np.ndarray, corner: str, size: int, value: float) -> np.ndarray:
+    """Copy of images ``X`` (n, [C,] H, W) with a ``size`` square of ``value`` in ``corner`` (br, bl, tr, tl)."""
+    out = np.array(X, copy=True)
+    rows = slice(-size, None) if corner[0] == "b" else slice(0, size)
+    cols = slice(-size, None) if corner[1] == "r" else slice(0, size)
+    out[..., rows, cols] = value
+    return out
+
+
+def trigger_scan(model, X: np.ndarray, min_flip: float) -> dict[str, Any] | None:
+    """Best candidate corner patch on inputs ``X`` (images) by the share of other-class predictions it sends
+    to one class; ``None`` when no candidate reaches ``min_flip``."""
+    from tda_clean.models.trainer import predict_proba
+
+    base = predict_proba(model, X).argmax(1)
+    H, W = X.shape[-2:]
+    best = None
+    for corner in ("br", "bl", "tr", "tl"):
+        for size in range(1, max(1, min(3, min(H, W) // 4)) + 1):
+            for value in (1.0, 0.0):
+                stamped = stamp_patch(X, corner, size, value)
+                probs = predict_proba(model, stamped)
+                pred = probs.argmax(1)
+                for c in np.unique(pred):
+                    others = base != c
+                    if others.sum() < 2:
+                        continue
+                    rate = float(np.mean(pred[others] == c))
+                    if best is None or rate > best["flip_rate"]:
+                        best = {"corner": corner, "size": size, "value": value, "target": int(c), "flip_rate": rate,
+                                "X": stamped, "probs": probs, "base": base}
+    if best is None or best["flip_rate"] < min_flip:
+        return None
+    return best
+
+
+def dilate(region: np.ndarray, pixels: int) -> np.ndarray:
+    """Bool (H, W) ``region`` grown by ``pixels`` in the 8-neighbourhood (a reconstructed mask only approximates
+    the trigger's extent; erasing a margin around it removes the whole trigger)."""
+    out = np.asarray(region, dtype=bool)
+    for _ in range(pixels):
+        grown = out.copy()
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                src = out[max(0, -dr): out.shape[0] - max(0, dr), max(0, -dc): out.shape[1] - max(0, dc)]
+                grown[max(0, dr): out.shape[0] - max(0, -dr), max(0, dc): out.shape[1] - max(0, -dc)] |= src
+        out = grown
+    return out
+
+
+def erase_probs(model, X: np.ndarray, region: np.ndarray, fill: np.ndarray,
+                target: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs (n, C), p_target_after (n,))``: the model's probabilities on images ``X`` and its target probability
+    on copies whose ``region`` (H, W) bool is set to ``fill`` (one image's shape, e.g. the per-pixel median)."""
+    from tda_clean.models.trainer import predict_proba
+
+    Xe = np.array(X, copy=True)
+    Xe[..., region] = fill[..., region]
+    return predict_proba(model, X), predict_proba(model, Xe)[:, target]
+
+
+def erasure_evidence(model, X_val: np.ndarray, y_val: np.ndarray, region: np.ndarray, fill: np.ndarray, target: int,
+                     n_pool_target: int, n_erased: int, min_precision: float) -> dict[str, Any]:
+    """How specific erasing ``region`` is. Clean validation rows labelled ``target`` and predicted as it give the
+    rate at which the erasure alone takes the target away (p < 0.1) from a clean input (Laplace estimate
+    ``rate = (k + 1) / (m + 2)``, ``k`` of ``m`` rows). ``n_pool_target``: training rows of the pool predicted as
+    the target; ``n_erased``: those the erasure took the target from. Returns ``erase_rate_clean``,
+    ``erase_expected_false`` (rate x n_pool_target: clean rows expected among the erased ones),
+    ``erasure_trusted`` (expected false at most ``1 - min_precision`` of ``n_erased``) and ``erase_p_value``
+    (binomial tail ``P(X >= n_erased)`` at that rate: small when the training pool holds far more
+    trigger-dependent rows than clean data explains, i.e. poisons); ``{}`` without such validation rows."""
+    from scipy.stats import binom
+
+    rows = np.flatnonzero(y_val == target)
+    if not len(rows):
+        return {}
+    before, after = erase_probs(model, X_val[rows], region, fill, target)
+    kept = before.argmax(1) == target
+    k, m = int((kept & (after < 0.1)).sum()), int(kept.sum())
+    rate = (k + 1) / (m + 2)
+    expected = rate * n_pool_target
+    return {"erase_val_rows": m, "erase_val_lost": k, "erase_rate_clean": rate, "erase_expected_false": expected,
+            "erase_n_train": n_erased, "erasure_trusted": bool(n_erased and expected <= (1 - min_precision) * n_erased),
+            "erase_p_value": float(binom.sf(n_erased - 1, n_pool_target, rate)) if n_erased else 1.0}
+
+
 def _optimise(model, X: np.ndarray, classes: list[int], steps: int, success: float, lo: float, hi: float,
-              gen) -> dict[int, tuple[float, Any, Any]]:
-    """Per class ``c``: the smallest mask L1 norm that flipped at least ``success`` of ``X[c]`` (k, *shape) to
-    ``c`` (inf if never reached), with that step's mask (H, W) and pattern (shape) as numpy. All classes are
-    optimised together (one batched forward per step); the model's parameters are left untouched."""
+              gen) -> list[tuple[float, Any, Any]]:
+    """Per job ``j`` (class ``classes[j]``, inputs ``X[j]`` (k, *shape)): the smallest mask L1 norm that flipped
+    at least ``success`` of ``X[j]`` to ``classes[j]`` (inf if never reached), with that step's mask (H, W) and
+    pattern (shape) as numpy. All jobs are optimised together (one batched forward per step; a class may appear
+    in several jobs, one per restart); the model's parameters are left untouched."""
     import torch
     import torch.nn.functional as F
 
@@ -37,7 +127,7 @@ def _optimise(model, X: np.ndarray, classes: list[int], steps: int, success: flo
     opt = torch.optim.Adam([a, b], lr=0.1)
     target = torch.as_tensor(classes, device=param.device).repeat_interleave(k)
     lam = torch.full((K,), 1e-3, dtype=param.dtype, device=param.device)
-    best: dict[int, tuple[float, Any, Any]] = {c: (float("inf"), None, None) for c in classes}
+    best: list[tuple[float, Any, Any]] = [(float("inf"), None, None)] * K
     for _ in range(steps):
         m = torch.sigmoid(a)
         p = lo + (hi - lo) * torch.sigmoid(b)
@@ -46,9 +136,9 @@ def _optimise(model, X: np.ndarray, classes: list[int], steps: int, success: flo
         norm = m.reshape(K, -1).sum(1)
         with torch.no_grad():
             rate = (logits.argmax(1) == target).reshape(K, k).double().mean(1)
-            for j, c in enumerate(classes):
-                if rate[j] >= success and float(norm[j]) < best[c][0]:
-                    best[c] = (float(norm[j]), m[j].reshape(shape[-2:]).cpu().numpy().copy(),
+            for j in range(K):
+                if rate[j] >= success and float(norm[j]) < best[j][0]:
+                    best[j] = (float(norm[j]), m[j].reshape(shape[-2:]).cpu().numpy().copy(),
                                p[j, 0].cpu().numpy().copy())
             lam = torch.where(rate >= success, lam * 1.2, lam / 1.2)
         opt.zero_grad()
@@ -58,14 +148,18 @@ def _optimise(model, X: np.ndarray, classes: list[int], steps: int, success: flo
 
 
 def reconstruct_trigger(model, X: np.ndarray, seed: int, steps: int = 200, max_inputs: int = 32,
-                        success: float = 0.95, min_anomaly: float = 2.0) -> dict[str, Any] | None:
+                        success: float = 0.95, min_anomaly: float = 2.0, restarts: int = 1) -> dict[str, Any] | None:
     """Reconstructed trigger on probe images ``X`` (n, [C,] H, W) of the model's suspected target class.
 
-    Returns ``None`` when no class's mask is an outlier (anomaly index <= ``min_anomaly``), else a dict with
-    ``target``, ``mask`` (H, W), ``pattern``, ``norms`` (per class; inf = never reached ``success``),
-    ``anomaly``, ``flip_rate`` (share of the probe images predicted as another class that the stamped copy
-    sends to the target), ``X`` (all probe images stamped), ``probs`` (the model's probabilities on them) and
-    ``base`` (the predictions on the unstamped probe images)."""
+    ``restarts`` independent reconstructions per class (own random start and own draw of ``max_inputs`` probe
+    inputs, all optimised in one batch); a class's norm is the MEDIAN of its restarts' norms, so one lucky or
+    unlucky start does not pick the target. Returns ``None`` when no class's norm is an outlier (anomaly index
+    <= ``min_anomaly``), else a dict with ``target``, ``mask`` (H, W) and ``pattern`` (the target's smallest
+    restart), ``norms`` (per class median; inf = never reached ``success``), ``restart_norms`` (per class list),
+    ``agreement`` (share of restarts in which the target's mask was the smallest of all classes), ``anomaly``,
+    ``flip_rate`` (share of the probe images predicted as another class that the stamped copy sends to the
+    target), ``X`` (all probe images stamped), ``probs`` (the model's probabilities on them) and ``base`` (the
+    predictions on the unstamped probe images)."""
     import torch
 
     from tda_clean.models.trainer import predict_proba
@@ -84,20 +178,22 @@ def reconstruct_trigger(model, X: np.ndarray, seed: int, steps: int = 200, max_i
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        classes, inputs = [], []
-        for c in range(n_classes):
-            pool = np.flatnonzero(base != c)
-            if len(pool) >= max_inputs:
-                classes.append(c)
-                inputs.append(X[np.sort(rng.choice(pool, size=max_inputs, replace=False))])
+        classes = [c for c in range(n_classes) if (base != c).sum() >= max_inputs]
         if len(classes) < 3:
             return None
-        found = _optimise(model, np.stack(inputs), classes, steps, success, lo, hi, gen)
+        jobs, inputs = [], []
+        for _ in range(max(1, restarts)):
+            for c in classes:
+                pool = np.flatnonzero(base != c)
+                jobs.append(c)
+                inputs.append(X[np.sort(rng.choice(pool, size=max_inputs, replace=False))])
+        found = _optimise(model, np.stack(inputs), jobs, steps, success, lo, hi, gen)
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
         model.train(was_training)
-    norms = {c: v[0] for c, v in found.items()}
+    runs = {c: [found[j][0] for j in range(len(jobs)) if jobs[j] == c] for c in classes}
+    norms = {c: float(np.median(v)) for c, v in runs.items()}
     finite = np.log([max(v, 1e-12) for v in norms.values() if np.isfinite(v)])
     if len(finite) < 3:
         return None
@@ -107,10 +203,14 @@ def reconstruct_trigger(model, X: np.ndarray, seed: int, steps: int = 200, max_i
     anomaly = float((med - np.log(max(norms[t], 1e-12))) / max(mad, 1e-12))
     if anomaly <= min_anomaly:
         return None
-    _, mask, pattern = found[t]
+    n_runs = len(runs[t])
+    agreement = float(np.mean([min(classes, key=lambda c: runs[c][r]) == t for r in range(n_runs)]))
+    j_best = min((j for j in range(len(jobs)) if jobs[j] == t), key=lambda j: found[j][0])
+    _, mask, pattern = found[j_best]
     stamped = ((1 - mask) * X + mask * pattern).astype(X.dtype)
     probs = predict_proba(model, stamped)
     others = base != t
     flip = float(np.mean(probs.argmax(1)[others] == t)) if others.any() else 0.0
-    return {"target": int(t), "mask": mask, "pattern": pattern, "norms": norms, "anomaly": anomaly,
-            "flip_rate": flip, "X": stamped, "probs": probs, "base": base}
+    return {"target": int(t), "mask": mask, "pattern": pattern, "norms": norms, "restart_norms": runs,
+            "agreement": agreement, "anomaly": anomaly, "flip_rate": flip, "X": stamped, "probs": probs,
+            "base": base}

@@ -1,0 +1,133 @@
+"""Trigger confirmation and erasure evidence of Δ-influence (issue 15, "poisons anywhere"): a reconstructed
+trigger counts only when the target class's TRAINING rows depend on its region far more often than clean
+validation rows do; the erasure check may flag alone only when it is specific on clean validation rows; a clean
+model yields "no trigger found" and no flagged row; reconstruction restarts take the median norm per class."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tda_clean.config import DeltaInfluenceDetector, parse_config
+from tda_clean.data import load_bundle
+from tda_clean.models.factory import build_model
+from tda_clean.models.trainer import fit
+from tda_clean.selection import FitContext, make_detector
+from tda_clean.selection.delta_influence import DeltaInfluenceSelector, dilate
+from tda_clean.selection.trigger_search import reconstruct_trigger
+from tests.unit_helpers import torch_single_thread
+
+_single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
+
+REGION = np.zeros((8, 8), dtype=bool)
+REGION[3:5, 3:5] = True                                   # the "trigger" region the tests erase
+
+
+class RegionModel(nn.Module):
+    """Three classes on 8x8 images: class 2 when the REGION is bright or (``corner_content``) the top-left 2x2
+    corner is bright; classes 0 / 1 otherwise (left / right half brighter)."""
+
+    def __init__(self, corner_content: bool):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.corner_content = corner_content
+
+    def forward(self, x):
+        x = x.reshape(len(x), 8, 8)
+        region = x[:, 3:5, 3:5].mean((1, 2))
+        corner = x[:, :2, :2].mean((1, 2)) if self.corner_content else torch.zeros_like(region)
+        z2 = 20 * (torch.maximum(region, corner) - 0.5)
+        z0 = 5 * (x[:, :, :4].mean((1, 2)) - x[:, :, 4:].mean((1, 2)))
+        return self.scale * torch.stack([z0, -z0, z2], 1)
+
+
+def class2_rows(n: int, rng, corner: bool) -> np.ndarray:
+    """Class-2 images: the top-left corner bright (content outside the region) or the region bright."""
+    X = rng.uniform(0, 0.2, size=(n, 8, 8)).astype(np.float32)
+    if corner:
+        X[:, :2, :2] = 1.0
+    else:
+        X[:, 3:5, 3:5] = 1.0
+    return X
+
+
+def evidence_for(corner_content: bool, n_poison_like: int, seed: int = 0) -> dict:
+    """Erasure evidence of a pool of 60 clean class-2 rows plus ``n_poison_like`` rows that are class 2 only
+    through the region, against 40 clean class-2 validation rows."""
+    rng = np.random.default_rng(seed)
+    model = RegionModel(corner_content)
+    X_val = class2_rows(40, rng, corner=corner_content)
+    clean = class2_rows(60, rng, corner=corner_content)
+    poisons = class2_rows(n_poison_like, rng, corner=False)
+    X = np.concatenate([clean, poisons])
+    y = np.full(len(X), 2)
+    sel = DeltaInfluenceSelector(DeltaInfluenceDetector())
+    sel._erase = (REGION, np.zeros((8, 8), dtype=np.float32))
+    erased = sel._erased(model, X, y == 2, 2)
+    context = FitContext(seed=0, X_val=X_val, y_val=np.full(len(X_val), 2))
+    return {"erased": erased, **sel._erasure_evidence(model, context, 2, erased)}
+
+
+def test_erasure_is_trusted_when_clean_rows_keep_the_target():
+    ev = evidence_for(corner_content=True, n_poison_like=20)
+    # the 20 region-only rows lose class 2 once the region is erased; the 60 clean rows (corner content) do not
+    assert int(ev["erased"].sum()) == 20 and ev["erased"][60:].all()
+    assert ev["erase_val_lost"] == 0 and ev["erase_val_rows"] == 40
+    assert ev["erase_expected_false"] == pytest.approx(80 / 42)
+    assert ev["erasure_trusted"] and ev["erase_p_value"] < 1e-6
+
+
+def test_erasure_is_not_trusted_when_clean_rows_live_in_the_region():
+    ev = evidence_for(corner_content=False, n_poison_like=20)
+    # every class-2 row (clean or not) lives in the region: erasure says nothing about poisons
+    assert ev["erase_val_lost"] == 40
+    assert not ev["erasure_trusted"] and ev["erase_p_value"] > 0.05
+
+
+def test_dilate_grows_a_region_by_whole_pixels_and_zero_keeps_it():
+    r = np.zeros((6, 6), dtype=bool)
+    r[0, 0] = r[4, 3] = True
+    assert (dilate(r, 0) == r).all()
+    grown = dilate(r, 1)
+    assert grown.sum() == 4 + 9 and grown[1, 1] and grown[5, 4] and not grown[2, 2]
+    assert dilate(r, 2)[2, 2]
+
+
+@pytest.fixture(scope="module")
+def clean_digits():
+    cfg = parse_config({
+        "seed": 0, "data": {"kind": "digits"}, "tracking": {"enabled": False},
+        "model": {"kind": "cnn", "channels": [16, 32], "hidden": 64},
+        "train": {"optimizer": "adam", "lr": 0.003, "l2": 0.0001, "epochs": 60, "batch_size": 64, "patience": 8,
+                  "device": "cpu"},
+    })
+    bundle = load_bundle(cfg)
+    model = build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed)
+    fit(model, bundle.train.X, bundle.train.y, cfg.train, cfg.seed, X_val=bundle.val.X, y_val=bundle.val.y,
+        progress=False)
+    context = FitContext(seed=cfg.seed, model=model, train_config=cfg.train, X_val=bundle.val.X, y_val=bundle.val.y,
+                         n_classes=bundle.train.n_classes)
+    return bundle, model, context
+
+
+def test_clean_model_no_trigger_found_and_nothing_flagged(clean_digits):
+    bundle, _, context = clean_digits
+    det = make_detector(DeltaInfluenceDetector()).fit(bundle.train.X, bundle.train.y, context)
+    assert det.info_["query_source"] == "no_trigger_found", det.info_
+    assert det.target_ is None and not det.get_support().any()
+    # the old fallback still gives queries when asked for
+    det = make_detector(DeltaInfluenceDetector(no_trigger="class_outliers", n_queries=2, n_copies=2, tol=1))
+    Xq, target, info = det._auto_queries(context.model, bundle.train.X, bundle.train.y, context)
+    assert info["query_source"] == "class_outliers" and len(Xq) == 2 and 0 <= target < 10
+
+
+def test_restarts_take_the_median_norm_per_class(clean_digits):
+    bundle, model, _ = clean_digits
+    found = reconstruct_trigger(model, bundle.val.X, seed=0, steps=30, restarts=3, min_anomaly=-np.inf)
+    assert found is not None
+    assert all(len(v) == 3 for v in found["restart_norms"].values())
+    for c, runs in found["restart_norms"].items():
+        assert found["norms"][c] == pytest.approx(float(np.median(runs)))
+    assert found["target"] == min(found["norms"], key=found["norms"].get)
+    assert 0.0 <= found["agreement"] <= 1.0
