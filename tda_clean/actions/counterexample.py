@@ -1,0 +1,106 @@
+"""Counter-example unlearning of a backdoor: teach the model that the trigger does not decide the class.
+
+The forget set ``F`` (the flagged rows) of a backdoor attack carries a trigger and a wrong (target) label.
+Instead of retraining without ``F``, fine-tune the before-model for a few steps on batches that mix
+
+* retained rows with their labels (keeps clean accuracy),
+* the forget rows WITH their trigger but a corrected label: the before-model's prediction on a copy of the row
+  with the trigger erased (trigger features set to the retained rows' mean),
+* retained rows with the trigger stamped on and their OWN labels (the same lesson on many more inputs than
+  ``F`` holds; ``stamp`` rows per step).
+
+The trigger comes from ``trigger`` when a detector found it (``(mask, values)`` over one row's shape), else it
+is estimated from ``F`` against the retained rows, feature by feature (a row's features flattened, shape (d,)):
+
+    z_j = |mean_F x_j - mean_R x_j| / (std_F x_j + std_R x_j + eps),   eps = 0.05 * (max x - min x)
+
+features with ``z_j >= z_min`` (1.5) form the trigger, their values ``mean_F x_j``. A patch trigger is (nearly)
+constant over ``F`` and unlike the clean rows there, so its features score high; features that only differ by the
+forget set's class mix score well below 1. A trigger spread over the whole input (blending) gives a diffuse estimate -- the method is
+meant for localized triggers.
+
+``layers``: ``all`` parameters, or ``body`` (all but the last linear layer: the probes of issue 5 showed the
+backdoor lives in the body). ``model_before`` is never modified; every random draw takes ``seed``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Trigger = tuple[np.ndarray, np.ndarray]        # (mask (d,) bool, values (d,)) over a row's flattened features
+
+
+def estimate_trigger(X: np.ndarray, forget: np.ndarray, z_min: float = 1.5) -> tuple[Trigger, np.ndarray]:
+    """``((mask (d,), values (d,)), z (d,))`` from the forget rows ``X[forget]`` vs the retained rows (module doc)."""
+    flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    F, R = flat[forget], flat[~forget]
+    eps = 0.05 * max(float(flat.max() - flat.min()), 1e-12)
+    z = np.abs(F.mean(0) - R.mean(0)) / (F.std(0) + R.std(0) + eps)
+    mask = z >= z_min
+    return (mask, F.mean(0)), z
+
+
+def _stamp(Xt: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    flat = Xt.reshape(len(Xt), mask.numel())
+    return torch.where(mask, values, flat).reshape(Xt.shape)
+
+
+def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, mask: np.ndarray, train_config,
+                   seed: int, trigger: Trigger | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The after-model and an info dict (trigger size, relabelled rows, steps). ``X`` (n, ...) the full training
+    set, ``mask`` (n,) bool the forget set; ``cfg`` an ``UnlearnAction`` (``counter_steps``, ``stamp``, ``layers``,
+    ``lr``, ``batch_size``)."""
+    from tda_clean.influence.params import last_linear
+    from tda_clean.models.trainer import model_input, resolve_device, resolve_dtype, training_loss, training_objective
+
+    z_max = None
+    if trigger is None:
+        trigger, z = estimate_trigger(X, mask)
+        z_max = float(z.max())
+    t_mask, t_values = (np.asarray(a).reshape(-1) for a in trigger)
+    model = copy.deepcopy(model_before)
+    device, dtype = resolve_device(train_config.device), resolve_dtype(train_config.dtype)
+    model.to(device=device, dtype=dtype).eval()
+    Xt = model_input(X, device, dtype)
+    yt = torch.as_tensor(y, dtype=torch.long, device=device)
+    tm = torch.as_tensor(t_mask.astype(bool), device=device)
+    tv = torch.as_tensor(t_values, device=device, dtype=dtype)
+    keep = torch.as_tensor(np.flatnonzero(~mask), device=device)
+    forget = torch.as_tensor(np.flatnonzero(mask), device=device)
+    with torch.no_grad():                                       # corrected labels: prediction with trigger erased
+        background = Xt[keep].reshape(len(keep), -1).mean(0)
+        teacher_forget = model(_stamp(Xt[forget], tm, background))
+        y_forget = teacher_forget.argmax(1)
+        teacher = model(Xt) if cfg.counter_loss == "logits" else None
+    head = last_linear(model)[1] if cfg.layers == "body" else None
+    params = [p for p in model.parameters() if head is None or all(p is not q for q in head.parameters())]
+    lr = cfg.counter_lr or train_config.lr
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    objective = training_objective(train_config)
+    bs = cfg.batch_size or train_config.batch_size
+    model.train()
+    for _ in range(cfg.counter_steps):
+        idx = keep[torch.randint(0, len(keep), (bs,), generator=gen).to(device)]
+        sidx = keep[torch.randint(0, len(keep), (cfg.stamp,), generator=gen).to(device)]
+        fsel = torch.randperm(len(forget), generator=gen)[:bs].to(device)
+        xb = torch.cat([Xt[idx], _stamp(Xt[sidx], tm, tv), Xt[forget[fsel]]])
+        opt.zero_grad()
+        if teacher is None:                                     # cross-entropy on (corrected) labels
+            loss = training_loss(model, xb, torch.cat([yt[idx], yt[sidx], y_forget[fsel]]), objective)
+        else:                                                   # match the before-model's trigger-free logits
+            target = torch.cat([teacher[idx], teacher[sidx], teacher_forget[fsel]])
+            w = torch.ones(len(xb), device=device, dtype=dtype)
+            w[:len(idx)] = cfg.anchor_weight
+            loss = ((model(xb) - target).pow(2).sum(1) * w).sum() / w.sum()
+        loss.backward()
+        opt.step()
+    model.eval()
+    changed = int((y_forget != yt[forget]).sum())
+    return model, {"trigger_features": int(t_mask.sum()), "trigger_z_max": z_max, "relabelled": changed,
+                   "steps": cfg.counter_steps, "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr,
+                   "loss": cfg.counter_loss}
