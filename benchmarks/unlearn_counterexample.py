@@ -9,8 +9,8 @@ bottom-right -> class 0): train the clean-data model (its attack success is the 
 a retrain from scratch without the poisons (timed: the reference). Each ``--variants`` entry
 (``method:field=value,...`` as in poison.py) then unlearns the poisons from the poisoned model; its time is the
 wall time of the whole ``unlearn()`` call (trigger estimate, relabelling, steps). The forget set is the TRUE poison
-mask by default; ``--forget delta`` uses Δ-influence's flagged rows (its default config) instead, and passes the
-detector's reconstructed trigger when it has one.
+mask by default; ``--forget delta`` uses Δ-influence's flagged rows (its default config) instead (the retrain
+reference then also drops those rows, and the trigger is estimated from the flagged rows).
 
 Goal per run: speed-up >= 10x, ASR <= clean-model ASR + 0.005, accuracy >= before-model accuracy - 0.005.
 """
