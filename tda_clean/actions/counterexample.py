@@ -7,7 +7,10 @@ Instead of retraining without ``F``, fine-tune the before-model for a few steps 
 * the forget rows WITH their trigger but a corrected label: the before-model's prediction on a copy of the row
   with the trigger erased (trigger features set to the retained rows' mean),
 * retained rows with the trigger stamped on and their OWN labels (the same lesson on many more inputs than
-  ``F`` holds; ``stamp`` rows per step).
+  ``F`` holds).
+
+Each step draws ``batch_size`` retained rows (default ``min(32, training batch size)``), ``stamp`` retained rows to
+stamp and up to ``stamp`` forget rows (up to ``batch_size`` when ``stamp`` is 0).
 
 The trigger comes from ``trigger`` when a detector found it (``(mask, values)`` over one row's shape), else it
 is estimated from ``F`` against the retained rows, feature by feature (a row's features flattened, shape (d,)):
@@ -82,12 +85,12 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     objective = training_objective(train_config)
-    bs = cfg.batch_size or train_config.batch_size
+    bs = cfg.batch_size or min(32, train_config.batch_size)
     model.train()
     for _ in range(cfg.counter_steps):
         idx = keep[torch.randint(0, len(keep), (bs,), generator=gen).to(device)]
         sidx = keep[torch.randint(0, len(keep), (cfg.stamp,), generator=gen).to(device)]
-        fsel = torch.randperm(len(forget), generator=gen)[:bs].to(device)
+        fsel = torch.randperm(len(forget), generator=gen)[:cfg.stamp or bs].to(device)
         xb = torch.cat([Xt[idx], _stamp(Xt[sidx], tm, tv), Xt[forget[fsel]]])
         opt.zero_grad()
         if teacher is None:                                     # cross-entropy on (corrected) labels

@@ -174,7 +174,7 @@ class UnlearnAction(InfluenceFields):
     max_forget_loss: float = Field(default=3.0, gt=0)
     counter_steps: int = Field(default=40, ge=1)
     counter_lr: float | None = Field(default=None, gt=0)
-    stamp: int = Field(default=32, ge=0)
+    stamp: int = Field(default=16, ge=0)
     anchor_weight: float = Field(default=3.0, gt=0)
     layers: Literal["all", "body"] = "all"
     counter_loss: Literal["logits", "labels"] = "logits"
