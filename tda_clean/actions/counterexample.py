@@ -3,24 +3,30 @@
 The forget set ``F`` (the flagged rows) of a backdoor attack carries a trigger and a wrong (target) label.
 Instead of retraining without ``F``, fine-tune the before-model for a few steps on batches that mix
 
-* retained rows with their labels (keeps clean accuracy),
-* the forget rows WITH their trigger but a corrected label: the before-model's prediction on a copy of the row
+* retained rows (keep clean accuracy; weighted ``anchor_weight`` against the counter-examples),
+* the forget rows WITH their trigger but a corrected target: the before-model's output on a copy of the row
   with the trigger erased (trigger features set to the retained rows' mean),
-* retained rows with the trigger stamped on and their OWN labels (the same lesson on many more inputs than
-  ``F`` holds).
+* retained rows with the trigger stamped on and their trigger-free target (the same lesson on many more inputs
+  than ``F`` holds).
+
+Targets (``counter_loss``): ``logits`` -- squared distance (summed over classes) to the before-model's logits on
+the trigger-free input (the retained row itself; the erased copy of a forget row); ``labels`` -- cross-entropy on
+the row's label, the before-model's prediction on the erased copy for forget rows (plain training objective).
 
 Each step draws ``batch_size`` retained rows (default ``min(32, training batch size)``), ``stamp`` retained rows to
 stamp and up to ``stamp`` forget rows (up to ``batch_size`` when ``stamp`` is 0).
 
 The trigger comes from ``trigger`` when a detector found it (``(mask, values)`` over one row's shape), else it
-is estimated from ``F`` against the retained rows, feature by feature (a row's features flattened, shape (d,)):
+is estimated from ``F`` against the retained rows ``R``, feature by feature (a row's features flattened, (d,)):
 
-    z_j = |mean_F x_j - mean_R x_j| / (std_F x_j + std_R x_j + eps),   eps = 0.05 * (max x - min x)
+    v_j = median_F x_j,   t = 0.05 * (max x - min x)
+    agree_j = share of F with |x_j - v_j| <= t  -  share of R with |x_j - v_j| <= t
+    z_j = |v_j - mean_R x_j| / (std_R x_j + t)
 
-features with ``z_j >= z_min`` (1.5) form the trigger, their values ``mean_F x_j``. A patch trigger is (nearly)
-constant over ``F`` and unlike the clean rows there, so its features score high; features that only differ by the
-forget set's class mix score well below 1. A trigger spread over the whole input (blending) gives a diffuse estimate -- the method is
-meant for localized triggers.
+features with ``agree_j >= 0.45`` and ``z_j >= 1.5`` form the trigger, their values ``v_j``. A patch trigger is
+constant over the poisons and rare among clean rows there; the median and the share keep the estimate when the
+forget set also holds clean rows (a detector's false positives), as long as poisons are most of it. A trigger spread
+over the whole input (blending) gives no such features -- the method is meant for patches.
 
 ``layers``: ``all`` parameters, or ``body`` (all but the last linear layer: the probes of issue 5 showed the
 backdoor lives in the body). ``model_before`` is never modified; every random draw takes ``seed``.
@@ -37,14 +43,17 @@ from torch import nn
 Trigger = tuple[np.ndarray, np.ndarray]        # (mask (d,) bool, values (d,)) over a row's flattened features
 
 
-def estimate_trigger(X: np.ndarray, forget: np.ndarray, z_min: float = 1.5) -> tuple[Trigger, np.ndarray]:
-    """``((mask (d,), values (d,)), z (d,))`` from the forget rows ``X[forget]`` vs the retained rows (module doc)."""
+def estimate_trigger(X: np.ndarray, forget: np.ndarray, min_agree: float = 0.45,
+                     min_z: float = 1.5) -> tuple[Trigger, np.ndarray]:
+    """``((mask (d,), values (d,)), agree (d,))`` from the forget rows ``X[forget]`` vs the retained rows (module
+    doc); ``agree`` is set to 0 where ``z < min_z``."""
     flat = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
     F, R = flat[forget], flat[~forget]
-    eps = 0.05 * max(float(flat.max() - flat.min()), 1e-12)
-    z = np.abs(F.mean(0) - R.mean(0)) / (F.std(0) + R.std(0) + eps)
-    mask = z >= z_min
-    return (mask, F.mean(0)), z
+    t = 0.05 * max(float(flat.max() - flat.min()), 1e-12)
+    v = np.median(F, 0)
+    agree = (np.abs(F - v) <= t).mean(0) - (np.abs(R - v) <= t).mean(0)
+    agree = np.where(np.abs(v - R.mean(0)) / (R.std(0) + t) >= min_z, agree, 0.0)
+    return (agree >= min_agree, v), agree
 
 
 def _stamp(Xt: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -60,10 +69,8 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     from tda_clean.influence.params import last_linear
     from tda_clean.models.trainer import model_input, resolve_device, resolve_dtype, training_loss, training_objective
 
-    z_max = None
     if trigger is None:
-        trigger, z = estimate_trigger(X, mask)
-        z_max = float(z.max())
+        trigger, _ = estimate_trigger(X, mask)
     t_mask, t_values = (np.asarray(a).reshape(-1) for a in trigger)
     model = copy.deepcopy(model_before)
     device, dtype = resolve_device(train_config.device), resolve_dtype(train_config.dtype)
@@ -104,6 +111,6 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         opt.step()
     model.eval()
     changed = int((y_forget != yt[forget]).sum())
-    return model, {"trigger_features": int(t_mask.sum()), "trigger_z_max": z_max, "relabelled": changed,
+    return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed,
                    "steps": cfg.counter_steps, "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr,
                    "loss": cfg.counter_loss}
