@@ -73,3 +73,15 @@ def test_counterexample_is_deterministic_and_uses_a_given_trigger(backdoored):
     empty = (np.zeros(64, dtype=bool), np.zeros(64))
     _, info = unlearn(cfg, *args, 0, trigger=empty)
     assert info["trigger_features"] == 0 and info["relabelled"] == 0   # nothing erased: the before-model's label
+
+
+def test_config_accepts_the_method_and_names_a_bad_key():
+    from tda_clean.config import parse_config
+    from tda_clean.errors import InputError
+
+    raw = {"data": {"kind": "digits"}, "action": {"kind": "unlearn", "method": "counterexample", "counter_steps": 5}}
+    assert parse_config(raw).action.counter_steps == 5
+    with pytest.raises(InputError, match="action.layers"):
+        parse_config({**raw, "action": {**raw["action"], "layers": "head"}})
+    with pytest.raises(InputError, match="action.stamp"):
+        parse_config({**raw, "action": {**raw["action"], "stamp": -1}})
