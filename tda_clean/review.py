@@ -45,9 +45,9 @@ def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, 
     for column in train.groups.columns:
         frame[f"group_{column}"] = train.groups[column].to_numpy()[idx]
     spec = getattr(ctx.config.detector, "influence", REVIEW_SPEC)
-    model = load_model(ctx, "before", bundle)
-    frame["most_influenced_val_rows"] = _influenced_val_rows(model, bundle, idx, spec, ctx.config.train, top_val)
-    why, records = why_columns(model, bundle, idx, spec, ctx.config.train, top_val)  # the top candidates only
+    engine = review_engine(load_model(ctx, "before", bundle), bundle, spec, ctx.config.train)  # one curvature fit
+    frame["most_influenced_val_rows"] = _influenced_val_rows(engine, bundle, idx, top_val)
+    why, records = why_columns(engine, bundle, idx, top_val)  # the top candidates only
     frame = frame.assign(**why)
     frame.attrs["xda"] = records  # for review/xda.json
     frame["reason"] = [plain_reason(selection.detector, text, label, None if pd.isna(suggestion) else suggestion)
@@ -63,18 +63,22 @@ def _action_text(kind: str, label: int, suggestion: int | None) -> str:
     return kind
 
 
-def _influenced_val_rows(model, bundle: DataBundle, idx: np.ndarray, spec: InfluenceSpec, train_config,
-                         top: int) -> list[str]:
-    """``row_id:influence`` of the ``top`` validation rows whose loss each candidate moves most."""
-    if len(idx) == 0:
-        return []
-    from tda_clean.influence import InfluenceEngine, PerSampleLoss, per_sample_grads
+def review_engine(model, bundle: DataBundle, spec: InfluenceSpec, train_config):
+    """The one :class:`~tda_clean.influence.InfluenceEngine` the review's influence columns share."""
+    from tda_clean.influence import InfluenceEngine
     from tda_clean.models.trainer import training_objective
 
-    engine = InfluenceEngine(model, (bundle.train.X, bundle.train.y), spec, training_objective(train_config))
-    W = engine.inverse_hvp(PerSampleLoss(bundle.val.X, bundle.val.y))  # (m_val, p)
-    G = per_sample_grads(engine.space, bundle.train.X[idx], bundle.train.y[idx])  # (k, p)
-    scores = (G @ W.T).cpu().numpy() / engine.n  # (k, m_val)
+    return InfluenceEngine(model, (bundle.train.X, bundle.train.y), spec, training_objective(train_config))
+
+
+def _influenced_val_rows(engine, bundle: DataBundle, idx: np.ndarray, top: int) -> list[str]:
+    """``row_id:influence`` of the ``top`` validation rows whose loss each candidate's removal moves most
+    (:func:`tda_clean.influence.xda.query_influence`: positive = removing the candidate increases that loss)."""
+    if len(idx) == 0:
+        return []
+    from tda_clean.influence.xda import query_influence
+
+    scores, _ = query_influence(engine, bundle.train.X[idx], bundle.train.y[idx], bundle.val.X, bundle.val.y)
     order = np.argsort(-np.abs(scores), axis=1)[:, :top]
     return [" ".join(f"{bundle.val.row_id[j]}:{scores[r, j]:+.2e}" for j in order[r]) for r in range(len(idx))]
 

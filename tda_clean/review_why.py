@@ -13,7 +13,7 @@ features, by integrated gradients from the training mean (:mod:`tda_clean.influe
 - records for ``review/xda.json``: per explained row its row id, validation rows, relevance, completeness gap and
   attributions.
 
-Cost: one curvature fit, ``2 * rows`` inverse products, the validation rows' gradients and ``rows * steps``
+Cost: the review's one curvature fit (shared with ``most_influenced_val_rows``), ``2 * rows`` inverse products, the validation rows' gradients and ``rows * steps``
 double-differentiated forward passes — bounded by ``rows``, whatever the number of candidates.
 """
 from __future__ import annotations
@@ -28,20 +28,18 @@ from tda_clean.data.dataset import DataBundle
 XDA_ROWS, XDA_STEPS, TOP_FEATURES = 10, 16, 5
 
 
-def why_columns(model, bundle: DataBundle, idx: np.ndarray, spec, train_config, top_val: int = 3,
+def why_columns(engine, bundle: DataBundle, idx: np.ndarray, top_val: int = 3,
                 rows: int = XDA_ROWS, steps: int = XDA_STEPS) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
-    """``({"why": [...], ["why_image": [...]]}, records)``; lists are aligned with ``idx`` (see module docstring)."""
+    """``({"why": [...], ["why_image": [...]]}, records)``; lists are aligned with ``idx`` (see module docstring).
+    ``engine``: the review's :class:`~tda_clean.influence.InfluenceEngine` (:func:`tda_clean.review.review_engine`)."""
     train, val = bundle.train, bundle.val
     image = train.X.ndim >= 3
     columns: dict[str, list[str]] = {"why": [""] * len(idx), **({"why_image": [""] * len(idx)} if image else {})}
     k = min(rows, len(idx))
     if k == 0 or not np.issubdtype(np.asarray(train.X).dtype, np.floating) or len(val) == 0:
         return columns, []  # nothing to explain, or integer inputs (token ids) have no input gradient
-    from tda_clean.influence import InfluenceEngine
     from tda_clean.influence.xda import completeness, integrated_gradients, relevance_values, top_query_relevances
-    from tda_clean.models.trainer import training_objective
 
-    engine = InfluenceEngine(model, (train.X, train.y), spec, training_objective(train_config))
     chosen = idx[:k]
     relevances, S, top = top_query_relevances(engine, train.X[chosen], train.y[chosen], val.X, val.y, top_val)
     dtype = engine.space.flat().dtype

@@ -79,19 +79,17 @@ def test_unlearn_damping_reaches_the_solver(problem):
     assert info["damping"] == 0.5
 
 
-def test_review_damping_reaches_the_solver(problem, monkeypatch):
+def test_review_damping_reaches_the_solver(problem):
     from tda_clean import review
 
     X, y, ctx = problem
-    seen = []
-    original = InfluenceEngine.inverse_hvp
-    monkeypatch.setattr(InfluenceEngine, "inverse_hvp", lambda self, obj: seen.append(self.solver) or original(self, obj))
     bundle = SimpleNamespace(train=SimpleNamespace(X=X, y=y),
                              val=SimpleNamespace(X=ctx.X_val, y=ctx.y_val, row_id=np.arange(len(ctx.y_val)) + 1000))
     spec = parse_config({"data": {"kind": "digits"},
                          "detector": {"kind": "harmful", "solver": "cg", "damping": 0.5}}).detector.influence
-    rows = review._influenced_val_rows(ctx.model, bundle, np.array([0, 5]), spec, TRAIN, 2)
-    assert len(rows) == 2 and [(s.name, s.damping_) for s in seen] == [("cg", 0.5)]
+    engine = review.review_engine(ctx.model, bundle, spec, TRAIN)
+    rows = review._influenced_val_rows(engine, bundle, np.array([0, 5]), 2)
+    assert len(rows) == 2 and (engine.solver.name, engine.solver.damping_) == ("cg", 0.5)
 
 
 def test_one_budget_rule():

@@ -5,9 +5,10 @@ A *relevance function* ``R(x)`` maps a training input ``x`` (the row's feature s
 ``(C, H, W)``) to a scalar; everything else (model, curvature, queries, the row's label and dual variables) is held
 fixed, and ``R(x_i)`` is the attribution score being explained. Two are built here:
 
-- :func:`influence_relevance`: ``R(x) = (1/n) g(x, y_i)^T u`` with ``u = A^-1 sum_j s_j q_j``, ``g`` the per-row
+- :func:`influence_relevance`: ``R(x) = (g(x, y_i) + l2 theta*)^T u / (n - 1)`` with ``u = A^-1 sum_j s_j q_j``, ``g`` the per-row
   loss gradient over the engine's parameter subset, ``q_j`` the query rows' loss gradients and ``s_j = sign`` of
-  the influence of row i on query j (the review's ``(1/n) q_j^T A^-1 g_i``). So ``R(x_i) = sum_j |infl_ij| >= 0``.
+  the influence of row i on query j (the review's removal influence, :func:`query_influence`). So
+  ``R(x_i) = sum_j |infl_ij| >= 0``.
 - :func:`dualda_relevance`: ``R(x) = sum_j s_j alpha_i^{c_j} <phi(x), phi(v_j)>`` (DualDA's attribution of query
   j's class ``c_j`` to row i, ``phi`` the penultimate features), again ``R(x_i) = sum_j |a_ji|``.
 
@@ -36,10 +37,13 @@ from tda_clean.influence.params import ParamSpace
 Relevance = Callable[[torch.Tensor], torch.Tensor]
 
 
-def influence_relevance(space: ParamSpace, u: torch.Tensor, label: int, n: int) -> Relevance:
-    """``R(x) = (1/n) grad_theta CE(f(x; theta), label) . u`` for each row of a batch ``x`` (k, *shape) -> (k,).
+def influence_relevance(space: ParamSpace, u: torch.Tensor, label: int, scale: float, offset: float = 0.0,
+                        ) -> Relevance:
+    """``R(x) = scale * (grad_theta CE(f(x; theta), label) . u + offset)`` for each row of a batch ``x``
+    (k, *shape) -> (k,).
 
-    ``u`` (p,): the inverse-curvature-weighted query direction ``A^-1 sum_j s_j q_j`` over ``space``.
+    ``u`` (p,): the inverse-curvature-weighted query direction ``A^-1 sum_j s_j q_j`` over ``space``; ``scale``:
+    ``1 / (n - 1)`` for the removal form; ``offset``: the regulariser share ``l2 theta* . u`` (constant in ``x``).
     """
     theta = space.flat()
     u = u.to(theta)
@@ -47,7 +51,7 @@ def influence_relevance(space: ParamSpace, u: torch.Tensor, label: int, n: int) 
     def relevance(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=theta.device, dtype=theta.dtype)  # differentiable: gradients flow back to the caller's x
         target = torch.full((len(x),), int(label), dtype=torch.long, device=theta.device)
-        return _per_row_directional(space, theta, u, x, target) / n
+        return scale * (_per_row_directional(space, theta, u, x, target) + offset)
 
     return relevance
 
@@ -64,25 +68,35 @@ def _per_row_directional(space: ParamSpace, theta: torch.Tensor, u: torch.Tensor
     return jvp(losses, (theta,), (u,))[1]
 
 
-def top_query_relevances(engine, X_rows, y_rows, X_query, y_query, top: int = 3,
-                         ) -> tuple[list[Relevance], np.ndarray, np.ndarray]:
-    """For each training row (k rows ``X_rows``, ``y_rows``): its :func:`influence_relevance` on the ``top`` query
-    rows it influences most. ``engine``: a fitted-or-not :class:`InfluenceEngine`.
-
-    Returns ``(relevances, S, top_idx)``: ``S`` (k, m) the influences ``(1/n) q_j^T A^-1 g_i`` of each row on each
-    query's loss (positive = removing the row increases that loss), ``top_idx`` (k, top) by ``|S|``; the solver's
-    ``A`` is symmetric, so this equals the review's ``G W^T / n``.
-    """
+def query_influence(engine, X_rows, y_rows, X_query, y_query) -> tuple[np.ndarray, torch.Tensor]:
+    """``(S, Q)``: ``S`` (k, m) the removal influence ``q_j^T A^-1 (g_i + l2 theta*) / (n - 1)`` of each of k
+    training rows on each query row's loss (the engine's removal form and sign: positive = removing the row
+    INCREASES that loss); ``Q`` (m, p) the query rows' loss gradients over the engine's parameter subset."""
     from tda_clean.influence.gradients import per_sample_grads
     from tda_clean.influence.objectives import PerSampleLoss
 
     G = per_sample_grads(engine.space, X_rows, y_rows)  # (k, p)
     Q = PerSampleLoss(X_query, y_query).query_gradients(engine.space, engine.spec.gradients.memory_mb)  # (m, p)
-    S = (engine.solver.solve(G) @ Q.T).double().cpu().numpy() / engine.n
+    G = G + engine.regulariser_gradient().to(G)
+    S = (engine.solver.solve(G) @ Q.T).double().cpu().numpy() * engine.removal_scale()  # A symmetric
+    return S, Q
+
+
+def top_query_relevances(engine, X_rows, y_rows, X_query, y_query, top: int = 3,
+                         ) -> tuple[list[Relevance], np.ndarray, np.ndarray]:
+    """For each training row (k rows ``X_rows``, ``y_rows``): its :func:`influence_relevance` on the ``top`` query
+    rows it influences most. ``engine``: a fitted-or-not :class:`InfluenceEngine`.
+
+    Returns ``(relevances, S, top_idx)``: ``S`` (k, m) from :func:`query_influence` (the review's
+    ``most_influenced_val_rows``), ``top_idx`` (k, top) by ``|S|``.
+    """
+    S, Q = query_influence(engine, X_rows, y_rows, X_query, y_query)
     top_idx = np.argsort(-np.abs(S), axis=1)[:, :top]
     signs = torch.as_tensor(np.sign(np.take_along_axis(S, top_idx, 1))).to(Q)
-    U = engine.solver.solve(torch.stack([signs[r] @ Q[top_idx[r]] for r in range(len(G))])) if len(G) else Q[:0]
-    relevances = [influence_relevance(engine.space, U[r], int(y), engine.n) for r, y in enumerate(np.asarray(y_rows))]
+    U = engine.solver.solve(torch.stack([signs[r] @ Q[top_idx[r]] for r in range(len(S))])) if len(S) else Q[:0]
+    offsets = (U @ engine.regulariser_gradient().to(U)).tolist() if len(S) else []
+    relevances = [influence_relevance(engine.space, U[r], int(y), engine.removal_scale(), offsets[r])
+                  for r, y in enumerate(np.asarray(y_rows))]
     return relevances, S, top_idx
 
 

@@ -95,13 +95,13 @@ def test_influence_relevance_matches_double_backward():
     space = ParamSpace(model, "all")
     u = torch.randn(space.p, dtype=torch.float64)
     x = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
-    R = influence_relevance(space, u, 1, 10)
+    R = influence_relevance(space, u, 1, 0.1, offset=0.5)
     got = torch.autograd.grad(R(x).sum(), x)[0]
     for r in range(2):
         xr = x[r:r + 1].detach().clone().requires_grad_(True)
         g = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xr), torch.tensor([1])),
                                 list(model.parameters()), create_graph=True)
-        value = torch.cat([t.reshape(-1) for t in g]) @ u / 10
+        value = (torch.cat([t.reshape(-1) for t in g]) @ u + 0.5) * 0.1
         np.testing.assert_allclose(value.item(), R(x[r:r + 1]).item(), rtol=1e-10)
         np.testing.assert_allclose(torch.autograd.grad(value, xr)[0][0], got[r], rtol=1e-8)
 
