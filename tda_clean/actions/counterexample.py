@@ -65,13 +65,19 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
                    seed: int, trigger: Trigger | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The after-model and an info dict (trigger size, relabelled rows, steps). ``X`` (n, ...) the full training
     set, ``mask`` (n,) bool the forget set; ``cfg`` an ``UnlearnAction`` (``counter_steps``, ``stamp``, ``layers``,
-    ``lr``, ``batch_size``)."""
+    ``counter_lr``, ``anchor_weight``, ``counter_loss``, ``batch_size``)."""
     from tda_clean.influence.params import last_linear
     from tda_clean.models.trainer import model_input, resolve_device, resolve_dtype, training_loss, training_objective
 
     if trigger is None:
         trigger, _ = estimate_trigger(X, mask)
     t_mask, t_values = (np.asarray(a).reshape(-1) for a in trigger)
+    d = int(np.prod(np.shape(X)[1:]))
+    if t_mask.shape != (d,) or t_values.shape != (d,):
+        from tda_clean.errors import InputError
+
+        raise InputError(f"unlearn: trigger must be (mask, values) with {d} features each (one row's shape), got "
+                         f"{t_mask.size} and {t_values.size}")
     model = copy.deepcopy(model_before)
     device, dtype = resolve_device(train_config.device), resolve_dtype(train_config.dtype)
     model.to(device=device, dtype=dtype).eval()

@@ -73,6 +73,10 @@ def test_counterexample_is_deterministic_and_uses_a_given_trigger(backdoored):
     empty = (np.zeros(64, dtype=bool), np.zeros(64))
     _, info = unlearn(cfg, *args, 0, trigger=empty)
     assert info["trigger_features"] == 0 and info["relabelled"] == 0   # nothing erased: the before-model's label
+    from tda_clean.errors import InputError
+
+    with pytest.raises(InputError, match="trigger must be"):
+        unlearn(cfg, *args, 0, trigger=(np.zeros(10, dtype=bool), np.zeros(10)))
 
 
 def test_config_accepts_the_method_and_names_a_bad_key():
