@@ -19,6 +19,9 @@
   (the head re-initialised first when ``cfg.reinit_head``).
 * ``ascent``   -- the same, with ``- ascent_weight * min(CE_forget, max_forget_loss)`` added to each step's loss:
   gradient ascent on the forget set, bounded so it cannot diverge, with descent on the retained set.
+* ``counterexample`` -- for a backdoor: ``counter_steps`` Adam steps on retained rows mixed with the flagged rows
+  (trigger kept, label corrected to the before-model's prediction with the trigger erased) and retained rows with
+  the trigger stamped on (:mod:`tda_clean.actions.counterexample`).
 
 ``model_before`` is never modified. ``info`` records ``method``, ``seconds`` (wall time of the unlearning
 itself), ``n_forget``, ``n_retain`` and method details (``param_change_norm`` for newton, ``epochs`` ...).
@@ -176,12 +179,14 @@ def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config
 def unlearn(cfg: UnlearnAction, model_before: nn.Module, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray,
             train_config: TrainConfig, seed: int, *, make_model: Callable[[int], nn.Module] | None = None,
             X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-            sample_weight: np.ndarray | None = None) -> tuple[nn.Module, dict[str, Any]]:
+            sample_weight: np.ndarray | None = None, trigger=None) -> tuple[nn.Module, dict[str, Any]]:
     """The after-model with the rows in ``forget_mask`` (n,) bool unlearned, and an info dict (see module doc).
 
     ``X`` (n, ...), ``y`` (n,) are the FULL training set the before-model was trained on. ``make_model``,
     ``X_val``/``y_val`` and ``sample_weight`` are used by ``retrain`` only (same factory, early stopping and
-    weights as the pipeline's own retraining).
+    weights as the pipeline's own retraining). ``trigger`` (``(mask, values)`` over a row's flattened features,
+    e.g. a detector's reconstructed trigger) is used by ``counterexample`` only; without it the trigger is
+    estimated from the forget set.
     """
     X, y = np.asarray(X), np.asarray(y)
     mask = _check(cfg, X, y, forget_mask)
@@ -194,6 +199,10 @@ def unlearn(cfg: UnlearnAction, model_before: nn.Module, X: np.ndarray, y: np.nd
                                 sample_weight)
     elif cfg.method == "newton":
         model, extra = _newton(cfg, model_before, X, y, mask, train_config, seed)
+    elif cfg.method == "counterexample":
+        from tda_clean.actions.counterexample import counterexample
+
+        model, extra = counterexample(cfg, model_before, X, y, mask, train_config, seed, trigger)
     else:
         model, extra = _gradient_unlearn(cfg, model_before, X, y, mask, train_config, seed,
                                          ascent=cfg.method == "ascent")

@@ -154,12 +154,15 @@ class UnlearnAction(InfluenceFields):
     ``steps - 1`` Newton steps on the
     retained objective; exact for convex / last-layer), ``finetune`` (``epochs`` of Adam at ``lr`` on the
     retained rows, optionally re-initialising the head), ``ascent`` (gradient ascent on the forget set, weight
-    ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows).
+    ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows),
+    ``counterexample`` (``counter_steps`` Adam steps at ``lr`` on ``layers`` over retained rows, the flagged rows
+    with their trigger kept and a corrected label, and ``stamp`` retained rows per step with the trigger stamped
+    on; ``tda_clean.actions.counterexample``).
     """
 
     kind: Literal["unlearn"] = "unlearn"
     device: ClassVar[str] = "model"
-    method: Literal["retrain", "newton", "finetune", "ascent"] = "newton"
+    method: Literal["retrain", "newton", "finetune", "ascent", "counterexample"] = "newton"
     dtype: Literal["model", "float32", "float64"] = "model"
     order: Literal[1, 2] = 2
     steps: int = Field(default=2, ge=1)
@@ -169,6 +172,12 @@ class UnlearnAction(InfluenceFields):
     reinit_head: bool = True
     ascent_weight: float = Field(default=0.5, ge=0)
     max_forget_loss: float = Field(default=3.0, gt=0)
+    counter_steps: int = Field(default=40, ge=1)
+    counter_lr: float | None = Field(default=None, gt=0)
+    stamp: int = Field(default=16, ge=0)
+    anchor_weight: float = Field(default=3.0, gt=0)
+    layers: Literal["all", "body"] = "all"
+    counter_loss: Literal["logits", "labels"] = "logits"
 
 
 Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, UnlearnAction], Field(discriminator="kind")]

@@ -1,0 +1,91 @@
+"""Counter-example unlearning of a BadNets backdoor on digits: the trigger estimate finds the patch, the
+after-model loses the backdoor and keeps its accuracy, runs are deterministic and the before-model is untouched."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tda_clean.actions.counterexample import estimate_trigger
+from tda_clean.actions.unlearn import unlearn
+from tda_clean.config import BadNets, CNNConfig, TrainConfig, UnlearnAction
+from tda_clean.data import load_bundle
+from tda_clean.data.scenarios import badnets, trigger_mask
+from tda_clean.models.factory import build_model
+from tda_clean.models.trainer import fit, predict_proba
+from tests.unit_helpers import digits_config, torch_single_thread
+
+_single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
+TRAIN = TrainConfig(optimizer="adam", lr=0.003, l2=1e-4, epochs=25, batch_size=64, device="cpu")
+SCENARIO = BadNets(target=0, rate=0.05, patch_size=2, patch_value=1.0)
+
+
+@pytest.fixture(scope="module")
+def backdoored():
+    bundle = badnets(load_bundle(digits_config()), SCENARIO, 0)
+    model = build_model(CNNConfig(channels=(8, 16), hidden=32), bundle.train.feature_shape, bundle.train.n_classes, 0)
+    fit(model, bundle.train.X, bundle.train.y, TRAIN, 0, progress=False)
+    return bundle, model.eval()
+
+
+def _scores(model, bundle) -> tuple[float, float]:
+    acc = float(np.mean(predict_proba(model, bundle.test.X).argmax(1) == bundle.test.y))
+    asr = float(np.mean(predict_proba(model, bundle.triggered_test.X).argmax(1) == bundle.attack_target))
+    return acc, asr
+
+
+@pytest.mark.parametrize("false_positives", [0, 30])
+def test_trigger_estimate_is_the_patch(backdoored, false_positives):
+    bundle, _ = backdoored
+    forget = bundle.corrupted_mask.copy()          # 54 poisons, plus clean target-class rows a detector might add
+    clean_target = np.flatnonzero((bundle.train.y == SCENARIO.target) & ~forget)
+    forget[np.random.default_rng(0).choice(clean_target, false_positives, replace=False)] = True
+    (mask, values), agree = estimate_trigger(bundle.train.X, forget)
+    truth = trigger_mask(SCENARIO, bundle.train.X.shape[-2:]).reshape(-1)
+    np.testing.assert_array_equal(mask, truth)
+    np.testing.assert_allclose(values[truth], 1.0, atol=1e-6)
+    assert agree[truth].min() > 0.5 and agree[~truth].max() < 0.4
+
+
+def test_counterexample_removes_the_backdoor_and_keeps_accuracy(backdoored):
+    bundle, model = backdoored
+    acc_before, asr_before = _scores(model, bundle)
+    before = [p.detach().clone() for p in model.parameters()]
+    out, info = unlearn(UnlearnAction(method="counterexample"), model, bundle.train.X, bundle.train.y,
+                        bundle.corrupted_mask, TRAIN, 0)
+    acc, asr = _scores(out, bundle)
+    print(f"before acc {acc_before:.4f} ASR {asr_before:.4f}; after acc {acc:.4f} ASR {asr:.4f}; {info}")
+    assert asr_before > 0.5                        # the scenario plants a working backdoor
+    assert asr < 0.05 and acc >= acc_before - 0.02
+    assert info["method"] == "counterexample" and info["trigger_features"] == 4
+    assert info["relabelled"] >= 0.9 * bundle.corrupted_mask.sum()   # poisons come from non-target classes
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)                   # the before-model is untouched
+
+
+def test_counterexample_is_deterministic_and_uses_a_given_trigger(backdoored):
+    bundle, model = backdoored
+    cfg = UnlearnAction(method="counterexample", counter_steps=5)
+    args = (model, bundle.train.X, bundle.train.y, bundle.corrupted_mask, TRAIN)
+    a, b, c = unlearn(cfg, *args, 0)[0], unlearn(cfg, *args, 0)[0], unlearn(cfg, *args, 1)[0]
+    flat = [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in (a, b, c)]
+    assert torch.equal(flat[0], flat[1]) and not torch.equal(flat[0], flat[2])
+    empty = (np.zeros(64, dtype=bool), np.zeros(64))
+    _, info = unlearn(cfg, *args, 0, trigger=empty)
+    assert info["trigger_features"] == 0 and info["relabelled"] == 0   # nothing erased: the before-model's label
+    from tda_clean.errors import InputError
+
+    with pytest.raises(InputError, match="trigger must be"):
+        unlearn(cfg, *args, 0, trigger=(np.zeros(10, dtype=bool), np.zeros(10)))
+
+
+def test_config_accepts_the_method_and_names_a_bad_key():
+    from tda_clean.config import parse_config
+    from tda_clean.errors import InputError
+
+    raw = {"data": {"kind": "digits"}, "action": {"kind": "unlearn", "method": "counterexample", "counter_steps": 5}}
+    assert parse_config(raw).action.counter_steps == 5
+    with pytest.raises(InputError, match="action.layers"):
+        parse_config({**raw, "action": {**raw["action"], "layers": "head"}})
+    with pytest.raises(InputError, match="action.stamp"):
+        parse_config({**raw, "action": {**raw["action"], "stamp": -1}})
