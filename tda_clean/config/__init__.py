@@ -13,13 +13,16 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
     Field, PrivateAttr, SerializationInfo, ValidationError, field_serializer, field_validator, model_validator,
 )
 
+from tda_clean.config.actions import (  # noqa: F401  (re-exported)
+    Action, NoAction, RelabelAction, RemoveAction, ReweightAction, UnlearnAction,
+)
 from tda_clean.config.base import _Frozen
 from tda_clean.config.data import (  # noqa: F401  (re-exported)
     PATH_KEYS, AdultSource, DataSource, DigitsSource, FashionMNISTSource, ImageFolderSource, MemorySource, SplitConfig,
@@ -117,70 +120,6 @@ class TrainConfig(_Frozen):
     _model: PythonModelConfig | None = PrivateAttr(None)  # set by RunConfig: the user loss and code_dir
 
     _paths = field_validator("function")(_import_path)
-
-
-# ------------------------------------------------------------------------------------------ action
-class RemoveAction(_Frozen):
-    """Drop the flagged rows from the training set."""
-
-    kind: Literal["remove"] = "remove"
-
-
-class RelabelAction(_Frozen):
-    """Replace the labels of flagged rows by the detector's suggested labels."""
-
-    kind: Literal["relabel"] = "relabel"
-
-
-class ReweightAction(_Frozen):
-    """Down-weight flagged rows in the retraining loss: the detector's suggested weights when it has them,
-    else ``weight`` for every flagged row (0 = drop from the loss, 1 = unchanged)."""
-
-    kind: Literal["reweight"] = "reweight"
-    weight: float = Field(default=0.5, ge=0, le=1)
-
-
-class NoAction(_Frozen):
-    """Detect and evaluate only: the training set is left as it is."""
-
-    kind: Literal["none"] = "none"
-
-
-class UnlearnAction(InfluenceFields):
-    """Remove the flagged rows and produce the after-model by unlearning (``tda_clean.actions.unlearn``).
-
-    ``method``: ``retrain`` (from scratch without the rows; the reference), ``newton`` (second-order group
-    removal update of docs/methods.md#unlearning with the ``influence`` spec (:class:`InfluenceFields`), then
-    ``steps - 1`` Newton steps on the
-    retained objective; exact for convex / last-layer), ``finetune`` (``epochs`` of Adam at ``lr`` on the
-    retained rows, optionally re-initialising the head), ``ascent`` (gradient ascent on the forget set, weight
-    ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows),
-    ``counterexample`` (``counter_steps`` Adam steps at ``lr`` on ``layers`` over retained rows, the flagged rows
-    with their trigger kept and a corrected label, and ``stamp`` retained rows per step with the trigger stamped
-    on; ``tda_clean.actions.counterexample``).
-    """
-
-    kind: Literal["unlearn"] = "unlearn"
-    device: ClassVar[str] = "model"
-    method: Literal["retrain", "newton", "finetune", "ascent", "counterexample"] = "newton"
-    dtype: Literal["model", "float32", "float64"] = "model"
-    order: Literal[1, 2] = 2
-    steps: int = Field(default=2, ge=1)
-    epochs: int = Field(default=5, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    batch_size: int | None = Field(default=None, ge=1)
-    reinit_head: bool = True
-    ascent_weight: float = Field(default=0.5, ge=0)
-    max_forget_loss: float = Field(default=3.0, gt=0)
-    counter_steps: int = Field(default=40, ge=1)
-    counter_lr: float | None = Field(default=None, gt=0)
-    stamp: int = Field(default=16, ge=0)
-    anchor_weight: float = Field(default=3.0, gt=0)
-    layers: Literal["all", "body"] = "all"
-    counter_loss: Literal["logits", "labels"] = "logits"
-
-
-Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, UnlearnAction], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------ gate + tracking
