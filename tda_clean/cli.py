@@ -140,6 +140,8 @@ def format_table(report: dict[str, Any]) -> str:
                if "precision" in sel else "")
     acts = ", ".join(f"{k} {v}" for k, v in report["actions"].items() if v)
     lines += ["", f"detector {sel['detector']}: flagged {sel['n_flagged']}{quality}", f"actions: {acts or 'none'}"]
+    if "auto_budget" in sel:
+        lines.insert(-1, f"automatic budget: {sel['auto_budget']['reason']}")
     gate = report["gate"]
     if gate["passed"]:
         lines.append("gate: passed")

@@ -28,11 +28,12 @@ from tda_clean.models.trainer import fit as fit_model
 from tda_clean.errors import InputError
 from tda_clean.redact import redact
 from tda_clean.review import write_review
-from tda_clean.run_dir import (APPROVALS, AUDIT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
+from tda_clean.run_dir import (APPROVALS, AUDIT, BUDGET_PLOT, CLEANED, CLEANED_DATA, CONFIG, DATA, MANIFEST, PLOT, REPORT, SELECTION, TRACKING,
                                XDA, RunContext, cleaned_train, discard_new_run_dir, load_model, make_model, open_run_dir, read_json, save_model,
                                write_json_atomic)
 from tda_clean.selection import FitContext, Selection, make_detector
 from tda_clean.selection.base import serial_map
+from tda_clean.selection.budget_curve import check_budget_curve
 from tda_clean.spreadsheet import write_safe_csv
 
 RELEASE_ALIAS = "release"
@@ -46,6 +47,7 @@ def stage_load(ctx: RunContext) -> dict[str, Any]:
     bundle = load_bundle(ctx.config)
     check_gate_measurable(ctx.config.gate, bundle.test.group_keys(), ctx.config.evaluation.min_group_size,
                           bundle.info["n_classes"])
+    check_budget_curve(ctx.config.detector, len(bundle.train), len(bundle.val))
     ctx.write(DATA, bundle.save)
     return {**bundle.info, "fingerprint": bundle.train.fingerprint()}
 
@@ -96,7 +98,7 @@ def stage_detect(ctx: RunContext, mapper=serial_map) -> dict[str, Any]:
         seed=cfg.seed, make_model=lambda s: make_model(ctx, bundle, s), train_config=cfg.train,
         model=load_model(ctx, "before", bundle), X_val=bundle.val.X, y_val=bundle.val.y,
         groups_val=bundle.val.groups, n_classes=bundle.train.n_classes,
-        map=mapper, shard_rows=cfg.runner.shard_rows,
+        map=mapper, shard_rows=cfg.runner.shard_rows, action=cfg.action.kind,
     )
     selection = make_detector(cfg.detector).fit(bundle.train.X, bundle.train.y, context).to_selection()
     ctx.write(SELECTION, selection.save)
@@ -183,6 +185,11 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
 
     title = f"{ctx.config.name}: {what_was_done(ctx.config)} · gate {'passed' if passed else 'FAILED'}"
     ctx.write(PLOT, lambda tmp: plot_before_after(report["before"], report["after"], tmp, title=title))
+    if "auto_budget" in report["selection"]:  # the automatic budget's evidence
+        from tda_clean.evaluation.plots import plot_budget_curve
+
+        ctx.write(BUDGET_PLOT, lambda tmp: plot_budget_curve(report["selection"]["auto_budget"], tmp,
+                                                             title=f"{ctx.config.name}: automatic budget"))
     write_json_atomic(ctx.path(REPORT), report)
     return report
 
@@ -207,7 +214,7 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
     tracker.set_tags(parent_run_id, {"gate_passed": str(passed).lower(), "status": "completed",
                                      describe.GATE_TAG: "passed" if passed else "failed",
                                      "gate_reasons": "; ".join(report["gate"]["reasons"])})
-    for name in (REPORT, AUDIT, MANIFEST, PLOT) + ((XDA,) if ctx.path(XDA).is_file() else ()):
+    for name in (REPORT, AUDIT, MANIFEST, PLOT) + tuple(n for n in (XDA, BUDGET_PLOT) if ctx.path(n).is_file()):
         tracker.log_artifact(parent_run_id, ctx.path(name))
     with tempfile.TemporaryDirectory(prefix="tda-clean-config-") as tmp:  # the config without credentials
         (Path(tmp) / CONFIG).write_text(redact(ctx.path(CONFIG).read_text()))

@@ -30,11 +30,12 @@ from tda_clean.models.factory import build_model
 IDENTITY, CONFIG, TRACKING, STAGES = "run.json", "config.yaml", "tracking.json", "stages"
 DATA, SELECTION, CLEANED, AUDIT, MANIFEST = "data.npz", "selection.npz", "train_cleaned.npz", "audit.csv", "manifest.json"
 REPORT, PLOT, CLEANED_DATA = "report.json", "before_after.png", "cleaned"  # cleaned/: the user's own format
+BUDGET_PLOT = "budget_curve.png"  # the automatic budget's curve (detector auto_budget only)
 CANDIDATES, PAGE, APPROVALS = "review/candidates.csv", "review/index.html", "review/approvals.csv"
 XDA = "review/xda.json"  # why the top candidates are relevant (tda_clean.review_why)
 #: Every path a run writes, ``fnmatch`` patterns matched segment by segment (``*`` never crosses a ``/``);
 #: ``.*.tmp-*`` are atomic writes a kill interrupted.
-OWNED = (IDENTITY, CONFIG, TRACKING, DATA, SELECTION, CLEANED, AUDIT, MANIFEST, REPORT, PLOT, "model_before.pt",
+OWNED = (IDENTITY, CONFIG, TRACKING, DATA, SELECTION, CLEANED, AUDIT, MANIFEST, REPORT, PLOT, BUDGET_PLOT, "model_before.pt",
          "model_after.pt", STAGES, f"{STAGES}/*.json", "review", CANDIDATES, PAGE, APPROVALS, XDA, ".*.tmp-*",
          f"{STAGES}/.*.tmp-*", "review/.*.tmp-*", CLEANED_DATA, f"{CLEANED_DATA}/*", f"{CLEANED_DATA}/.*.tmp-*")
 

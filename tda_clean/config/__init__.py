@@ -32,7 +32,7 @@ from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda
     SpectralSignatureDetector,
 )
 from tda_clean.config.influence import (  # noqa: F401  (re-exported)
-    Budget, GradientSettings, InfluenceFields, InfluenceSpec,
+    AutoBudget, Budget, GradientSettings, InfluenceFields, InfluenceSpec,
 )
 from tda_clean.config.scenarios import (  # noqa: F401  (re-exported)
     BadNets, Blended, ClassFlip, GroupFlip, NoScenario, Scenario, UniformFlip,
@@ -198,9 +198,13 @@ class EvaluationConfig(_Frozen):
     """Group cells (intersections of the group columns) with fewer than ``min_group_size`` test rows are left out
     of ``worst_group_accuracy`` and the fairness gaps (their own ``accuracy_<cell>`` is still reported);
     ``report.json`` lists them under ``dataset.small_groups``. A fairness gate the remaining cells cannot measure
-    is refused when the data is loaded (:func:`tda_clean.evaluation.gate.check_gate_measurable`)."""
+    is refused when the data is loaded (:func:`tda_clean.evaluation.gate.check_gate_measurable`). With binary
+    labels a cell with fewer than ``min_label_rows`` test rows of either class is left out the same way: its
+    true- or false-positive rate is undefined (fairlearn reads it as 0, and the equalized-odds difference could
+    read 1.000) or noise."""
 
     min_group_size: int = Field(default=20, ge=1)
+    min_label_rows: int = Field(default=1, ge=1)
 
 
 REVEAL_CREDENTIALS = "reveal_credentials"  # serialisation context key: keep the tracking URI's password

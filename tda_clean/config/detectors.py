@@ -9,14 +9,15 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from tda_clean.config.base import _Frozen
-from tda_clean.config.influence import BudgetFields, InfluenceFields, ParamSubset, SolverKind
+from tda_clean.config.influence import AutoBudgetField, BudgetFields, InfluenceFields, ParamSubset, SolverKind
 
 
-class CleanlabDetector(_Frozen):
+class CleanlabDetector(AutoBudgetField):
     """Confident learning (cleanlab) on out-of-sample predicted probabilities from ``folds``-fold
     cross-validation with the run's model family, or — with ``pred_probs_path`` — the user's own out-of-sample
     probabilities (a ``.npy`` array (n_train, n_classes), rows in training-split order, columns in class order).
-    ``max_flagged`` caps the flagged rows (most suspicious first)."""
+    ``max_flagged`` caps the flagged rows (most suspicious first); ``max_flagged: auto`` (``auto_budget``) chooses
+    the cap on the validation split (:class:`~tda_clean.config.influence.AutoBudget`)."""
 
     kind: Literal["cleanlab"] = "cleanlab"
     folds: int = Field(default=5, ge=2)

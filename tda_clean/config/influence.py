@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tda_clean.config.base import _Frozen
 
@@ -149,12 +149,70 @@ class DualDASettings(_Frozen):
     batch_size: int = Field(default=1024, gt=0)
 
 
+#: default candidate budgets of the automatic budget: fractions of the training rows, roughly x1.5 apart
+AUTO_FRACTIONS = (0.0025, 0.004, 0.006, 0.009, 0.013, 0.02, 0.03, 0.045, 0.065, 0.1, 0.15, 0.22)
+
+
+class AutoBudget(_Frozen):
+    """The budget chosen from evidence (``tda_clean.selection.budget_curve``, docs/methods.md#automatic-budget).
+
+    The validation split is split (seeded by ``seed`` and the run seed, stratified by label) into a selection
+    part (``selection_share`` of its rows) and a held-out part. The detector ranks the training rows using the
+    selection part only; for each candidate budget k (``rows``, else ``ceil(f * n_train)`` for each f in
+    ``fractions``; kept when 1 <= k < n_train) the top-k rows are removed or relabelled as the action would and the
+    model refitted (warm start from the trained model, the run's training config). Chosen: the k with the largest
+    decrease of the objective on the selection part (``rule: max``; ``one_se``: the smallest k within one standard
+    error of the paired per-row difference of it, for ``val_loss`` and ``criterion: accuracy``), among the
+    candidates whose selection-part accuracy is at most ``tolerance`` (a fraction: 0.005 = half a point; plus two
+    standard errors) below the refitted k = 0 model's; the decrease must exceed ``min_gain``. It must hold on the
+    held-out part too (objective lower by more than ``min_gain``, accuracy within the same tolerance), else the largest smaller
+    candidate that holds, else 0 (nothing worth cleaning). ``criterion: accuracy`` measures the curve as the error
+    rate (1 - accuracy) instead of the detector's objective."""
+
+    fractions: tuple[float, ...] = AUTO_FRACTIONS
+    rows: tuple[int, ...] | None = None
+    criterion: Literal["objective", "accuracy"] = "objective"
+    rule: Literal["max", "one_se"] = "max"
+    tolerance: float = Field(default=0.005, ge=0, lt=1)
+    min_gain: float = Field(default=0.0, ge=0)
+    selection_share: float = Field(default=0.5, gt=0, lt=1)
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, value):
+        if not value:
+            raise ValueError("expected at least one candidate fraction of the training rows")
+        bad = [f for f in value if not 0 < f < 1]
+        if bad:
+            raise ValueError(f"candidate fractions must lie in (0, 1); got {bad[0]!r}")
+        return tuple(sorted(set(value)))
+
+    @field_validator("rows")
+    @classmethod
+    def _rows(cls, value):
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("expected at least one candidate row count (or leave rows unset)")
+        bad = [k for k in value if k < 1]
+        if bad:
+            raise ValueError(f"candidate row counts must be >= 1; got {bad[0]!r}")
+        return tuple(sorted(set(value)))
+
+    def candidates(self, n: int) -> list[int]:
+        """The candidate budgets for ``n`` training rows, ascending, each in ``[1, n - 1]`` (may be empty)."""
+        ks = self.rows if self.rows is not None else [int(math.ceil(f * n)) for f in self.fractions]
+        return sorted({int(k) for k in ks if 1 <= k < n})
+
+
 class Budget(_Frozen):
     """How many rows a selector may flag: at most ``max_flagged`` and at most ``ceil(fraction * n)`` (the
-    smaller when both are set)."""
+    smaller when both are set); or, with ``auto``, a budget chosen on the validation split (:class:`AutoBudget`)."""
 
     max_flagged: int | None = Field(default=None, ge=1)
     fraction: float | None = Field(default=None, gt=0, lt=1)
+    auto: AutoBudget | None = None
 
     def cap(self, n: int) -> int | None:
         """The cap on ``n`` candidate rows, or None when neither limit is set."""
@@ -193,12 +251,32 @@ class InfluenceFields(_Frozen):
                                                         batch_size=self.influence_batch_size))
 
 
-class BudgetFields(_Frozen):
-    """Config fields ``max_flagged`` / ``fraction``, read together as the :class:`Budget` ``budget``."""
+class AutoBudgetField(_Frozen):
+    """Config field ``auto_budget`` (:class:`AutoBudget`; ``max_flagged: auto`` is short for ``auto_budget: {}``).
+    It replaces ``max_flagged`` / ``fraction``: setting both is an error."""
+
+    auto_budget: AutoBudget | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_shorthand(cls, data):
+        if isinstance(data, dict) and data.get("max_flagged") == "auto":
+            data = {k: v for k, v in data.items() if k != "max_flagged"}
+            data["auto_budget"] = data.get("auto_budget") or {}
+        if isinstance(data, dict) and data.get("auto_budget") is not None:
+            fixed = [k for k in ("max_flagged", "fraction") if data.get(k) is not None]
+            if fixed:
+                raise ValueError(f"auto_budget chooses the budget; remove {fixed[0]} (or auto_budget)")
+        return data
+
+
+class BudgetFields(AutoBudgetField):
+    """Config fields ``max_flagged`` / ``fraction`` (or ``auto_budget``), read together as the :class:`Budget`
+    ``budget``."""
 
     max_flagged: int | None = Field(default=None, ge=1)
     fraction: float | None = Field(default=None, gt=0, lt=1)
 
     @property
     def budget(self) -> Budget:
-        return Budget(max_flagged=self.max_flagged, fraction=self.fraction)
+        return Budget(max_flagged=self.max_flagged, fraction=self.fraction, auto=self.auto_budget)

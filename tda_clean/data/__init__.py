@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from tda_clean.config import RunConfig
-from tda_clean.data.dataset import DataBundle, IndexedDataset
+from tda_clean.data.dataset import DataBundle, IndexedDataset, small_cells
 from tda_clean.data.scenarios import apply_scenario
 from tda_clean.data.sources import RawImages, RawTable, load_source
 from tda_clean.data.splits import stratified_split, user_split
@@ -45,12 +45,12 @@ def build_bundle(raw: RawTable | RawImages, config: RunConfig) -> DataBundle:
     objective = getattr(config.detector, "objective", "")
     if objective in ("demographic_parity_gap", "equalized_odds_gap") and len(classes) != 2:
         raise InputError(f"detector.objective: {objective} needs binary labels; the data has {len(classes)} classes")
-    cells, counts = np.unique(splits[2].group_keys(), return_counts=True)
     info = {"source": raw.name, "n_rows": int(len(y)), "n_train": len(splits[0]), "n_val": len(splits[1]),
             "n_test": len(splits[2]), "n_classes": len(classes), "feature_shape": list(splits[0].feature_shape),
             "classes": list(classes), "groups": list(groups.columns), "scenario": "none", "n_corrupted": 0,
-            # test cells left out of worst-group accuracy and the fairness gaps (evaluation.min_group_size)
-            "small_groups": [str(k) for k, n in zip(cells, counts) if k and n < config.evaluation.min_group_size]}
+            # test cells left out of worst-group accuracy and the gaps (evaluation.min_group_size, min_label_rows)
+            "small_groups": small_cells(splits[2].group_keys(), splits[2].y, len(classes),
+                                        config.evaluation.min_group_size, config.evaluation.min_label_rows)}
     return DataBundle(raw.name, *splits, info=info, preprocessing=preprocessing)
 
 

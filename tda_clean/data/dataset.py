@@ -21,6 +21,20 @@ def intersection_keys(groups: pd.DataFrame) -> np.ndarray:
     return keys.astype(str)
 
 
+def small_cells(keys: np.ndarray, y: np.ndarray, n_classes: int, min_rows: int, min_label_rows: int = 1) -> list[str]:
+    """Group cells (values of ``keys`` (n,) str, ``''`` = no groups, never small) with fewer than ``min_rows``
+    rows or, when the labels ``y`` (n,) are binary (``n_classes == 2``), fewer than ``min_label_rows`` rows of
+    either class (the cell's true- or false-positive rate would be undefined or noise), in sorted order."""
+    keys, y = np.asarray(keys, dtype=str), np.asarray(y)
+    out = []
+    for k in np.unique(keys):
+        in_cell = keys == k
+        per_label = [int((in_cell & (y == c)).sum()) for c in range(n_classes)] if n_classes == 2 else []
+        if k and (in_cell.sum() < min_rows or min(per_label, default=min_label_rows) < min_label_rows):
+            out.append(str(k))
+    return out
+
+
 @dataclass(frozen=True)
 class IndexedDataset:
     """Rows with a stable identity.

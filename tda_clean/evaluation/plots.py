@@ -60,3 +60,42 @@ def plot_before_after(before: dict[str, float], after: dict[str, float], path: s
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_budget_curve(curve: dict, path: str | Path, title: str = "") -> Path:
+    """The automatic budget's evidence (``report.json`` ``selection.auto_budget``, a
+    :class:`~tda_clean.selection.budget_curve.BudgetCurve` as a dict): predicted, validated (selection part) and
+    held-out changes of the objective against the budget k (left axis, negative = better), the accuracy of both
+    parts (right axis), and the chosen k (dashed line)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = np.asarray(curve["k"], dtype=float)
+    predicted = np.array([np.nan if v is None else v for v in curve["predicted"]], dtype=float)
+    fig = Figure(figsize=(7.5, 5.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if np.isfinite(predicted[1:]).any():
+        ax.plot(k, predicted, "o:", color=BEFORE, label="predicted (selection part)")
+    ax.plot(k, curve["validated"], "o-", color=NEUTRAL, label="validated (selection part)")
+    ax.plot(k, curve["held_out"], "s-", color=BETTER, label="held-out part")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.axvline(curve["chosen"], color=WORSE, linestyle="--", label=f"chosen k = {curve['chosen']}")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel(f"budget k (training rows, action: {curve.get('action', 'remove')})")
+    ax.set_ylabel(f"change of {curve.get('objective', 'objective')} (↓ better)")
+    acc = ax.twinx()
+    acc.plot(k, curve["accuracy"], "^--", color="#8e6bbf", alpha=0.7, label="accuracy (selection)")
+    acc.plot(k, curve["accuracy_held_out"], "v--", color="#c08a2e", alpha=0.7, label="accuracy (held out)")
+    acc.set_ylabel("accuracy (↑ better)")
+    lines = ax.get_legend_handles_labels()
+    more = acc.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=3)
+    reason = curve.get("reason", "")
+    ax.set_title(f"{title or 'automatic budget'}\n{reason[:110]}{'…' if len(reason) > 110 else ''}", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

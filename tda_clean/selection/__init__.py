@@ -8,7 +8,12 @@ from tda_clean.selection.base import DETECTORS, BaseSelector, FitContext, NotFit
 
 
 def make_detector(cfg) -> BaseSelector:
-    """Build the detector registered under ``cfg.kind``."""
+    """Build the detector registered under ``cfg.kind``; with ``auto_budget`` set, wrapped in
+    :class:`~tda_clean.selection.budget_curve.AutoBudgetSelector` (the budget chosen on the validation split)."""
+    if getattr(cfg, "auto_budget", None) is not None:
+        from tda_clean.selection.budget_curve import AutoBudgetSelector
+
+        return AutoBudgetSelector(cfg)
     return DETECTORS[cfg.kind](cfg)
 
 

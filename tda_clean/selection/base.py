@@ -42,6 +42,7 @@ class FitContext:
     ``X_val``/``y_val`` a clean validation split, ``groups_val`` its group columns (a DataFrame).
     ``map(fn, items)`` runs independent shards of work (``serial_map`` here; Prefect tasks on threads or Dask
     under the flow) and ``shard_rows`` sizes them; a detector's result must not depend on either.
+    ``action`` is the run's ``action.kind`` (the automatic budget refits as that action would change the data).
     """
 
     seed: int
@@ -54,6 +55,7 @@ class FitContext:
     n_classes: int | None = None
     map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map
     shard_rows: int | None = None
+    action: str = "remove"
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ def register_selector(kind: str, cls: type[BaseSelector]) -> type[BaseSelector]:
     """Register ``cls`` under config ``kind``; it is built from the config: passed whole when the constructor
     takes a ``spec``, else field by field (all but ``kind``)."""
     whole = "spec" in inspect.signature(cls.__init__).parameters
-    DETECTORS[kind] = lambda cfg: cls(cfg) if whole else cls(**cfg.model_dump(exclude={"kind"}))
+    DETECTORS[kind] = lambda cfg: cls(cfg) if whole else cls(**cfg.model_dump(exclude={"kind", "auto_budget"}))
     return cls
 
 

@@ -11,7 +11,7 @@ from fairlearn.metrics import demographic_parity_difference, equalized_odds_diff
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
 from torch import nn
 
-from tda_clean.data.dataset import DataBundle, IndexedDataset
+from tda_clean.data.dataset import DataBundle, IndexedDataset, small_cells
 from tda_clean.evaluation import evaluate_model
 from tda_clean.evaluation.metrics import (
     attack_success_rate,
@@ -206,3 +206,43 @@ def test_evaluate_model_excludes_the_bundles_small_groups():
     assert m["accuracy_g=b"] == 0.0 and m["accuracy_g=c"] == 0.0
     assert m["worst_group_accuracy"] == 1.0  # one-row cells no longer read as a 0.000 worst group
     assert "demographic_parity_difference" not in m
+
+
+# ------------------------------------------------ small cells by label (evaluation.min_label_rows)
+def test_small_cells_by_rows_and_by_rows_of_each_label():
+    keys = np.array(["a"] * 6 + ["b"] * 6 + ["c"] * 2 + [""] * 1)
+    y = np.array([1, 1, 1, 0, 0, 0] + [1, 1, 1, 1, 1, 0] + [1, 0] + [0])
+    assert small_cells(keys, y, 2, min_rows=3) == ["c"]  # '' (no group columns) is never a cell
+    assert small_cells(keys, y, 2, min_rows=3, min_label_rows=2) == ["b", "c"]  # b has one row of label 0
+    assert small_cells(keys, y, 2, min_rows=1, min_label_rows=3) == ["b", "c"]
+    assert small_cells(keys, y, 3, min_rows=1, min_label_rows=3) == []  # the label rule is for binary labels only
+
+
+def test_a_cell_without_positives_is_left_out_instead_of_reading_eod_one():
+    # cells a and b are predicted perfectly; cell c has no positive test rows: fairlearn reads its TPR as 0
+    y = np.array([1, 1, 0, 0] * 2 + [0] * 4)
+    groups = pd.DataFrame({"g": ["a"] * 4 + ["b"] * 4 + ["c"] * 4})
+    assert classification_metrics(y, y, groups)["equalized_odds_difference"] == pytest.approx(1.0)
+    small = small_cells(intersection_keys(groups), y, 2, min_rows=1)
+    assert small == ["g=c"]
+    assert classification_metrics(y, y, groups, exclude=small)["equalized_odds_difference"] == pytest.approx(0.0)
+
+
+def test_load_lists_a_cell_with_one_label_only_as_small(tmp_path):
+    from tda_clean.data import load_bundle
+    from tests.unit_helpers import config, small_table
+
+    frame = small_table(n=600)
+    negatives = np.flatnonzero(frame["label"].to_numpy() == 0)[:160]
+    frame["site"] = "common"
+    frame.loc[negatives, "site"] = "rare"  # a large cell whose rows all have label 0
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    data = {"kind": "csv", "path": str(path), "label": "label", "groups": ["site"]}
+    bundle = load_bundle(config(data))
+    rare = bundle.test.group_keys() == "site=rare"
+    assert rare.sum() >= 20 and set(bundle.test.y[rare]) == {0}  # not small by size, only by label
+    assert bundle.info["small_groups"] == ["site=rare"]
+    common = bundle.test.y[~rare]
+    strict = {"min_label_rows": int(min(np.bincount(common))) + 1}  # the common cell's rarer label falls short too
+    assert load_bundle(config(data, evaluation=strict)).info["small_groups"] == ["site=common", "site=rare"]
