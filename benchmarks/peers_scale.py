@@ -146,9 +146,9 @@ def quality(scores: dict[str, np.ndarray], flipped: np.ndarray) -> dict:
             sa, sb = scores[a], scores[b]
             pair = {"pearson": float(np.corrcoef(sa, sb)[0, 1]),
                     "spearman": float(np.corrcoef(_rank(sa), _rank(sb))[0, 1])}
-            for top in (100, 1000):
+            for top in (100, 1000):  # only where the top is a small part of the rows
                 ta, tb = set(np.argsort(sa)[:top]), set(np.argsort(sb)[:top])
-                pair[f"harmful_top{top}_overlap"] = len(ta & tb) / top
+                pair[f"harmful_top{top}_overlap"] = len(ta & tb) / top if 4 * top <= len(sa) else float("nan")
             out["pairs"][f"{a} vs {b}"] = pair
     return out
 
@@ -157,9 +157,10 @@ def report(args) -> dict:
     path = args.results or RESULTS / f"peers-scale-n{args.n}.json"
     res = json.loads(path.read_text())
     flipped = np.load(args.data / "flipped.npy")[subset(len(np.load(args.data / "flipped.npy")), args.n)]
-    scores = {m: np.load(p) for m in METHODS if (p := args.scores_dir / f"n{args.n}" / f"{m}.npy").is_file()}
-    res["quality"] = quality(scores, flipped)
     ok = [c for c in res["calls"] if c["status"] == "ok"]
+    ran = {c["method"] for c in ok}
+    scores = {m: np.load(args.scores_dir / f"n{args.n}" / f"{m}.npy") for m in METHODS if m in ran}
+    res["quality"] = quality(scores, flipped)
     summary = {}
     for m in METHODS:
         rows = [c for c in ok if c["method"] == m]

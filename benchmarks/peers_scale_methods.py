@@ -32,11 +32,15 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.workload_model import ResNet  # noqa: E402
 
+if os.environ.get("TDA_CLEAN_ROOT"):  # another checkout's tda_clean (e.g. a branch not merged yet), recorded
+    sys.path.insert(0, os.environ["TDA_CLEAN_ROOT"])
+
 L2 = 5e-4          # the workload trainer's l2 (part of the Hessian)
 DAMPING = 1e-2     # added to the curvature on every side (peers without the l2 term get L2 + DAMPING)
 PROJ_DIM = 512     # TRAK-style projection (dattri's default)
 BATCH = 256        # training rows per batch where a library takes a batch size
-METHODS = ("ours-ekfac", "kronfluence-ekfac", "ours-projected", "dattri-trak", "dattri-ekfac-head")
+METHODS = ("ours-ekfac", "kronfluence-ekfac", "ours-projected", "dattri-trak", "dattri-ekfac-head",
+           "ours-projected-factored")
 PEER = {"kronfluence-ekfac": "kronfluence", "dattri-trak": "dattri", "dattri-ekfac-head": "dattri"}
 
 
@@ -79,14 +83,21 @@ def ours_ekfac(model, X, y, Xq, yq):
     return engine.scores(PerSampleLoss(Xq, yq), reducer=RowSum())
 
 
-def ours_projected(model, X, y, Xq, yq):
+def ours_projected(model, X, y, Xq, yq, method: str = "dense"):
+    """Dense: one (p, k) Rademacher matrix over all the layers' gradients; factored: Kronecker-factored per layer
+    (LoGra-style; where the library has it, ``method="factored"``)."""
+    import inspect
+
     from tda_clean.config.influence import GradientSettings
     from tda_clean.influence import PerSampleLoss, TrainingObjective
     from tda_clean.influence.projected import projected_influence
 
+    kw = {"method": method} if "method" in inspect.signature(projected_influence).parameters else {}
+    if method != "dense" and not kw:
+        raise SystemExit(f"this tda_clean has no projection method {method!r}")
     out = projected_influence(model, (X, y), PerSampleLoss(Xq, yq), l2=L2, k=PROJ_DIM, seed=0, damping=DAMPING,
                               gradients=GradientSettings(params=tuple(layer_modules(model))),
-                              training=TrainingObjective(l2=L2))
+                              training=TrainingObjective(l2=L2), **kw)
     return out.scores.sum(0)
 
 
@@ -169,7 +180,7 @@ def dattri_ekfac_head(model, X, y, Xq, yq):
     train = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)
     att.cache(train)
     with torch.no_grad():
-        big = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=4096)
+        big = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)  # 4096: 20 GB
         test = DataLoader(TensorDataset(torch.as_tensor(Xq), torch.as_tensor(yq)), batch_size=len(Xq))
         return att.attribute(big, test).double().sum(1).numpy()  # (n, q) -> (n,)
 
@@ -202,7 +213,8 @@ def dattri_trak(model, X, y, Xq, yq):
         return att.attribute(test).double().sum(1).numpy()  # (n, q) -> (n,)
 
 
-RUN = {"ours-ekfac": ours_ekfac, "ours-projected": ours_projected, "kronfluence-ekfac": kronfluence_ekfac,
+RUN = {"ours-ekfac": ours_ekfac, "ours-projected": ours_projected,
+       "ours-projected-factored": lambda *a: ours_projected(*a, method="factored"), "kronfluence-ekfac": kronfluence_ekfac,
        "dattri-trak": dattri_trak, "dattri-ekfac-head": dattri_ekfac_head}
 
 
@@ -243,7 +255,8 @@ def main(argv=None) -> int:
     np.save(args.scores, scores)
     print(json.dumps({"method": args.method, "n": args.n, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
                       "peak_rss_mib": round(status_kb("VmHWM") / 1024, 1), "threads": torch.get_num_threads(),
-                      "version": version(args.method), "torch": torch.__version__}), flush=True)
+                      "version": version(args.method), "torch": torch.__version__,
+                      "tda_clean_root": os.environ.get("TDA_CLEAN_ROOT")}), flush=True)
     return 0
 
 
