@@ -87,12 +87,16 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def call(method: str, n: int, data: Path, scores: Path, python: str, width: int | None) -> dict:
+def call(method: str, n: int, data: Path, scores: Path, python: str, width: int | None,
+         root: str | None = None) -> dict:
     """One fresh process for ``method``; its JSON plus process wall and the load average around it."""
     cmd = [python, str(HERE / "peers_scale_methods.py"), "--method", method, "--n", str(n), "--data", str(data),
            "--scores", str(scores)] + (["--width", str(width)] if width else [])
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "MKL_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(HERE.parent)}
+    env.pop("TDA_CLEAN_ROOT", None)
+    if root:
+        env["TDA_CLEAN_ROOT"] = root  # that method imports tda_clean from another checkout
     before, t = loadavg(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     row = {"method": method, "process_wall_s": round(time.perf_counter() - t, 2), "loadavg_before": before,
@@ -119,7 +123,8 @@ def drive(args) -> dict:
                 return res
             python = args.peer_python if method in PEER else sys.executable
             scores = args.scores_dir / f"n{args.n}" / f"{method}.npy"
-            row = {"repeat": r, **call(method, args.n, args.data, scores, python, args.width)}
+            root = args.factored_root if method == "ours-projected-factored" else None
+            row = {"repeat": r, **call(method, args.n, args.data, scores, python, args.width, root)}
             print(json.dumps(row), flush=True)
             res["calls"].append(row)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +217,8 @@ def main(argv=None) -> int:
         q.add_argument("--budget-s", type=float, default=840.0)
         q.add_argument("--peer-python", default=str(HERE / ".venv-peers" / "bin" / "python"))
         q.add_argument("--width", type=int, default=4 if name == "smoke" else None)
+        q.add_argument("--factored-root", default=None,
+                       help="checkout whose tda_clean runs ours-projected-factored (default: this one)")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         print(json.dumps(prepare(args.source, args.data)))
