@@ -178,7 +178,7 @@ def report(args) -> dict:
                                       max(c["loadavg_after"][0] for c in rows)]}
     res["summary"] = summary
     path.write_text(json.dumps(res, indent=1))
-    lines = ["| method | repeats | wall (s), median [all] | CPU (s) | vs ours EK-FAC | vs ours projected | "
+    lines = ["| method | repeats | wall (s), median [all] | CPU (s) | wall / ours EK-FAC | wall / ours projected | "
              "precision@k | peak RSS (MiB) | load avg |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for m, s in summary.items():
         ratio = {o: (s["median_wall_s"] / summary[o]["median_wall_s"] if o in summary else float("nan"))
