@@ -54,3 +54,10 @@ def test_a_failing_flow_run_logs_no_credentials(tmp_path, monkeypatch, capfd):
         assert "Encountered exception during execution: InputError('data.path: https://alice:***@" in text, text
         assert "Traceback (most recent call last)" in text and "\ntda_clean.errors.InputError: data.path: https://alice:***@" in text, text
         assert SECRET not in text
+    # the failed runs' state messages, which Prefect stores in its API, too
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        task_runs = client.read_task_runs()
+    messages = [flow_run.state.message] + [t.state.message for t in task_runs if t.flow_run_id == flow_run.id]
+    assert any("alice:***@data.example" in (m or "") for m in messages), messages
+    assert not any(SECRET in (m or "") for m in messages), messages
