@@ -180,7 +180,7 @@ def dattri_ekfac_head(model, X, y, Xq, yq):
     train = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)
     att.cache(train)
     with torch.no_grad():
-        big = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)  # 4096: 20 GB
+        big = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)  # 4,096-row batches: see BENCHMARKS.md
         test = DataLoader(TensorDataset(torch.as_tensor(Xq), torch.as_tensor(yq)), batch_size=len(Xq))
         return att.attribute(big, test).double().sum(1).numpy()  # (n, q) -> (n,)
 
