@@ -180,7 +180,8 @@ def dattri_ekfac_head(model, X, y, Xq, yq):
     train = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)
     att.cache(train)
     with torch.no_grad():
-        big = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)  # 4,096-row batches: see BENCHMARKS.md
+        # batches of BATCH rows: 4,096-row batches exhausted memory (BENCHMARKS.md)
+        big = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=BATCH)
         test = DataLoader(TensorDataset(torch.as_tensor(Xq), torch.as_tensor(yq)), batch_size=len(Xq))
         return att.attribute(big, test).double().sum(1).numpy()  # (n, q) -> (n,)
 
@@ -214,7 +215,8 @@ def dattri_trak(model, X, y, Xq, yq):
 
 
 RUN = {"ours-ekfac": ours_ekfac, "ours-projected": ours_projected,
-       "ours-projected-factored": lambda *a: ours_projected(*a, method="factored"), "kronfluence-ekfac": kronfluence_ekfac,
+       "ours-projected-factored": lambda *a: ours_projected(*a, method="factored"),
+       "kronfluence-ekfac": kronfluence_ekfac,
        "dattri-trak": dattri_trak, "dattri-ekfac-head": dattri_ekfac_head}
 
 
