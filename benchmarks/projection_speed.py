@@ -7,8 +7,7 @@ BatchNorm frozen in eval mode), trained here with Adam (seeded) for ``--epochs``
 
 Timed, interleaved, ``--repeats`` rounds: ``projected_influence`` with ``method="dense"`` (one (p, k) matrix on
 materialised per-sample gradients; the old path) and ``method="factored"`` at ``k``, ``--k-mid`` and ``--k-large``,
-and the
-factored one with ``precision="float32"`` (the scoring product). Quality of each: Pearson of the (m, n) score
+and the factored one with ``precision="float32"`` (the scoring product). Quality of each: Pearson of the (m, n) score
 matrix and of the per-row sums, and the overlap of the top-``--top`` rows per query, against
 ``--reference``: ``exact`` -- the unprojected empirical-Fisher influence (same formula, ``P = I``) from
 materialised float64 gradients through the Woodbury identity (n x n system; for small p x n only) -- or
