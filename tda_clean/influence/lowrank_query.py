@@ -14,7 +14,10 @@ gradient with the same truncated ``W_j``. Removal scores as :meth:`InfluenceEngi
     score[j, i] = (<W_j^(r), g_i> + W_j . l2 theta*) / (n - 1)      (m, n), POSITIVE = removal INCREASES f
 
 the regulariser term with the full ``W_j`` (one number per query). With ``r >= min(out, inp)`` in every layer the
-scores are the engine's up to rounding.
+scores are the engine's up to rounding. The SVD is taken in the Kronecker eigenbasis where the engine computes the
+queries there (``Q_S^T W_j Q_A``: same singular values, factors rotated back with ``Q_S`` and ``Q_A``). The query
+side (preconditioning, one SVD per query and layer) costs the same for any number of training rows; the saving
+is per (query, row) pair.
 """
 from __future__ import annotations
 
@@ -31,17 +34,46 @@ from tda_clean.influence.reducers import DenseScores, ScoreReducer
 _CHUNK_ELEMS = 2**24  # (rows x positions x queries x rank) products formed at once
 
 
-def _truncate(solver: KFACSolver, W: torch.Tensor, rank: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer ``(U sigma (m, out, r), V (m, inp, r))`` of the rank-``rank`` truncation of ``W`` (m, p)."""
+def _truncate(solver: KFACSolver, W: torch.Tensor, rank: int,
+              eigenbasis: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer ``(US (m, out, r), V (m, inp, r))`` with ``US V^T`` the rank-``rank`` truncated SVD of the
+    preconditioned queries ``W`` (m, p) (``U_r U_r^T M`` from the top eigenvectors of the smaller Gram matrix
+    ``M M^T`` or ``M^T M``: the same matrix, about 4x cheaper than an SVD); ``eigenbasis``: ``W`` is given in the Kronecker eigenbasis (``Q_S^T W Q_A`` per layer),
+    where the SVD is the same up to the rotation, applied to the factors afterwards."""
     out = {}
     for l in solver.layers_:
         M = W[:, l.w_slice].reshape(len(W), l.out, -1)
         if l.b_slice is not None:
             M = torch.cat([M, W[:, l.b_slice].reshape(len(W), l.out, 1)], dim=2)
-        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-        r = min(rank, S.shape[1])
-        out[l.name] = (U[:, :, :r] * S[:, None, :r], Vh[:, :r, :].transpose(1, 2))
+        r = min(rank, l.out, l.inp)
+        if l.out <= l.inp:  # top-r eigenvectors of the smaller Gram matrix: M_r = U_r U_r^T M
+            U = torch.linalg.eigh(M @ M.transpose(1, 2))[1][:, :, -r:]
+            US, V = U, M.transpose(1, 2) @ U
+        else:               # M_r = M V_r V_r^T
+            V = torch.linalg.eigh(M.transpose(1, 2) @ M)[1][:, :, -r:]
+            US = M @ V
+        if eigenbasis:
+            US, V = solver.QS_[l.name].to(W) @ US, solver.QA_[l.name].to(W) @ V
+        out[l.name] = (US, V)
     return out
+
+
+def _preconditioned(engine, objective) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(W (m, p), W . l2 theta* (m,), in_eigenbasis)``: the preconditioned queries in the Kronecker eigenbasis
+    from their layer factors where the engine's eigenbasis path applies (no rotation back), else ``A^-1 Q``."""
+    from tda_clean.influence.gradients import as_tensors
+    from tda_clean.influence.objectives import PerSampleObjective
+
+    solver, reg = engine.solver, engine.regulariser_gradient()
+    if isinstance(objective, PerSampleObjective):
+        Xq, tq = as_tensors(engine.space, objective.X, objective.targets)
+        Q = solver.eigenbasis_gradients(Xq, tq, objective.row_value)
+        if Q is not None:
+            check_finite_rows(Q, what=f"{objective.name} query gradients")
+            Q = (Q.mean(0, keepdim=True) if objective.reduce == "mean" else Q) * solver.eigenbasis_scale()
+            return Q, Q @ solver.to_eigenbasis(reg[None].to(Q))[0], True
+    W = engine.inverse_hvp(objective)
+    return W, W @ reg.to(W), False
 
 
 def _layer_scores(US: torch.Tensor, V: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -73,9 +105,9 @@ def low_rank_scores(engine, objective, rank: int, reducer: ScoreReducer | None =
     if not isinstance(solver, KFACSolver):
         raise InputError(f"rank: low-rank query gradients need solver kfac or ekfac, not {engine.spec.solver.kind!r}")
     reducer = DenseScores() if reducer is None else reducer
-    W = engine.inverse_hvp(objective)                                                  # (m, p)
-    offsets = (W @ engine.regulariser_gradient().to(W)).double().cpu()[:, None]       # (m, 1)
-    parts = _truncate(solver, W, rank)
+    W, offsets, eigenbasis = _preconditioned(engine, objective)                       # (m, p), (m,)
+    offsets = offsets.double().cpu()[:, None]
+    parts = _truncate(solver, W, rank, eigenbasis)
     flat = None
     space, scale = engine.space, engine.removal_scale()
     size = rows_per_batch(space.p, W.element_size(), engine.spec.gradients.memory_mb, engine.rows.row_elems)
