@@ -43,7 +43,8 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
     Curvature: the projected empirical Fisher ``F = (1/n) sum_i (P g_i)(P g_i)^T + (l2 + damping) I`` (k, k);
     scores ``(P q)^T F^-1 P (g_i + l2 theta*) / (n - 1)`` (m, n), the removal form and sign convention of
     :class:`InfluenceEngine`. Projected training gradients go to the
-    optional ``store_dir`` (memory-mapped, fingerprint includes the projection), so n x p never sits in RAM.
+    optional ``store_dir`` (memory-mapped, fingerprint includes the projection), so n x p never sits in RAM; without
+    one they are kept in RAM between the curvature and scoring passes when n x k fits in ``gradients.memory_mb``.
     ``g_i``: gradients of ``training``'s per-row loss (the objective the model was trained with).
     """
     model = prepare_model(model, gradients)
@@ -85,10 +86,18 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
         source = lambda: ((rows, torch.as_tensor(b, device=device)) for rows, b in store.iter_chunks())  # noqa: E731
     else:
         source = blocks
+    # without a store, the projected rows (n, k) are kept from the curvature pass for scoring when they fit in
+    # gradients.memory_mb (else the second pass recomputes them: same numbers)
+    keep = store_dir is None and n * k * space.flat().element_size() <= gradients.memory_mb * 2**20
+    kept: list[tuple[slice, torch.Tensor]] = []
     F = torch.zeros(k, k, dtype=torch.float64)
-    for _, Pg in source():
+    for rows, Pg in source():
+        if keep:
+            kept.append((rows, Pg))
         Pg = Pg.double().cpu()
         F += Pg.T @ Pg
+    if keep:
+        source = lambda: iter(kept)  # noqa: E731
     F = F / n + (l2 + damping) * torch.eye(k, dtype=torch.float64)
     Pq = proj.project(objective.query_gradients(space, gradients.memory_mb)).double().cpu()
     W = torch.linalg.solve(F, Pq.T).T
