@@ -107,8 +107,8 @@ class FactoredProjector:
             self.layers.append(layer)
             offset += layer.width
         self.k = offset
-        covered = {n for l in self.layers for n in (f"{l.owner}.weight" if l.owner else "weight",
-                                                    *((f"{l.owner}.bias" if l.owner else "bias",) if l.b_slice else ()))}
+        prefix = lambda l: f"{l.owner}." if l.owner else ""  # noqa: E731
+        covered = {prefix(l) + "weight" for l in self.layers} | {prefix(l) + "bias" for l in self.layers if l.b_slice}
         self.frozen = tuple(n for n in space.names if n not in covered)
 
     # ------------------------------------------------------------------ the random factors

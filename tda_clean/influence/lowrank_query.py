@@ -38,8 +38,9 @@ def _truncate(solver: KFACSolver, W: torch.Tensor, rank: int,
               eigenbasis: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer ``(US (m, out, r), V (m, inp, r))`` with ``US V^T`` the rank-``rank`` truncated SVD of the
     preconditioned queries ``W`` (m, p) (``U_r U_r^T M`` from the top eigenvectors of the smaller Gram matrix
-    ``M M^T`` or ``M^T M``: the same matrix, about 4x cheaper than an SVD); ``eigenbasis``: ``W`` is given in the Kronecker eigenbasis (``Q_S^T W Q_A`` per layer),
-    where the SVD is the same up to the rotation, applied to the factors afterwards."""
+    ``M M^T`` or ``M^T M``: the same matrix as from an SVD, fewer operations). ``eigenbasis``: ``W`` is given in
+    the Kronecker eigenbasis (``Q_S^T W Q_A`` per layer), where the SVD is the same up to the rotation, applied
+    to the factors afterwards."""
     out = {}
     for l in solver.layers_:
         M = W[:, l.w_slice].reshape(len(W), l.out, -1)

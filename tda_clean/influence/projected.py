@@ -55,7 +55,8 @@ def projected_influence(model: nn.Module, train, objective: Objective, *, l2: fl
             projection = ProjectionSettings(method=method, k=k, kind=kind, seed=seed, precision=precision)
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise InputError(f"projection.{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})") from None
+            where = ".".join(map(str, err["loc"]))
+            raise InputError(f"projection.{where}: {err['msg']} (got {err.get('input')!r})") from None
     spec = projection
     if spec.method == "factored":
         proj = FactoredProjector(space, spec.k, spec.kind, spec.seed)
