@@ -198,13 +198,15 @@ def our_methods(name: str, model, payload: dict, Xtr, ytr, Xq, yq) -> dict:
                               TrainingObjective(l2))
         return -r.scores, r.info
 
-    def projected():
-        r = projected_influence(model, train, objective, l2=l2, k=1024, seed=0, damping=CS.DAMPING, gradients=every)
+    def projected(method="dense"):  # the recorded row: the dense (p, k) projection (the default is now factored)
+        r = projected_influence(model, train, objective, l2=l2, k=1024, seed=0, damping=CS.DAMPING, gradients=every,
+                                method=method)
         return -r.scores, r.info
 
     methods.update({"exact (last layer)": exact_head, "exact (all params)": exact_all, "cg (all params)": cg,
                     "lissa (all params, stochastic)": lissa, "ekfac (all params)": ekfac,
-                    "projected k=1024 (all params)": projected})
+                    "projected k=1024 (all params)": projected,
+                    "projected factored k=1024 (all params)": lambda: projected("factored")})
 
     try:
         from tda_clean.influence.tracin import tracin_cp

@@ -119,6 +119,25 @@ class GradientSettings(_Frozen):
         return value
 
 
+class ProjectionSettings(_Frozen):
+    """The random projection of projected (TRAK-style) influence (``projected_influence``).
+
+    method:    ``"factored"`` (default): per ``nn.Linear`` / ``nn.Conv2d`` layer a Kronecker product
+               ``P_out (x) P_in`` applied to layer inputs and output gradients, no per-sample gradient materialised;
+               other selected parameters (BatchNorm, ...) are left out. ``"dense"``: one ``(p, k)`` matrix over every
+               selected parameter, applied to materialised per-sample gradients.
+    k:         projected width (``"factored"``: at most ``k``, see ``factored_projection``).
+    kind:      Rademacher or Gaussian entries; ``seed``: the projection's seed.
+    precision: dtype of the scoring product (queries x training rows); the curvature is always float64.
+    """
+
+    method: Literal["factored", "dense"] = "factored"
+    k: int = Field(default=512, gt=0)
+    kind: Literal["rademacher", "gaussian"] = "rademacher"
+    seed: int = 0
+    precision: Literal["float64", "float32"] = "float64"
+
+
 class InfluenceSpec(_Frozen):
     """Everything that decides an influence computation besides the model, data and training objective:
     ``solver`` (settings object with its ``kind`` and ``damping``; a bare name such as ``"cg"`` means that

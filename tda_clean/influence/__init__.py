@@ -16,6 +16,7 @@ the :class:`GradientSettings` (parameter subset, dtype, device).
 """
 from tda_clean.config.influence import (
     CGSettings, DualDASettings, ExactSettings, GradientSettings, InfluenceSpec, KFACSettings, LissaSettings,
+    ProjectionSettings,
 )
 from tda_clean.influence.curvature import (
     SOLVERS, CurvatureSolver, NegativeCurvatureWarning, TrainingLoss, register_solver,
@@ -32,6 +33,7 @@ from tda_clean.influence.objectives import (
     PerSampleLoss, ScalarObjective, WorstGroupLoss,
 )
 from tda_clean.influence.params import ParamSpace, model_fingerprint
+from tda_clean.influence.factored_projection import FactoredProjector
 from tda_clean.influence.projection import RandomProjector
 from tda_clean.influence.reducers import DenseScores, DiskScores, RowMean, RowSum, ScoreReducer, Several, TopK
 from tda_clean.influence.rows import ArrayRows, BatchRows, TrainRows, as_rows
@@ -46,7 +48,7 @@ __all__ = [
     "projected_influence", "self_influence", "check_finite_rows", "per_sample_grads", "per_sample_grads_loop",
     "KFACSolver", "CallableObjective", "DemographicParityGap", "EqualizedOddsGap", "GroupLossDifference", "Margin",
     "MeanLoss", "Objective", "PerSampleLoss", "ScalarObjective", "WorstGroupLoss", "ParamSpace", "model_fingerprint",
-    "RandomProjector", "CGSettings", "DualDASettings", "ExactSettings", "GradientSettings", "KFACSettings",
+    "RandomProjector", "FactoredProjector", "ProjectionSettings", "CGSettings", "DualDASettings", "ExactSettings", "GradientSettings", "KFACSettings",
     "LissaSettings", "InfluenceSpec", "TrainingObjective", "CGSolver", "ExactSolver", "LissaSolver", "GradientStore",
     "store_fingerprint", "CheckpointRecorder", "gradient_similarity", "tracin_cp",
     "DenseScores", "DiskScores", "RowMean", "RowSum", "ScoreReducer", "Several", "TopK",

@@ -1,15 +1,17 @@
 """Seeded random projection of gradients to ``k`` dimensions (TRAK-style Johnson-Lindenstrauss sketch).
 
 ``RandomProjector(p, k, kind, seed)`` maps ``G`` (n, p) -> ``G @ P / sqrt(k)`` (n, k), with ``P`` (p, k) entries
-i.i.d. Rademacher (+-1) or standard Gaussian. ``P`` is never stored whole when it is large: it is regenerated in
-row blocks of ``block`` parameters, each from its own generator seeded with ``(seed, block index)``, so the result
-is a function of ``(p, k, kind, seed, block)`` only -- not of how many gradient rows are projected at once.
+i.i.d. Rademacher (+-1) or standard Gaussian, drawn in row blocks of ``block`` parameters, each from its own
+generator seeded with ``(seed, block index)``, so the result is a function of ``(p, k, kind, seed, block)`` only --
+not of how many gradient rows are projected at once. Drawn blocks are kept (per dtype and device) while the whole
+matrix fits in ``cache_mb``, so streaming many blocks of rows draws ``P`` once; a larger ``P`` is re-drawn block by
+block on every call rather than held whole.
 Inner products are preserved in expectation: ``E[(Pg)^T (Pg')] / k = g^T g'``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -26,6 +28,8 @@ class RandomProjector:
     kind: Literal["rademacher", "gaussian"] = "rademacher"
     seed: int = 0
     block: int = 4096
+    cache_mb: float = 256.0
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("rademacher", "gaussian"):
@@ -36,6 +40,15 @@ class RandomProjector:
                 raise InputError(f"projection.{key}: expected a positive integer, got {value!r}")
 
     def _block(self, index: int, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (index, dtype, str(device))
+        if key in self._cache:
+            return self._cache[key]
+        P = self._draw(index, rows, dtype, device)
+        if self.p * self.k * P.element_size() <= self.cache_mb * 2**20:
+            self._cache[key] = P
+        return P
+
+    def _draw(self, index: int, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + index)
         if self.kind == "rademacher":
             P = torch.randint(0, 2, (rows, self.k), generator=gen, dtype=torch.int8).to(dtype) * 2 - 1
