@@ -50,17 +50,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def exit_now(code: int) -> NoReturn:
-    """End the process as ``sys.exit(code)`` would, minus the interpreter's teardown: non-daemon threads are
-    joined, every ``atexit`` handler runs (Prefect drains its log and event workers and stops its temporary
-    server, logging flushes), stdout and stderr are flushed, then ``os._exit(code)``. The teardown skipped
-    (freeing the modules of torch, Prefect and MLflow one by one) writes nothing and takes seconds."""
+    """End the process as ``sys.exit(code)`` would, minus the interpreter's teardown, in the interpreter's own
+    order: the threading exit callbacks run (Prefect drains its log and event workers into the API here) and
+    non-daemon threads are joined (``threading._shutdown``), then every ``atexit`` handler runs (Prefect stops
+    its temporary server, logging flushes), stdout and stderr are flushed, then ``os._exit(code)``. The
+    teardown skipped (freeing the modules of torch, Prefect and MLflow one by one) writes nothing and takes
+    seconds. The order matters: a log worker drained only after the server stopped loses the run's last logs
+    and holds ``logging.shutdown`` for its 5 s flush timeout."""
     import atexit
     import os
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize calls first (CPython 3.10-3.13)
+    if shutdown is not None and threading.current_thread() is threading.main_thread():
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
