@@ -5,10 +5,13 @@ is one line and exit 2 before anything runs."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -212,14 +215,17 @@ def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_pat
     output is not lost, the exit code is the command's."""
     import sys
 
-    code = ("import atexit, sys; from flows.cli import exit_now; "
+    code = ("import atexit, sys, threading; from flows.cli import exit_now; "
             "atexit.register(lambda: (tmp / 'first').write_text('1') and None); "
             "atexit.register(lambda: print('handler', flush=False)); "
-            "sys.stdout.write('buffered'); exit_now(3)")
+            "threading._register_atexit(lambda: print('drained', end=' ', flush=False)); "
+            "sys.stdout.write('buffered '); exit_now(3)")
     code = f"from pathlib import Path; tmp = Path({str(tmp_path)!r}); " + code
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=command_env(), timeout=120)
     assert proc.returncode == 3, proc.stderr
-    assert proc.stdout == "bufferedhandler\n"
+    # the threading exit callbacks (where Prefect drains its log and event workers) before the atexit handlers
+    # (where it stops its temporary server), as at an ordinary interpreter exit
+    assert proc.stdout == "buffered drained handler\n"
     assert (tmp_path / "first").read_text() == "1"
 
 
@@ -244,3 +250,9 @@ def test_default_run_with_a_temporary_server_completes_and_stops_it(tmp_path: Pa
     assert (tmp_path / "run" / "report.json").is_file()
     assert "Stopping temporary server" in logs, logs[-3000:]
     assert len(servers) == 1 and _gone(servers[0])
+    # the flow run's last log line reached the server before it stopped (Prefect's log worker drained first)
+    name = re.search(r"Beginning flow run '([^']+)'", logs).group(1)
+    with closing(sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db")) as db:
+        flow_logs = db.execute("SELECT log.message FROM log JOIN flow_run ON log.flow_run_id = flow_run.id "
+                               "WHERE flow_run.name = ? AND log.task_run_id IS NULL", (name,)).fetchall()
+    assert any(m.startswith("Finished in state Completed") for (m,) in flow_logs), flow_logs
