@@ -10,15 +10,15 @@ from tda_clean import cli
 
 
 def run_flow(config, *, output: str | None, fresh: bool) -> dict[str, Any]:
-    from .lifetime import launch_prefect_api, prefect_api
+    from .lifetime import launch_temporary_server, prefect_api
 
-    ready = launch_prefect_api()  # a temporary server boots while the flow's modules import
+    server = launch_temporary_server()  # None with PREFECT_API_URL set; else it boots while the flow imports
     from .clean import clean  # imports prefect: only for the commands that need it
 
-    if ready is not prefect_api:  # the server is still booting: import what the run's tracker imports anyway
+    if server is not None:  # the server is still booting: import what the run's tracker imports anyway
         _import_tracking(config)
-    ready()  # PREFECT_API_URL answers, or a temporary server that dies with this process
-    return clean(config, output=output, fresh=fresh)
+    with prefect_api(server):  # PREFECT_API_URL answers, or the temporary server (dies with this process) does
+        return clean(config, output=output, fresh=fresh)
 
 
 def _import_tracking(config) -> None:

@@ -184,30 +184,46 @@ def test_a_normal_run_prints_no_traceback(tmp_path: Path, mlflow_uri: str):
     assert "Starting temporary server" in proc.stderr and (tmp_path / "prefect" / "prefect.db").is_file()
 
 
-def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Path, capsys, monkeypatch):
-    """Prefect's RuntimeError from a server that never answers becomes one line; the wait is long enough for a
-    first start's migrations (at least STARTUP_TIMEOUT_S)."""
+@pytest.mark.parametrize("how", ["exits", "never answers"])
+def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Path, capsys, monkeypatch, how: str):
+    """A temporary server that exits, or does not answer in time, is stopped at once and becomes one line."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows import lifetime
     from flows.cli import main
 
-    waited = []
+    launched = []
 
-    class NeverUp:
-        def start(self, timeout=None):
-            waited.append(timeout)
-            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.\nstderr: ...")
+    def launch(port):
+        code = "import sys; sys.exit(1)" if how == "exits" else "import time; time.sleep(600)"
+        launched.append(subprocess.Popen([sys.executable, "-c", code]))
+        return launched[-1]
 
-    monkeypatch.setattr(lifetime, "_run_server_class", lambda: NeverUp)
+    monkeypatch.setattr(lifetime, "_launch", launch)
+    monkeypatch.setattr(lifetime, "startup_timeout", lambda: 1.0)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(table_config(write_table(tmp_path / "t.csv"))))
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         code = main(["run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 1 and waited[0] >= lifetime.STARTUP_TIMEOUT_S
-    assert err.count("\n") == 1 and err.startswith("tda-clean: error: the temporary Prefect server did not start "
-                                                   "(Timed out while attempting"), err
+    why = "it exited with code 1" if how == "exits" else "no answer from http://127.0.0.1:"
+    assert code == 1 and len(launched) == 1 and launched[0].poll() is not None
+    assert err.count("\n") == 1 and err.startswith(f"tda-clean: error: the temporary Prefect server did not start "
+                                                   f"({why}"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_wait_for_a_temporary_server_covers_a_first_start(monkeypatch):
+    """At least STARTUP_TIMEOUT_S (a new PREFECT_HOME's migrations outlast Prefect's default 20 s), or Prefect's
+    setting when it is longer."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
+    from flows import lifetime
+
+    with temporary_settings(updates={STARTUP: 20}):
+        assert lifetime.startup_timeout() == lifetime.STARTUP_TIMEOUT_S > 20
+    with temporary_settings(updates={STARTUP: lifetime.STARTUP_TIMEOUT_S + 100}):
+        assert lifetime.startup_timeout() == lifetime.STARTUP_TIMEOUT_S + 100
 
 
 def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_path: Path):
