@@ -43,6 +43,10 @@ STARTUP_TIMEOUT_S = 120
 #: server serves only its run; registration imports every installed Prefect collection, e.g. prefect-dask and
 #: Dask, to hash their blocks). A real ``prefect server`` on the same ``PREFECT_HOME`` registers them.
 SERVER_DEFAULTS = {"PREFECT_API_BLOCKS_REGISTER_ON_START": "false", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
+#: Client settings for a flow on the temporary server, unless the user sets them: no UI URL (the server serves no
+#: UI, so no "View at" link is printed) and no flow-run heartbeats (they let a server notice a crashed run; this
+#: one dies with its run; and the flow's end waits up to 1 s for the heartbeat thread's sleep).
+TEMPORARY_CLIENT_DEFAULTS = {"ui_url": "", "flows.heartbeat_frequency": None}
 
 
 def _die_with_parent() -> Callable[[], None]:
@@ -240,11 +244,10 @@ def prefect_api(server: TemporaryServer | None = None) -> Iterator[None]:
 
     A set ``PREFECT_API_URL`` must answer (else :class:`~tda_clean.errors.InputError` naming it). Otherwise the
     temporary server (``server``, launched by :func:`launch_temporary_server`, or one launched now) is waited
-    for, and Prefect's settings point its client at it inside the block (``PREFECT_API_URL``; ``PREFECT_UI_URL``
-    empty unless set, so no "View at" link to a server without its UI is printed). Prefect then never starts
-    its own temporary server nor imports its server modules into this process."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, PREFECT_UI_URL,
-                                  get_current_settings, temporary_settings)
+    for, and Prefect's settings point its client at it inside the block (``PREFECT_API_URL``, and
+    :data:`TEMPORARY_CLIENT_DEFAULTS` unless set). Prefect then never starts its own temporary server nor
+    imports its server modules into this process."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
     from tda_clean.errors import InputError
 
@@ -260,8 +263,5 @@ def prefect_api(server: TemporaryServer | None = None) -> Iterator[None]:
                              "(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE): set PREFECT_API_URL or use --engine local")
         server = TemporaryServer()
     server.wait(startup_timeout())
-    updates: dict[Any, Any] = {PREFECT_API_URL: server.api_url}
-    if get_current_settings().ui_url is None:
-        updates[PREFECT_UI_URL] = ""
-    with temporary_settings(updates=updates):
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}, set_defaults=TEMPORARY_CLIENT_DEFAULTS):
         yield
