@@ -202,7 +202,44 @@ def create_app():
 
     app = prefect_app()
     quiet_sqlite_locks()  # after Prefect's logging setup (done on import) and uvicorn's
-    return app
+    return warmed_after_startup(app)
+
+
+#: Read-only requests the temporary server sends itself once started (see :func:`warmed_after_startup`).
+WARM_UP = (("GET", "/api/admin/version", None), ("POST", "/api/flows/filter", {"limit": 1}),
+           ("POST", "/api/flow_runs/filter", {"limit": 1}))
+
+
+def warmed_after_startup(app):
+    """``app`` (ASGI) that, once its lifespan has started, sends itself the read-only :data:`WARM_UP` requests in
+    the background. FastAPI builds its routes' request models lazily, on the first requests (hundreds of
+    pydantic adapters, ~0.3 s of CPU); a temporary server booted early is otherwise idle until the run's client
+    has imported its flow, so the run's first API calls find them built. Errors of the warm-up are ignored."""
+    import asyncio
+
+    async def warm() -> None:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+                for method, path, body in WARM_UP:
+                    await c.request(method, path, json=body)
+        except Exception:  # noqa: BLE001 - an optimisation only
+            pass
+
+    async def asgi(scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+
+        async def send_and_warm(message):
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                tasks.add(asyncio.get_running_loop().create_task(warm()))
+
+        tasks: set = set()  # a reference keeps the task alive
+        return await app(scope, receive, send_and_warm)
+
+    return asgi
 
 
 def _free_port() -> int:

@@ -272,3 +272,38 @@ def test_default_run_with_a_temporary_server_completes_and_stops_it(tmp_path: Pa
         flow_logs = db.execute("SELECT log.message FROM log JOIN flow_run ON log.flow_run_id = flow_run.id "
                                "WHERE flow_run.name = ? AND log.task_run_id IS NULL", (name,)).fetchall()
     assert any(m.startswith("Finished in state Completed") for (m,) in flow_logs), flow_logs
+
+
+def test_the_temporary_server_warms_its_routes_after_startup():
+    """After its lifespan has started, the temporary server's app sends itself the read-only warm-up requests
+    (FastAPI builds its routes' request models on first use); other requests pass through unchanged."""
+    import asyncio
+
+    from flows.lifetime import WARM_UP, warmed_after_startup
+
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await asyncio.sleep(0.5)  # serving
+            return
+        seen.append((scope["method"], scope["path"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def main():
+        sent = []
+
+        async def receive():
+            return {"type": "lifespan.startup"}
+
+        async def send(message):
+            sent.append(message["type"])
+
+        await warmed_after_startup(app)({"type": "lifespan"}, receive, send)
+        return sent
+
+    assert asyncio.run(main()) == ["lifespan.startup.complete"]
+    assert seen == [(method, path) for method, path, _ in WARM_UP]
