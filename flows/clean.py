@@ -18,7 +18,10 @@ from tda_clean.config import RunConfig, load_config
 from tda_clean.errors import TdaCleanError
 from tda_clean.pipeline import run_pipeline, stage_detect, stage_load, stage_log, stage_report
 
+from .redaction import redact_prefect_logs
 from .runners import check_dask_address, prefect_mapper
+
+redact_prefect_logs()  # Prefect logs a failed task's or flow's exception itself: no credentials in those lines
 
 IO_STAGES = (stage_load, stage_report, stage_log)  # read or write files / servers: worth a retry
 MAPPED_STAGES = (stage_detect,)  # run in the flow itself; their shards become tasks on the configured runner
@@ -47,6 +50,7 @@ def clean(config: RunConfig | str, output: str | None = None, overrides: list[st
     """Detect -> act -> retrain -> evaluate -> log. ``config`` is a RunConfig or a path to a YAML file.
 
     Stages a killed run on the same folder completed are reused unless ``fresh``."""
+    redact_prefect_logs()  # again: handlers Prefect's logging set up since the import
     cfg = config if isinstance(config, RunConfig) else load_config(Path(config), overrides or [])
     if cfg.runner.kind == "dask" and cfg.runner.address:
         check_dask_address(cfg.runner.address)  # before any compute
