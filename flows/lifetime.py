@@ -102,17 +102,20 @@ class TemporaryServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def wait(self, timeout: float) -> None:
-        """Block until ``GET /api/health`` answers 200. A server whose port was taken meanwhile (uvicorn exits
-        with 3) is relaunched on another; one that exits otherwise or does not answer within ``timeout`` seconds
-        is stopped and :class:`~tda_clean.errors.TdaCleanError` raised (one line, exit 1)."""
+        """Block until ``GET /api/health`` answers 200. A server that fails to start (uvicorn exits with 3: the
+        port may have been taken meanwhile) is relaunched on another port, up to 3 times; one that exits
+        otherwise or does not answer within ``timeout`` seconds is stopped and
+        :class:`~tda_clean.errors.TdaCleanError` raised (one line, exit 1)."""
         import time
 
         from tda_clean.errors import TdaCleanError
 
         deadline = time.monotonic() + timeout
+        relaunches = 3
         while not _answers(f"{self.api_url}/health"):
             code = self.process.poll() if self.process is not None else -1
-            if code == 3:  # uvicorn: address already in use
+            if code == 3 and relaunches:  # uvicorn's startup failure: e.g. the port was taken since _free_port
+                relaunches -= 1
                 self.port = _free_port()
                 self.process = _launch(self.port)
                 continue
