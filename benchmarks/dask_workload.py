@@ -56,10 +56,9 @@ def _scores(folder: Path):
 
 def start_prefect_server() -> str:
     """A temporary Prefect server (the one ``tda-clean run`` starts) whose URL worker processes inherit."""
-    from flows.lifetime import _run_server_class, _start
+    from flows.lifetime import start_temporary_server
 
-    server = _run_server_class()()
-    _start(server)
+    server = start_temporary_server()
     os.environ["PREFECT_API_URL"] = server.api_url
     return server.api_url
 

@@ -10,15 +10,15 @@ from tda_clean import cli
 
 
 def run_flow(config, *, output: str | None, fresh: bool) -> dict[str, Any]:
-    from .lifetime import launch_prefect_api, prefect_api
+    from .lifetime import launch_temporary_server, prefect_api
 
-    ready = launch_prefect_api()  # a temporary server boots while the flow's modules import
+    server = launch_temporary_server()  # None with PREFECT_API_URL set; else it boots while the flow imports
     from .clean import clean  # imports prefect: only for the commands that need it
 
-    if ready is not prefect_api:  # the server is still booting: import what the run's tracker imports anyway
+    if server is not None:  # the server is still booting: import what the run's tracker imports anyway
         _import_tracking(config)
-    ready()  # PREFECT_API_URL answers, or a temporary server that dies with this process
-    return clean(config, output=output, fresh=fresh)
+    with prefect_api(server):  # PREFECT_API_URL answers, or the temporary server (dies with this process) does
+        return clean(config, output=output, fresh=fresh)
 
 
 def _import_tracking(config) -> None:
@@ -50,17 +50,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def exit_now(code: int) -> NoReturn:
-    """End the process as ``sys.exit(code)`` would, minus the interpreter's teardown: non-daemon threads are
-    joined, every ``atexit`` handler runs (Prefect drains its log and event workers and stops its temporary
-    server, logging flushes), stdout and stderr are flushed, then ``os._exit(code)``. The teardown skipped
-    (freeing the modules of torch, Prefect and MLflow one by one) writes nothing and takes seconds."""
+    """End the process as ``sys.exit(code)`` would, minus the interpreter's teardown, in the interpreter's own
+    order: the threading exit callbacks run (Prefect drains its log and event workers into the API here) and
+    non-daemon threads are joined (``threading._shutdown``), then every ``atexit`` handler runs (Prefect stops
+    its temporary server, logging flushes), stdout and stderr are flushed, then ``os._exit(code)``. The
+    teardown skipped (freeing the modules of torch, Prefect and MLflow one by one) writes nothing and takes
+    seconds. The order matters: a log worker drained only after the server stopped loses the run's last logs
+    and holds ``logging.shutdown`` for its 5 s flush timeout."""
     import atexit
     import os
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize calls first (CPython 3.10-3.13)
+    if shutdown is not None and threading.current_thread() is threading.main_thread():
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -5,10 +5,13 @@ is one line and exit 2 before anything runs."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -181,30 +184,50 @@ def test_a_normal_run_prints_no_traceback(tmp_path: Path, mlflow_uri: str):
     assert "Starting temporary server" in proc.stderr and (tmp_path / "prefect" / "prefect.db").is_file()
 
 
-def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Path, capsys, monkeypatch):
-    """Prefect's RuntimeError from a server that never answers becomes one line; the wait is long enough for a
-    first start's migrations (at least STARTUP_TIMEOUT_S)."""
+@pytest.mark.parametrize("how", ["exits", "fails to start", "never answers"])
+def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Path, capsys, monkeypatch, how: str):
+    """A temporary server that exits, or does not answer in time, is stopped at once and becomes one line."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows import lifetime
     from flows.cli import main
 
-    waited = []
+    launched = []
 
-    class NeverUp:
-        def start(self, timeout=None):
-            waited.append(timeout)
-            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.\nstderr: ...")
+    def launch(port):
+        code = {"exits": "import sys; sys.exit(1)", "fails to start": "import sys; sys.exit(3)"}.get(
+            how, "import time; time.sleep(600)")
+        launched.append(subprocess.Popen([sys.executable, "-c", code]))
+        return launched[-1]
 
-    monkeypatch.setattr(lifetime, "_run_server_class", lambda: NeverUp)
+    monkeypatch.setattr(lifetime, "_launch", launch)
+    monkeypatch.setattr(lifetime, "startup_timeout", lambda: 1.0)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(table_config(write_table(tmp_path / "t.csv"))))
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         code = main(["run", str(tmp_path / "config.yaml"), "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 1 and waited[0] >= lifetime.STARTUP_TIMEOUT_S
-    assert err.count("\n") == 1 and err.startswith("tda-clean: error: the temporary Prefect server did not start "
-                                                   "(Timed out while attempting"), err
+    why = {"exits": "it exited with code 1", "fails to start": "it exited with code 3"}.get(
+        how, "no answer from http://127.0.0.1:")
+    # uvicorn's startup failure (3, e.g. a port taken since it was picked) is retried on other ports, 3 times
+    assert code == 1 and len(launched) == (4 if how == "fails to start" else 1)
+    assert all(proc.wait(timeout=10) is not None for proc in launched)
+    assert err.count("\n") == 1 and err.startswith(f"tda-clean: error: the temporary Prefect server did not start "
+                                                   f"({why}"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_wait_for_a_temporary_server_covers_a_first_start(monkeypatch):
+    """At least STARTUP_TIMEOUT_S (a new PREFECT_HOME's migrations outlast Prefect's default 20 s), or Prefect's
+    setting when it is longer."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
+    from flows import lifetime
+
+    with temporary_settings(updates={STARTUP: 20}):
+        assert lifetime.startup_timeout() == lifetime.STARTUP_TIMEOUT_S > 20
+    with temporary_settings(updates={STARTUP: lifetime.STARTUP_TIMEOUT_S + 100}):
+        assert lifetime.startup_timeout() == lifetime.STARTUP_TIMEOUT_S + 100
 
 
 def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_path: Path):
@@ -212,14 +235,17 @@ def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_exit_code(tmp_pat
     output is not lost, the exit code is the command's."""
     import sys
 
-    code = ("import atexit, sys; from flows.cli import exit_now; "
+    code = ("import atexit, sys, threading; from flows.cli import exit_now; "
             "atexit.register(lambda: (tmp / 'first').write_text('1') and None); "
             "atexit.register(lambda: print('handler', flush=False)); "
-            "sys.stdout.write('buffered'); exit_now(3)")
+            "threading._register_atexit(lambda: print('drained', end=' ', flush=False)); "
+            "sys.stdout.write('buffered '); exit_now(3)")
     code = f"from pathlib import Path; tmp = Path({str(tmp_path)!r}); " + code
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=command_env(), timeout=120)
     assert proc.returncode == 3, proc.stderr
-    assert proc.stdout == "bufferedhandler\n"
+    # the threading exit callbacks (where Prefect drains its log and event workers) before the atexit handlers
+    # (where it stops its temporary server), as at an ordinary interpreter exit
+    assert proc.stdout == "buffered drained handler\n"
     assert (tmp_path / "first").read_text() == "1"
 
 
@@ -244,3 +270,44 @@ def test_default_run_with_a_temporary_server_completes_and_stops_it(tmp_path: Pa
     assert (tmp_path / "run" / "report.json").is_file()
     assert "Stopping temporary server" in logs, logs[-3000:]
     assert len(servers) == 1 and _gone(servers[0])
+    # the flow run's last log line reached the server before it stopped (Prefect's log worker drained first)
+    name = re.search(r"Beginning flow run '([^']+)'", logs).group(1)
+    with closing(sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db")) as db:
+        flow_logs = db.execute("SELECT log.message FROM log JOIN flow_run ON log.flow_run_id = flow_run.id "
+                               "WHERE flow_run.name = ? AND log.task_run_id IS NULL", (name,)).fetchall()
+    assert any(m.startswith("Finished in state Completed") for (m,) in flow_logs), flow_logs
+
+
+def test_the_temporary_server_warms_its_routes_after_startup():
+    """After its lifespan has started, the temporary server's app sends itself the read-only warm-up requests
+    (FastAPI builds its routes' request models on first use); other requests pass through unchanged."""
+    import asyncio
+
+    from flows.lifetime import WARM_UP, warmed_after_startup
+
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await asyncio.sleep(0.5)  # serving
+            return
+        seen.append((scope["method"], scope["path"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def main():
+        sent = []
+
+        async def receive():
+            return {"type": "lifespan.startup"}
+
+        async def send(message):
+            sent.append(message["type"])
+
+        await warmed_after_startup(app)({"type": "lifespan"}, receive, send)
+        return sent
+
+    assert asyncio.run(main()) == ["lifespan.startup.complete"]
+    assert seen == [(method, path) for method, path, _ in WARM_UP]

@@ -216,8 +216,11 @@ class MlflowTracker:
 
                     tags = save_servable(model, serving, local, mlflow_model=meta)
                 else:
-                    mlflow.pytorch.save_model(model, local, mlflow_model=meta, serialization_format="pickle",
-                                              pip_requirements=[f"torch=={torch.__version__}"])
+                    from tda_clean.tracking.servable import installed_requirements
+
+                    with installed_requirements():  # torch pinned to the installed version: nothing to check
+                        mlflow.pytorch.save_model(model, local, mlflow_model=meta, serialization_format="pickle",
+                                                  pip_requirements=[f"torch=={torch.__version__}"])
                 self.client.log_model_artifacts(logged.model_id, local)
             if tags:
                 self.client.set_logged_model_tags(logged.model_id, tags)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -104,6 +105,25 @@ def requirements() -> list[str]:
             f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
 
 
+@contextmanager
+def installed_requirements() -> Iterator[None]:
+    """Inside: MLflow's check of a model's pip requirements against the installed packages is skipped. Every
+    requirement this module passes pins the running interpreter's own version (:func:`requirements`), so the
+    check cannot find a mismatch; it costs ~0.7 s per process (it maps every installed distribution's files to
+    its modules). Not thread-safe against a concurrent save with other requirements (it would skip theirs too)."""
+    import mlflow.utils.environment as env
+
+    check = getattr(env, "warn_dependency_requirement_mismatches", None)
+    if check is None:  # another MLflow: nothing to skip
+        yield
+        return
+    env.warn_dependency_requirement_mismatches = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        env.warn_dependency_requirement_mismatches = check
+
+
 def signature_and_example(serving: dict[str, Any]):
     """The pyfunc signature (raw input columns or array -> ``label``, ``prob_<class>``) and a raw input example."""
     import pandas as pd
@@ -155,11 +175,12 @@ def save_servable(model: torch.nn.Module, serving_in: ServingInput, path: str, *
         torch.export.save(program, os.path.join(tmp, "model.pt2"))
         with open(os.path.join(tmp, "serving.json"), "w", encoding="utf-8") as f:
             json.dump(serving, f)
-        mlflow.pyfunc.save_model(
-            path, python_model=str(MODEL_CODE), mlflow_model=mlflow_model, signature=signature,
-            input_example=input_example, pip_requirements=requirements(),
-            artifacts={"model": os.path.join(tmp, "model.pt2"), "serving": os.path.join(tmp, "serving.json")},
-        )
+        with installed_requirements():
+            mlflow.pyfunc.save_model(
+                path, python_model=str(MODEL_CODE), mlflow_model=mlflow_model, signature=signature,
+                input_example=input_example, pip_requirements=requirements(),
+                artifacts={"model": os.path.join(tmp, "model.pt2"), "serving": os.path.join(tmp, "serving.json")},
+            )
     return {SERVABLE_TAG: "true"}
 
 
@@ -167,6 +188,7 @@ def _save_pickle(model: torch.nn.Module, serving_in: ServingInput, path: str, *,
     import mlflow.pytorch
     import torch
 
-    mlflow.pytorch.save_model(model, path, mlflow_model=mlflow_model, serialization_format="pickle",
-                              code_paths=list(serving_in.code_paths) or None,
-                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    with installed_requirements():
+        mlflow.pytorch.save_model(model, path, mlflow_model=mlflow_model, serialization_format="pickle",
+                                  code_paths=list(serving_in.code_paths) or None,
+                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])

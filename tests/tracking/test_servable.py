@@ -215,3 +215,23 @@ def test_user_python_model_is_exported_or_falls_back_with_its_code(factory: str,
     with torch.no_grad():
         want = model(torch.as_tensor(bundle.test.X)).argmax(1).numpy()
     assert out["label"].tolist() == [bundle.classes[k] for k in want]
+
+
+def test_the_requirement_check_skipped_on_save_could_not_fail():
+    """``installed_requirements`` skips MLflow's check of a model's pip requirements against the installed
+    packages: every requirement the servable model is saved with is satisfied here (what that check verifies),
+    and the check is back after the block."""
+    from importlib.metadata import version
+
+    import mlflow.utils.environment as env
+    from packaging.requirements import Requirement
+
+    from tda_clean.tracking.servable import installed_requirements, requirements
+
+    for line in requirements():
+        req = Requirement(line)
+        assert req.specifier.contains(version(req.name), prereleases=True), line
+    check = env.warn_dependency_requirement_mismatches
+    with installed_requirements():
+        assert env.warn_dependency_requirement_mismatches is not check
+    assert env.warn_dependency_requirement_mismatches is check
