@@ -7,18 +7,54 @@ import sys
 from typing import Any, NoReturn
 
 from tda_clean import cli
+from tda_clean.errors import InputError
 
 
 def run_flow(config, *, output: str | None, fresh: bool) -> dict[str, Any]:
     from .lifetime import launch_temporary_server, prefect_api
 
+    _check_remote_workers_reach_prefect(config)
     server = launch_temporary_server()  # None with PREFECT_API_URL set; else it boots while the flow imports
     from .clean import clean  # imports prefect: only for the commands that need it
 
     if server is not None:  # the server is still booting: import what the run's tracker imports anyway
         _import_tracking(config)
-    with prefect_api(server):  # PREFECT_API_URL answers, or the temporary server (dies with this process) does
-        return clean(config, output=output, fresh=fresh)
+    try:
+        with prefect_api(server):  # PREFECT_API_URL answers, or the temporary server does
+            return clean(config, output=output, fresh=fresh)
+    finally:
+        if server is not None:  # called in-process (tests, scripts): no server outlives the run
+            _drain_prefect_workers()
+            server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Send what Prefect's log and event workers still hold to the API before its server stops (as Prefect's
+    test harness does); they start again on the next run's first log line or event."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except RuntimeError:  # never started
+            pass
+
+
+def _check_remote_workers_reach_prefect(config) -> None:
+    """InputError naming ``runner.address`` when a Dask cluster on another host would be handed the run's
+    temporary Prefect server, which listens on 127.0.0.1 only (its workers could not report to it)."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import PREFECT_API_URL
+
+    address = config.runner.address if config.runner.kind == "dask" else None
+    if not address or PREFECT_API_URL.value():
+        return
+    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
+    if host not in ("localhost", "127.0.0.1", "::1"):
+        raise InputError(f"runner.address: the Dask cluster at {address} needs PREFECT_API_URL set to a Prefect "
+                         "server its workers can reach (the run's temporary server listens on 127.0.0.1 only)")
 
 
 def _import_tracking(config) -> None:

@@ -86,3 +86,21 @@ def test_unreachable_dask_scheduler_fails_before_compute(csv, tmp_path, capsys):
     assert code == 2
     assert f"runner.address: no Dask scheduler answers at tcp://127.0.0.1:{port}" in err
     assert not (tmp_path / "run").exists()  # nothing computed, nothing written
+
+
+def test_remote_dask_cluster_without_a_prefect_server_is_refused(csv, tmp_path, capsys, monkeypatch):
+    """Workers on another host cannot reach the run's temporary server (127.0.0.1): one line, exit 2, before any
+    server is started or scheduler contacted (192.0.2.1 is a documentation address nothing answers at)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    config = _config(csv, "self_influence", kind="dask", address="tcp://192.0.2.1:8786")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # as with no server configured
+        code = main(["run", str(path), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "runner.address: the Dask cluster at tcp://192.0.2.1:8786 needs PREFECT_API_URL" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
