@@ -64,7 +64,7 @@ from tda_clean.selection.base import (
 )
 from tda_clean.selection.score_cuts import separated_high_group, split_high_cluster  # noqa: F401 (re-exported)
 from tda_clean.selection.trigger_search import (  # noqa: F401 (stamp_patch re-exported)
-    dilate, erase_probs, erasure_evidence, stamp_patch, trigger_scan,
+    dilate, erase_probs, erasure_evidence, neighbour_other_share, stamp_patch, trigger_scan,
 )
 
 
@@ -215,9 +215,12 @@ class DeltaInfluenceSelector(BaseSelector):
                     if found["info"]["query_source"] == "trigger_reconstruction" and self.spec.erase_trigger:
                         # confirmation: the training rows of the target class must depend on the trigger region
                         # far more often than clean validation rows do, else it is a small natural feature
-                        evidence = self._erasure_evidence(model, context, t, self._erased(model, X, y == t, t))
-                        found["info"].update(evidence)
+                        erased_t = self._erased(model, X, y == t, t)
+                        evidence = self._erasure_evidence(model, context, t, erased_t)
                         if evidence and evidence["erase_p_value"] >= self.spec.erase_confirm_p:
+                            evidence.update(self._neighbour_evidence(X, y, erased_t, found["region"], t, evidence))
+                        found["info"].update(evidence)
+                        if evidence and not evidence.get("erase_confirmed", evidence["erase_p_value"] < self.spec.erase_confirm_p):
                             self.unconfirmed_erase_ = self._erase   # (region, fill), for diagnostics
                             self._erase = None      # the reconstruction is not a backdoor of this training set
                             unconfirmed = {**found["info"], "query_source": "no_trigger_found"}
@@ -386,6 +389,18 @@ class DeltaInfluenceSelector(BaseSelector):
             return {}
         return erasure_evidence(model, np.asarray(context.X_val), np.asarray(context.y_val), *self._erase, target,
                                 self._n_pool_target, int(erased.sum()), self.spec.erase_min_precision)
+
+    def _neighbour_evidence(self, X: np.ndarray, y: np.ndarray, erased: np.ndarray, region: np.ndarray, target: int,
+                            evidence: dict[str, Any]) -> dict[str, Any]:
+        """Second chance for a reconstruction the erasure test left unconfirmed at ``erase_confirm_p`` (small
+        validation splits give a loose clean rate): confirmed when its p-value is below ``erase_confirm_p_neighbours``
+        AND at least ``neighbour_share`` of the erased training rows have nearest neighbours (outside the trigger
+        region) of other classes -- they are images of other classes labelled the target, as dirty-label poisons
+        are (:func:`~tda_clean.selection.trigger_search.neighbour_other_share`)."""
+        if evidence["erase_p_value"] >= self.spec.erase_confirm_p_neighbours or not erased.any():
+            return {"erase_confirmed": False}
+        share = neighbour_other_share(X, y, np.flatnonzero(erased), region, target)
+        return {"erase_neighbour_share": share, "erase_confirmed": share >= self.spec.neighbour_share}
 
     def _erase_probs(self, model, X: np.ndarray, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
         return erase_probs(model, X[rows], *self._erase, target)
