@@ -177,6 +177,7 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
         "timings_s": dict(parts["timings_s"]),
         "resumed_stages": list(parts["resumed_stages"]),
         "mlflow": parts["mlflow"],
+        "release": None,  # the logged after-model, once stage_log has logged it
         "run_dir": str(ctx.run_dir),
     }
     if not done:
@@ -214,11 +215,6 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
     tracker.set_tags(parent_run_id, {"gate_passed": str(passed).lower(), "status": "completed",
                                      describe.GATE_TAG: "passed" if passed else "failed",
                                      "gate_reasons": "; ".join(report["gate"]["reasons"])})
-    for name in (REPORT, AUDIT, MANIFEST, PLOT) + tuple(n for n in (XDA, BUDGET_PLOT) if ctx.path(n).is_file()):
-        tracker.log_artifact(parent_run_id, ctx.path(name))
-    with tempfile.TemporaryDirectory(prefix="tda-clean-config-") as tmp:  # the config without credentials
-        (Path(tmp) / CONFIG).write_text(redact(ctx.path(CONFIG).read_text()))
-        tracker.log_artifact(parent_run_id, Path(tmp) / CONFIG)
     bundle = DataBundle.load(ctx.path(DATA))
     tracker.log_dataset(parent_run_id, bundle.train.frame(), name=f"{bundle.name}-train", targets="label",
                         context="training")
@@ -248,6 +244,17 @@ def stage_log(ctx: RunContext, tracker, parent_run_id: str, report: dict[str, An
                                          "registered_model_uri": f"models:/{ctx.config.name}/{out['registered_version']}",
                                          "release_alias": out["release_alias"] or "not moved",
                                          "model_after": models["after"], "model_before": models["before"]})
+        if models["after"]:  # report.json says whether the release is servable (docs/serving.md)
+            from tda_clean.tracking.servable import servability
+
+            out["release"] = {"model_id": models["after"], "registered_version": out["registered_version"],
+                              "alias": alias, **servability(tracker.model_tags(models["after"]))}
+            write_json_atomic(ctx.path(REPORT), {**report, "release": out["release"]})
+    for name in (REPORT, AUDIT, MANIFEST, PLOT) + tuple(n for n in (XDA, BUDGET_PLOT) if ctx.path(n).is_file()):
+        tracker.log_artifact(parent_run_id, ctx.path(name))
+    with tempfile.TemporaryDirectory(prefix="tda-clean-config-") as tmp:  # the config without credentials
+        (Path(tmp) / CONFIG).write_text(redact(ctx.path(CONFIG).read_text()))
+        tracker.log_artifact(parent_run_id, Path(tmp) / CONFIG)
     title = read_json(ctx.path(TRACKING)).get("run_name", ctx.config.name)
     tracker.set_tags(parent_run_id, {
         describe.NAME_TAG: describe.outcome_name(title, "passed" if passed else "failed"),
@@ -338,7 +345,10 @@ def run_pipeline(
         parts["before"] = timed("evaluate_before", stage_evaluate, "before")
         parts["after"] = timed("evaluate_after", stage_evaluate, "after")
         report = timed("report", stage_report, parts, resumable=False)  # cheap; states what was resumed
-        timed("log", stage_log, tracker, parent, report)
+        logged = timed("log", stage_log, tracker, parent, report)
+        if logged.get("release"):  # also when the log stage is resumed: report.json was written anew
+            report["release"] = logged["release"]
+            write_json_atomic(ctx.path(REPORT), report)
     except BaseException as exc:
         tracker.end_run(parent, "FAILED", message=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, InputError):

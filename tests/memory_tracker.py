@@ -121,6 +121,9 @@ class InMemoryTracker:
             self._run(run_id).models.append(entry)
         return model_id
 
+    def model_tags(self, model_id: str) -> dict[str, str]:
+        return {}  # nothing is exported here: no servable tags
+
     def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
         with self._lock:
             self._run(run_id)

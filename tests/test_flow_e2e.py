@@ -50,6 +50,7 @@ def test_flow_logs_parent_and_identical_children(tmp_path: Path, mlflow_uri: str
             "demographic_parity_difference", "equalized_odds_difference"} <= set(on_disk["before"])
     assert on_disk["selection"]["n_flagged"] > 0 and 0 <= on_disk["selection"]["recall"] <= 1
     assert csv.read_bytes() == before_bytes  # input untouched
+    assert on_disk["release"] == report["release"] and on_disk["release"]["servable"] is True  # the exported pyfunc
 
     client, runs = _runs(mlflow_uri)
     parent_id = report["mlflow"]["parent_run_id"]

@@ -163,7 +163,15 @@ def test_log_stage_killed_while_registering_logs_each_model_once(tmp_path: Path)
     tracker = DiesOnce()
     with pytest.raises(RuntimeError, match="killed while registering"):
         run_pipeline(cfg, tmp_path / "run", tracker=tracker)
-    run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    report = run_pipeline(cfg, tmp_path / "run", tracker=tracker)
     assert sorted((r.name.split(" · ")[0], len(r.models)) for r in tracker.runs.values()) == [
         ("after", 1), ("before", 1), ("resume-test", 0)]  # the parent: "resume-test · cleanlab → remove · <date>"
     assert [v[0] for v in tracker.registry["resume-test"]["versions"]] == ["1"]
+    # report.json's release section (this tracker exports nothing: servable unknown), also when the log stage
+    # itself is resumed and report.json is written anew
+    (after,) = [r.models[0]["model_id"] for r in tracker.runs.values() if r.name == "after"]
+    release = {"model_id": after, "registered_version": "1", "alias": "release" if report["gate"]["passed"] else None,
+               "servable": None}
+    again = run_pipeline(cfg, tmp_path / "run", tracker=tracker)
+    assert report["release"] == again["release"] == release
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["release"] == release

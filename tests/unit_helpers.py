@@ -19,6 +19,39 @@ def digits_config(**sections) -> RunConfig:
     return config({"kind": "digits"}, **sections)
 
 
+# configs/digits_backdoor.yaml's CNN and training settings (on CPU)
+DIGITS_CNN = {
+    "model": {"kind": "cnn", "channels": [16, 32], "hidden": 64},
+    "train": {"optimizer": "adam", "lr": 0.003, "l2": 0.0001, "epochs": 60, "batch_size": 64, "patience": 8,
+              "device": "cpu"},
+}
+
+
+def digits_cnn_config(scenario: dict | None = None, seed: int = 0) -> RunConfig:
+    """The digits data with ``DIGITS_CNN``'s model and training, under ``scenario`` (clean data when None)."""
+    return digits_config(seed=seed, **DIGITS_CNN, **({"scenario": scenario} if scenario is not None else {}))
+
+
+def trained_digits_cnn(cfg: RunConfig):
+    """Load ``cfg``'s bundle and fit its model on the training split (validation split for early stopping).
+
+    Returns ``(bundle, model, context)``: the DataBundle, the fitted torch model and the FitContext detectors
+    take (seed, model, train config, validation X / y, number of classes).
+    """
+    from tda_clean.data import load_bundle
+    from tda_clean.models.factory import build_model
+    from tda_clean.models.trainer import fit
+    from tda_clean.selection import FitContext
+
+    bundle = load_bundle(cfg)
+    model = build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed)
+    fit(model, bundle.train.X, bundle.train.y, cfg.train, cfg.seed, X_val=bundle.val.X, y_val=bundle.val.y,
+        progress=False)
+    context = FitContext(seed=cfg.seed, model=model, train_config=cfg.train, X_val=bundle.val.X, y_val=bundle.val.y,
+                         n_classes=bundle.train.n_classes)
+    return bundle, model, context
+
+
 def csv_config(path: Path, label: str = "label", groups=("sex",), **data) -> RunConfig:
     return config({"kind": "csv", "path": str(path), "label": label, "groups": list(groups), **data})
 

@@ -63,6 +63,10 @@ class Tracker(Protocol):
         With ``serving`` (:class:`tda_clean.tracking.servable.ServingInput`) it is logged to load without
         tda_clean and predict on raw rows."""
 
+    def model_tags(self, model_id: str) -> dict[str, str]:
+        """The tags of a logged model (``{}`` for none): :data:`tda_clean.tracking.servable.SERVABLE_TAG` and
+        :data:`~tda_clean.tracking.servable.FALLBACK_TAG` when it was logged with ``serving``."""
+
     def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
         """Register a logged model as a new version of registered model ``name`` (created if missing);
         point ``alias`` at that version when given. Returns the version."""
@@ -88,6 +92,9 @@ class NullTracker(Tracker):
 
     def log_model(self, run_id: str, model: torch.nn.Module, *, name: str, serving: ServingInput | None = None) -> str:
         return ""
+
+    def model_tags(self, model_id: str) -> dict[str, str]:
+        return {}
 
     def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
         return ""

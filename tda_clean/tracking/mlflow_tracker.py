@@ -228,6 +228,9 @@ class MlflowTracker:
         self.client.finalize_logged_model(logged.model_id, "READY")
         return str(logged.model_id)
 
+    def model_tags(self, model_id: str) -> dict[str, str]:
+        return dict(self.client.get_logged_model(model_id).tags)
+
     def register_model(self, run_id: str, model_id: str, *, name: str, alias: str | None = None) -> str:
         """New version of registered model ``name`` from a logged model; ``alias`` moved to it when given."""
         from mlflow.exceptions import MlflowException

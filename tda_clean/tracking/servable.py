@@ -36,6 +36,16 @@ SERVABLE_TAG = "servable"
 FALLBACK_TAG = "servable_fallback"
 
 
+def servability(tags: dict[str, str]) -> dict[str, Any]:
+    """``report.json``'s view of a logged model's tags: ``{"servable": True}``, ``{"servable": False,
+    "servable_fallback": <reason>}`` (the pickle fallback), or ``{"servable": None}`` (logged without the tags)."""
+    if SERVABLE_TAG not in tags:
+        return {"servable": None}
+    if tags[SERVABLE_TAG] == "true":
+        return {"servable": True}
+    return {"servable": False, "servable_fallback": tags.get(FALLBACK_TAG, "")}
+
+
 @dataclass(frozen=True)
 class ServingInput:
     """What it takes to serve a model on raw rows.

@@ -5,39 +5,25 @@ import numpy as np
 import pytest
 
 from tda_clean.config import DeltaInfluenceDetector, parse_config
-from tda_clean.data import load_bundle
 from tda_clean.errors import InputError
 from tda_clean.evaluation.metrics import detection_metrics
-from tda_clean.models.factory import build_model
-from tda_clean.models.trainer import fit, predict_proba
-from tda_clean.selection import FitContext, make_detector
+from tda_clean.models.trainer import predict_proba
+from tda_clean.selection import make_detector
 from tda_clean.selection.delta_influence import DeltaInfluenceSelector, robust_z, split_high_cluster
-from tests.unit_helpers import torch_single_thread
+from tests.unit_helpers import digits_cnn_config, torch_single_thread, trained_digits_cnn
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
 
 
 def digits_backdoor(rate: float = 0.05, seed: int = 0):
     """configs/digits_backdoor.yaml settings (CNN, Adam, BadNets 2x2 patch -> class 0)."""
-    return parse_config({
-        "seed": seed, "data": {"kind": "digits"}, "tracking": {"enabled": False},
-        "scenario": {"kind": "badnets", "target": 0, "rate": rate, "patch_size": 2, "patch_value": 1.0},
-        "model": {"kind": "cnn", "channels": [16, 32], "hidden": 64},
-        "train": {"optimizer": "adam", "lr": 0.003, "l2": 0.0001, "epochs": 60, "batch_size": 64, "patience": 8,
-                  "device": "cpu"},
-    })
+    return digits_cnn_config({"kind": "badnets", "target": 0, "rate": rate, "patch_size": 2, "patch_value": 1.0},
+                             seed=seed)
 
 
 @pytest.fixture(scope="module")
 def poisoned():
-    cfg = digits_backdoor()
-    bundle = load_bundle(cfg)
-    model = build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed)
-    fit(model, bundle.train.X, bundle.train.y, cfg.train, cfg.seed, X_val=bundle.val.X, y_val=bundle.val.y,
-        progress=False)
-    context = FitContext(seed=cfg.seed, model=model, train_config=cfg.train, X_val=bundle.val.X, y_val=bundle.val.y,
-                         n_classes=bundle.train.n_classes)
-    return bundle, model, context
+    return trained_digits_cnn(digits_backdoor())
 
 
 @pytest.fixture(scope="module")

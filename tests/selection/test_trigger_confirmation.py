@@ -9,14 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from tda_clean.config import DeltaInfluenceDetector, parse_config
-from tda_clean.data import load_bundle
-from tda_clean.models.factory import build_model
-from tda_clean.models.trainer import fit
+from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.selection import FitContext, make_detector
 from tda_clean.selection.delta_influence import DeltaInfluenceSelector, dilate
 from tda_clean.selection.trigger_search import reconstruct_trigger
-from tests.unit_helpers import torch_single_thread
+from tests.unit_helpers import digits_cnn_config, torch_single_thread, trained_digits_cnn
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
 
@@ -96,19 +93,7 @@ def test_dilate_grows_a_region_by_whole_pixels_and_zero_keeps_it():
 
 @pytest.fixture(scope="module")
 def clean_digits():
-    cfg = parse_config({
-        "seed": 0, "data": {"kind": "digits"}, "tracking": {"enabled": False},
-        "model": {"kind": "cnn", "channels": [16, 32], "hidden": 64},
-        "train": {"optimizer": "adam", "lr": 0.003, "l2": 0.0001, "epochs": 60, "batch_size": 64, "patience": 8,
-                  "device": "cpu"},
-    })
-    bundle = load_bundle(cfg)
-    model = build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed)
-    fit(model, bundle.train.X, bundle.train.y, cfg.train, cfg.seed, X_val=bundle.val.X, y_val=bundle.val.y,
-        progress=False)
-    context = FitContext(seed=cfg.seed, model=model, train_config=cfg.train, X_val=bundle.val.X, y_val=bundle.val.y,
-                         n_classes=bundle.train.n_classes)
-    return bundle, model, context
+    return trained_digits_cnn(digits_cnn_config())
 
 
 def test_clean_model_no_trigger_found_and_nothing_flagged(clean_digits):

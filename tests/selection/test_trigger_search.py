@@ -6,15 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tda_clean.config import DeltaInfluenceDetector, parse_config
-from tda_clean.data import load_bundle
+from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.data.scenarios import trigger_mask
 from tda_clean.evaluation.metrics import detection_metrics
-from tda_clean.models.factory import build_model
-from tda_clean.models.trainer import fit, predict_proba
-from tda_clean.selection import FitContext, make_detector
+from tda_clean.models.trainer import predict_proba
+from tda_clean.selection import make_detector
 from tda_clean.selection.trigger_search import reconstruct_trigger
-from tests.unit_helpers import torch_single_thread
+from tests.unit_helpers import digits_cnn_config, torch_single_thread, trained_digits_cnn
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
 
@@ -23,19 +21,8 @@ SCENARIO = {"kind": "badnets", "target": 5, "rate": 0.05, "patch_size": 3, "posi
 
 @pytest.fixture(scope="module")
 def poisoned():
-    cfg = parse_config({
-        "seed": 0, "data": {"kind": "digits"}, "tracking": {"enabled": False}, "scenario": SCENARIO,
-        "model": {"kind": "cnn", "channels": [16, 32], "hidden": 64},
-        "train": {"optimizer": "adam", "lr": 0.003, "l2": 0.0001, "epochs": 60, "batch_size": 64, "patience": 8,
-                  "device": "cpu"},
-    })
-    bundle = load_bundle(cfg)
-    model = build_model(cfg.model, bundle.train.feature_shape, bundle.train.n_classes, cfg.seed)
-    fit(model, bundle.train.X, bundle.train.y, cfg.train, cfg.seed, X_val=bundle.val.X, y_val=bundle.val.y,
-        progress=False)
-    context = FitContext(seed=cfg.seed, model=model, train_config=cfg.train, X_val=bundle.val.X, y_val=bundle.val.y,
-                         n_classes=bundle.train.n_classes)
-    return cfg, bundle, model, context
+    cfg = digits_cnn_config(SCENARIO)
+    return (cfg, *trained_digits_cnn(cfg))
 
 
 def test_attack_is_learned_and_no_corner_patch_reproduces_it(poisoned):

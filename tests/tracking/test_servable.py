@@ -13,7 +13,7 @@ import torch
 
 from tda_clean.data.tabular import fit_preprocessing
 from tda_clean.tracking.mlflow_tracker import MlflowTracker
-from tda_clean.tracking.servable import FALLBACK_TAG, SERVABLE_TAG, ServingInput, export_network
+from tda_clean.tracking.servable import FALLBACK_TAG, SERVABLE_TAG, ServingInput, export_network, servability
 
 
 def _frame(n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -132,6 +132,9 @@ def test_unexportable_model_falls_back_to_pickle_with_a_warning(mlflow_uri: str)
         model_id = tracker.log_model(run_id, _DataDependent(), name="model_after", serving=_serving())
     tags = MlflowClient(tracking_uri=mlflow_uri).get_logged_model(model_id).tags
     assert tags[SERVABLE_TAG] == "false" and "torch.export failed" in tags[FALLBACK_TAG]
+    assert tracker.model_tags(model_id) == tags
+    assert servability(tags) == {"servable": False, "servable_fallback": tags[FALLBACK_TAG]}
+    assert servability({SERVABLE_TAG: "true"}) == {"servable": True} and servability({}) == {"servable": None}
 
 
 USER_CODE = '''
@@ -192,11 +195,19 @@ def test_user_python_model_is_exported_or_falls_back_with_its_code(factory: str,
     client = MlflowClient(tracking_uri=mlflow_uri)
     (logged,) = [m for m in client.search_logged_models([report["mlflow"]["experiment_id"]]) if m.name == "model_after"]
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(tmp_path / "m")))
+    # report.json (the run folder's and the parent run's artifact) says it too, in its release section
+    parent_report = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=report["mlflow"]["parent_run_id"], artifact_path="report.json", dst_path=str(tmp_path / "r"))).read_text())
+    release = report["release"]
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["release"] == parent_report["release"] == release
+    assert release["model_id"] == logged.model_id and release["registered_version"] == "1"
     if factory == "value_branch":
         assert logged.tags["servable"] == "false" and "torch.export failed" in logged.tags["servable_fallback"]
+        assert release["servable"] is False and release["servable_fallback"] == logged.tags["servable_fallback"]
         assert (local / "code" / "servable_user_models.py").is_file()
         return
     assert logged.tags["servable"] == "true" and not (local / "code").exists()
+    assert release["servable"] is True and "servable_fallback" not in release
     bundle = DataBundle.load(tmp_path / "run" / "data.npz")
     model = load_model(RunContext(config, tmp_path / "run"), "after", bundle)
     raw = pd.read_csv(csv).set_axis(range(len(pd.read_csv(csv)))).loc[bundle.test.row_id]  # row ids = row numbers
