@@ -190,7 +190,8 @@ def unlearn_config(spec: str) -> UnlearnAction:
 
 
 def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECTORS, tmp: Path = Path("/tmp"),
-            unlearn_specs=UNLEARN, cache: Path | None = None, train_only: bool = False):
+            unlearn_specs=UNLEARN, cache: Path | None = None, train_only: bool = False, dump: Path | None = None,
+            retrain: bool = True):
     clean, bundle, model_cfg, train_cfg = scenario(dataset, trigger, rate, seed)
     X, y, truth = bundle.train.X, bundle.train.y, bundle.corrupted_mask
     row: dict = {"dataset": dataset, "trigger": trigger, "rate": rate, "seed": seed, "n_train": len(y),
@@ -238,9 +239,15 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
             entry["query_source"] = det.info_.get("query_source")
             entry["target_found"] = det.target_ == bundle.attack_target
             entry["n_flagged_by_erasure_only"] = det.info_.get("n_flagged_by_erasure_only")
-            entry["trigger"] = {k: v for k, v in det.info_.items() if k.startswith(("trigger_", "erase"))
+            entry["trigger"] = {k: v for k, v in det.info_.items() if k.startswith(("trigger_", "erase", "cut_"))
                                 and isinstance(v, (int, float, bool))}
-        if mask.any():
+            if dump is not None:                    # per-row diagnostics, to study the flag rule offline
+                import pickle
+
+                dump.mkdir(parents=True, exist_ok=True)
+                with open(dump / f"{key}.pkl", "wb") as f:
+                    pickle.dump({"truth": truth, "y": y, "det": det, "row": dict(row)}, f)
+        if mask.any() and retrain:
             after, t_retrain = _train(model_cfg, train_cfg, bundle, X[~mask], y[~mask], seed)
             entry["after_retrain"] = _evaluate(after, bundle)
         else:
@@ -327,6 +334,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--cache", default=None, help="folder for trained models (reused by later runs)")
     parser.add_argument("--train-only", action="store_true", help="only train (and cache) the models")
+    parser.add_argument("--dump", default=None, help="folder for Δ-influence's per-row diagnostics (pickles)")
+    parser.add_argument("--no-retrain", action="store_true", help="skip retraining without the flagged rows")
     parser.add_argument("--summarize", nargs="+", default=None)
     args = parser.parse_args(argv)
     if args.summarize:
@@ -339,7 +348,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             print(f"{args.dataset} {args.trigger} rate={rate} seed={seed}", flush=True)
             row = run_one(args.dataset, args.trigger, rate, seed, tuple(args.detectors), unlearn_specs=tuple(args.unlearn),
-                          cache=Path(args.cache) if args.cache else None, train_only=args.train_only)
+                          cache=Path(args.cache) if args.cache else None, train_only=args.train_only,
+                          dump=Path(args.dump) if args.dump else None, retrain=not args.no_retrain)
             if args.train_only:
                 continue
             with out.open("a") as f:

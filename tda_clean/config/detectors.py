@@ -140,7 +140,11 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     the rate at which clean validation rows lose the target under the same erasure predicts a precision of at
     least ``erase_min_precision``. A reconstruction (``search_restarts`` starts per class, median norm) is taken
     only when the target class's training rows lose the target under erasure more often than that rate explains
-    (binomial tail below ``erase_confirm_p``). ``no_trigger``: ``none`` flags nothing when no trigger is found on
+    (binomial tail below ``erase_confirm_p``), or below ``erase_confirm_p_neighbours`` when at least
+    ``neighbour_share`` of the erased training rows have nearest neighbours (outside the trigger region) of other
+    classes, as dirty-label poisons do. ``separation``: when the log-scores of the rows above the clean
+    cluster (more than ``erase_min_gap_z`` robust deviations) split into two groups with at least this share of
+    their variance between the groups (Otsu), only the upper group is flagged (``None``: never). ``no_trigger``: ``none`` flags nothing when no trigger is found on
     images; ``class_outliers`` falls back to outlying rows of the suspected class.
     """
 
@@ -170,6 +174,9 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     erase_min_gap_z: float = Field(default=1.5, ge=0)
     erase_min_precision: float = Field(default=0.8, ge=0, le=1)
     erase_confirm_p: float = Field(default=0.05, gt=0, le=1)
+    erase_confirm_p_neighbours: float = Field(default=0.25, gt=0, le=1)
+    neighbour_share: float = Field(default=0.5, gt=0, le=1)
+    separation: float | None = Field(default=0.85, gt=0, le=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

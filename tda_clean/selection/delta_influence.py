@@ -19,7 +19,8 @@ divided by 1.4826 x MAD), so thresholds are scale-free: ``z_qk,i < -z_threshold`
 by query q when it drops in at least ``n_copies - tol`` copies, and flagged overall when at least
 ``ceil(vote * n_queries)`` queries flag it, AND its continuous score ``delta_scores_`` (the mean over queries
 of the median over copies of ``-z``) lies more than ``min_gap_z`` robust deviations above the low cluster of a
-2-means split within the target class (see :class:`DeltaInfluenceSelector`). Detection quality by
+2-means split within the target class, and lies in the upper group when the rows above the clean cluster split
+into two separated groups (see :class:`DeltaInfluenceSelector`). Detection quality by
 dataset, trigger and poison rate: BENCHMARKS.md "Poison detection and unlearning".
 
 Queries (``queries``):
@@ -61,8 +62,9 @@ from tda_clean.errors import InputError
 from tda_clean.selection.base import (
     BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
 )
+from tda_clean.selection.score_cuts import separated_high_group, split_high_cluster  # noqa: F401 (re-exported)
 from tda_clean.selection.trigger_search import (  # noqa: F401 (stamp_patch re-exported)
-    dilate, erase_probs, erasure_evidence, stamp_patch, trigger_scan,
+    dilate, erase_probs, erasure_evidence, neighbour_other_share, stamp_patch, trigger_scan,
 )
 
 
@@ -134,24 +136,6 @@ def delta_votes(S: np.ndarray, z_threshold: float, tol: int) -> tuple[np.ndarray
     return votes, np.median(-Z, axis=1).mean(0)
 
 
-def split_high_cluster(score: np.ndarray, pool: np.ndarray) -> tuple[float, np.ndarray]:
-    """Scale-free cut of ``score`` within ``pool`` (bool (n,)): the optimal 1-D 2-means split (Otsu) of the pooled
-    scores, and every row's robust z against the LOW cluster (``(s - median_low) / (1.4826 MAD_low)``)."""
-    v = np.sort(score[pool])
-    if len(v) < 3:
-        return float("inf"), np.zeros(len(score))
-    c1, c2 = np.cumsum(v), np.cumsum(v * v)
-    i = np.arange(1, len(v))
-    left = c2[:-1] - c1[:-1] ** 2 / i
-    right = (c2[-1] - c2[:-1]) - (c1[-1] - c1[:-1]) ** 2 / (len(v) - i)
-    k = int(np.argmin(left + right))                    # split after position k
-    cut = 0.5 * (v[k] + v[k + 1])
-    low = v[: k + 1]
-    med = np.median(low)
-    mad = max(1.4826 * np.median(np.abs(low - med)), 1e-12 + 1e-9 * float(np.abs(v).max()))
-    return float(cut), (score - med) / mad
-
-
 # -------------------------------------------------------------------------------------------- detector
 class DeltaInfluenceSelector(BaseSelector):
     """Δ-influence detector (see module docstring).
@@ -163,7 +147,10 @@ class DeltaInfluenceSelector(BaseSelector):
     ``ceil(vote * n_queries)`` queries saw its support drop (per-copy z below ``-z_threshold``) in at least
     ``n_copies - tol`` copies. The split only locates the clean rows: poisons' scores are skewed, and on
     Fashion-MNIST the Otsu cut itself fell inside the poison cluster (BENCHMARKS.md, Fashion 1% seed 2),
-    so the cut is not a condition.
+    so the cut is not a condition. (4) When the log-scores of the pool rows above the clean cluster (more than
+    ``erase_min_gap_z`` robust deviations) fall into two well separated groups (share of variance between the
+    groups of their Otsu split at least ``separation``, :func:`~tda_clean.selection.score_cuts.separated_high_group`),
+    only rows of the upper group stay flagged: a good ranking with a tail of clean rows above the clean cluster.
 
     Learned state: ``scores_`` (vote share + tie-break), ``erased_`` (n,) (the trigger-erasure check),
     ``delta_scores_`` (continuous), ``votes_`` (n,), ``support_``, ``threshold_`` (NaN: rule-based),
@@ -228,9 +215,13 @@ class DeltaInfluenceSelector(BaseSelector):
                     if found["info"]["query_source"] == "trigger_reconstruction" and self.spec.erase_trigger:
                         # confirmation: the training rows of the target class must depend on the trigger region
                         # far more often than clean validation rows do, else it is a small natural feature
-                        evidence = self._erasure_evidence(model, context, t, self._erased(model, X, y == t, t))
-                        found["info"].update(evidence)
+                        erased_t = self._erased(model, X, y == t, t)
+                        evidence = self._erasure_evidence(model, context, t, erased_t)
                         if evidence and evidence["erase_p_value"] >= self.spec.erase_confirm_p:
+                            evidence.update(self._neighbour_evidence(X, y, erased_t, found["region"], t, evidence))
+                        found["info"].update(evidence)
+                        if evidence and not evidence.get("erase_confirmed", evidence["erase_p_value"] < self.spec.erase_confirm_p):
+                            self.unconfirmed_erase_ = self._erase   # (region, fill), for diagnostics
                             self._erase = None      # the reconstruction is not a backdoor of this training set
                             unconfirmed = {**found["info"], "query_source": "no_trigger_found"}
                             found = found.get("corner")
@@ -343,6 +334,11 @@ class DeltaInfluenceSelector(BaseSelector):
         drop = self._drop
         evidence = self._erasure_evidence(model, context, target, erased) if self.spec.erase_trigger else {}
         support |= erased & ((gap_z > self.spec.erase_min_gap_z) | evidence.get("erasure_trusted", False))
+        # rows above the clean cluster whose log-scores split into two well separated groups: only the upper one
+        log_cut, eta = separated_high_group(cont, pool & (gap_z > self.spec.erase_min_gap_z))
+        separated = self.spec.separation is not None and eta >= self.spec.separation
+        if separated:
+            support &= np.log(np.maximum(cont, 1e-300)) > log_cut
         support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
         self.erase_drop_ = drop
@@ -357,6 +353,7 @@ class DeltaInfluenceSelector(BaseSelector):
                       "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
                       "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
                       "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum()),
+                      "cut_separation_eta": eta, "cut_separated": bool(separated),
                       **evidence}
         return self
 
@@ -392,6 +389,18 @@ class DeltaInfluenceSelector(BaseSelector):
             return {}
         return erasure_evidence(model, np.asarray(context.X_val), np.asarray(context.y_val), *self._erase, target,
                                 self._n_pool_target, int(erased.sum()), self.spec.erase_min_precision)
+
+    def _neighbour_evidence(self, X: np.ndarray, y: np.ndarray, erased: np.ndarray, region: np.ndarray, target: int,
+                            evidence: dict[str, Any]) -> dict[str, Any]:
+        """Second chance for a reconstruction the erasure test left unconfirmed at ``erase_confirm_p`` (small
+        validation splits give a loose clean rate): confirmed when its p-value is below ``erase_confirm_p_neighbours``
+        AND at least ``neighbour_share`` of the erased training rows have nearest neighbours (outside the trigger
+        region) of other classes -- they are images of other classes labelled the target, as dirty-label poisons
+        are (:func:`~tda_clean.selection.trigger_search.neighbour_other_share`)."""
+        if evidence["erase_p_value"] >= self.spec.erase_confirm_p_neighbours or not erased.any():
+            return {"erase_confirmed": False}
+        share = neighbour_other_share(X, y, np.flatnonzero(erased), region, target)
+        return {"erase_neighbour_share": share, "erase_confirmed": share >= self.spec.neighbour_share}
 
     def _erase_probs(self, model, X: np.ndarray, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
         return erase_probs(model, X[rows], *self._erase, target)

@@ -109,6 +109,31 @@ def erasure_evidence(model, X_val: np.ndarray, y_val: np.ndarray, region: np.nda
             "erase_p_value": float(binom.sf(n_erased - 1, n_pool_target, rate)) if n_erased else 1.0}
 
 
+def neighbour_other_share(X: np.ndarray, y: np.ndarray, rows: np.ndarray, region: np.ndarray, target: int,
+                          k: int = 5, block: int = 256) -> float:
+    """Share of training ``rows`` (positions into ``X`` (n, [C,] H, W), labels ``y`` (n,)) whose ``k`` nearest
+    other training rows (Euclidean, on the pixels OUTSIDE ``region`` (H, W) bool) carry mostly a label other than
+    ``target`` (majority vote, ties to the smaller label). A dirty-label poison is an image of another class with
+    the trigger added: with the trigger region left out, its neighbours are of its source class; a clean row of the
+    target class has target-class neighbours. 0.0 for no rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return 0.0
+    keep = ~np.broadcast_to(region, X.shape[1:]).reshape(-1)
+    F = np.asarray(X, dtype=np.float64).reshape(len(X), -1)[:, keep]
+    sq = (F * F).sum(1)
+    n_classes = int(y.max()) + 1
+    other = 0
+    for start in range(0, len(rows), block):
+        r = rows[start:start + block]
+        d = sq[r][:, None] - 2.0 * F[r] @ F.T + sq[None, :]
+        d[np.arange(len(r)), r] = np.inf                 # not the row itself
+        nn = np.argpartition(d, min(k, len(X) - 2), axis=1)[:, :k]
+        votes = np.stack([np.bincount(lab, minlength=n_classes) for lab in y[nn]])
+        other += int((votes.argmax(1) != target).sum())
+    return other / len(rows)
+
+
 def _optimise(model, X: np.ndarray, classes: list[int], steps: int, success: float, lo: float, hi: float,
               gen) -> list[tuple[float, Any, Any]]:
     """Per job ``j`` (class ``classes[j]``, inputs ``X[j]`` (k, *shape)): the smallest mask L1 norm that flipped

@@ -110,3 +110,22 @@ def test_split_and_robust_z_are_scale_free():
         flagged = (score * scale > cut) & (z > 3)
         assert flagged[200:].all() and not flagged[:200].any()
     np.testing.assert_allclose(robust_z(score * 1e6), robust_z(score), rtol=1e-9)
+
+
+def test_separated_high_group_cuts_two_groups_and_leaves_one_tail_alone():
+    from tda_clean.selection.score_cuts import separated_high_group
+
+    rng = np.random.default_rng(0)
+    tail = np.exp(rng.uniform(0.0, 0.5, 20))            # clean rows just above the clean cluster
+    poisons = np.exp(rng.uniform(2.0, 2.4, 60))         # a poison cluster far above them
+    score = np.concatenate([tail, poisons, [-1.0, 0.0]])  # non-positive scores are left out
+    rows = np.ones(len(score), dtype=bool)
+    for scale in (1e-6, 1.0, 1e6):
+        log_cut, eta = separated_high_group(score * scale, rows)
+        upper = np.log(np.maximum(score * scale, 1e-300)) > log_cut
+        assert eta > 0.9 and upper[20:80].all() and not upper[:20].any() and not upper[80:].any()
+    # one group spread evenly on a log scale (a skewed clean tail): between-group share 0.75, below the default 0.85
+    _, eta = separated_high_group(np.exp(np.linspace(0.0, 3.0, 80)), np.ones(80, dtype=bool))
+    assert eta == pytest.approx(0.75, abs=0.01)
+    assert eta < DeltaInfluenceDetector().separation
+    assert separated_high_group(np.array([1.0, 2.0, 0.0]), np.ones(3, dtype=bool)) == (float("-inf"), 0.0)

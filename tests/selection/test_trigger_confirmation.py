@@ -116,3 +116,38 @@ def test_restarts_take_the_median_norm_per_class(clean_digits):
         assert found["norms"][c] == pytest.approx(float(np.median(runs)))
     assert found["target"] == min(found["norms"], key=found["norms"].get)
     assert 0.0 <= found["agreement"] <= 1.0
+
+
+def test_neighbour_share_tells_relabelled_images_of_other_classes_from_target_images():
+    from tda_clean.selection.trigger_search import neighbour_other_share
+
+    rng = np.random.default_rng(0)
+    means = rng.uniform(0, 1, size=(3, 8, 8))
+    y = np.repeat([0, 1, 2], 30)
+    X = (means[y] + rng.normal(0, 0.05, size=(90, 8, 8))).astype(np.float32)
+    X[:, 3:5, 3:5] = 0.0
+    poison_rows = np.arange(80, 90)                       # images of class 0 with a bright region, labelled 2
+    X[poison_rows] = (means[0] + rng.normal(0, 0.05, size=(10, 8, 8))).astype(np.float32)
+    X[poison_rows, 3:5, 3:5] = 1.0
+    assert neighbour_other_share(X, y, poison_rows, REGION, 2) == 1.0
+    assert neighbour_other_share(X, y, np.arange(60, 70), REGION, 2) == 0.0      # clean class-2 rows
+    assert neighbour_other_share(X, y, np.array([], dtype=int), REGION, 2) == 0.0
+
+
+def test_neighbour_evidence_confirms_only_below_the_loose_p_with_other_class_neighbours():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 2], [40, 20])
+    X = np.where(y[:, None, None] == 0, 0.9, 0.1) + rng.normal(0, 0.02, size=(60, 8, 8))
+    erased = np.zeros(60, dtype=bool)
+    sel = DeltaInfluenceSelector(DeltaInfluenceDetector())
+    erased[40:50] = True                                  # class-2 rows that look like class 2: not poisons
+    assert sel._neighbour_evidence(X, y, erased, REGION, 2, {"erase_p_value": 0.1}) == {
+        "erase_neighbour_share": 0.0, "erase_confirmed": False}
+    y_poisoned = y.copy()
+    y_poisoned[:5] = 2                                    # class-0 images labelled 2 (a few among many), erased
+    erased[:] = False
+    erased[:5] = True
+    ev = sel._neighbour_evidence(X, y_poisoned, erased, REGION, 2, {"erase_p_value": 0.1})
+    assert ev == {"erase_neighbour_share": 1.0, "erase_confirmed": True}
+    # above the loose p-value the neighbours are not even asked
+    assert sel._neighbour_evidence(X, y_poisoned, erased, REGION, 2, {"erase_p_value": 0.3}) == {"erase_confirmed": False}
