@@ -12,7 +12,6 @@ per-row sums, top-``--top`` overlap per query, detection precision of the flippe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from projection_speed import data, quality, train  # noqa: E402  (sys.path set there)
+from projection_speed import data, emit, quality, train  # noqa: E402  (sys.path set there)
 
 
 def main(argv=None) -> int:
@@ -70,11 +69,7 @@ def main(argv=None) -> int:
     out = {"model": f"MLP 784-{args.hidden}-{args.hidden}-10", "p": p, "n": args.n, "queries": args.queries,
            "fit_s": fit_s, "repeats": args.repeats, "threads": torch.get_num_threads(),
            "loadavg_end": os.getloadavg(), "variants": rows}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
-    return 0
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

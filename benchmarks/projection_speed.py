@@ -107,6 +107,15 @@ def quality(S: np.ndarray, ref: np.ndarray, flipped: np.ndarray, top: int) -> di
             "detection_precision": float(np.isin(harm, flipped).mean())}
 
 
+
+def emit(out: dict, path: Path | None) -> int:
+    """Print ``out`` as JSON and write it to ``path`` when given; 0 (the script's exit code)."""
+    text = json.dumps(out, indent=1)
+    print(text)
+    if path:
+        path.write_text(text)
+    return 0
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=["cnn", "resnet"], default="cnn")
@@ -200,11 +209,7 @@ def main(argv=None) -> int:
            "threads": torch.get_num_threads(), "loadavg_end": os.getloadavg(), "machine": platform.processor() or
            platform.machine(), "variants": rows, "gemm": gemm, "factored_layers": infos.get(f"factored k={args.k}", {})
            .get("projection", {}).get("layers")}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
-    return 0
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -84,10 +84,7 @@ class FactoredProjector:
             raise InputError(f"projection.k: expected a positive integer, got {k!r}")
         self.space, self.kind, self.seed, self.requested_k = space, kind, seed, k
         self.p = space.p
-        offsets, start = {}, 0
-        for name, size in zip(space.names, space.sizes):
-            offsets[name] = slice(start, start + size)
-            start += size
+        offsets = space.offsets()
         found = []
         for owner, module in space.owners().items():
             prefix = f"{owner}." if owner else ""

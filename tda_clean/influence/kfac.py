@@ -49,10 +49,7 @@ class _Layer:
 
 def _layers(loss: TrainingLoss) -> list[_Layer]:
     space = loss.space
-    offsets, start = {}, 0
-    for name, size in zip(space.names, space.sizes):
-        offsets[name] = slice(start, start + size)
-        start += size
+    offsets = space.offsets()
     layers = []
     for mod_name, module in space.owners().items():
         label = mod_name or "(root)"

@@ -89,6 +89,14 @@ class ParamSpace:
         """Logits ``(n, C)`` of the model with the subset set to ``theta`` (p,); other parameters unchanged."""
         return functional_call(self.model, self.unflatten(theta), (X,), strict=False)
 
+    def offsets(self) -> dict[str, slice]:
+        """Parameter name -> its slice of the flat (p,) vector, in order."""
+        out, start = {}, 0
+        for name, size in zip(self.names, self.sizes):
+            out[name] = slice(start, start + size)
+            start += size
+        return out
+
     def owners(self) -> dict[str, nn.Module]:
         """Module name -> module, for every module that directly owns a selected parameter (in order)."""
         modules = dict(self.model.named_modules())
