@@ -39,6 +39,11 @@ def test_a_failing_flow_run_logs_no_credentials(tmp_path, monkeypatch, capfd):
         raise InputError(f"data.path: {SOURCE} answered 403 Forbidden")
 
     monkeypatch.setattr(tda_clean.pipeline, "load_bundle", load_bundle)
+    # Prefect's console handler writes to the stderr of whichever test first configured Prefect's logging (an
+    # earlier test's capture, closed by now): configure it afresh on this test's stderr
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging(incremental=False)
     config = parse_config(table_config(write_table(tmp_path / "t.csv")))  # tracking off: nothing else to reach
     state = clean(config, output=str(tmp_path / "run"), return_state=True)
     assert state.is_failed()

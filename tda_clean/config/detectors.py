@@ -176,7 +176,7 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     erase_confirm_p: float = Field(default=0.05, gt=0, le=1)
     erase_confirm_p_neighbours: float = Field(default=0.25, gt=0, le=1)
     neighbour_share: float = Field(default=0.5, gt=0, le=1)
-    separation: float | None = Field(default=0.85, gt=0, le=1)
+    separation: float | None = Field(default=0.9, gt=0, le=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -124,7 +124,7 @@ def test_separated_high_group_cuts_two_groups_and_leaves_one_tail_alone():
         log_cut, eta = separated_high_group(score * scale, rows)
         upper = np.log(np.maximum(score * scale, 1e-300)) > log_cut
         assert eta > 0.9 and upper[20:80].all() and not upper[:20].any() and not upper[80:].any()
-    # one group spread evenly on a log scale (a skewed clean tail): between-group share 0.75, below the default 0.85
+    # one group spread evenly on a log scale (a skewed clean tail): between-group share 0.75, below the default 0.9
     _, eta = separated_high_group(np.exp(np.linspace(0.0, 3.0, 80)), np.ones(80, dtype=bool))
     assert eta == pytest.approx(0.75, abs=0.01)
     assert eta < DeltaInfluenceDetector().separation
