@@ -65,7 +65,8 @@ def _venv_with(wheel: Path, root: Path) -> Path:
     deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     Path(site, "_tda_clean_test_deps.pth").write_text(
         "".join(f"import site; site.addsitedir({d!r})\n" for d in deps))
-    proc = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+    proc = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q",
+                           str(wheel)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return root / "bin"
