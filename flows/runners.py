@@ -34,7 +34,10 @@ def task_runner_for(config: RunnerConfig):
     if config.kind == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=config.n_workers)
+        # One shard at a time: every shard's engine shares one model, and torch.func.functional_call swaps that
+        # model's parameters in place during a forward pass, so two concurrent shards can read each other's
+        # parameters (one shard of scores came back all zeros). Torch's own threads already use every core.
+        return ThreadPoolTaskRunner(max_workers=1)
     from prefect_dask import DaskTaskRunner
 
     if config.address:

@@ -178,7 +178,8 @@ class TrackingConfig(_Frozen):
 
 class RunnerConfig(_Frozen):
     """Where sharded work (influence scores over chunks of ``shard_rows`` training rows) runs under Prefect:
-    ``threads`` (default, in-process), or ``dask`` — a LocalCluster of ``n_workers`` processes, or the
+    ``threads`` (default: in-process, one shard after another, each a Prefect task), or ``dask`` — a
+    LocalCluster of ``n_workers`` processes, or the
     scheduler at ``address`` (``tcp://host:8786``). The plain library path (``--engine local``) runs shards
     in-process. Results are identical whichever runs them."""
 
