@@ -345,10 +345,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=DATASETS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--fraction", type=float, default=0.02)
+    ap.add_argument("--fraction", type=float, default=0.03)
     ap.add_argument("--objective", default="equalized_odds_gap")
     ap.add_argument("--temperature", type=float, default=0.3)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--min-label-rows", type=int, default=10)
     ap.add_argument("--budgets", type=float, nargs="*", default=[],
