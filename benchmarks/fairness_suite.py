@@ -5,7 +5,7 @@ ExponentiatedGradient(EqualizedOdds) and reweighing.
 
     python benchmarks/fairness_suite.py --data compas --seeds 0 1 2     # -> results/fairness_suite-compas.json
     python benchmarks/fairness_suite.py --report                        # table + goal check over the saved data sets
-    python benchmarks/fairness_suite.py --data law --rounds 3 --budgets 0.02 0.03 0.05 --tag budget   # budget from validation
+    python benchmarks/fairness_suite.py --data law --rounds 3 --budgets 0.02 0.03 0.05 --tag budget   # per-seed budget
     python benchmarks/fairness_suite.py --noise                         # EOD before and its bootstrap sd
 
 Data sets (label; intersectional groups; features = every other column, the sensitive ones included):
