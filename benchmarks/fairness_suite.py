@@ -7,6 +7,7 @@ ExponentiatedGradient(EqualizedOdds) and reweighing.
     python benchmarks/fairness_suite.py --report                        # table + goal check over the saved data sets
     python benchmarks/fairness_suite.py --data law --rounds 3 --budgets 0.02 0.03 0.05 --tag budget   # per-seed budget
     python benchmarks/fairness_suite.py --noise                         # EOD before and its bootstrap sd
+    python benchmarks/fairness_suite.py --gaps --data adult             # the selectors' gap check: p-values per seed
 
 Data sets (label; intersectional groups; features = every other column, the sensitive ones included):
 ``adult`` (income > 50K; sex x race White / Non-white; as ``tda-clean run`` loads it), ``compas`` (two-year
@@ -156,12 +157,19 @@ def fairlearn_eg(bundle, seed: int) -> np.ndarray:
     return np.asarray(pred, dtype=np.int64)
 
 
-def select(method: str, X, y, context, fraction: float, args) -> np.ndarray:
-    """(n_train,) bool: the rows ``method`` removes at ``fraction`` of the training rows."""
+def select(method: str, X, y, context, fraction: float, args, checks: dict | None = None) -> np.ndarray:
+    """(n_train,) bool: the rows ``method`` removes at ``fraction`` of the training rows; the selector's gap check
+    (``--gap-confidence``, the library's ``min_gap_confidence``) goes to ``checks[method]`` when it ran."""
     det = make_selector(method, args.objective, fraction, args.iters, args.temperature)
-    if method == "group_second_order":
-        det = type(det)(type(det.spec).model_validate({**det.spec.model_dump(), "rounds": args.rounds}))
-    return det.fit(X, y, context).to_selection().mask
+    extra = {"rounds": args.rounds} if method == "group_second_order" else {}
+    if args.gap_confidence is not None and "min_gap_confidence" in type(det.spec).model_fields:
+        extra["min_gap_confidence"] = args.gap_confidence
+    if extra:
+        det = type(det)(type(det.spec).model_validate({**det.spec.model_dump(), **extra}))
+    selection = det.fit(X, y, context).to_selection()
+    if checks is not None and "gap_check" in selection.info:
+        checks[method] = selection.info["gap_check"]
+    return selection.mask
 
 
 def halves(split, seed: int):
@@ -232,16 +240,19 @@ def run_seed(name: str, seed: int, args) -> dict:
         print(f"  {name} seed {seed} budget: {out['budget']}", file=sys.stderr, flush=True)
     for method in args.methods:
         t0 = time.perf_counter()
+        checks: dict = {}
         if method in SELECTORS:
             if method == "group_second_order" and fraction in cached:
                 mask = cached[fraction]
             elif fraction == 0:
                 mask = np.zeros(len(y), dtype=bool)
             else:
-                mask = select(method, X, y, context, fraction, args)
+                mask = select(method, X, y, context, fraction, args, checks)
             keep = ~mask
             pred = predict(newton_lr(X[keep], y[keep], L2, theta0=theta, tol=1e-9), d, bundle.test.X)
             extra = {"n_removed": int(mask.sum())}
+            if checks.get(method):
+                extra["gap_check"] = checks[method]
         elif method == "reweighing":
             pred = predict(newton_lr(X, y, L2, weight=reweighing_weights(bundle), theta0=theta, tol=1e-9), d,
                            bundle.test.X)
@@ -277,6 +288,29 @@ def noise(names, seed: int = 0, resamples: int = 100) -> str:
                             ["equalized_odds_difference"])
             cells.append(f"{eod:.3f} ({np.std(boot):.3f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gaps(names, seeds, objective: str) -> str:
+    """The library's gap check (``tda_clean.selection.gap_check``) on each data set's validation split, per seed:
+    the observed gap and its permutation p-value (the selectors act when p <= 1 - min_gap_confidence), next to
+    the test split's gap (same statistic, not seen by the check)."""
+    from tda_clean.models.trainer import predict_proba
+    from tda_clean.selection.gap_check import check_gap
+
+    lines = ["| data set | seed | validation gap | p-value | test gap |", "|---|---|---|---|---|"]
+    for name in names:
+        for seed in seeds:
+            bundle, _, small = bundle_for(name, seed, 10)
+            X, y, d = bundle.train.X.astype(np.float64), bundle.train.y, bundle.train.X.shape[1]
+            model = lr_model(newton_lr(X, y, L2), d)
+            out = []
+            for split in (bundle.val, bundle.test):
+                keep = ~np.isin(split.group_keys(), list(small))
+                out.append(check_gap(objective, predict_proba(model, split.X[keep].astype(np.float64)),
+                                     split.y[keep], split.group_keys()[keep], 0.9, seed))
+            lines.append(f"| {name} | {seed} | {out[0].observed:.3f} | {out[0].p_value:.3f} | {out[1].observed:.3f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines)
 
 
@@ -358,10 +392,16 @@ def main() -> None:
                     help="validation accuracy points a budget may lose (--budgets)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(SELECTORS) + ["reweighing",
                                                                                                "fairlearn_eg"])
+    ap.add_argument("--gap-confidence", type=float, default=None,
+                    help="the group selectors' min_gap_confidence (default: the library's; 0 turns the check off)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--report", action="store_true", help="print the tables of the saved data sets")
     ap.add_argument("--noise", action="store_true", help="EOD before removal and its bootstrap sd (seed 0)")
+    ap.add_argument("--gaps", action="store_true", help="the gap check's p-values per seed (--data or all five)")
     args = ap.parse_args()
+    if args.gaps:
+        print(gaps([args.data] if args.data else DATASETS, args.seeds, args.objective))
+        return
     if args.noise:
         print(noise(DATASETS))
         return

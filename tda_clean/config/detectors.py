@@ -75,7 +75,11 @@ class _GroupSelectorBase(_InfluenceDetectorBase):
     default: second-order terms are small differences). Max-type objectives (``worst_group_loss``,
     ``equalized_odds_gap``, ``demographic_parity_gap``) are handled by components (``components: auto``): every
     group (x label) rate or loss is predicted at the predicted parameters and a soft-max of them (``sharpness``;
-    rates smoothed with ``temperature``) is minimised (``tda_clean.influence.group_minimax``)."""
+    rates smoothed with ``temperature``) is minimised (``tda_clean.influence.group_minimax``).
+    ``min_gap_confidence``: before selecting, a permutation test of the group labels on the validation split
+    (``tda_clean.selection.gap_check``) must find the objective's group gap (equalized-odds / demographic-parity
+    gap, or the spread of group losses) at permutation p <= 1 - this value; otherwise nothing is flagged and the
+    selection's ``info.reason`` says so. ``null`` (or 0) turns the check off; it does not apply to ``val_loss``."""
 
     objective: InfluenceObjectiveName = "worst_group_loss"
     group_column: str | None = None
@@ -83,6 +87,7 @@ class _GroupSelectorBase(_InfluenceDetectorBase):
     components: Literal["auto", "on", "off"] = "auto"
     temperature: float = Field(default=0.3, gt=0)
     sharpness: float = Field(default=50.0, gt=0)
+    min_gap_confidence: float | None = Field(default=0.95, ge=0, lt=1)
 
 
 class GroupFirstOrderDetector(_GroupSelectorBase):
@@ -108,11 +113,13 @@ class GroupSecondOrderDetector(_GroupSelectorBase):
 class D3MDetector(_InfluenceDetectorBase):
     """D3M-style group alignment (Jain et al. 2024, docs/methods.md#d3m) from the engine's influence scores: exactly
     the budget's rows with the lowest alignment ``A_i = (1/G) sum_g L_g * influence(i -> L_g)`` over the
-    validation groups of ``group_column`` (default: the intersection of all group columns)."""
+    validation groups of ``group_column`` (default: the intersection of all group columns). ``min_gap_confidence``:
+    as for the group selectors, on the spread of the validation groups' mean losses (``null``: off)."""
 
     kind: Literal["d3m"] = "d3m"
     group_column: str | None = None
     dtype: Literal["float32", "float64"] = "float64"
+    min_gap_confidence: float | None = Field(default=0.95, ge=0, lt=1)
 
 
 class RandomDetector(BudgetFields):

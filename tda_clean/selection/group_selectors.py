@@ -3,6 +3,9 @@
 
 Every selector flags EXACTLY ``budget`` rows: ``max_flagged`` rows and/or ``ceil(fraction * n)`` (the smaller;
 5% when neither is set). A budget larger than the training set (or equal to it) raises :class:`InputError`.
+Exception: the three influence selectors first test whether the validation split's group gap is distinguishable
+from zero (``min_gap_confidence``, :mod:`tda_clean.selection.gap_check`); when it is not they flag nothing
+(``info["budget"]`` 0, ``info["reason"]`` and ``info["gap_check"]`` say why).
 
 * ``group_first_order``  top-k rows by first-order group influence on the validation ``objective``: the exact
   maximiser of the first-order predicted decrease ``-(1/((1-p)n)) sum_U s_i`` (docs/methods.md#second-order-group-influence);
@@ -44,6 +47,7 @@ from tda_clean.config import (
 )
 from tda_clean.errors import InputError
 from tda_clean.influence.objectives import Objective
+from tda_clean.selection import gap_check
 from tda_clean.selection.base import BaseSelector, FitContext, influence_engine, register_selector, top_k_mask
 from tda_clean.selection.influence_detectors import _group_keys, _InfluenceSelector
 
@@ -172,8 +176,12 @@ class GroupFirstOrderSelector(_GroupSelector):
     spec_type = GroupFirstOrderDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupFirstOrderSelector":
+        exact_budget(len(y), self.spec.budget)
+        if not gap_check.gate(self, X, y, context, self.spec.objective):
+            return self
         if self._use_components():
             self._fit_components(X, y, context, order=1, rounds=1, iters=0)
+            gap_check.note(self)
             return self
         k, engine, gi, objective = self._setup(X, y, context)
         a = gi.query(objective)
@@ -189,6 +197,7 @@ class GroupFirstOrderSelector(_GroupSelector):
         self.suggested_labels_ = self._suggest_labels(engine, objective, y, context)
         self._store(chosen, contributions, {**engine._info(), "predicted_change": float(contributions[chosen].sum()),
                                             "predicted_change_second_order": float(second)})
+        gap_check.note(self)
         return self
 
 
@@ -200,8 +209,12 @@ class GroupSecondOrderSelector(_GroupSelector):
 
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupSecondOrderSelector":
         spec = self.spec
+        exact_budget(len(y), spec.budget)
+        if not gap_check.gate(self, X, y, context, spec.objective):
+            return self
         if self._use_components():
             self._fit_components(X, y, context, order=2, rounds=spec.rounds, iters=spec.iters)
+            gap_check.note(self)
             return self
         k, engine, gi, objective = self._setup(X, y, context)
         qm = gi.row_terms(objective)
@@ -225,6 +238,7 @@ class GroupSecondOrderSelector(_GroupSelector):
             "first_order_topk_predicted_change": float(qm.value(_indicator(first_top, len(y), qm), k)),
             **{f"predicted_change_{name}": float(v) for name, v in values.items()},
         })
+        gap_check.note(self)
         return self
 
 
@@ -272,6 +286,8 @@ class D3MSelector(_InfluenceSelector):
         k = exact_budget(len(y), self.spec.budget)
         if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
             raise InputError("d3m: needs a validation split (X_val, y_val) with group labels (groups_val)")
+        if not gap_check.gate(self, X, y, context, "group_mean_losses"):
+            return self
         engine = influence_engine(X, y, context, self.spec.influence, self.name)
         keys = _group_keys(context.groups_val, self.spec.group_column, len(context.y_val))
         objective = GroupMeanLosses(context.X_val, context.y_val, keys)
@@ -283,6 +299,7 @@ class D3MSelector(_InfluenceSelector):
         self.threshold_ = float("nan")
         self.info_ = {**engine._info(), "budget": k, "group_losses": dict(zip(map(str, objective.keys), map(float, L))),
                       "n_negative_alignment": int((A < 0).sum())}
+        gap_check.note(self)
         return self
 
     def reason(self, i: int) -> str:
