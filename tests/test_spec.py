@@ -51,6 +51,8 @@ def test_config_damping_reaches_the_solver(kind, problem, monkeypatch):
     original = InfluenceEngine.solver.fget
     monkeypatch.setattr(InfluenceEngine, "solver", property(lambda self: fitted.append(original(self)) or fitted[-1]))
     extra = {"iters": 3, "rounds": 1} if kind == "group_second_order" else {}
+    if kind in ("group_first_order", "group_second_order", "d3m"):
+        extra["min_gap_confidence"] = None  # no gap check: the 60 validation rows' groups barely differ
     cfg = parse_config({"data": {"kind": "digits"},
                         "detector": {"kind": kind, "solver": "cg", "damping": 0.5, "max_flagged": 5, **extra}})
     assert cfg.detector.influence.solver == CGSettings(damping=0.5)
