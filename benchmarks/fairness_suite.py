@@ -27,7 +27,9 @@ objective (those validation rows are not used). Every merged and left-out cell i
 
 Model: L2 logistic regression (l2 = 1e-3), fitted to its optimum by full-batch Newton in float64; selectors are the
 registered detectors (``debias.make_selector``), same settings on every data set (``--fraction``, ``--objective``,
-``--temperature``, ``--rounds``; chosen on Adult and COMPAS only, see BENCHMARKS.md). With ``--budgets`` the
+``--temperature``, ``--rounds``; chosen on Adult and COMPAS only, see BENCHMARKS.md). The influence selectors
+run the library's gap check first (``min_gap_confidence``; ``--gap-confidence 0`` turns it off) and record it per
+seed as ``gap_check``; ``--gaps`` prints its p-values without selecting. With ``--budgets`` the
 validation split is halved (stratified by cell and label): every selector sees half A, and the budget (0 or one of
 the fractions) is chosen per seed on half B from the second-order selections (``choose_budget``); random, first
 order and D3M then remove as many rows as second order.
