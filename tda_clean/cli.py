@@ -142,6 +142,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines += ["", f"detector {sel['detector']}: flagged {sel['n_flagged']}{quality}", f"actions: {acts or 'none'}"]
     if "auto_budget" in sel:
         lines.insert(-1, f"automatic budget: {sel['auto_budget']['reason']}")
+    if "gap_check" in sel:  # the group selectors' check of the validation gap
+        lines.insert(-1, f"gap check: {sel['gap_check']['reason']}")
     gate = report["gate"]
     if gate["passed"]:
         lines.append("gate: passed")
