@@ -207,6 +207,8 @@ class AutoBudgetSelector(BaseSelector):
             row_values = [~c[0] for c in correct]
         chosen, reason = choose_budget(ks, validated, acc, held, acc_out, auto.tolerance, auto.min_gain, se, se_out,
                                        None if row_values[0] is None else row_values, auto.rule)
+        if not len(ranking) and "reason" in getattr(inner, "info_", {}):  # the detector declined (e.g. gap check)
+            reason = inner.info_["reason"]
         logger.info("automatic budget (%s): %s", self.spec.kind, reason)
         floats = lambda a: tuple(map(float, a))  # noqa: E731
         self.curve_ = BudgetCurve(

@@ -129,3 +129,12 @@ def test_check_is_seeded(planted):
 def test_bad_confidence_names_the_key(kind, value):
     with pytest.raises(InputError, match="detector.min_gap_confidence"):
         parse_config({"data": {"kind": "digits"}, "detector": {"kind": kind, "min_gap_confidence": value}})
+
+
+def test_the_automatic_budget_reports_the_gap_checks_reason(no_gap):
+    """With ``max_flagged: auto`` a declined gap check is the curve's reason too (not "no candidate lowers ...")."""
+    X, y, ctx = no_gap
+    sel = _det("group_first_order", max_flagged="auto").fit(X, y, ctx).to_selection()
+    assert sel.n_flagged == 0
+    curve = sel.info["auto_budget"]
+    assert curve["chosen"] == 0 and "not distinguishable from zero" in curve["reason"], curve["reason"]
