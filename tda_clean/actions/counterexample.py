@@ -34,6 +34,7 @@ backdoor lives in the body). ``model_before`` is never modified; every random dr
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,31 @@ def estimate_trigger(X: np.ndarray, forget: np.ndarray, min_agree: float = 0.45,
 def _stamp(Xt: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     flat = Xt.reshape(len(Xt), mask.numel())
     return torch.where(mask, values, flat).reshape(Xt.shape)
+
+
+def target_class(y: np.ndarray, forget: np.ndarray) -> int:
+    """The attack's target: the most common label among the forget rows ``y[forget]`` (smallest on ties)."""
+    return int(np.bincount(np.asarray(y)[forget].astype(np.int64)).argmax())
+
+
+def step_cap(budget: float, epochs: int, n_retained: int, rows_per_step: int) -> int:
+    """Steps allowed: ``ceil(budget * epochs * n_retained / rows_per_step)`` (>= 1) -- a ``budget`` share of the rows
+    a full training run of ``epochs`` epochs over the retained rows would process."""
+    return max(1, math.ceil(budget * epochs * n_retained / rows_per_step))
+
+
+def _probe_rows(n_probe: int, y: np.ndarray, keep: torch.Tensor, target: int,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probe, stamp_pool)``: up to ``n_probe`` retained rows of a class other than ``target`` (at most half of
+    them), drawn with ``gen``, and the retained rows left for stamping (all but the probe rows)."""
+    cand = keep[torch.as_tensor(np.asarray(y)[keep.cpu().numpy()] != target, device=keep.device)]
+    n = min(n_probe, len(cand) // 2)
+    if n == 0:
+        return keep[:0], keep
+    probe = cand[torch.randperm(len(cand), generator=gen)[:n].to(keep.device)]
+    held = torch.zeros(int(keep.max()) + 1, dtype=torch.bool, device=keep.device)
+    held[probe] = True
+    return probe, keep[~held[keep]]
 
 
 def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, mask: np.ndarray, train_config,
@@ -91,7 +117,7 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         background = Xt[keep].reshape(len(keep), -1).mean(0)
         teacher_forget = model(_stamp(Xt[forget], tm, background))
         y_forget = teacher_forget.argmax(1)
-        teacher = model(Xt) if cfg.counter_loss == "logits" else None
+    teacher = copy.deepcopy(model).eval() if cfg.counter_loss == "logits" else None   # frozen before-model
     head = last_linear(model)[1] if cfg.layers == "body" else None
     params = [p for p in model.parameters() if head is None or all(p is not q for q in head.parameters())]
     lr = cfg.counter_lr or train_config.lr
@@ -99,24 +125,46 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     gen = torch.Generator().manual_seed(seed)
     objective = training_objective(train_config)
     bs = cfg.batch_size or min(32, train_config.batch_size)
+    n_forget_step = min(cfg.stamp or bs, len(forget))
+    cap = cfg.counter_steps or step_cap(cfg.counter_budget, train_config.epochs, len(keep),
+                                        bs + cfg.stamp + n_forget_step)
+    target = target_class(y, mask)
+    probe, stamp_pool = _probe_rows(cfg.probe if cfg.stop_margin is not None else 0, y, keep, target, gen)
+    probe_x, reference = None, float("nan")
+    if len(probe):
+        probe_x = _stamp(Xt[probe], tm, tv)
+        with torch.no_grad():                                   # the before-model's trigger-free share
+            reference = float((model(Xt[probe]).argmax(1) == target).float().mean())
+    proxy, steps = float("nan"), 0
     model.train()
-    for _ in range(cfg.counter_steps):
+    for steps in range(1, cap + 1):
         idx = keep[torch.randint(0, len(keep), (bs,), generator=gen).to(device)]
-        sidx = keep[torch.randint(0, len(keep), (cfg.stamp,), generator=gen).to(device)]
-        fsel = torch.randperm(len(forget), generator=gen)[:cfg.stamp or bs].to(device)
+        sidx = stamp_pool[torch.randint(0, len(stamp_pool), (cfg.stamp,), generator=gen).to(device)]
+        fsel = torch.randperm(len(forget), generator=gen)[:n_forget_step].to(device)
         xb = torch.cat([Xt[idx], _stamp(Xt[sidx], tm, tv), Xt[forget[fsel]]])
         opt.zero_grad()
         if teacher is None:                                     # cross-entropy on (corrected) labels
             loss = training_loss(model, xb, torch.cat([yt[idx], yt[sidx], y_forget[fsel]]), objective)
         else:                                                   # match the before-model's trigger-free logits
-            target = torch.cat([teacher[idx], teacher[sidx], teacher_forget[fsel]])
+            with torch.no_grad():
+                clean_out = teacher(torch.cat([Xt[idx], Xt[sidx]]))
+            target_out = torch.cat([clean_out, teacher_forget[fsel]])
             w = torch.ones(len(xb), device=device, dtype=dtype)
             w[:len(idx)] = cfg.anchor_weight
-            loss = ((model(xb) - target).pow(2).sum(1) * w).sum() / w.sum()
+            loss = ((model(xb) - target_out).pow(2).sum(1) * w).sum() / w.sum()
         loss.backward()
         opt.step()
+        if probe_x is not None and steps % cfg.check_every == 0:
+            model.eval()
+            with torch.no_grad():
+                proxy = float((model(probe_x).argmax(1) == target).float().mean())
+            model.train()
+            if proxy <= reference + cfg.stop_margin:
+                break
     model.eval()
     changed = int((y_forget != yt[forget]).sum())
-    return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed,
-                   "steps": cfg.counter_steps, "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr,
-                   "loss": cfg.counter_loss}
+    return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed, "steps": steps, "step_cap": cap,
+                   "stopped": bool(probe_x is not None and proxy <= reference + cfg.stop_margin),
+                   "probe_rows": int(len(probe)), "probe_attack_share": proxy, "probe_reference": reference,
+                   "target_class": target,
+                   "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr, "loss": cfg.counter_loss}
