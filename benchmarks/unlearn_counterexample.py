@@ -30,7 +30,7 @@ from benchmarks.poison import _evaluate, _train, scenario, unlearn_config  # noq
 from tda_clean.actions.unlearn import unlearn  # noqa: E402
 from tda_clean.models.factory import build_model  # noqa: E402
 
-VARIANTS = ("counterexample", "finetune")
+VARIANTS = ("counterexample", "counterexample:stop_margin=0.01")
 
 
 def _cached_train(cache: Path | None, key: str, model_cfg, train_cfg, bundle, X, y, seed):
@@ -60,6 +60,14 @@ def _delta_forget(model, model_cfg, train_cfg, bundle, seed):
     return det.get_support(), time.perf_counter() - start
 
 
+def _target_share(model, bundle) -> float:
+    """Share of the un-stamped non-target test rows predicted as the attack's target (the trigger-free floor)."""
+    from tda_clean.models.trainer import predict_proba
+
+    rows = bundle.test.y != bundle.attack_target
+    return float(np.mean(predict_proba(model, bundle.test.X[rows]).argmax(1) == bundle.attack_target))
+
+
 def run_one(dataset: str, rate: float, seed: int, variants, cache: Path | None, forget_kind: str) -> dict:
     clean, bundle, model_cfg, train_cfg = scenario(dataset, "patch", rate, seed)
     X, y, truth = bundle.train.X, bundle.train.y, bundle.corrupted_mask
@@ -68,14 +76,17 @@ def run_one(dataset: str, rate: float, seed: int, variants, cache: Path | None, 
                                    clean.train.y, seed)
     model, t_train = _cached_train(cache, f"poisoned_{tag}", model_cfg, train_cfg, bundle, X, y, seed)
     row = {"dataset": dataset, "rate": rate, "seed": seed, "n_train": len(y), "n_poison": int(truth.sum()),
-           "forget": forget_kind, "clean_model": _evaluate(clean_model, bundle), "before": _evaluate(model, bundle),
+           "forget": forget_kind, "clean_model": {**_evaluate(clean_model, bundle),
+                                                  "trigger_free_target_share": _target_share(clean_model, bundle)},
+           "before": {**_evaluate(model, bundle), "trigger_free_target_share": _target_share(model, bundle)},
            "train_seconds": t_train}
     forget = truth
     if forget_kind == "delta":
         forget, row["detect_seconds"] = _delta_forget(model, model_cfg, train_cfg, bundle, seed)
         row["n_flagged"], row["n_flagged_poisons"] = int(forget.sum()), int((forget & truth).sum())
     retrained, t_retrain = _train(model_cfg, train_cfg, bundle, X[~forget], y[~forget], seed)
-    row["retrain"] = {"seconds": t_retrain, **_evaluate(retrained, bundle)}
+    row["retrain"] = {"seconds": t_retrain, **_evaluate(retrained, bundle),
+                      "trigger_free_target_share": _target_share(retrained, bundle)}
     row["unlearn"] = {}
     for spec in variants:
         start = time.perf_counter()
@@ -83,7 +94,10 @@ def run_one(dataset: str, rate: float, seed: int, variants, cache: Path | None, 
         seconds = time.perf_counter() - start
         ev = _evaluate(out, bundle)
         row["unlearn"][spec] = {"seconds": seconds, "speedup": t_retrain / seconds, **ev,
-                                **{k: info[k] for k in ("trigger_features", "relabelled") if k in info},
+                                "trigger_free_target_share": _target_share(out, bundle),
+                                **{k: info[k] for k in ("trigger_features", "relabelled", "steps", "step_cap", "stopped",
+                                                        "probe_attack_share", "probe_reference", "probe_agreement")
+                                   if k in info},
                                 "meets_goal": bool(t_retrain / seconds >= 10
                                                    and ev["attack_success_rate"] <= row["clean_model"]["attack_success_rate"] + 0.005
                                                    and ev["accuracy"] >= row["before"]["accuracy"] - 0.005)}

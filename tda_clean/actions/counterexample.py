@@ -73,18 +73,26 @@ def step_cap(budget: float, epochs: int, n_retained: int, rows_per_step: int) ->
     return max(1, math.ceil(budget * epochs * n_retained / rows_per_step))
 
 
-def _probe_rows(n_probe: int, y: np.ndarray, keep: torch.Tensor, target: int,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(probe, stamp_pool)``: up to ``n_probe`` retained rows of a class other than ``target`` (at most half of
-    them), drawn with ``gen``, and the retained rows left for stamping (all but the probe rows)."""
-    cand = keep[torch.as_tensor(np.asarray(y)[keep.cpu().numpy()] != target, device=keep.device)]
-    n = min(n_probe, len(cand) // 2)
-    if n == 0:
-        return keep[:0], keep
-    probe = cand[torch.randperm(len(cand), generator=gen)[:n].to(keep.device)]
-    held = torch.zeros(int(keep.max()) + 1, dtype=torch.bool, device=keep.device)
-    held[probe] = True
-    return probe, keep[~held[keep]]
+def _below_target(logits: torch.Tensor, labels: torch.Tensor, target: int, gap: float | None) -> torch.Tensor:
+    """``logits`` (m, k) with the ``target`` logit of every row whose label is not ``target`` lowered to at most the
+    best other logit minus ``gap`` (unchanged when ``gap`` is None): a stamped row of another class must not be
+    predicted as the target."""
+    if gap is None:
+        return logits
+    others = logits.clone()
+    others[:, target] = -torch.inf
+    capped = torch.minimum(logits[:, target], others.max(1).values - gap)
+    out = logits.clone()
+    out[:, target] = torch.where(labels != target, capped, logits[:, target])
+    return out
+
+
+def _probe_rows(n_probe: int, keep: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probe, pool)``: up to ``n_probe`` retained rows (at most a quarter of them) drawn with ``gen`` and held
+    aside, and the retained rows left for the training draws."""
+    n = min(n_probe, len(keep) // 4)
+    perm = torch.randperm(len(keep), generator=gen).to(keep.device)
+    return keep[perm[:n]], keep[perm[n:].sort().values]
 
 
 def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, mask: np.ndarray, train_config,
@@ -117,7 +125,8 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         background = Xt[keep].reshape(len(keep), -1).mean(0)
         teacher_forget = model(_stamp(Xt[forget], tm, background))
         y_forget = teacher_forget.argmax(1)
-    teacher = copy.deepcopy(model).eval() if cfg.counter_loss == "logits" else None   # frozen before-model
+        teacher_forget = _below_target(teacher_forget, y_forget, target_class(y, mask), cfg.target_gap)
+    teacher = copy.deepcopy(model).eval() if cfg.counter_loss != "labels" else None   # frozen before-model
     head = last_linear(model)[1] if cfg.layers == "body" else None
     params = [p for p in model.parameters() if head is None or all(p is not q for q in head.parameters())]
     lr = cfg.counter_lr or train_config.lr
@@ -129,42 +138,56 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     cap = cfg.counter_steps or step_cap(cfg.counter_budget, train_config.epochs, len(keep),
                                         bs + cfg.stamp + n_forget_step)
     target = target_class(y, mask)
-    probe, stamp_pool = _probe_rows(cfg.probe if cfg.stop_margin is not None else 0, y, keep, target, gen)
-    probe_x, reference = None, float("nan")
+    probe, pool = _probe_rows(cfg.probe if cfg.stop_margin is not None else 0, keep, gen)
+    victims = probe[yt[probe] != target]
+    reference = float("nan")
     if len(probe):
-        probe_x = _stamp(Xt[probe], tm, tv)
-        with torch.no_grad():                                   # the before-model's trigger-free share
-            reference = float((model(Xt[probe]).argmax(1) == target).float().mean())
+        with torch.no_grad():                                   # the before-model on the held-aside rows
+            probe_pred = model(Xt[probe]).argmax(1)
+            victims_x = _stamp(Xt[victims], tm, tv)
+            reference = float((probe_pred[yt[probe] != target] == target).float().mean())
+    agreement = float("nan")
     proxy, steps = float("nan"), 0
     model.train()
     for steps in range(1, cap + 1):
-        idx = keep[torch.randint(0, len(keep), (bs,), generator=gen).to(device)]
-        sidx = stamp_pool[torch.randint(0, len(stamp_pool), (cfg.stamp,), generator=gen).to(device)]
+        idx = pool[torch.randint(0, len(pool), (bs,), generator=gen).to(device)]
+        sidx = pool[torch.randint(0, len(pool), (cfg.stamp,), generator=gen).to(device)]
         fsel = torch.randperm(len(forget), generator=gen)[:n_forget_step].to(device)
         xb = torch.cat([Xt[idx], _stamp(Xt[sidx], tm, tv), Xt[forget[fsel]]])
         opt.zero_grad()
         if teacher is None:                                     # cross-entropy on (corrected) labels
             loss = training_loss(model, xb, torch.cat([yt[idx], yt[sidx], y_forget[fsel]]), objective)
         else:                                                   # match the before-model's trigger-free logits
-            with torch.no_grad():
-                clean_out = teacher(torch.cat([Xt[idx], Xt[sidx]]))
-            target_out = torch.cat([clean_out, teacher_forget[fsel]])
+            out = model(xb)
             w = torch.ones(len(xb), device=device, dtype=dtype)
             w[:len(idx)] = cfg.anchor_weight
-            loss = ((model(xb) - target_out).pow(2).sum(1) * w).sum() / w.sum()
+            if cfg.counter_loss == "logits":
+                with torch.no_grad():
+                    clean_out = teacher(torch.cat([Xt[idx], Xt[sidx]]))
+                stamped_out = _below_target(clean_out[len(idx):], yt[sidx], target, cfg.target_gap)
+                per_row = (out - torch.cat([clean_out[:len(idx)], stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
+            else:                                               # mixed: anchors by logits, counter-examples by label
+                with torch.no_grad():
+                    clean_out = teacher(Xt[idx])
+                per_row = torch.cat([(out[:len(idx)] - clean_out).pow(2).sum(1), nn.functional.cross_entropy(
+                    out[len(idx):], torch.cat([yt[sidx], y_forget[fsel]]), reduction="none")])
+            loss = (per_row * w).sum() / w.sum()
         loss.backward()
         opt.step()
-        if probe_x is not None and steps % cfg.check_every == 0:
+        if len(probe) and steps % cfg.check_every == 0:
             model.eval()
             with torch.no_grad():
-                proxy = float((model(probe_x).argmax(1) == target).float().mean())
+                proxy = float((model(victims_x).argmax(1) == target).float().mean())
+                agreement = float((model(Xt[probe]).argmax(1) == probe_pred).float().mean())
             model.train()
-            if proxy <= reference + cfg.stop_margin:
+            if proxy <= reference + cfg.stop_margin and agreement >= cfg.stop_agreement:
                 break
     model.eval()
     changed = int((y_forget != yt[forget]).sum())
     return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed, "steps": steps, "step_cap": cap,
-                   "stopped": bool(probe_x is not None and proxy <= reference + cfg.stop_margin),
+                   "stopped": bool(len(probe) and proxy <= reference + cfg.stop_margin
+                                   and agreement >= cfg.stop_agreement),
                    "probe_rows": int(len(probe)), "probe_attack_share": proxy, "probe_reference": reference,
+                   "probe_agreement": agreement,
                    "target_class": target,
                    "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr, "loss": cfg.counter_loss}
