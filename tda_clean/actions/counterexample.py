@@ -14,7 +14,21 @@ the trigger-free input (the retained row itself; the erased copy of a forget row
 the row's label, the before-model's prediction on the erased copy for forget rows (plain training objective).
 
 Each step draws ``batch_size`` retained rows (default ``min(32, training batch size)``), ``stamp`` retained rows to
-stamp and up to ``stamp`` forget rows (up to ``batch_size`` when ``stamp`` is 0).
+stamp and up to ``stamp`` forget rows (up to ``batch_size`` when ``stamp`` is 0). ``target_gap`` (logits loss):
+a stamped row whose label is not the target class ``t`` (the most common label of ``F``) is taught the target
+logit ``min(z_t, max_{k != t} z_k - target_gap)`` of the teacher logits ``z`` -- the trigger must not send another
+class to ``t``; the forget rows get the same on their erased-copy logits when their corrected label is not ``t``.
+
+Amount of work: at most ``counter_steps`` steps, or when unset
+
+    cap = ceil(counter_budget * epochs * n_retained / rows_per_step)
+
+a ``counter_budget`` share of the rows a full training run (``train_config.epochs`` over the retained rows) would
+process. With ``stop_margin`` set, ``probe`` retained rows (at most a quarter) are held aside from every draw and
+every ``check_every`` steps the run stops once (a) the share of their non-target rows, trigger stamped, that the
+model predicts as ``t`` is at most the before-model's share on them trigger-free plus ``stop_margin``, and (b) at
+least ``stop_agreement`` of them keep the before-model's prediction (guards against the early dip in which the
+target class collapses). Both are measured on training rows, which the model fits better than unseen rows.
 
 The trigger comes from ``trigger`` when a detector found it (``(mask, values)`` over one row's shape), else it
 is estimated from ``F`` against the retained rows ``R``, feature by feature (a row's features flattened, (d,)):
@@ -97,9 +111,11 @@ def _probe_rows(n_probe: int, keep: torch.Tensor, gen: torch.Generator) -> tuple
 
 def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, mask: np.ndarray, train_config,
                    seed: int, trigger: Trigger | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The after-model and an info dict (trigger size, relabelled rows, steps). ``X`` (n, ...) the full training
-    set, ``mask`` (n,) bool the forget set; ``cfg`` an ``UnlearnAction`` (``counter_steps``, ``stamp``, ``layers``,
-    ``counter_lr``, ``anchor_weight``, ``counter_loss``, ``batch_size``)."""
+    """The after-model and an info dict (trigger size, relabelled rows, steps run, step cap, whether the stopping
+    rule fired, the probe's last attack share / reference / agreement). ``X`` (n, ...) the full training set,
+    ``mask`` (n,) bool the forget set; ``cfg`` an ``UnlearnAction`` (``counter_steps``, ``counter_budget``,
+    ``stop_margin``, ``stop_agreement``, ``probe``, ``check_every``, ``stamp``, ``layers``, ``counter_lr``,
+    ``anchor_weight``, ``counter_loss``, ``target_gap``, ``batch_size``)."""
     from tda_clean.influence.params import last_linear
     from tda_clean.models.trainer import model_input, resolve_device, resolve_dtype, training_loss, training_objective
 
@@ -126,7 +142,7 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         teacher_forget = model(_stamp(Xt[forget], tm, background))
         y_forget = teacher_forget.argmax(1)
         teacher_forget = _below_target(teacher_forget, y_forget, target_class(y, mask), cfg.target_gap)
-    teacher = copy.deepcopy(model).eval() if cfg.counter_loss != "labels" else None   # frozen before-model
+    teacher = copy.deepcopy(model).eval() if cfg.counter_loss == "logits" else None   # frozen before-model
     head = last_linear(model)[1] if cfg.layers == "body" else None
     params = [p for p in model.parameters() if head is None or all(p is not q for q in head.parameters())]
     lr = cfg.counter_lr or train_config.lr
@@ -161,16 +177,10 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
             out = model(xb)
             w = torch.ones(len(xb), device=device, dtype=dtype)
             w[:len(idx)] = cfg.anchor_weight
-            if cfg.counter_loss == "logits":
-                with torch.no_grad():
-                    clean_out = teacher(torch.cat([Xt[idx], Xt[sidx]]))
-                stamped_out = _below_target(clean_out[len(idx):], yt[sidx], target, cfg.target_gap)
-                per_row = (out - torch.cat([clean_out[:len(idx)], stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
-            else:                                               # mixed: anchors by logits, counter-examples by label
-                with torch.no_grad():
-                    clean_out = teacher(Xt[idx])
-                per_row = torch.cat([(out[:len(idx)] - clean_out).pow(2).sum(1), nn.functional.cross_entropy(
-                    out[len(idx):], torch.cat([yt[sidx], y_forget[fsel]]), reduction="none")])
+            with torch.no_grad():                               # the before-model on the trigger-free rows
+                clean_out = teacher(torch.cat([Xt[idx], Xt[sidx]]))
+            stamped_out = _below_target(clean_out[len(idx):], yt[sidx], target, cfg.target_gap)
+            per_row = (out - torch.cat([clean_out[:len(idx)], stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
             loss = (per_row * w).sum() / w.sum()
         loss.backward()
         opt.step()

@@ -77,7 +77,7 @@ class UnlearnAction(InfluenceFields):
     stamp: int = Field(default=16, ge=0)
     anchor_weight: float = Field(default=3.0, gt=0)
     layers: Literal["all", "body"] = "all"
-    counter_loss: Literal["logits", "labels", "mixed"] = "logits"
+    counter_loss: Literal["logits", "labels"] = "logits"
     target_gap: float | None = Field(default=3.0, ge=0)
 
 
