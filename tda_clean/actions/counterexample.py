@@ -143,6 +143,7 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         y_forget = teacher_forget.argmax(1)
         teacher_forget = _below_target(teacher_forget, y_forget, target_class(y, mask), cfg.target_gap)
     teacher = copy.deepcopy(model).eval() if cfg.counter_loss == "logits" else None   # frozen before-model
+    teacher_all = None                          # its logits on every row, when that is fewer rows than the steps use
     head = last_linear(model)[1] if cfg.layers == "body" else None
     params = [p for p in model.parameters() if head is None or all(p is not q for q in head.parameters())]
     lr = cfg.counter_lr or train_config.lr
@@ -164,6 +165,9 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
             reference = float((probe_pred[yt[probe] != target] == target).float().mean())
     agreement = float("nan")
     proxy, steps = float("nan"), 0
+    if teacher is not None and len(Xt) <= cap * (bs + cfg.stamp):
+        with torch.no_grad():
+            teacher_all = teacher(Xt)
     model.train()
     for steps in range(1, cap + 1):
         idx = pool[torch.randint(0, len(pool), (bs,), generator=gen).to(device)]
@@ -178,7 +182,8 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
             w = torch.ones(len(xb), device=device, dtype=dtype)
             w[:len(idx)] = cfg.anchor_weight
             with torch.no_grad():                               # the before-model on the trigger-free rows
-                clean_out = teacher(torch.cat([Xt[idx], Xt[sidx]]))
+                both = torch.cat([idx, sidx])
+                clean_out = teacher(Xt[both]) if teacher_all is None else teacher_all[both]
             stamped_out = _below_target(clean_out[len(idx):], yt[sidx], target, cfg.target_gap)
             per_row = (out - torch.cat([clean_out[:len(idx)], stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
             loss = (per_row * w).sum() / w.sum()
