@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tda_clean.selection.delta_influence import delta_votes, split_high_cluster  # noqa: E402
+from tda_clean.selection.delta_scores import delta_votes  # noqa: E402
+from tda_clean.selection.score_cuts import split_high_cluster  # noqa: E402
 
 
 def otsu(values: np.ndarray) -> float:

@@ -5,7 +5,7 @@ ExponentiatedGradient(EqualizedOdds) and reweighing.
 
     python benchmarks/fairness_suite.py --data compas --seeds 0 1 2     # -> results/fairness_suite-compas.json
     python benchmarks/fairness_suite.py --report                        # table + goal check over the saved data sets
-    python benchmarks/fairness_suite.py --data law --budgets 0.02 0.03 0.05 --tag budget   # budget from validation
+    python benchmarks/fairness_suite.py --data law --rounds 3 --budgets 0.02 0.03 0.05 --tag budget   # per-seed budget
     python benchmarks/fairness_suite.py --noise                         # EOD before and its bootstrap sd
 
 Data sets (label; intersectional groups; features = every other column, the sensitive ones included):
@@ -345,10 +345,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=DATASETS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--fraction", type=float, default=0.02)
+    ap.add_argument("--fraction", type=float, default=0.03)
     ap.add_argument("--objective", default="equalized_odds_gap")
     ap.add_argument("--temperature", type=float, default=0.3)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--min-label-rows", type=int, default=10)
     ap.add_argument("--budgets", type=float, nargs="*", default=[],

@@ -19,31 +19,16 @@ def run_flow(config, *, output: str | None, fresh: bool) -> dict[str, Any]:
 
     if server is not None:  # the server is still booting: import what the run's tracker imports anyway
         _import_tracking(config)
-    try:
-        with prefect_api(server):  # PREFECT_API_URL answers, or the temporary server does
-            return clean(config, output=output, fresh=fresh)
-    finally:
-        if server is not None:  # called in-process (tests, scripts): no server outlives the run
-            _drain_prefect_workers()
-            server.stop()
-
-
-def _drain_prefect_workers() -> None:
-    """Send what Prefect's log and event workers still hold to the API before its server stops (as Prefect's
-    test harness does); they start again on the next run's first log line or event."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        try:
-            worker.drain_all(timeout=5)
-        except RuntimeError:  # never started
-            pass
+    with prefect_api(server):  # PREFECT_API_URL answers, or the temporary server does (stopped on leaving)
+        return clean(config, output=output, fresh=fresh)
 
 
 def _check_remote_workers_reach_prefect(config) -> None:
     """InputError naming ``runner.address`` when a Dask cluster on another host would be handed the run's
-    temporary Prefect server, which listens on 127.0.0.1 only (its workers could not report to it)."""
+    temporary Prefect server, which listens on 127.0.0.1 only (its workers could not report to it).
+
+    It lives here, not in :mod:`flows.runners`, because it runs before the temporary server is launched and
+    must import only Prefect's settings, not Prefect itself (that would delay the server's boot)."""
     from urllib.parse import urlsplit
 
     from prefect.settings import PREFECT_API_URL

@@ -285,7 +285,8 @@ def prefect_api(server: TemporaryServer | None = None) -> Iterator[None]:
     A set ``PREFECT_API_URL`` must answer (else :class:`~tda_clean.errors.InputError` naming it). Otherwise the
     temporary server (``server``, launched by :func:`launch_temporary_server`, or one launched now) is waited
     for, and Prefect's settings point its client at it inside the block (``PREFECT_API_URL``, and
-    :data:`TEMPORARY_CLIENT_DEFAULTS` unless set). Prefect then never starts its own temporary server nor
+    :data:`TEMPORARY_CLIENT_DEFAULTS` unless set); leaving the block drains Prefect's log and event workers into
+    it and stops it (the block owns the temporary server's life). Prefect then never starts its own temporary server nor
     imports its server modules into this process."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
@@ -302,6 +303,24 @@ def prefect_api(server: TemporaryServer | None = None) -> Iterator[None]:
             raise InputError("PREFECT_API_URL is not set and Prefect's temporary server is disabled "
                              "(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE): set PREFECT_API_URL or use --engine local")
         server = TemporaryServer()
-    server.wait(startup_timeout())
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}, set_defaults=TEMPORARY_CLIENT_DEFAULTS):
-        yield
+    try:
+        server.wait(startup_timeout())
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}, set_defaults=TEMPORARY_CLIENT_DEFAULTS):
+            yield
+    finally:  # in-process callers (tests, scripts) too: no server outlives the block
+        if server.announced:
+            drain_prefect_workers()
+        server.stop()
+
+
+def drain_prefect_workers() -> None:
+    """Send what Prefect's log and event workers still hold to the API before its server stops (as Prefect's
+    test harness does); they start again on the next run's first log line or event."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except RuntimeError:  # never started
+            pass

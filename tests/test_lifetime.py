@@ -216,6 +216,32 @@ def test_a_temporary_server_that_does_not_start_is_one_line_exit_1(tmp_path: Pat
     assert not (tmp_path / "run").exists()
 
 
+def test_the_api_block_stops_its_temporary_server_even_when_the_flow_fails(monkeypatch):
+    """``prefect_api`` owns the temporary server's life: leaving the block (here by an exception) stops the
+    server's process and restores Prefect's API setting, so no in-process caller leaves a server behind."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import lifetime
+
+    launched = []
+
+    def launch(port):  # a stand-in server process that would run for ten minutes
+        launched.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+        return launched[-1]
+
+    monkeypatch.setattr(lifetime, "_launch", launch)
+    monkeypatch.setattr(lifetime.TemporaryServer, "wait", lambda self, timeout: None)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        server = lifetime.launch_temporary_server()
+        with pytest.raises(RuntimeError, match="flow failed"):
+            with lifetime.prefect_api(server):
+                assert PREFECT_API_URL.value() == server.api_url
+                raise RuntimeError("flow failed")
+        assert not PREFECT_API_URL.value()
+    assert len(launched) == 1 and launched[0].poll() is not None  # stopped, not left for atexit
+    assert server.process is None
+
+
 def test_the_wait_for_a_temporary_server_covers_a_first_start(monkeypatch):
     """At least STARTUP_TIMEOUT_S (a new PREFECT_HOME's migrations outlast Prefect's default 20 s), or Prefect's
     setting when it is longer."""

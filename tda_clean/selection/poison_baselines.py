@@ -22,9 +22,8 @@ from tda_clean.config import DeltaInfluenceDetector, InfluenceThresholdDetector
 from tda_clean.selection.base import (
     BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
 )
-from tda_clean.selection.delta_influence import (
-    DeltaInfluenceSelector, penultimate, robust_z, spectral_outlier_scores,
-)
+from tda_clean.selection.delta_influence import DeltaInfluenceSelector
+from tda_clean.selection.delta_scores import penultimate, robust_z, spectral_outlier_scores
 
 
 class InfluenceThresholdSelector(BaseSelector):

@@ -9,7 +9,9 @@ from tda_clean.errors import InputError
 from tda_clean.evaluation.metrics import detection_metrics
 from tda_clean.models.trainer import predict_proba
 from tda_clean.selection import make_detector
-from tda_clean.selection.delta_influence import DeltaInfluenceSelector, robust_z, split_high_cluster
+from tda_clean.selection.delta_influence import DeltaInfluenceSelector
+from tda_clean.selection.delta_scores import robust_z
+from tda_clean.selection.score_cuts import split_high_cluster
 from tests.unit_helpers import digits_cnn_config, torch_single_thread, trained_digits_cnn
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)

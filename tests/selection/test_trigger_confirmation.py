@@ -11,7 +11,8 @@ from torch import nn
 
 from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.selection import FitContext, make_detector
-from tda_clean.selection.delta_influence import DeltaInfluenceSelector, dilate
+from tda_clean.selection.delta_influence import DeltaInfluenceSelector
+from tda_clean.selection.trigger_search import dilate
 from tda_clean.selection.trigger_search import reconstruct_trigger
 from tests.unit_helpers import digits_cnn_config, torch_single_thread, trained_digits_cnn
 
