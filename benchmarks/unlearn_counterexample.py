@@ -1,7 +1,7 @@
 """Counter-example unlearning vs retraining on BadNets backdoors (issue 15 item 5).
 
     python benchmarks/unlearn_counterexample.py --dataset digits --rates 0.005 0.01 0.05 --seeds 0 1 2 \
-        --out benchmarks/results/unlearn_counterexample_digits.jsonl
+        --threads 1 --out benchmarks/results/unlearn_counterexample_digits_adaptive.jsonl
     python benchmarks/unlearn_counterexample.py --summarize benchmarks/results/unlearn_counterexample_*.jsonl
 
 Per scenario (``benchmarks/poison.py``'s ``patch`` scenario: digits 2x2 / Fashion-MNIST 3x3 white patch
@@ -10,7 +10,9 @@ a retrain from scratch without the poisons (timed: the reference). Each ``--vari
 (``method:field=value,...`` as in poison.py) then unlearns the poisons from the poisoned model; its time is the
 wall time of the whole ``unlearn()`` call (trigger estimate, relabelling, steps). The forget set is the TRUE poison
 mask by default; ``--forget delta`` uses Δ-influence's flagged rows (its default config) instead (the retrain
-reference then also drops those rows, and the trigger is estimated from the flagged rows).
+reference then also drops those rows, and the trigger is estimated from the flagged rows). Each model's
+``trigger_free_target_share`` is the share of the un-stamped non-target test rows it predicts as the target;
+each variant also records its steps, step cap and the stopping rule's last probe figures.
 
 Goal per run: speed-up >= 10x, ASR <= clean-model ASR + 0.005, accuracy >= before-model accuracy - 0.005.
 """
