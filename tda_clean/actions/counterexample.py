@@ -202,7 +202,9 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed, "steps": steps, "step_cap": cap,
                    "stopped": bool(len(probe) and proxy <= reference + cfg.stop_margin
                                    and agreement >= cfg.stop_agreement),
-                   "probe_rows": int(len(probe)), "probe_attack_share": proxy, "probe_reference": reference,
-                   "probe_agreement": agreement,
+                   "probe_rows": int(len(probe)),      # the probe's last figures; None when never measured
+                   **{k: None if math.isnan(v) else v for k, v in (("probe_attack_share", proxy),
+                                                                    ("probe_reference", reference),
+                                                                    ("probe_agreement", agreement))},
                    "target_class": target,
                    "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr, "loss": cfg.counter_loss}

@@ -127,6 +127,7 @@ def test_stopping_rule_stops_and_the_cap_holds(backdoored):
     assert loose["steps"] == 3 and loose["stopped"]          # any share is within a margin of 1: first check stops
     _, capped = unlearn(UnlearnAction(method="counterexample", counter_steps=7, stop_margin=None), *args, 0)
     assert capped["steps"] == capped["step_cap"] == 7 and not capped["stopped"] and capped["probe_rows"] == 0
+    assert capped["probe_attack_share"] is None and capped["probe_agreement"] is None   # JSON-safe: no NaN
     from tda_clean.actions.counterexample import step_cap
 
     n_keep = int((~bundle.corrupted_mask).sum())   # 32 retained + 16 stamped + 16 forget rows per step
