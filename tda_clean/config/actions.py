@@ -48,10 +48,7 @@ class UnlearnAction(InfluenceFields):
     ``counterexample`` (Adam steps at ``lr`` on ``layers`` over retained rows, the flagged rows with their trigger
     kept and a corrected label, and ``stamp`` retained rows per step with the trigger stamped on; at most
     ``counter_steps`` steps, or when unset a ``counter_budget`` share of the rows a full training run processes;
-    with ``stop_margin`` set it checks every ``check_every`` steps and stops once, on ``probe`` held-aside retained
-    rows, the share of the trigger-stamped non-target ones predicted as the target is within ``stop_margin`` of
-    the before-model's share on them trigger-free and at least ``stop_agreement`` of them keep the before-model's
-    prediction (default null: run the cap); ``target_gap``: stamped rows of another class are taught a target
+    ``target_gap``: stamped rows of another class are taught a target
     logit at least that far below their best other logit; ``tda_clean.actions.counterexample``).
     """
 
@@ -69,10 +66,6 @@ class UnlearnAction(InfluenceFields):
     max_forget_loss: float = Field(default=3.0, gt=0)
     counter_steps: int | None = Field(default=None, ge=1)
     counter_budget: float = Field(default=0.04, gt=0, le=1)
-    stop_margin: float | None = Field(default=None, ge=0, le=1)
-    stop_agreement: float = Field(default=0.95, ge=0, le=1)
-    probe: int = Field(default=256, ge=1)
-    check_every: int = Field(default=5, ge=1)
     counter_lr: float | None = Field(default=None, gt=0)
     stamp: int = Field(default=16, ge=0)
     anchor_weight: float = Field(default=3.0, gt=0)
