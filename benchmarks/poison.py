@@ -184,9 +184,11 @@ def blend_queries(model, bundle: DataBundle, path: Path) -> dict:
 
 
 def unlearn_config(spec: str) -> UnlearnAction:
-    """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> UnlearnAction (pydantic coerces the strings)."""
+    """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> UnlearnAction (pydantic coerces the strings; ``null``
+    is None)."""
     method, _, rest = spec.partition(":")
-    return UnlearnAction(method=method, **dict(item.split("=", 1) for item in rest.split(",") if item))
+    fields = dict(item.split("=", 1) for item in rest.split(",") if item)
+    return UnlearnAction(method=method, **{k: None if v == "null" else v for k, v in fields.items()})
 
 
 def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECTORS, tmp: Path = Path("/tmp"),

@@ -1,7 +1,7 @@
 """Counter-example unlearning vs retraining on BadNets backdoors (issue 15 item 5).
 
     python benchmarks/unlearn_counterexample.py --dataset digits --rates 0.005 0.01 0.05 --seeds 0 1 2 \
-        --out benchmarks/results/unlearn_counterexample_digits.jsonl
+        --threads 1 --out benchmarks/results/unlearn_counterexample_digits_adaptive.jsonl
     python benchmarks/unlearn_counterexample.py --summarize benchmarks/results/unlearn_counterexample_*.jsonl
 
 Per scenario (``benchmarks/poison.py``'s ``patch`` scenario: digits 2x2 / Fashion-MNIST 3x3 white patch
@@ -10,7 +10,9 @@ a retrain from scratch without the poisons (timed: the reference). Each ``--vari
 (``method:field=value,...`` as in poison.py) then unlearns the poisons from the poisoned model; its time is the
 wall time of the whole ``unlearn()`` call (trigger estimate, relabelling, steps). The forget set is the TRUE poison
 mask by default; ``--forget delta`` uses Δ-influence's flagged rows (its default config) instead (the retrain
-reference then also drops those rows, and the trigger is estimated from the flagged rows).
+reference then also drops those rows, and the trigger is estimated from the flagged rows). Each model's
+``trigger_free_target_share`` is the share of the un-stamped non-target test rows it predicts as the target;
+each variant also records its steps, step cap and the stopping rule's last probe figures.
 
 Goal per run: speed-up >= 10x, ASR <= clean-model ASR + 0.005, accuracy >= before-model accuracy - 0.005.
 """
@@ -30,7 +32,7 @@ from benchmarks.poison import _evaluate, _train, scenario, unlearn_config  # noq
 from tda_clean.actions.unlearn import unlearn  # noqa: E402
 from tda_clean.models.factory import build_model  # noqa: E402
 
-VARIANTS = ("counterexample", "finetune")
+VARIANTS = ("counterexample",)
 
 
 def _cached_train(cache: Path | None, key: str, model_cfg, train_cfg, bundle, X, y, seed):
@@ -60,6 +62,14 @@ def _delta_forget(model, model_cfg, train_cfg, bundle, seed):
     return det.get_support(), time.perf_counter() - start
 
 
+def _target_share(model, bundle) -> float:
+    """Share of the un-stamped non-target test rows predicted as the attack's target (the trigger-free floor)."""
+    from tda_clean.models.trainer import predict_proba
+
+    rows = bundle.test.y != bundle.attack_target
+    return float(np.mean(predict_proba(model, bundle.test.X[rows]).argmax(1) == bundle.attack_target))
+
+
 def run_one(dataset: str, rate: float, seed: int, variants, cache: Path | None, forget_kind: str) -> dict:
     clean, bundle, model_cfg, train_cfg = scenario(dataset, "patch", rate, seed)
     X, y, truth = bundle.train.X, bundle.train.y, bundle.corrupted_mask
@@ -68,14 +78,17 @@ def run_one(dataset: str, rate: float, seed: int, variants, cache: Path | None, 
                                    clean.train.y, seed)
     model, t_train = _cached_train(cache, f"poisoned_{tag}", model_cfg, train_cfg, bundle, X, y, seed)
     row = {"dataset": dataset, "rate": rate, "seed": seed, "n_train": len(y), "n_poison": int(truth.sum()),
-           "forget": forget_kind, "clean_model": _evaluate(clean_model, bundle), "before": _evaluate(model, bundle),
+           "forget": forget_kind, "clean_model": {**_evaluate(clean_model, bundle),
+                                                  "trigger_free_target_share": _target_share(clean_model, bundle)},
+           "before": {**_evaluate(model, bundle), "trigger_free_target_share": _target_share(model, bundle)},
            "train_seconds": t_train}
     forget = truth
     if forget_kind == "delta":
         forget, row["detect_seconds"] = _delta_forget(model, model_cfg, train_cfg, bundle, seed)
         row["n_flagged"], row["n_flagged_poisons"] = int(forget.sum()), int((forget & truth).sum())
     retrained, t_retrain = _train(model_cfg, train_cfg, bundle, X[~forget], y[~forget], seed)
-    row["retrain"] = {"seconds": t_retrain, **_evaluate(retrained, bundle)}
+    row["retrain"] = {"seconds": t_retrain, **_evaluate(retrained, bundle),
+                      "trigger_free_target_share": _target_share(retrained, bundle)}
     row["unlearn"] = {}
     for spec in variants:
         start = time.perf_counter()
@@ -83,7 +96,9 @@ def run_one(dataset: str, rate: float, seed: int, variants, cache: Path | None, 
         seconds = time.perf_counter() - start
         ev = _evaluate(out, bundle)
         row["unlearn"][spec] = {"seconds": seconds, "speedup": t_retrain / seconds, **ev,
-                                **{k: info[k] for k in ("trigger_features", "relabelled") if k in info},
+                                "trigger_free_target_share": _target_share(out, bundle),
+                                **{k: info[k] for k in ("trigger_features", "relabelled", "steps")
+                                   if k in info},
                                 "meets_goal": bool(t_retrain / seconds >= 10
                                                    and ev["attack_success_rate"] <= row["clean_model"]["attack_success_rate"] + 0.005
                                                    and ev["accuracy"] >= row["before"]["accuracy"] - 0.005)}

@@ -14,7 +14,18 @@ the trigger-free input (the retained row itself; the erased copy of a forget row
 the row's label, the before-model's prediction on the erased copy for forget rows (plain training objective).
 
 Each step draws ``batch_size`` retained rows (default ``min(32, training batch size)``), ``stamp`` retained rows to
-stamp and up to ``stamp`` forget rows (up to ``batch_size`` when ``stamp`` is 0).
+stamp and up to ``stamp`` forget rows (up to ``batch_size`` when ``stamp`` is 0). ``target_gap`` (logits loss):
+a stamped row whose label is not the target class ``t`` (the most common label of ``F``) is taught the target
+logit ``min(z_t, max_{k != t} z_k - target_gap)`` of the teacher logits ``z`` -- the trigger must not send another
+class to ``t``; the forget rows get the same on their erased-copy logits when their corrected label is not ``t``.
+
+Amount of work: at most ``counter_steps`` steps, or when unset
+
+    cap = ceil(counter_budget * epochs * n_retained / rows_per_step)
+
+a ``counter_budget`` share of the rows a full training run (``train_config.epochs`` over the retained rows) would
+process. (A stopping rule measured on held-aside training rows was tried and removed: the model fits training
+rows better than unseen ones, so it stopped while the attack still succeeded on test rows.)
 
 The trigger comes from ``trigger`` when a detector found it (``(mask, values)`` over one row's shape), else it
 is estimated from ``F`` against the retained rows ``R``, feature by feature (a row's features flattened, (d,)):
@@ -34,6 +45,7 @@ backdoor lives in the body). ``model_before`` is never modified; every random dr
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -61,11 +73,37 @@ def _stamp(Xt: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.
     return torch.where(mask, values, flat).reshape(Xt.shape)
 
 
+def target_class(y: np.ndarray, forget: np.ndarray) -> int:
+    """The attack's target: the most common label among the forget rows ``y[forget]`` (smallest on ties)."""
+    return int(np.bincount(np.asarray(y)[forget].astype(np.int64)).argmax())
+
+
+def step_cap(budget: float, epochs: int, n_retained: int, rows_per_step: int) -> int:
+    """Steps allowed: ``ceil(budget * epochs * n_retained / rows_per_step)`` (>= 1) -- a ``budget`` share of the rows
+    a full training run of ``epochs`` epochs over the retained rows would process."""
+    return max(1, math.ceil(budget * epochs * n_retained / rows_per_step))
+
+
+def _below_target(logits: torch.Tensor, labels: torch.Tensor, target: int, gap: float | None) -> torch.Tensor:
+    """``logits`` (m, k) with the ``target`` logit of every row whose label is not ``target`` lowered to at most the
+    best other logit minus ``gap`` (unchanged when ``gap`` is None): a stamped row of another class must not be
+    predicted as the target."""
+    if gap is None:
+        return logits
+    others = logits.clone()
+    others[:, target] = -torch.inf
+    capped = torch.minimum(logits[:, target], others.max(1).values - gap)
+    out = logits.clone()
+    out[:, target] = torch.where(labels != target, capped, logits[:, target])
+    return out
+
+
 def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, mask: np.ndarray, train_config,
                    seed: int, trigger: Trigger | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The after-model and an info dict (trigger size, relabelled rows, steps). ``X`` (n, ...) the full training
-    set, ``mask`` (n,) bool the forget set; ``cfg`` an ``UnlearnAction`` (``counter_steps``, ``stamp``, ``layers``,
-    ``counter_lr``, ``anchor_weight``, ``counter_loss``, ``batch_size``)."""
+    """The after-model and an info dict (trigger size, relabelled rows, steps run). ``X`` (n, ...) the full
+    training set, ``mask`` (n,) bool the forget set; ``cfg`` an ``UnlearnAction`` (``counter_steps``,
+    ``counter_budget``, ``stamp``, ``layers``, ``counter_lr``, ``anchor_weight``, ``counter_loss``,
+    ``target_gap``, ``batch_size``)."""
     from tda_clean.influence.params import last_linear
     from tda_clean.models.trainer import model_input, resolve_device, resolve_dtype, training_loss, training_objective
 
@@ -91,7 +129,9 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         background = Xt[keep].reshape(len(keep), -1).mean(0)
         teacher_forget = model(_stamp(Xt[forget], tm, background))
         y_forget = teacher_forget.argmax(1)
-        teacher = model(Xt) if cfg.counter_loss == "logits" else None
+        teacher_forget = _below_target(teacher_forget, y_forget, target_class(y, mask), cfg.target_gap)
+    teacher = copy.deepcopy(model).eval() if cfg.counter_loss == "logits" else None   # frozen before-model
+    teacher_all = None                          # its logits on every row, when that is fewer rows than the steps use
     head = last_linear(model)[1] if cfg.layers == "body" else None
     params = [p for p in model.parameters() if head is None or all(p is not q for q in head.parameters())]
     lr = cfg.counter_lr or train_config.lr
@@ -99,24 +139,35 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     gen = torch.Generator().manual_seed(seed)
     objective = training_objective(train_config)
     bs = cfg.batch_size or min(32, train_config.batch_size)
+    n_forget_step = min(cfg.stamp or bs, len(forget))
+    cap = cfg.counter_steps or step_cap(cfg.counter_budget, train_config.epochs, len(keep),
+                                        bs + cfg.stamp + n_forget_step)
+    target = target_class(y, mask)
+    if teacher is not None and len(Xt) <= cap * (bs + cfg.stamp):
+        with torch.no_grad():
+            teacher_all = teacher(Xt)
     model.train()
-    for _ in range(cfg.counter_steps):
+    for _ in range(cap):
         idx = keep[torch.randint(0, len(keep), (bs,), generator=gen).to(device)]
         sidx = keep[torch.randint(0, len(keep), (cfg.stamp,), generator=gen).to(device)]
-        fsel = torch.randperm(len(forget), generator=gen)[:cfg.stamp or bs].to(device)
+        fsel = torch.randperm(len(forget), generator=gen)[:n_forget_step].to(device)
         xb = torch.cat([Xt[idx], _stamp(Xt[sidx], tm, tv), Xt[forget[fsel]]])
         opt.zero_grad()
         if teacher is None:                                     # cross-entropy on (corrected) labels
             loss = training_loss(model, xb, torch.cat([yt[idx], yt[sidx], y_forget[fsel]]), objective)
         else:                                                   # match the before-model's trigger-free logits
-            target = torch.cat([teacher[idx], teacher[sidx], teacher_forget[fsel]])
+            out = model(xb)
             w = torch.ones(len(xb), device=device, dtype=dtype)
             w[:len(idx)] = cfg.anchor_weight
-            loss = ((model(xb) - target).pow(2).sum(1) * w).sum() / w.sum()
+            with torch.no_grad():                               # the before-model on the trigger-free rows
+                both = torch.cat([idx, sidx])
+                clean_out = teacher(Xt[both]) if teacher_all is None else teacher_all[both]
+            stamped_out = _below_target(clean_out[len(idx):], yt[sidx], target, cfg.target_gap)
+            per_row = (out - torch.cat([clean_out[:len(idx)], stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
+            loss = (per_row * w).sum() / w.sum()
         loss.backward()
         opt.step()
     model.eval()
     changed = int((y_forget != yt[forget]).sum())
-    return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed,
-                   "steps": cfg.counter_steps, "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr,
-                   "loss": cfg.counter_loss}
+    return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed, "steps": cap, "target_class": target,
+                   "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr, "loss": cfg.counter_loss}

@@ -19,7 +19,8 @@
   (the head re-initialised first when ``cfg.reinit_head``).
 * ``ascent``   -- the same, with ``- ascent_weight * min(CE_forget, max_forget_loss)`` added to each step's loss:
   gradient ascent on the forget set, bounded so it cannot diverge, with descent on the retained set.
-* ``counterexample`` -- for a backdoor: ``counter_steps`` Adam steps on retained rows mixed with the flagged rows
+* ``counterexample`` -- for a backdoor: Adam steps (a share of a training run's rows, or ``counter_steps``) on
+  retained rows mixed with the flagged rows
   (trigger kept, label corrected to the before-model's prediction with the trigger erased) and retained rows with
   the trigger stamped on (:mod:`tda_clean.actions.counterexample`).
 

@@ -45,9 +45,11 @@ class UnlearnAction(InfluenceFields):
     retained objective; exact for convex / last-layer), ``finetune`` (``epochs`` of Adam at ``lr`` on the
     retained rows, optionally re-initialising the head), ``ascent`` (gradient ascent on the forget set, weight
     ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows),
-    ``counterexample`` (``counter_steps`` Adam steps at ``lr`` on ``layers`` over retained rows, the flagged rows
-    with their trigger kept and a corrected label, and ``stamp`` retained rows per step with the trigger stamped
-    on; ``tda_clean.actions.counterexample``).
+    ``counterexample`` (Adam steps at ``lr`` on ``layers`` over retained rows, the flagged rows with their trigger
+    kept and a corrected label, and ``stamp`` retained rows per step with the trigger stamped on; at most
+    ``counter_steps`` steps, or when unset a ``counter_budget`` share of the rows a full training run processes;
+    ``target_gap``: stamped rows of another class are taught a target
+    logit at least that far below their best other logit; ``tda_clean.actions.counterexample``).
     """
 
     kind: Literal["unlearn"] = "unlearn"
@@ -62,12 +64,14 @@ class UnlearnAction(InfluenceFields):
     reinit_head: bool = True
     ascent_weight: float = Field(default=0.5, ge=0)
     max_forget_loss: float = Field(default=3.0, gt=0)
-    counter_steps: int = Field(default=40, ge=1)
+    counter_steps: int | None = Field(default=None, ge=1)
+    counter_budget: float = Field(default=0.04, gt=0, le=1)
     counter_lr: float | None = Field(default=None, gt=0)
     stamp: int = Field(default=16, ge=0)
     anchor_weight: float = Field(default=3.0, gt=0)
     layers: Literal["all", "body"] = "all"
     counter_loss: Literal["logits", "labels"] = "logits"
+    target_gap: float | None = Field(default=3.0, ge=0)
 
 
 Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, UnlearnAction], Field(discriminator="kind")]

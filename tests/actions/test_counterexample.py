@@ -51,7 +51,7 @@ def test_counterexample_removes_the_backdoor_and_keeps_accuracy(backdoored):
     bundle, model = backdoored
     acc_before, asr_before = _scores(model, bundle)
     before = [p.detach().clone() for p in model.parameters()]
-    out, info = unlearn(UnlearnAction(method="counterexample"), model, bundle.train.X, bundle.train.y,
+    out, info = unlearn(UnlearnAction(method="counterexample", counter_steps=40), model, bundle.train.X, bundle.train.y,
                         bundle.corrupted_mask, TRAIN, 0)
     acc, asr = _scores(out, bundle)
     print(f"before acc {acc_before:.4f} ASR {asr_before:.4f}; after acc {acc:.4f} ASR {asr:.4f}; {info}")
@@ -89,3 +89,38 @@ def test_config_accepts_the_method_and_names_a_bad_key():
         parse_config({**raw, "action": {**raw["action"], "layers": "head"}})
     with pytest.raises(InputError, match="action.stamp"):
         parse_config({**raw, "action": {**raw["action"], "stamp": -1}})
+
+
+def test_step_cap_is_a_share_of_a_training_run():
+    from tda_clean.actions.counterexample import step_cap, target_class
+
+    assert step_cap(0.04, 60, 1078, 64) == 41 and step_cap(0.04, 20, 6000, 64) == 75 and step_cap(1e-9, 1, 1, 64) == 1
+    y = np.array([0, 1, 2, 0, 1, 2, 1, 1, 0, 0, 0, 2])
+    forget = np.zeros(12, dtype=bool)
+    forget[[0, 3, 8, 1]] = True                    # three rows labelled 0, one labelled 1: target 0
+    assert target_class(y, forget) == 0
+
+
+def test_target_gap_lowers_only_other_classes_target_logit():
+    from tda_clean.actions.counterexample import _below_target
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    out = _below_target(logits, torch.tensor([0, 1, 2]), 0, 3.0)
+    assert out[0, 0] == 2.0                        # a target-class row keeps its logit
+    assert out[1, 0] == -2.0 and out[2, 0] == 0.0  # min(own, best other - 3)
+    assert torch.equal(out[:, 1:], logits[:, 1:]) and torch.equal(_below_target(logits, torch.tensor([1, 1, 1]), 0,
+                                                                                None), logits)
+
+
+def test_the_step_cap_holds_and_runs_repeat(backdoored):
+    from tda_clean.actions.counterexample import step_cap
+
+    bundle, model = backdoored
+    args = (model, bundle.train.X, bundle.train.y, bundle.corrupted_mask, TRAIN)
+    _, capped = unlearn(UnlearnAction(method="counterexample", counter_steps=7), *args, 0)
+    assert capped["steps"] == 7
+    n_keep = int((~bundle.corrupted_mask).sum())   # 32 retained + 16 stamped + 16 forget rows per step
+    a, info_a = unlearn(UnlearnAction(method="counterexample"), *args, 0)
+    assert info_a["steps"] == step_cap(0.04, TRAIN.epochs, n_keep, 64)
+    b, _ = unlearn(UnlearnAction(method="counterexample"), *args, 0)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
