@@ -125,11 +125,12 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     tv = torch.as_tensor(t_values, device=device, dtype=dtype)
     keep = torch.as_tensor(np.flatnonzero(~mask), device=device)
     forget = torch.as_tensor(np.flatnonzero(mask), device=device)
+    target = target_class(y, mask)
     with torch.no_grad():                                       # corrected labels: prediction with trigger erased
         background = Xt[keep].reshape(len(keep), -1).mean(0)
         teacher_forget = model(_stamp(Xt[forget], tm, background))
         y_forget = teacher_forget.argmax(1)
-        teacher_forget = _below_target(teacher_forget, y_forget, target_class(y, mask), cfg.target_gap)
+        teacher_forget = _below_target(teacher_forget, y_forget, target, cfg.target_gap)
     teacher = copy.deepcopy(model).eval() if cfg.counter_loss == "logits" else None   # frozen before-model
     teacher_all = None                          # its logits on every row, when that is fewer rows than the steps use
     head = last_linear(model)[1] if cfg.layers == "body" else None
@@ -142,7 +143,6 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     n_forget_step = min(cfg.stamp or bs, len(forget))
     cap = cfg.counter_steps or step_cap(cfg.counter_budget, train_config.epochs, len(keep),
                                         bs + cfg.stamp + n_forget_step)
-    target = target_class(y, mask)
     if teacher is not None and len(Xt) <= cap * (bs + cfg.stamp):
         with torch.no_grad():
             teacher_all = teacher(Xt)
