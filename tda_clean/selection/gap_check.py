@@ -1,6 +1,6 @@
 """Is the validation split's group gap distinguishable from zero? A seeded permutation test run by the group
 selectors (``group_first_order``, ``group_second_order``, ``d3m``) before they select anything
-(``min_gap_confidence``; docs/methods.md#gap-check).
+(``min_gap_confidence``; docs/methods.md#gap-check), wired into their ``fit`` by the :func:`gated` decorator.
 
 Statistic (hard, at the trained model's argmax predictions on the validation split; cells = the selector's group
 keys; ``positive`` = class 1):
@@ -23,7 +23,9 @@ null (every cell's rate / mean loss equal, which is what a zero gap means) it te
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -134,11 +136,38 @@ def check_gap(kind: str, prob: np.ndarray, y: np.ndarray, keys: np.ndarray, conf
                     permutations=int(permutations), cells=cells, significant=bool(p <= 1 - confidence))
 
 
-def gate(selector, X: np.ndarray, y: np.ndarray, context, kind: str) -> bool:
+def gated(kind: str | None = None) -> Callable:
+    """Decorator wiring the check into a group selector's ``fit(self, X, y, context)``: the selector's own input
+    checks first (``self.check_inputs(X, y, context)``: a bad budget is refused whatever the gap), then
+    :func:`gate` for objective ``kind`` (None: ``self.spec.objective``); when the gap is not distinguishable
+    from zero ``fit`` is skipped (the selector flags nothing), else ``fit`` runs on the context :func:`gate`
+    returns (holding the model the check trained, so a context with only a factory trains it once) and
+    :func:`note` records the check in ``info_``."""
+
+    def wrap(fit: Callable) -> Callable:
+        @functools.wraps(fit)
+        def checked_fit(self, X: np.ndarray, y: np.ndarray, context):
+            self.check_inputs(X, y, context)
+            context = gate(self, X, y, context, self.spec.objective if kind is None else kind)
+            if context is not None:
+                fit(self, X, y, context)
+                note(self)
+            return self
+
+        return checked_fit
+
+    return wrap
+
+
+def gate(selector, X: np.ndarray, y: np.ndarray, context, kind: str):
     """Run the check for a group selector (its ``spec.min_gap_confidence`` and ``spec.group_column``) before it
-    selects. True: select as usual (``selector.gap_check_`` holds the :class:`GapCheck`, or None when the check is
-    off, the objective has no group gap or there is no validation split). False: the gap is not distinguishable
-    from zero and ``selector`` is now fitted to flag nothing (``info_``: ``budget`` 0, ``gap_check``, ``reason``)."""
+    selects (use :func:`gated` rather than calling it). Returns the context to select with: ``context`` itself
+    when the check is off, the objective has no group gap or there is no validation split
+    (``selector.gap_check_`` None), else ``context`` with ``model`` set to the trained model the check used
+    (``selector.gap_check_`` holds the :class:`GapCheck`). Returns None when the gap is not distinguishable from
+    zero: ``selector`` is then fitted to flag nothing (``info_``: ``budget`` 0, ``gap_check``, ``reason``)."""
+    from dataclasses import replace
+
     from tda_clean.models.trainer import predict_proba
     from tda_clean.selection.base import trained_model
     from tda_clean.selection.influence_detectors import _group_keys
@@ -147,13 +176,13 @@ def gate(selector, X: np.ndarray, y: np.ndarray, context, kind: str) -> bool:
     confidence = getattr(selector.spec, "min_gap_confidence", None)
     if not confidence or kind not in RATE_OBJECTIVES + LOSS_OBJECTIVES or context.y_val is None \
             or len(context.y_val) == 0:
-        return True
+        return context
     keys = _group_keys(context.groups_val, selector.spec.group_column, len(context.y_val))
     model = trained_model(X, y, context, selector.name)
     check = check_gap(kind, predict_proba(model, context.X_val), context.y_val, keys, confidence, context.seed)
     selector.gap_check_ = check
     if check.significant:
-        return True
+        return context if context.model is model else replace(context, model=model)
     n = len(y)
     selector.scores_ = np.zeros(n)
     selector.support_ = np.zeros(n, dtype=bool)
@@ -162,7 +191,7 @@ def gate(selector, X: np.ndarray, y: np.ndarray, context, kind: str) -> bool:
     selector.suggested_labels_ = None
     selector.info_ = {"budget": 0, "objective": kind, "gap_check": check.to_dict(),
                       "reason": f"nothing worth cleaning: {check.reason}"}
-    return False
+    return None
 
 
 def note(selector) -> None:

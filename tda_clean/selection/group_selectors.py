@@ -66,6 +66,10 @@ def exact_budget(n: int, budget: Budget) -> int:
 class _GroupSelector(_InfluenceSelector):
     name = "group"
 
+    def check_inputs(self, X, y, context: FitContext) -> None:
+        """Refuse a bad budget before the gap check (:func:`gap_check.gated`)."""
+        exact_budget(len(y), self.spec.budget)
+
     def _setup(self, X, y, context: FitContext):
         from tda_clean.influence.group import GroupInfluence
 
@@ -175,13 +179,10 @@ class GroupFirstOrderSelector(_GroupSelector):
     name = "group_first_order"
     spec_type = GroupFirstOrderDetector
 
+    @gap_check.gated()
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupFirstOrderSelector":
-        exact_budget(len(y), self.spec.budget)
-        if not gap_check.gate(self, X, y, context, self.spec.objective):
-            return self
         if self._use_components():
             self._fit_components(X, y, context, order=1, rounds=1, iters=0)
-            gap_check.note(self)
             return self
         k, engine, gi, objective = self._setup(X, y, context)
         a = gi.query(objective)
@@ -197,7 +198,6 @@ class GroupFirstOrderSelector(_GroupSelector):
         self.suggested_labels_ = self._suggest_labels(engine, objective, y, context)
         self._store(chosen, contributions, {**engine._info(), "predicted_change": float(contributions[chosen].sum()),
                                             "predicted_change_second_order": float(second)})
-        gap_check.note(self)
         return self
 
 
@@ -207,14 +207,11 @@ class GroupSecondOrderSelector(_GroupSelector):
     name = "group_second_order"
     spec_type = GroupSecondOrderDetector
 
+    @gap_check.gated()
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "GroupSecondOrderSelector":
         spec = self.spec
-        exact_budget(len(y), spec.budget)
-        if not gap_check.gate(self, X, y, context, spec.objective):
-            return self
         if self._use_components():
             self._fit_components(X, y, context, order=2, rounds=spec.rounds, iters=spec.iters)
-            gap_check.note(self)
             return self
         k, engine, gi, objective = self._setup(X, y, context)
         qm = gi.row_terms(objective)
@@ -238,7 +235,6 @@ class GroupSecondOrderSelector(_GroupSelector):
             "first_order_topk_predicted_change": float(qm.value(_indicator(first_top, len(y), qm), k)),
             **{f"predicted_change_{name}": float(v) for name, v in values.items()},
         })
-        gap_check.note(self)
         return self
 
 
@@ -282,12 +278,15 @@ class D3MSelector(_InfluenceSelector):
     name = "d3m"
     spec_type = D3MDetector
 
-    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "D3MSelector":
-        k = exact_budget(len(y), self.spec.budget)
+    def check_inputs(self, X, y, context: FitContext) -> None:
+        """Refuse a bad budget or a missing validation split before the gap check (:func:`gap_check.gated`)."""
+        exact_budget(len(y), self.spec.budget)
         if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
             raise InputError("d3m: needs a validation split (X_val, y_val) with group labels (groups_val)")
-        if not gap_check.gate(self, X, y, context, "group_mean_losses"):
-            return self
+
+    @gap_check.gated("group_mean_losses")
+    def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "D3MSelector":
+        k = exact_budget(len(y), self.spec.budget)
         engine = influence_engine(X, y, context, self.spec.influence, self.name)
         keys = _group_keys(context.groups_val, self.spec.group_column, len(context.y_val))
         objective = GroupMeanLosses(context.X_val, context.y_val, keys)
@@ -299,7 +298,6 @@ class D3MSelector(_InfluenceSelector):
         self.threshold_ = float("nan")
         self.info_ = {**engine._info(), "budget": k, "group_losses": dict(zip(map(str, objective.keys), map(float, L))),
                       "n_negative_alignment": int((A < 0).sum())}
-        gap_check.note(self)
         return self
 
     def reason(self, i: int) -> str:
