@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tda_clean.config import BadNets, Blended, CNNConfig, TrainConfig, UnlearnAction, parse_config
+from tda_clean.config import BadNets, Blended, CNNConfig, TrainConfig, UnlearnSpec, parse_config, unlearn_spec
 from tda_clean.data.dataset import DataBundle, IndexedDataset
 from tda_clean.data.scenarios import badnets, blend_pattern, blend_trigger, blended
 from tda_clean.evaluation.metrics import detection_metrics
@@ -183,12 +183,12 @@ def blend_queries(model, bundle: DataBundle, path: Path) -> dict:
     return {"queries": "file", "query_file": str(path)}
 
 
-def unlearn_config(spec: str) -> UnlearnAction:
-    """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> UnlearnAction (pydantic coerces the strings; ``null``
-    is None)."""
+def unlearn_config(spec: str) -> UnlearnSpec:
+    """``"finetune"`` or ``"finetune:epochs=2,lr=0.003"`` -> that method's unlearning spec (pydantic coerces the
+    strings; ``null`` is None; a setting of another method is refused)."""
     method, _, rest = spec.partition(":")
     fields = dict(item.split("=", 1) for item in rest.split(",") if item)
-    return UnlearnAction(method=method, **{k: None if v == "null" else v for k, v in fields.items()})
+    return unlearn_spec(method=method, **{k: None if v == "null" else v for k, v in fields.items()})
 
 
 def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECTORS, tmp: Path = Path("/tmp"),

@@ -108,7 +108,7 @@ def test_unlearning_says_when_it_starts_and_ends(caplog, method):
     import torch
 
     from tda_clean.actions.unlearn import unlearn
-    from tda_clean.config import TrainConfig, UnlearnAction
+    from tda_clean.config import TrainConfig, unlearn_spec
 
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(40, 3)).astype(np.float32), rng.integers(0, 2, 40)
@@ -116,7 +116,7 @@ def test_unlearning_says_when_it_starts_and_ends(caplog, method):
     mask[:5] = True
     torch.manual_seed(0)
     with caplog.at_level(logging.INFO, logger="tda_clean"):
-        unlearn(UnlearnAction(kind="unlearn", method=method, epochs=1), torch.nn.Linear(3, 2), X, y, mask,
+        unlearn(unlearn_spec(method=method, epochs=1), torch.nn.Linear(3, 2), X, y, mask,
                 TrainConfig(), seed=0)
     lines = [r.getMessage() for r in caplog.records if r.name == "tda_clean.actions.unlearn"]
     assert lines[0] == f"unlearn ({method}): forgetting 5 rows, keeping 35" and lines[-1].startswith(

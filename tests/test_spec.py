@@ -14,7 +14,7 @@ import torch
 from pydantic import ValidationError
 
 from tda_clean.actions.unlearn import _objective_grad, unlearn
-from tda_clean.config import LogisticConfig, MLPConfig, TrainConfig, UnlearnAction, parse_config
+from tda_clean.config import LogisticConfig, MLPConfig, TrainConfig, parse_config, unlearn_spec
 from tda_clean.config.influence import Budget, CGSettings, GradientSettings, InfluenceSpec, KFACSettings
 from tda_clean.influence import InfluenceEngine, ParamSpace, TrainingLoss, make_solver, per_sample_grads
 from tda_clean.models.factory import build_model
@@ -76,7 +76,7 @@ def test_unlearn_damping_reaches_the_solver(problem):
     X, y, ctx = problem
     forget = np.zeros(len(y), dtype=bool)
     forget[:4] = True
-    cfg = UnlearnAction(method="newton", solver="cg", damping=0.5, params="all", steps=1)
+    cfg = unlearn_spec(method="newton", solver="cg", damping=0.5, params="all", steps=1)
     _, info = unlearn(cfg, ctx.model, X, y, forget, TRAIN, 0)
     assert info["damping"] == 0.5
 

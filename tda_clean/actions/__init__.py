@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tda_clean.config import NoAction, RelabelAction, RemoveAction, ReweightAction, UnlearnAction
+from tda_clean.config import UNLEARN_SPECS, NoAction, RelabelAction, RemoveAction, ReweightAction
 from tda_clean.data.dataset import IndexedDataset
 from tda_clean.errors import InputError
 from tda_clean.selection.base import Selection
@@ -90,7 +90,8 @@ def unlearn(train: IndexedDataset, selection: Selection, cfg) -> ActionResult:
 
 
 ACTIONS: dict[type, Callable[..., ActionResult]] = {
-    RemoveAction: remove, RelabelAction: relabel, ReweightAction: reweight, NoAction: no_action, UnlearnAction: unlearn,
+    RemoveAction: remove, RelabelAction: relabel, ReweightAction: reweight, NoAction: no_action,
+    **{spec: unlearn for spec in UNLEARN_SPECS},
 }
 
 

@@ -1,7 +1,7 @@
 """Unlearning the flagged rows: the after-model of an ``unlearn`` action.
 
-``unlearn(cfg, model_before, X, y, forget_mask, train_config, seed, ...) -> (model_after, info)`` with
-``cfg.method`` one of
+``unlearn(cfg, model_before, X, y, forget_mask, train_config, seed, ...) -> (model_after, info)`` with ``cfg`` the
+spec of one method (:data:`~tda_clean.config.UnlearnAction`, its own settings only), ``cfg.method`` one of
 
 * ``retrain``  -- train a fresh model (``make_model(seed)``, else a seeded re-initialisation of
   ``model_before``'s layers) on the retained rows with the run's training config: the reference.
@@ -38,16 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from tda_clean.config import TrainConfig, UnlearnAction
+from tda_clean.config import AscentUnlearn, FinetuneUnlearn, NewtonUnlearn, TrainConfig, UnlearnSpec
 from tda_clean.errors import InputError
 from tda_clean.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 
-def _check(cfg: UnlearnAction, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray) -> np.ndarray:
-    if not isinstance(cfg, UnlearnAction):
-        raise InputError(f"unlearn: expected an UnlearnAction config, got {type(cfg).__name__}")
+def _check(cfg: UnlearnSpec, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray) -> np.ndarray:
+    if not isinstance(cfg, UnlearnSpec):
+        raise InputError(f"unlearn: expected an unlearning spec (UnlearnSpec), got {type(cfg).__name__}")
     mask = np.asarray(forget_mask)
     if mask.dtype != bool or mask.shape != (len(y),):
         raise InputError(f"unlearn: forget_mask must be a boolean array of shape ({len(y)},), got "
@@ -80,7 +80,7 @@ def _retrain(cfg, model_before, X, y, mask, train_config, seed, make_model, X_va
 
 
 # ------------------------------------------------------------------------------------------------ newton
-def _newton(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainConfig, seed, *_):
+def _newton(cfg: NewtonUnlearn, model_before, X, y, mask, train_config: TrainConfig, seed, *_):
     from tda_clean.influence import InfluenceEngine, make_solver
     from tda_clean.influence.curvature import TrainingLoss
     from tda_clean.influence.params import ParamSpace
@@ -141,7 +141,8 @@ def _objective_grad(loss) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------- finetune / ascent
-def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config: TrainConfig, seed, ascent: bool):
+def _gradient_unlearn(cfg: FinetuneUnlearn | AscentUnlearn, model_before, X, y, mask, train_config: TrainConfig, seed,
+                      ascent: bool):
     from tda_clean.influence.params import last_linear
     from tda_clean.models.trainer import model_input, resolve_device, resolve_dtype, training_loss, training_objective
 
@@ -177,7 +178,7 @@ def _gradient_unlearn(cfg: UnlearnAction, model_before, X, y, mask, train_config
     return model, {"epochs": cfg.epochs, "lr": cfg.lr, "reinit_head": cfg.reinit_head}
 
 
-def unlearn(cfg: UnlearnAction, model_before: nn.Module, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray,
+def unlearn(cfg: UnlearnSpec, model_before: nn.Module, X: np.ndarray, y: np.ndarray, forget_mask: np.ndarray,
             train_config: TrainConfig, seed: int, *, make_model: Callable[[int], nn.Module] | None = None,
             X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
             sample_weight: np.ndarray | None = None, trigger=None) -> tuple[nn.Module, dict[str, Any]]:
@@ -213,7 +214,7 @@ def unlearn(cfg: UnlearnAction, model_before: nn.Module, X: np.ndarray, y: np.nd
                    "n_retain": int((~mask).sum()), **extra}
 
 
-def unlearn_action(train, selection, cfg: UnlearnAction):
+def unlearn_action(train, selection, cfg: UnlearnSpec):
     """The act-stage side of ``unlearn``: the new data version (flagged rows removed) and its audit rows.
 
     Audit rows use action ``remove`` (so ``replay_audit`` rebuilds the retained data exactly) with the reason

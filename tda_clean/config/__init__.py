@@ -21,9 +21,10 @@ from pydantic import (
 )
 
 from tda_clean.config.actions import (  # noqa: F401  (re-exported)
-    Action, NoAction, RelabelAction, RemoveAction, ReweightAction, UnlearnAction,
+    UNLEARN_SPECS, Action, AscentUnlearn, CounterexampleUnlearn, FinetuneUnlearn, NewtonUnlearn, NoAction,
+    RelabelAction, RemoveAction, RetrainUnlearn, ReweightAction, UnlearnAction, UnlearnSpec, unlearn_spec,
 )
-from tda_clean.config.base import _Frozen
+from tda_clean.config.base import KEYED_ERROR, _Frozen
 from tda_clean.config.data import (  # noqa: F401  (re-exported)
     PATH_KEYS, AdultSource, DataSource, DigitsSource, FashionMNISTSource, ImageFolderSource, MemorySource, SplitConfig,
     TableSource,
@@ -318,15 +319,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
-    """``key.path: message`` with discriminator tags (``csv`` in ``data.csv.path``) removed from the path."""
+    """``key.path: message`` with discriminator tags (``csv`` in ``data.csv.path``, ``unlearn`` and ``newton`` in
+    ``action.unlearn.newton.steps``) removed from the path."""
     keys: list[str] = []
     node: Any = raw
-    for part in err["loc"]:
+    loc = err["loc"]
+    for i, part in enumerate(loc):
         if isinstance(node, dict) and part in node:
             keys.append(str(part))
             node = node[part]
-        elif isinstance(node, dict) and node.get("kind") == part:
-            continue  # the union member's tag, not a key the user wrote
+        elif isinstance(node, dict) and (node.get("kind") == part or i + 1 < len(loc)):
+            continue  # a union member's tag (its kind, or a method the user wrote or left at its default)
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             keys.append(str(part))
             node = node[part]
@@ -335,7 +338,7 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
             node = None
     where = ".".join(keys) or "(top level)"
     message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "value_error" and ": " in message and message.split(": ", 1)[0].isidentifier():
+    if err["type"] in ("value_error", KEYED_ERROR) and ": " in message and message.split(": ", 1)[0].isidentifier():
         key, message = message.split(": ", 1)  # a model validator naming its field: ``features: ...``
         where = f"{where}.{key}" if keys else key
     if err["type"] == "extra_forbidden":

@@ -1,12 +1,13 @@
 """Action configs (``action.kind``): what is done to the flagged rows, one pydantic model per action joined in
-the :data:`Action` discriminated union (``tda_clean.actions``)."""
+the :data:`Action` discriminated union (``tda_clean.actions``); ``unlearn`` is itself one spec per ``method``
+(:data:`UnlearnAction`)."""
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 
-from tda_clean.config.base import _Frozen
+from tda_clean.config.base import KEYED_ERROR, _Frozen
 from tda_clean.config.influence import InfluenceFields
 
 
@@ -36,34 +37,68 @@ class NoAction(_Frozen):
     kind: Literal["none"] = "none"
 
 
-class UnlearnAction(InfluenceFields):
-    """Remove the flagged rows and produce the after-model by unlearning (``tda_clean.actions.unlearn``).
-
-    ``method``: ``retrain`` (from scratch without the rows; the reference), ``newton`` (second-order group
-    removal update of docs/methods.md#unlearning with the ``influence`` spec (:class:`InfluenceFields`), then
-    ``steps - 1`` Newton steps on the
-    retained objective; exact for convex / last-layer), ``finetune`` (``epochs`` of Adam at ``lr`` on the
-    retained rows, optionally re-initialising the head), ``ascent`` (gradient ascent on the forget set, weight
-    ``ascent_weight``, with its loss clamped at ``max_forget_loss``, plus descent on the retained rows),
-    ``counterexample`` (Adam steps at ``lr`` on ``layers`` over retained rows, the flagged rows with their trigger
-    kept and a corrected label, and ``stamp`` retained rows per step with the trigger stamped on; at most
-    ``counter_steps`` steps, or when unset a ``counter_budget`` share of the rows a full training run processes;
-    ``target_gap``: stamped rows of another class are taught a target
-    logit at least that far below their best other logit; ``tda_clean.actions.counterexample``).
-    """
+class UnlearnSpec(_Frozen):
+    """The base of the unlearning specs (``action.kind: unlearn``): one subclass per ``method``, each holding only
+    that method's settings (another method's key is an unknown key), joined in the :data:`UnlearnAction`
+    discriminated union (``tda_clean.actions.unlearn``; ``method`` defaults to ``newton``)."""
 
     kind: Literal["unlearn"] = "unlearn"
+    method: str
+
+
+class RetrainUnlearn(UnlearnSpec):
+    """``retrain``: from scratch without the rows, with the run's training config (the reference); no settings."""
+
+    method: Literal["retrain"] = "retrain"
+
+
+class NewtonUnlearn(UnlearnSpec, InfluenceFields):
+    """``newton``: second-order group removal update of docs/methods.md#unlearning (``order`` 1 or 2) with the
+    ``influence`` spec (:class:`InfluenceFields`), then ``steps - 1`` Newton steps on the retained objective;
+    exact for convex / last-layer."""
+
     device: ClassVar[str] = "model"
-    method: Literal["retrain", "newton", "finetune", "ascent", "counterexample"] = "newton"
+    method: Literal["newton"] = "newton"
     dtype: Literal["model", "float32", "float64"] = "model"
     order: Literal[1, 2] = 2
     steps: int = Field(default=2, ge=1)
+
+
+class _GradientFields(_Frozen):
+    """Settings of the gradient methods (``finetune``, ``ascent``): ``epochs`` of Adam at ``lr`` on the retained
+    rows (``batch_size``, default the training batch size), the head re-initialised first when ``reinit_head``."""
+
     epochs: int = Field(default=5, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int | None = Field(default=None, ge=1)
     reinit_head: bool = True
+
+
+class FinetuneUnlearn(_GradientFields, UnlearnSpec):
+    """``finetune``: Adam on the retained rows from the before-model (:class:`_GradientFields`)."""
+
+    method: Literal["finetune"] = "finetune"
+
+
+class AscentUnlearn(_GradientFields, UnlearnSpec):
+    """``ascent``: as ``finetune`` plus gradient ascent on the forget set, weight ``ascent_weight``, with its
+    loss clamped at ``max_forget_loss``."""
+
+    method: Literal["ascent"] = "ascent"
     ascent_weight: float = Field(default=0.5, ge=0)
     max_forget_loss: float = Field(default=3.0, gt=0)
+
+
+class CounterexampleUnlearn(UnlearnSpec):
+    """``counterexample`` (``tda_clean.actions.counterexample``): Adam steps at ``counter_lr`` (default the
+    training lr) on ``layers`` over ``batch_size`` retained rows, the flagged rows with their trigger kept and a
+    corrected label, and ``stamp`` retained rows per step with the trigger stamped on, matched on ``counter_loss``
+    (retained rows weighted ``anchor_weight``); at most ``counter_steps`` steps, or when unset a ``counter_budget``
+    share of the rows a full training run processes; ``target_gap``: stamped rows of another class are taught a
+    target logit at least that far below their best other logit."""
+
+    method: Literal["counterexample"] = "counterexample"
+    batch_size: int | None = Field(default=None, ge=1)
     counter_steps: int | None = Field(default=None, ge=1)
     counter_budget: float = Field(default=0.04, gt=0, le=1)
     counter_lr: float | None = Field(default=None, gt=0)
@@ -72,6 +107,28 @@ class UnlearnAction(InfluenceFields):
     layers: Literal["all", "body"] = "all"
     counter_loss: Literal["logits", "labels"] = "logits"
     target_gap: float | None = Field(default=3.0, ge=0)
+
+
+def _method(data: Any) -> str:
+    """The spec's tag: ``method`` (``newton`` when absent)."""
+    method = data.get("method", "newton") if isinstance(data, dict) else getattr(data, "method", None)
+    return method if isinstance(method, str) else repr(method)
+
+
+UNLEARN_SPECS = (RetrainUnlearn, NewtonUnlearn, FinetuneUnlearn, AscentUnlearn, CounterexampleUnlearn)
+METHODS = tuple(spec.model_fields["method"].default for spec in UNLEARN_SPECS)
+UnlearnAction = Annotated[
+    Union[tuple(Annotated[spec, Tag(method)] for spec, method in zip(UNLEARN_SPECS, METHODS))],
+    Discriminator(_method, custom_error_type=KEYED_ERROR, custom_error_message="method: Input should be "
+                  + ", ".join(f"'{m}'" for m in METHODS[:-1]) + f" or '{METHODS[-1]}'"),
+]
+
+
+def unlearn_spec(**fields: Any) -> UnlearnSpec:
+    """The unlearning spec of ``fields`` (``method`` picks it; default ``newton``), validated as in a config."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(UnlearnAction).validate_python({"kind": "unlearn", **fields})
 
 
 Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, UnlearnAction], Field(discriminator="kind")]

@@ -6,3 +6,8 @@ from pydantic import BaseModel, ConfigDict
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# The error type of a custom validation error whose message starts with the key it concerns (``method: ...``):
+# reported as ``<path>.<key>: ...``, like a model validator's ``ValueError("key: ...")``.
+KEYED_ERROR = "keyed_value_error"

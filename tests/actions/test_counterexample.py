@@ -8,7 +8,7 @@ import torch
 
 from tda_clean.actions.counterexample import estimate_trigger
 from tda_clean.actions.unlearn import unlearn
-from tda_clean.config import BadNets, CNNConfig, TrainConfig, UnlearnAction
+from tda_clean.config import BadNets, CNNConfig, TrainConfig, unlearn_spec
 from tda_clean.data import load_bundle
 from tda_clean.data.scenarios import badnets, trigger_mask
 from tda_clean.models.factory import build_model
@@ -51,7 +51,7 @@ def test_counterexample_removes_the_backdoor_and_keeps_accuracy(backdoored):
     bundle, model = backdoored
     acc_before, asr_before = _scores(model, bundle)
     before = [p.detach().clone() for p in model.parameters()]
-    out, info = unlearn(UnlearnAction(method="counterexample", counter_steps=40), model, bundle.train.X, bundle.train.y,
+    out, info = unlearn(unlearn_spec(method="counterexample", counter_steps=40), model, bundle.train.X, bundle.train.y,
                         bundle.corrupted_mask, TRAIN, 0)
     acc, asr = _scores(out, bundle)
     print(f"before acc {acc_before:.4f} ASR {asr_before:.4f}; after acc {acc:.4f} ASR {asr:.4f}; {info}")
@@ -65,7 +65,7 @@ def test_counterexample_removes_the_backdoor_and_keeps_accuracy(backdoored):
 
 def test_counterexample_is_deterministic_and_uses_a_given_trigger(backdoored):
     bundle, model = backdoored
-    cfg = UnlearnAction(method="counterexample", counter_steps=5)
+    cfg = unlearn_spec(method="counterexample", counter_steps=5)
     args = (model, bundle.train.X, bundle.train.y, bundle.corrupted_mask, TRAIN)
     a, b, c = unlearn(cfg, *args, 0)[0], unlearn(cfg, *args, 0)[0], unlearn(cfg, *args, 1)[0]
     flat = [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in (a, b, c)]
@@ -117,10 +117,10 @@ def test_the_step_cap_holds_and_runs_repeat(backdoored):
 
     bundle, model = backdoored
     args = (model, bundle.train.X, bundle.train.y, bundle.corrupted_mask, TRAIN)
-    _, capped = unlearn(UnlearnAction(method="counterexample", counter_steps=7), *args, 0)
+    _, capped = unlearn(unlearn_spec(method="counterexample", counter_steps=7), *args, 0)
     assert capped["steps"] == 7
     n_keep = int((~bundle.corrupted_mask).sum())   # 32 retained + 16 stamped + 16 forget rows per step
-    a, info_a = unlearn(UnlearnAction(method="counterexample"), *args, 0)
+    a, info_a = unlearn(unlearn_spec(method="counterexample"), *args, 0)
     assert info_a["steps"] == step_cap(0.04, TRAIN.epochs, n_keep, 64)
-    b, _ = unlearn(UnlearnAction(method="counterexample"), *args, 0)
+    b, _ = unlearn(unlearn_spec(method="counterexample"), *args, 0)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

@@ -7,7 +7,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from tda_clean.actions.unlearn import unlearn, unlearn_action
-from tda_clean.config import LogisticConfig, TrainConfig, UnlearnAction, parse_config
+from tda_clean.config import LogisticConfig, TrainConfig, parse_config, unlearn_spec
 from tda_clean.errors import InputError
 from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit
@@ -29,7 +29,7 @@ def convex():
     fit(model, X, y, TRAIN, 0, progress=False)
     forget = np.zeros(len(y), dtype=bool)
     forget[np.random.default_rng(0).choice(len(y), 20, replace=False)] = True
-    retrained, info = unlearn(UnlearnAction(method="retrain"), model, X, y, forget, TRAIN, 0)
+    retrained, info = unlearn(unlearn_spec(method="retrain"), model, X, y, forget, TRAIN, 0)
     return X, y, model, forget, retrained, info
 
 
@@ -37,7 +37,7 @@ def convex():
 def test_newton_matches_retraining_on_convex_model(convex, order, steps, bound):
     X, y, model, forget, retrained, _ = convex
     before = flat(model).clone()
-    cfg = UnlearnAction(method="newton", params="all", solver="exact", damping=0.0, order=order, steps=steps)
+    cfg = unlearn_spec(method="newton", params="all", solver="exact", damping=0.0, order=order, steps=steps)
     unlearned, info = unlearn(cfg, model, X, y, forget, TRAIN, 0)
     moved = float((flat(retrained) - before).norm())
     distance = float((flat(unlearned) - flat(retrained)).norm())
@@ -52,7 +52,7 @@ def test_second_order_beats_first_order(convex):
     X, y, model, forget, retrained, _ = convex
     dist = {}
     for order in (1, 2):
-        cfg = UnlearnAction(method="newton", params="all", damping=0.0, order=order, steps=1)
+        cfg = unlearn_spec(method="newton", params="all", damping=0.0, order=order, steps=1)
         dist[order] = float((flat(unlearn(cfg, model, X, y, forget, TRAIN, 0)[0]) - flat(retrained)).norm())
     assert dist[2] < 0.5 * dist[1]
 
@@ -60,7 +60,8 @@ def test_second_order_beats_first_order(convex):
 @pytest.mark.parametrize("method", ["retrain", "newton", "finetune", "ascent"])
 def test_every_method_runs_records_time_and_keeps_accuracy(convex, method):
     X, y, model, forget, _, _ = convex
-    out, info = unlearn(UnlearnAction(method=method, epochs=5, lr=1e-2, reinit_head=False), model, X, y, forget, TRAIN, 0)
+    gradient = {"epochs": 5, "lr": 1e-2, "reinit_head": False} if method in ("finetune", "ascent") else {}
+    out, info = unlearn(unlearn_spec(method=method, **gradient), model, X, y, forget, TRAIN, 0)
     assert info["method"] == method and info["seconds"] >= 0
     assert info["n_forget"] == 20 and info["n_retain"] == 380
     with torch.no_grad():
@@ -71,12 +72,12 @@ def test_every_method_runs_records_time_and_keeps_accuracy(convex, method):
 def test_bad_inputs(convex):
     X, y, model, forget, _, _ = convex
     with pytest.raises(InputError, match="forget_mask must be a boolean array"):
-        unlearn(UnlearnAction(), model, X, y, forget.astype(int), TRAIN, 0)
+        unlearn(unlearn_spec(), model, X, y, forget.astype(int), TRAIN, 0)
     with pytest.raises(InputError, match="the forget set is the whole training set"):
-        unlearn(UnlearnAction(), model, X, y, np.ones(len(y), dtype=bool), TRAIN, 0)
+        unlearn(unlearn_spec(), model, X, y, np.ones(len(y), dtype=bool), TRAIN, 0)
     with pytest.raises(InputError, match=r"action.method: Input should be 'retrain', 'newton'"):
         parse_config({"data": {"kind": "digits"}, "action": {"kind": "unlearn", "method": "scrub"}})
-    out, info = unlearn(UnlearnAction(), model, X, y, np.zeros(len(y), dtype=bool), TRAIN, 0)
+    out, info = unlearn(unlearn_spec(), model, X, y, np.zeros(len(y), dtype=bool), TRAIN, 0)
     np.testing.assert_array_equal(flat(out), flat(model))
 
 
@@ -90,7 +91,7 @@ def test_unlearn_action_audits_removed_rows():
     mask[[2, 5]] = True
     sel = Selection(mask=mask, indices=np.array([5, 2]), scores=mask.astype(float), threshold=float("nan"),
                     detector="delta_influence", reasons=("a", "b"))
-    result = unlearn_action(train, sel, UnlearnAction(method="newton"))
+    result = unlearn_action(train, sel, unlearn_spec(method="newton"))
     assert result.counts == {"unlearned": 2} and len(result.train) == 10
     assert all(r.startswith("unlearn (newton); ") for r in result.audit["reason"])
     rebuilt = replay_audit(train, result.audit)
