@@ -13,7 +13,7 @@ Targets (``counter_loss``): ``logits`` -- squared distance (summed over classes)
 the trigger-free input (the retained row itself; the erased copy of a forget row); ``labels`` -- cross-entropy on
 the row's label, the before-model's prediction on the erased copy for forget rows (plain training objective).
 
-Each step draws ``batch_size`` retained rows (default ``min(32, training batch size)``), ``stamp`` retained rows to
+Each step draws ``batch_size`` retained rows (default ``min(16, training batch size)``), ``stamp`` retained rows to
 stamp and up to ``stamp`` forget rows (up to ``batch_size`` when ``stamp`` is 0). ``target_gap`` (logits loss):
 a stamped row whose label is not the target class ``t`` (the most common label of ``F``) is taught the target
 logit ``min(z_t, max_{k != t} z_k - target_gap)`` of the teacher logits ``z`` -- the trigger must not send another
@@ -139,7 +139,7 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     objective = training_objective(train_config)
-    bs = cfg.batch_size or min(32, train_config.batch_size)
+    bs = cfg.batch_size or min(16, train_config.batch_size)
     n_forget_step = min(cfg.stamp or bs, len(forget))
     cap = cfg.counter_steps or step_cap(cfg.counter_budget, train_config.epochs, len(keep),
                                         bs + cfg.stamp + n_forget_step)

@@ -100,13 +100,13 @@ class CounterexampleUnlearn(UnlearnSpec):
     method: Literal["counterexample"] = "counterexample"
     batch_size: int | None = Field(default=None, ge=1)
     counter_steps: int | None = Field(default=None, ge=1)
-    counter_budget: float = Field(default=0.04, gt=0, le=1)
+    counter_budget: float = Field(default=0.025, gt=0, le=1)
     counter_lr: float | None = Field(default=None, gt=0)
-    stamp: int = Field(default=16, ge=0)
+    stamp: int = Field(default=8, ge=0)
     anchor_weight: float = Field(default=3.0, gt=0)
     layers: Literal["all", "body"] = "all"
     counter_loss: Literal["logits", "labels"] = "logits"
-    target_gap: float | None = Field(default=3.0, ge=0)
+    target_gap: float | None = Field(default=10.0, ge=0)
 
 
 def _method(data: Any) -> str:
