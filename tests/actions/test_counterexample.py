@@ -119,8 +119,10 @@ def test_the_step_cap_holds_and_runs_repeat(backdoored):
     args = (model, bundle.train.X, bundle.train.y, bundle.corrupted_mask, TRAIN)
     _, capped = unlearn(unlearn_spec(method="counterexample", counter_steps=7), *args, 0)
     assert capped["steps"] == 7
-    n_keep = int((~bundle.corrupted_mask).sum())   # 32 retained + 16 stamped + 16 forget rows per step
-    a, info_a = unlearn(unlearn_spec(method="counterexample"), *args, 0)
-    assert info_a["steps"] == step_cap(0.04, TRAIN.epochs, n_keep, 64)
+    spec = unlearn_spec(method="counterexample")
+    n_keep, n_forget = int((~bundle.corrupted_mask).sum()), int(bundle.corrupted_mask.sum())
+    per_step = min(16, TRAIN.batch_size) + spec.stamp + min(spec.stamp, n_forget)   # retained + stamped + forget
+    a, info_a = unlearn(spec, *args, 0)
+    assert info_a["steps"] == step_cap(spec.counter_budget, TRAIN.epochs, n_keep, per_step)
     b, _ = unlearn(unlearn_spec(method="counterexample"), *args, 0)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
