@@ -189,7 +189,7 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     erase_confirm_p_neighbours: float = Field(default=0.25, gt=0, le=1)
     neighbour_share: float = Field(default=0.5, gt=0, le=1)
     separation: float | None = Field(default=0.9, gt=0, le=1)
-    source_share: float | None = Field(default=1.0, gt=0, le=1)
+    source_share: float | None = Field(default=0.9, gt=0, le=1)
     source_min_gap_z: float = 0.5
     source_neighbours: int = Field(default=10, ge=1)
     solver: SolverKind = "ekfac"
