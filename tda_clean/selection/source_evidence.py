@@ -25,7 +25,8 @@ def other_class_share(F: np.ndarray, y: np.ndarray, rows: np.ndarray, target: in
     """(len(rows),): for each training row in ``rows`` (positions into ``F`` (n, d) / ``y`` (n,)), the share of its
     ``k`` nearest rows (Euclidean on ``F``) among ``reference`` (bool (n,); the row itself never counts) whose label
     is not ``target``. ``reference`` should leave out rows suspected of carrying the trigger: poisons of one source
-    class are each other's neighbours and would hide each other. Zeros when ``reference`` holds fewer than ``k`` rows."""
+    class are each other's neighbours and would hide each other. Zeros when ``reference`` holds fewer than ``k``
+    rows."""
     rows = np.asarray(rows, dtype=np.int64)
     ref = np.flatnonzero(reference)
     out = np.zeros(len(rows))
