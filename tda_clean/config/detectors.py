@@ -151,7 +151,12 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     ``neighbour_share`` of the erased training rows have nearest neighbours (outside the trigger region) of other
     classes, as dirty-label poisons do. ``separation``: when the log-scores of the rows above the clean
     cluster (more than ``erase_min_gap_z`` robust deviations) split into two groups with at least this share of
-    their variance between the groups (Otsu), only the upper group is flagged (``None``: never). ``no_trigger``: ``none`` flags nothing when no trigger is found on
+    their variance between the groups (Otsu), only the upper group is flagged (``None``: never). ``source_share``: with
+    a found trigger, a pool row the rules above leave out is still flagged when its score lies more than
+    ``source_min_gap_z`` robust deviations above the clean cluster, the model gives it a target probability below 0.5
+    once the trigger region is erased, and at least this share of its ``source_neighbours`` nearest training rows
+    (penultimate features of the erased images; pool rows above ``erase_min_gap_z`` left out) carry other labels --
+    an image of another class labelled as the target (``None``: off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
     images; ``class_outliers`` falls back to outlying rows of the suspected class.
     """
 
@@ -184,6 +189,9 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     erase_confirm_p_neighbours: float = Field(default=0.25, gt=0, le=1)
     neighbour_share: float = Field(default=0.5, gt=0, le=1)
     separation: float | None = Field(default=0.9, gt=0, le=1)
+    source_share: float | None = Field(default=0.9, gt=0, le=1)
+    source_min_gap_z: float = 0.5
+    source_neighbours: int = Field(default=10, ge=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -41,6 +41,10 @@ Queries (``queries``):
     class.
 Given queries must all be predicted as one class (the target), else :class:`InputError`.
 
+Source evidence (``source_share``): with a found trigger, a pool row the rules leave out but whose score is above
+the clean cluster is flagged when its erased image is no longer given the target and its nearest training rows in
+feature space are of other classes (:mod:`tda_clean.selection.source_evidence`): an image of another class.
+
 Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
 when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
 inputs' per-pixel median, and its score lies above ``erase_min_gap_z`` robust deviations of the low cluster, or
@@ -277,7 +281,8 @@ class DeltaInfluenceSelector(BaseSelector):
         separated = self.spec.separation is not None and eta >= self.spec.separation
         if separated:
             support &= np.log(np.maximum(cont, 1e-300)) > log_cut
-        support = cap_flagged(support, cont, self.spec.budget.cap(len(y)))
+        sourced = self._source_flags(model, X, y, pool & ~support, target, gap_z)
+        support = cap_flagged(support | sourced, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
         self.erase_drop_ = drop
         self.delta_scores_ = cont
@@ -290,10 +295,28 @@ class DeltaInfluenceSelector(BaseSelector):
         self.info_ = {**info, **engine._info(), "target": target, "n_queries": int(len(Xq)),
                       "n_copies": self.spec.n_copies, "votes_needed": needed, "split_cut": cut, "transforms": list(names),
                       "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
-                      "n_flagged_by_erasure_only": int((support & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum()),
+                      "n_flagged_by_erasure_only": int((support & ~sourced & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum()),
                       "cut_separation_eta": eta, "cut_separated": bool(separated),
+                      "n_flagged_by_source_only": int((support & sourced).sum()),
                       **evidence}
         return self
+
+    def _source_flags(self, model, X: np.ndarray, y: np.ndarray, candidates: np.ndarray, target: int,
+                      gap_z: np.ndarray) -> np.ndarray:
+        """Bool (n,): ``candidates`` (pool rows not flagged otherwise) above ``source_min_gap_z`` whose erased image
+        the model no longer gives the target (p < 0.5) and whose ``source_neighbours`` nearest training rows carry
+        other labels in at least ``source_share`` (:func:`~tda_clean.selection.source_evidence.source_evidence`;
+        pool rows above ``erase_min_gap_z`` are left out of the neighbours). All False without a found trigger."""
+        out = np.zeros(len(y), dtype=bool)
+        rows = np.flatnonzero(candidates & (gap_z > self.spec.source_min_gap_z))
+        if self.spec.source_share is None or self._erase is None or not len(rows):
+            return out
+        from tda_clean.selection.source_evidence import source_evidence
+
+        reference = ~((y == target) & (gap_z > self.spec.erase_min_gap_z))
+        p_after, share = source_evidence(model, X, y, rows, *self._erase, target, reference, self.spec.source_neighbours)
+        out[rows] = (p_after < 0.5) & (share >= self.spec.source_share - 1e-9)
+        return out
 
     def _nothing_found(self, n: int, info: dict[str, Any]) -> "DeltaInfluenceSelector":
         """No trigger found on images (``no_trigger: none``): no class is an outlier, so no row is flagged."""
@@ -305,7 +328,8 @@ class DeltaInfluenceSelector(BaseSelector):
         self.threshold_ = float("nan")
         self.target_ = None
         self.queries_ = np.zeros((0,))
-        self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0}
+        self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0,
+                      "n_flagged_by_source_only": 0}
         return self
 
     def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
