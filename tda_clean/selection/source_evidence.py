@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def erase_region(X: np.ndarray, region: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Copy of images ``X`` whose ``region`` pixels are set to ``fill`` (one image's shape)."""
-    out = np.array(X, copy=True)
-    out[..., region] = fill[..., region]
-    return out
+from tda_clean.selection.trigger_search import erase_region, nearest_rows
 
 
 def other_class_share(F: np.ndarray, y: np.ndarray, rows: np.ndarray, target: int, reference: np.ndarray,
@@ -27,21 +22,10 @@ def other_class_share(F: np.ndarray, y: np.ndarray, rows: np.ndarray, target: in
     is not ``target``. ``reference`` should leave out rows suspected of carrying the trigger: poisons of one source
     class are each other's neighbours and would hide each other. Zeros when ``reference`` holds fewer than ``k``
     rows."""
-    rows = np.asarray(rows, dtype=np.int64)
     ref = np.flatnonzero(reference)
-    out = np.zeros(len(rows))
     if len(ref) < k or not len(rows):
-        return out
-    F = np.asarray(F, dtype=np.float64)
-    R, other = F[ref], (y[ref] != target)
-    sq_ref = (R * R).sum(1)
-    for start in range(0, len(rows), block):
-        r = rows[start:start + block]
-        d = (F[r] * F[r]).sum(1)[:, None] - 2.0 * F[r] @ R.T + sq_ref[None, :]
-        d[r[:, None] == ref[None, :]] = np.inf          # not the row itself
-        nn = np.argpartition(d, k - 1, axis=1)[:, :k]
-        out[start:start + len(r)] = other[nn].mean(1)
-    return out
+        return np.zeros(len(rows))
+    return (y[nearest_rows(F, rows, ref, k, block)] != target).mean(1)
 
 
 def source_evidence(model, X: np.ndarray, y: np.ndarray, rows: np.ndarray, region: np.ndarray, fill: np.ndarray,

@@ -79,9 +79,32 @@ def erase_probs(model, X: np.ndarray, region: np.ndarray, fill: np.ndarray,
     on copies whose ``region`` (H, W) bool is set to ``fill`` (one image's shape, e.g. the per-pixel median)."""
     from tda_clean.models.trainer import predict_proba
 
-    Xe = np.array(X, copy=True)
-    Xe[..., region] = fill[..., region]
-    return predict_proba(model, X), predict_proba(model, Xe)[:, target]
+    return predict_proba(model, X), predict_proba(model, erase_region(X, region, fill))[:, target]
+
+
+def erase_region(X: np.ndarray, region: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Copy of images ``X`` (n, [C,] H, W) whose ``region`` (H, W) bool pixels are set to ``fill`` (one image's
+    shape)."""
+    out = np.array(X, copy=True)
+    out[..., region] = fill[..., region]
+    return out
+
+
+def nearest_rows(F: np.ndarray, rows: np.ndarray, reference: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+    """(len(rows), min(k, m - 1)) positions into ``F`` (n, d): for each of ``rows``, its nearest rows (Euclidean,
+    unordered) among the ``reference`` positions (m of them), never the row itself."""
+    rows, ref = np.asarray(rows, dtype=np.int64), np.asarray(reference, dtype=np.int64)
+    k = min(k, len(ref) - 1)
+    F = np.asarray(F, dtype=np.float64)
+    R = F[ref]
+    sq_ref = (R * R).sum(1)
+    out = np.empty((len(rows), k), dtype=np.int64)
+    for start in range(0, len(rows), block):
+        r = rows[start:start + block]
+        d = (F[r] * F[r]).sum(1)[:, None] - 2.0 * F[r] @ R.T + sq_ref[None, :]
+        d[r[:, None] == ref[None, :]] = np.inf          # not the row itself
+        out[start:start + len(r)] = ref[np.argpartition(d, k - 1, axis=1)[:, :k]]
+    return out
 
 
 def erasure_evidence(model, X_val: np.ndarray, y_val: np.ndarray, region: np.ndarray, fill: np.ndarray, target: int,
@@ -120,18 +143,10 @@ def neighbour_other_share(X: np.ndarray, y: np.ndarray, rows: np.ndarray, region
     if not len(rows):
         return 0.0
     keep = ~np.broadcast_to(region, X.shape[1:]).reshape(-1)
-    F = np.asarray(X, dtype=np.float64).reshape(len(X), -1)[:, keep]
-    sq = (F * F).sum(1)
-    n_classes = int(y.max()) + 1
-    other = 0
-    for start in range(0, len(rows), block):
-        r = rows[start:start + block]
-        d = sq[r][:, None] - 2.0 * F[r] @ F.T + sq[None, :]
-        d[np.arange(len(r)), r] = np.inf                 # not the row itself
-        nn = np.argpartition(d, min(k, len(X) - 2), axis=1)[:, :k]
-        votes = np.stack([np.bincount(lab, minlength=n_classes) for lab in y[nn]])
-        other += int((votes.argmax(1) != target).sum())
-    return other / len(rows)
+    F = np.asarray(X).reshape(len(X), -1)[:, keep]
+    nn = nearest_rows(F, rows, np.arange(len(X)), k, block)
+    votes = np.stack([np.bincount(lab, minlength=int(y.max()) + 1) for lab in y[nn]])
+    return float((votes.argmax(1) != target).mean())
 
 
 def _optimise(model, X: np.ndarray, classes: list[int], steps: int, success: float, lo: float, hi: float,

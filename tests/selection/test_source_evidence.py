@@ -8,7 +8,8 @@ import pytest
 
 from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.selection.delta_influence import DeltaInfluenceSelector
-from tda_clean.selection.source_evidence import erase_region, other_class_share
+from tda_clean.selection.source_evidence import other_class_share
+from tda_clean.selection.trigger_search import erase_region
 from tests.selection.test_trigger_confirmation import REGION, RegionModel
 from tests.unit_helpers import torch_single_thread
 
