@@ -32,7 +32,7 @@ from tda_clean.config.data import (  # noqa: F401  (re-exported)
 from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda_clean.config import ...``)
     ActivationClusteringDetector, CleanlabDetector, D3MDetector, DeltaInfluenceDetector, Detector,
     GroupFirstOrderDetector, GroupSecondOrderDetector, HarmfulDetector, InfluenceObjectiveName,
-    InfluenceRelabelDetector, InfluenceThresholdDetector, RandomDetector, SelfInfluenceDetector,
+    InfluenceRelabelDetector, InfluenceThresholdDetector, LabelNoiseDetector, RandomDetector, SelfInfluenceDetector,
     SpectralSignatureDetector,
 )
 from tda_clean.config.influence import (  # noqa: F401  (re-exported)

@@ -59,6 +59,24 @@ class HarmfulDetector(_InfluenceDetectorBase):
     group_column: str | None = None
 
 
+class LabelNoiseDetector(_InfluenceDetectorBase):
+    """Label noise of unknown kind: ``self_influence`` with ``score: loo_loss`` or ``harmful`` (``val_loss``), chosen
+    by how much their top-k sets agree (``tda_clean.selection.label_noise``): the Jaccard overlap of the budget's
+    top rows of both is at least ``min_agreement`` -> ``loo_loss`` (the flips are improbable rows, as under uniform
+    noise), else ``harmful`` (the clean validation rows point at other rows than self-confidence does: a flip the
+    model has learned as a pattern). The budget is fixed (``max_flagged`` / ``fraction``): the choice depends on it."""
+
+    kind: Literal["label_noise"] = "label_noise"
+    min_agreement: float = Field(default=0.42, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _fixed_budget(self) -> "LabelNoiseDetector":
+        if self.auto_budget is not None:
+            raise ValueError("label_noise chooses between two detectors at a fixed budget; set max_flagged or "
+                             "fraction instead of auto")
+        return self
+
+
 class InfluenceRelabelDetector(_InfluenceDetectorBase):
     """Rows whose label flip most decreases ``objective`` on the validation split; suggests that label."""
 
@@ -235,7 +253,7 @@ class ActivationClusteringDetector(_Frozen):
 
 
 Detector = Annotated[
-    Union[CleanlabDetector, SelfInfluenceDetector, HarmfulDetector, InfluenceRelabelDetector,
+    Union[CleanlabDetector, SelfInfluenceDetector, HarmfulDetector, InfluenceRelabelDetector, LabelNoiseDetector,
           GroupFirstOrderDetector, GroupSecondOrderDetector, D3MDetector, RandomDetector,
           DeltaInfluenceDetector, InfluenceThresholdDetector, SpectralSignatureDetector, ActivationClusteringDetector],
     Field(discriminator="kind"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tda_clean.selection import confident_learning, influence_detectors  # noqa: F401  (register detectors)
 from tda_clean.selection import group_selectors  # noqa: F401  (registers group_first_order, group_second_order, d3m, random)
-from tda_clean.selection import delta_influence, poison_baselines  # noqa: F401  (delta_influence + poison baselines)
+from tda_clean.selection import delta_influence, label_noise, poison_baselines  # noqa: F401  (+ label_noise, poison baselines)
 from tda_clean.selection.base import DETECTORS, BaseSelector, FitContext, NotFittedError, Selection, register_detector, register_selector
 
 

@@ -1,0 +1,81 @@
+"""``label_noise``: one detector for label noise of unknown kind, choosing between two influence detectors.
+
+``self_influence`` with ``score: loo_loss`` (the first-order leave-one-out loss of the given label) finds flips the
+model could not fit -- uniform noise; ``harmful`` on the validation loss finds rows whose removal lowers the loss
+of clean validation rows -- also flips the model has learned as a pattern (class- or group-targeted), which
+self-confidence ranks as ordinary rows. Under uniform noise both rank the same flipped rows first; under a
+systematic flip ``loo_loss``'s top rows are hard but correctly labelled and ``harmful``'s are the flips, so the two
+top-k sets barely overlap. The selector fits both, measures the Jaccard overlap of their top-k sets at the
+budget k (``harmful``: only rows with a positive score) and keeps ``loo_loss`` when it is at least
+``spec.min_agreement``, else ``harmful``.
+
+Fitted state: ``scores_`` (n,) of the chosen detector (higher = more suspicious), ``support_`` its top-k,
+``suggested_labels_`` (n,) the trained model's argmax (for ``relabel``; ``harmful``'s rows are meant to be
+removed), ``loo_loss_`` and ``harmful_`` (n,) both detectors' scores, ``contributions_`` (n,) ``harmful``'s
+first-order change of the validation loss per removed row (negative = lower loss), and ``info_`` with
+``chosen``, ``agreement`` and ``budget``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tda_clean.config import HarmfulDetector, LabelNoiseDetector, SelfInfluenceDetector
+from tda_clean.selection.base import register_selector, top_k_mask
+from tda_clean.selection.influence_detectors import HarmfulSelector, SelfInfluenceSelector, _InfluenceSelector
+
+CANDIDATES = ("loo_loss", "harmful")
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard overlap |a & b| / |a | b| of two sets of row positions (0 when both are empty)."""
+    sa, sb = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())
+    union = len(sa | sb)
+    return len(sa & sb) / union if union else 0.0
+
+
+def choose(overlap: float, min_agreement: float = LabelNoiseDetector().min_agreement) -> str:
+    """``loo_loss`` when the top-k sets agree at least ``min_agreement`` (Jaccard), else ``harmful``."""
+    return "loo_loss" if overlap >= min_agreement else "harmful"
+
+
+def top_rows(scores: np.ndarray, k: int, positive_only: bool) -> np.ndarray:
+    """Positions of the ``k`` highest scores, highest first (ties by position); only positive ones if asked."""
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    if positive_only:
+        order = order[np.asarray(scores)[order] > 0]
+    return order[:k]
+
+
+class LabelNoiseSelector(_InfluenceSelector):
+    """``loo_loss`` or ``harmful`` (validation loss), chosen by the agreement of their top-k sets (module doc)."""
+
+    name = "label_noise"
+    spec_type = LabelNoiseDetector
+
+    def fit(self, X: np.ndarray, y: np.ndarray, context) -> "LabelNoiseSelector":
+        shared = self.spec.model_dump(include=set(SelfInfluenceDetector.model_fields) - {"kind", "score"})
+        loo = SelfInfluenceSelector(SelfInfluenceDetector(**shared, score="loo_loss")).fit(X, y, context)
+        harm = HarmfulSelector(HarmfulDetector(**shared, objective="val_loss")).fit(X, y, context)
+        k = self.spec.budget.rows(len(y))
+        overlap = agreement(top_rows(loo.scores_, k, False), top_rows(harm.scores_, k, True))
+        chosen = choose(overlap, self.spec.min_agreement)
+        picked = loo if chosen == "loo_loss" else harm
+        self.loo_loss_, self.harmful_ = loo.scores_, harm.scores_
+        self.contributions_ = harm.contributions_
+        self.suggested_labels_ = loo.suggested_labels_
+        self.scores_ = picked.scores_
+        self.support_ = top_k_mask(picked.scores_, int(picked.support_.sum()))
+        self.threshold_ = float("nan")
+        self.info_ = {**picked.info_, "chosen": chosen, "agreement": overlap, "min_agreement": self.spec.min_agreement}
+        return self
+
+    def reason(self, i: int) -> str:
+        chosen, overlap = self.info_["chosen"], self.info_["agreement"]
+        why = (f"top-k overlap with harmful {overlap:.2f} >= {self.spec.min_agreement:g}" if chosen == "loo_loss"
+               else f"top-k overlap with loo_loss {overlap:.2f} < {self.spec.min_agreement:g}")
+        if chosen == "loo_loss":
+            return f"leave-one-out loss of the given label {self.scores_[i]:.4g} ({why})"
+        return f"removing the row is predicted to lower val_loss by {self.scores_[i]:.4g} ({why})"
+
+
+register_selector("label_noise", LabelNoiseSelector)
