@@ -9,10 +9,17 @@ positive top-k, and F1 against the injected flips of cleanlab (its own set at k_
 the rule ``label_noise`` (``tda_clean.selection.label_noise``: ``loo_loss`` when the overlap is at least
 ``--min-agreement``, else ``harmful``). Then one line per data set x flip x budget: the means over seeds, and
 whether the rule's mean F1 is >= cleanlab's.
+
+With ``--auto label_noise_grid_auto.jsonl`` (the ``--auto-budget`` rows of the same settings): the rule with the
+automatic budget -- the agreement measured at ``loo_loss``'s automatic k (``harmful``'s top-k on the whole
+validation split, as saved; k = 0 gives agreement 0), then the chosen detector's automatic-budget row.
+
+    python benchmarks/label_noise_agreement.py /tmp/ln_scores --auto benchmarks/results/label_noise_grid_auto.jsonl
 """
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,7 +44,10 @@ def main() -> None:
     parser.add_argument("folder")
     parser.add_argument("--datasets", nargs="+", default=None)
     parser.add_argument("--min-agreement", type=float, default=None, help="default: the library's default")
+    parser.add_argument("--auto", default=None, help="jsonl with the automatic-budget rows: the rule with them")
     args = parser.parse_args()
+    if args.auto:
+        return auto_rule(args)
     cells = defaultdict(list)
     for path in sorted(Path(args.folder).glob("*.npz")):
         dataset, flip, seed = path.stem.rsplit("-", 2)
@@ -68,6 +78,33 @@ def main() -> None:
               + " | ".join(f"{mean[n]:.3f}" for n in ("cleanlab", "loo_loss", "harmful", "label_noise"))
               + f" | {'yes' if ok else 'no'} |")
     print(f"\nlabel_noise >= cleanlab (mean F1 over seeds) in {met} of {len(cells)} cells")
+
+
+def auto_rule(args) -> None:
+    rows = [json.loads(line) for line in Path(args.auto).read_text().splitlines() if line.strip()]
+    auto = {(r["dataset"], r["scenario"], r["seed"], r["detector"]): r for r in rows if r["budget"] == "auto"}
+    kw = {} if args.min_agreement is None else {"min_agreement": args.min_agreement}
+    cells = defaultdict(list)
+    for (dataset, flip, seed, det), r in sorted(auto.items()):
+        path = Path(args.folder) / f"{dataset}-{flip}-{seed}.npz"
+        if det != "loo_loss" or not path.exists() or (args.datasets and dataset not in args.datasets):
+            continue
+        z, k = np.load(path), r["n_flagged"]
+        overlap = agreement(ranking(z["loo_loss"], False)[:k], ranking(z["harmful"], True)[:k])
+        chosen = choose(overlap, **kw)
+        pick, cl = auto[(dataset, flip, seed, chosen)], auto[(dataset, flip, seed, "cleanlab")]
+        print(f"{dataset:8s} {flip:8s} s{seed} loo_loss k={k:5d} jaccard={overlap:.3f} -> {chosen:8s} "
+              f"k={pick['n_flagged']:5d} F1={pick['f1']:.3f} acc={pick['accuracy_after']:.4f} cleanlab F1={cl['f1']:.3f}")
+        cells[(dataset, flip)].append((chosen, pick, cl))
+    print("\n| data | flip | chosen (seeds) | k / F1 / accuracy after | cleanlab F1 | ≥ cleanlab |\n|---|---|---|---|---|---|")
+    met = 0
+    for (dataset, flip), items in cells.items():
+        mean = lambda key, i=1: np.mean([it[i][key] for it in items])  # noqa: E731
+        ok = mean("f1") >= mean("f1", 2)
+        met += ok
+        print(f"| {dataset} | {flip} | {' / '.join(it[0] for it in items)} | {mean('n_flagged'):.0f} / {mean('f1'):.3f} / "
+              f"{mean('accuracy_after'):.4f} | {mean('f1', 2):.3f} | {'yes' if ok else 'no'} |")
+    print(f"\nlabel_noise rule with the automatic budget >= cleanlab's (mean F1) in {met} of {len(cells)} cells")
 
 
 if __name__ == "__main__":

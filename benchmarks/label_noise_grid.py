@@ -27,7 +27,7 @@ import numpy as np
 
 from tda_clean.config import parse_config
 from tda_clean.config.detectors import (CleanlabDetector, HarmfulDetector, InfluenceRelabelDetector,
-                                        SelfInfluenceDetector)
+                                        LabelNoiseDetector, SelfInfluenceDetector)
 from tda_clean.data import load_bundle
 from tda_clean.evaluation import evaluate_model
 from tda_clean.models.factory import build_model
@@ -106,7 +106,7 @@ def detectors(damping) -> dict:
 
 
 def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | None = None,
-                auto_budget: bool = False) -> None:
+                auto_budget: bool = False, only: tuple[str, ...] = ()) -> None:
     cfg = config_for(dataset, scenario, seed)
     bundle = load_bundle(cfg)
     train = bundle.train
@@ -162,13 +162,26 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
         print(f"{dataset:8s} {scenario:8s} s{seed} {name:22s} {budget:6s} k={len(rows):5d} P={p:.3f} R={r:.3f} "
               f"F1={f1:.3f} acc {base['accuracy_before']:.4f}->{metrics['accuracy']:.4f}", flush=True)
 
+    for budget, k in budgets.items():  # the library's one rule: loo_loss or harmful by their top-k agreement
+        if only and "label_noise" not in only:
+            break
+        start = time.perf_counter()
+        det = make_detector(LabelNoiseDetector(max_flagged=k, damping=DATASETS[dataset]["damping"])).fit(X, y, context)
+        chosen = det.info_["chosen"]
+        print(f"  label_noise at {budget}: {chosen} (Jaccard {det.info_['agreement']:.3f})", flush=True)
+        act_eval(f"label_noise ({chosen})", budget, det.get_support(indices=True), det.suggested_labels_,
+                 "relabel" if chosen == "loo_loss" else "remove", time.perf_counter() - start)
     for budget, k in budgets.items():  # the evidence chosen on held-out validation rows, per budget
+        if only and "validated" not in only:
+            break
         start = time.perf_counter()
         chosen, info = validated_choice(X, y, k, context, DATASETS[dataset]["damping"], fitted, fit_eval, seed)
         scores, suggested, action, positive, seconds = fitted[chosen]
         print(f"  validated choice at {budget}: {chosen} {info}", flush=True)
         act_eval(f"validated ({chosen})", budget, ranking(np.asarray(scores, dtype=float), positive)[:k], suggested,
                  action, seconds + time.perf_counter() - start)
+    if only and "cleanlab" not in only:
+        auto_budget = False
     if auto_budget:  # issue 15 item 2: each detector with its budget chosen on the validation split
         for name, spec, action in auto_budget_detectors(DATASETS[dataset]["damping"]):
             start = time.perf_counter()
@@ -177,6 +190,8 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
             print(f"  automatic budget {name}: k = {len(flagged)} ({det.curve_.reason})", flush=True)
             act_eval(name, "auto", flagged, getattr(det.detector_, "suggested_labels_", None), action,
                      time.perf_counter() - start)
+    if only and "cleanlab" not in only:
+        return
     act_eval("cleanlab", "own", own, fitted["cleanlab"][1], "relabel", fitted["cleanlab"][4])
     for name, (scores, suggested, action, positive, seconds) in fitted.items():
         order = ranking(np.asarray(scores, dtype=float), positive)
@@ -229,7 +244,7 @@ def validated_choice(X, y, k, context, damping, fitted, fit_eval, seed) -> tuple
     return ("harmful" if diff.mean() > se else "loo_loss"), {"gain": float(diff.mean()), "se": float(se)}
 
 
-NAMES = ("cleanlab", "self_influence", "loo_loss", "harmful", "influence_relabel", "validated")
+NAMES = ("cleanlab", "self_influence", "loo_loss", "harmful", "influence_relabel", "validated", "label_noise")
 
 
 def summarize(paths: list[str]) -> str:
@@ -300,6 +315,8 @@ def main() -> None:
     parser.add_argument("--summarize", nargs="+", default=None)
     parser.add_argument("--auto-budget", action="store_true", help="also the automatic budget (issue 15 item 2)")
     parser.add_argument("--scores-only", default=None, help="folder: save the rankings, skip actions and retrains")
+    parser.add_argument("--only", nargs="+", default=(), choices=("label_noise", "validated", "cleanlab"),
+                        help="act on these only (cleanlab = cleanlab and every single detector, and --auto-budget)")
     args = parser.parse_args()
     if args.summarize:
         summarize(args.summarize)
@@ -311,7 +328,7 @@ def main() -> None:
                 if args.scenarios and scenario not in args.scenarios:
                     continue
                 for seed in args.seeds:
-                    run_setting(dataset, scenario, seed, out, args.scores_only, args.auto_budget)
+                    run_setting(dataset, scenario, seed, out, args.scores_only, args.auto_budget, tuple(args.only))
 
 
 if __name__ == "__main__":
