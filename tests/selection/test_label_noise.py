@@ -1,0 +1,68 @@
+"""``label_noise``: the agreement rule picks ``loo_loss`` under uniform flips and ``harmful`` under a class-targeted
+flip (digits, logistic regression), and its selection is exactly the chosen detector's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tda_clean.config import HarmfulDetector, LabelNoiseDetector, SelfInfluenceDetector, parse_config
+from tda_clean.data import load_bundle
+from tda_clean.models.factory import build_model
+from tda_clean.models.trainer import fit
+from tda_clean.selection import FitContext, make_detector
+from tda_clean.selection.label_noise import agreement, choose, top_rows
+from tests.unit_helpers import torch_single_thread
+
+_single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
+SCENARIOS = {"uniform": {"kind": "uniform_flip", "rate": 0.1},
+             "class": {"kind": "class_flip", "source": 1, "target": 7, "rate": 0.4}}
+
+
+def _digits(scenario: str):
+    cfg = parse_config({"seed": 0, "data": {"kind": "digits"}, "scenario": SCENARIOS[scenario],
+                        "model": {"kind": "logistic"}, "train": {"optimizer": "lbfgs", "l2": 1e-3, "epochs": 50,
+                                                                  "device": "cpu"},
+                        "tracking": {"enabled": False}})
+    bundle = load_bundle(cfg)
+    train = bundle.train
+    model = build_model(cfg.model, train.feature_shape, train.n_classes, 0)
+    fit(model, train.X, train.y, cfg.train, 0, X_val=bundle.val.X, y_val=bundle.val.y, progress=False)
+    context = FitContext(seed=0, model=model, train_config=cfg.train, X_val=bundle.val.X, y_val=bundle.val.y,
+                         n_classes=train.n_classes)
+    return train.X, train.y, bundle.corrupted_mask, context
+
+
+@pytest.mark.parametrize("scenario, expected", [("uniform", "loo_loss"), ("class", "harmful")])
+def test_agreement_picks_the_detector_suited_to_the_flip(scenario, expected):
+    X, y, truth, context = _digits(scenario)
+    k = int(truth.sum())
+    det = make_detector(LabelNoiseDetector(max_flagged=k, damping=0.0)).fit(X, y, context)
+    assert det.info_["chosen"] == expected
+    loo = make_detector(SelfInfluenceDetector(max_flagged=k, damping=0.0, score="loo_loss")).fit(X, y, context)
+    harm = make_detector(HarmfulDetector(max_flagged=k, damping=0.0)).fit(X, y, context)
+    overlap = agreement(top_rows(loo.scores_, k, False), top_rows(harm.scores_, k, True))
+    assert det.info_["agreement"] == pytest.approx(overlap)
+    picked = loo if expected == "loo_loss" else harm
+    assert list(det.get_support(indices=True)) == list(picked.get_support(indices=True))
+    np.testing.assert_allclose(det.scores_, picked.scores_)
+    # the chosen detector finds the flips better than the other one does at the same budget
+    other = harm if expected == "loo_loss" else loo
+    assert truth[det.get_support()].sum() > truth[other.get_support()].sum()
+    selection = det.to_selection()
+    assert selection.detector == "label_noise" and selection.n_flagged <= k
+    wording = "leave-one-out loss" if expected == "loo_loss" else "lower val_loss"
+    assert all(wording in reason for reason in selection.reasons)
+
+
+def test_choose_and_agreement():
+    assert agreement(np.array([1, 2, 3]), np.array([2, 3, 4])) == pytest.approx(0.5)
+    assert agreement(np.array([], dtype=int), np.array([], dtype=int)) == 0.0
+    assert choose(0.5, 0.42) == "loo_loss" and choose(0.3, 0.42) == "harmful" and choose(0.42, 0.42) == "loo_loss"
+    assert list(top_rows(np.array([0.5, -1.0, 2.0, 0.0]), 3, True)) == [2, 0]
+
+
+def test_automatic_budget_is_refused():
+    from tda_clean.errors import InputError
+
+    with pytest.raises(InputError, match="label_noise chooses between two detectors"):
+        parse_config({"data": {"kind": "digits"}, "detector": {"kind": "label_noise", "max_flagged": "auto"}})
