@@ -94,8 +94,8 @@ class CounterexampleUnlearn(UnlearnSpec):
     training lr) on ``layers`` over ``batch_size`` retained rows, the flagged rows with their trigger kept and a
     corrected label, and ``stamp`` retained rows per step with the trigger stamped on, matched on ``counter_loss``
     (retained rows weighted ``anchor_weight``); at most ``counter_steps`` steps, or when unset a ``counter_budget``
-    share of the rows a full training run processes; ``target_gap``: stamped rows of another class are taught a
-    target logit at least that far below their best other logit."""
+    share of the rows a full training run processes; ``target_drop``: stamped rows of another class are taught
+    the before-model's trigger-free target logit lowered by that much."""
 
     method: Literal["counterexample"] = "counterexample"
     batch_size: int | None = Field(default=None, ge=1)
@@ -103,10 +103,10 @@ class CounterexampleUnlearn(UnlearnSpec):
     counter_budget: float = Field(default=0.025, gt=0, le=1)
     counter_lr: float | None = Field(default=None, gt=0)
     stamp: int = Field(default=8, ge=0)
-    anchor_weight: float = Field(default=3.0, gt=0)
+    anchor_weight: float = Field(default=5.0, gt=0)
     layers: Literal["all", "body"] = "all"
     counter_loss: Literal["logits", "labels"] = "logits"
-    target_gap: float | None = Field(default=10.0, ge=0)
+    target_drop: float | None = Field(default=4.0, ge=0)
 
 
 def _method(data: Any) -> str:

@@ -185,12 +185,12 @@ class AutoBudgetSelector(BaseSelector):
         fixed = {"max_flagged": ks[-1], "fraction": None} if "fraction" in type(self.spec).model_fields else {
             "max_flagged": ks[-1]}
         inner = DETECTORS[self.spec.kind](self.spec.model_copy(update={"auto_budget": None, **fixed}))
-        inner.fit(X, y, part_sel)
+        base = trained_model(X, y, context, self.spec.kind)   # one model for the detector and the refits
+        inner.fit(X, y, replace(part_sel, model=base))
         ranking = inner.get_support(indices=True)
         ks = [0] + sorted({min(k, len(ranking)) for k in ks} - {0})
         relabel = context.action == "relabel" and getattr(inner, "suggested_labels_", None) is not None
         action = "relabel" if relabel else "remove"
-        base = trained_model(X, y, context, self.spec.kind)
         name, measure = _measures(self.spec, base, part_sel, part_out)
         objective, correct, row_values = [], [], []
         for k in progress_bar(len(ks), "budget curve", "refits", iterable=ks):

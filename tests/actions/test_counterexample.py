@@ -101,13 +101,13 @@ def test_step_cap_is_a_share_of_a_training_run():
     assert target_class(y, forget) == 0
 
 
-def test_target_gap_lowers_only_other_classes_target_logit():
+def test_target_drop_lowers_only_other_classes_target_logit():
     from tda_clean.actions.counterexample import _below_target
 
     logits = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
     out = _below_target(logits, torch.tensor([0, 1, 2]), 0, 3.0)
     assert out[0, 0] == 2.0                        # a target-class row keeps its logit
-    assert out[1, 0] == -2.0 and out[2, 0] == 0.0  # min(own, best other - 3)
+    assert out[1, 0] == -1.0 and out[2, 0] == -3.0  # own target logit - 3, however far below the others it is
     assert torch.equal(out[:, 1:], logits[:, 1:]) and torch.equal(_below_target(logits, torch.tensor([1, 1, 1]), 0,
                                                                                 None), logits)
 

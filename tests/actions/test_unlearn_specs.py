@@ -50,7 +50,7 @@ def test_the_methods_settings_are_their_own():
     assert {"order", "steps", "solver", "params", "damping"} <= _settings(NewtonUnlearn)
     assert _settings(FinetuneUnlearn) == {"epochs", "lr", "batch_size", "reinit_head"}
     assert _settings(AscentUnlearn) == _settings(FinetuneUnlearn) | {"ascent_weight", "max_forget_loss"}
-    assert {"counter_steps", "counter_budget", "stamp", "target_gap", "batch_size"} <= _settings(CounterexampleUnlearn)
+    assert {"counter_steps", "counter_budget", "stamp", "target_drop", "batch_size"} <= _settings(CounterexampleUnlearn)
     assert not _settings(CounterexampleUnlearn) & ({"epochs", "lr", "solver"} | _settings(NewtonUnlearn))
 
 

@@ -210,3 +210,18 @@ def test_curve_plot_is_written(tmp_path, predicted):
     path = plot_budget_curve(curve, tmp_path / "curve.png", title="t")
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert BudgetCurve.from_dict(curve).chosen == 10
+
+
+def test_factory_only_context_trains_the_model_once():
+    """With only a model factory in the context, the detector and the budget curve's refits start from the same
+    trained model: the factory builds one model (the refits are warm-started copies of it)."""
+    X, y, _, context = noisy_problem(1, n=400, n_val=300)
+    built = []
+
+    def factory(seed: int):
+        built.append(seed)
+        return LogisticRegression(X.shape[1], 2)
+
+    spec = HarmfulDetector(auto_budget={"rows": [8, 16, 32]}, damping=0.0, dtype="float64")
+    selection = make_detector(spec).fit(X, y, replace(context, model=None, make_model=factory)).to_selection()
+    assert len(built) == 1 and selection.info["auto_budget"]["k"] == [0, 8, 16, 32]
