@@ -47,6 +47,11 @@ def plain_reason(detector: str, technical: str, label: str, suggested: str | Non
     if detector == "influence_relabel":
         return (f"Changing its label from “{label}” to “{suggested}” is predicted to lower {_objective(technical)}."
                 if suggested is not None else f"A different label is predicted to lower {_objective(technical)}.")
+    if detector == "label_noise":   # the reason names the detector it chose: loo_loss or harmful
+        if "leave-one-out loss" in technical:
+            return ("A model fitted without this row gives its label a high loss: likely a wrong label." + other)
+        return (f"Removing this row is predicted to lower {_objective(technical)}: the model is better off without it "
+                "(its label follows a pattern the clean validation rows do not share).")
     if detector == "self_influence":
         return ("The model leans unusually hard on this row to fit it (it is unlike the other rows of its class): "
                 "often a wrong label or an odd example." + other)

@@ -96,6 +96,15 @@ def test_every_registered_detector_has_plain_words():
                                       None)
 
 
+def test_label_noise_plain_words_follow_the_chosen_detector():
+    loo = plain_reason("label_noise", "leave-one-out loss of the given label 3.2 (top-k overlap with harmful 0.60 >= "
+                       "0.42)", "cat", "dog")
+    harm = plain_reason("label_noise", "removing the row is predicted to lower val_loss by 0.012 (top-k overlap with "
+                        "loo_loss 0.10 < 0.42)", "cat", "dog")
+    assert "wrong label" in loo and "“dog”" in loo
+    assert "the validation loss" in harm and "“dog”" not in harm
+
+
 def test_exported_csv_cells_cannot_run_as_formulas(tmp_path):
     f = pd.DataFrame({"row_id": [1, 2, 3, 4, 5, 6], "score": [-0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
                       "label": ["=1+1", "+A1", "-2", "@SUM(A1)", "\tx", "'quoted"],
