@@ -72,8 +72,8 @@ class LabelNoiseDetector(_InfluenceDetectorBase):
     @model_validator(mode="after")
     def _fixed_budget(self) -> "LabelNoiseDetector":
         if self.auto_budget is not None:
-            raise ValueError("label_noise chooses between two detectors at a fixed budget; set max_flagged or "
-                             "fraction instead of auto")
+            raise ValueError("max_flagged: label_noise chooses between two detectors at a fixed budget; set "
+                             "max_flagged or fraction instead of auto (or auto_budget)")
         return self
 
 

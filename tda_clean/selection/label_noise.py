@@ -17,10 +17,13 @@ first-order change of the validation loss per removed row (negative = lower loss
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from tda_clean.config import HarmfulDetector, LabelNoiseDetector, SelfInfluenceDetector
-from tda_clean.selection.base import register_selector, top_k_mask
+from tda_clean.errors import InputError
+from tda_clean.selection.base import register_selector, top_k_mask, trained_model
 from tda_clean.selection.influence_detectors import HarmfulSelector, SelfInfluenceSelector, _InfluenceSelector
 
 CANDIDATES = ("loo_loss", "harmful")
@@ -53,6 +56,10 @@ class LabelNoiseSelector(_InfluenceSelector):
     spec_type = LabelNoiseDetector
 
     def fit(self, X: np.ndarray, y: np.ndarray, context) -> "LabelNoiseSelector":
+        if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
+            raise InputError("detector.kind=label_noise: needs a validation split (X_val, y_val) for its harmful "
+                             "scores")
+        context = replace(context, model=trained_model(X, y, context, self.name))  # one model for both detectors
         shared = self.spec.model_dump(include=set(SelfInfluenceDetector.model_fields) - {"kind", "score"})
         loo = SelfInfluenceSelector(SelfInfluenceDetector(**shared, score="loo_loss")).fit(X, y, context)
         harm = HarmfulSelector(HarmfulDetector(**shared, objective="val_loss")).fit(X, y, context)

@@ -2,6 +2,8 @@
 flip (digits, logistic regression), and its selection is exactly the chosen detector's."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -61,8 +63,44 @@ def test_choose_and_agreement():
     assert list(top_rows(np.array([0.5, -1.0, 2.0, 0.0]), 3, True)) == [2, 0]
 
 
-def test_automatic_budget_is_refused():
+@pytest.mark.parametrize("budget", [{"max_flagged": "auto"}, {"auto_budget": {}}])
+def test_automatic_budget_is_refused(budget):
     from tda_clean.errors import InputError
 
-    with pytest.raises(InputError, match="label_noise chooses between two detectors"):
-        parse_config({"data": {"kind": "digits"}, "detector": {"kind": "label_noise", "max_flagged": "auto"}})
+    with pytest.raises(InputError, match="detector.max_flagged: label_noise chooses between two detectors"):
+        parse_config({"data": {"kind": "digits"}, "detector": {"kind": "label_noise", **budget}})
+
+
+def _blobs_context(built: list, **extra) -> tuple[np.ndarray, np.ndarray, FitContext]:
+    from tda_clean.config import LogisticConfig, TrainConfig
+    from tests.unit_helpers import blobs
+
+    X, y, _, _ = blobs(120, seed=3, n_flip=6)
+    Xv, yv, _, _ = blobs(60, seed=4, n_flip=0)
+
+    def factory(seed: int):
+        built.append(seed)
+        return build_model(LogisticConfig(), (2,), 2, seed)
+
+    train = TrainConfig(optimizer="lbfgs", l2=1e-2, epochs=20, device="cpu", dtype="float64")
+    return X, y, FitContext(seed=0, make_model=factory, train_config=train, X_val=Xv, y_val=yv, n_classes=2,
+                            **extra)
+
+
+def test_factory_only_context_trains_one_model_for_both_detectors():
+    built: list = []
+    X, y, context = _blobs_context(built)
+    det = make_detector(LabelNoiseDetector(max_flagged=6, damping=0.0)).fit(X, y, context)
+    assert built == [0] and det.info_["chosen"] in ("loo_loss", "harmful")
+
+
+@pytest.mark.parametrize("X_val", [None, np.zeros((0, 2))])
+def test_no_validation_split_is_refused_before_any_work(X_val):
+    from tda_clean.errors import InputError
+
+    built: list = []
+    X, y, context = _blobs_context(built)
+    context = replace(context, X_val=X_val, y_val=None if X_val is None else np.zeros(0, int))
+    with pytest.raises(InputError, match="detector.kind=label_noise: needs a validation split"):
+        make_detector(LabelNoiseDetector(max_flagged=6)).fit(X, y, context)
+    assert built == []                  # refused before a model was trained or a detector fitted
