@@ -26,8 +26,8 @@ from tests.unit_helpers import blobs, torch_single_thread
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
 TRAIN = TrainConfig(optimizer="lbfgs", l2=1e-2, epochs=30, device="cpu", dtype="float64")
-INFLUENCE_KINDS = ("self_influence", "harmful", "influence_relabel", "group_first_order", "group_second_order",
-                   "d3m", "influence_threshold", "delta_influence")
+INFLUENCE_KINDS = ("self_influence", "harmful", "influence_relabel", "label_noise", "group_first_order",
+                   "group_second_order", "d3m", "influence_threshold", "delta_influence")
 
 
 @pytest.fixture(scope="module")
