@@ -96,6 +96,18 @@ def _below_target(logits: torch.Tensor, labels: torch.Tensor, target: int, drop:
     return out
 
 
+def teacher_logits(teacher: nn.Module, Xt: torch.Tensor, draws: torch.Tensor,
+                   chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (u, k), where)``: ``teacher``'s logits on the ``u`` distinct rows of ``Xt`` that ``draws`` (any
+    shape) names, in batches of ``chunk``, and ``where`` (``draws``' shape) the position of each drawn row among
+    them -- ``logits[where]`` is the teacher on ``Xt[draws]``. Memory grows with the distinct rows (at most the
+    training set), not with the steps times the rows per step."""
+    rows, where = torch.unique(draws, return_inverse=True)
+    with torch.no_grad():
+        logits = torch.cat([teacher(Xt[rows[i:i + chunk]]) for i in range(0, len(rows), chunk)])
+    return logits, where
+
+
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     """Adam, the fused kernel where the device and dtype have one (the same update in fewer kernel calls)."""
     try:
@@ -149,10 +161,8 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     cap = cfg.counter_steps or step_cap(cfg.counter_budget, train_config.epochs, len(keep),
                                         bs + cfg.stamp + n_forget_step)
     draws = keep[torch.randint(0, len(keep), (cap, bs + cfg.stamp), generator=gen).to(device)]  # retained, stamped
-    if teacher is not None:                     # the before-model's logits on every drawn row, in a few batches
-        rows, where = torch.unique(draws, return_inverse=True)
-        with torch.no_grad():
-            teacher_draws = torch.cat([teacher(Xt[rows[i:i + 1024]]) for i in range(0, len(rows), 1024)])[where]
+    if teacher is not None:                     # the before-model's logits on every distinct drawn row
+        teacher_rows, where = teacher_logits(teacher, Xt, draws)
         w = torch.ones(bs + cfg.stamp + n_forget_step, device=device, dtype=dtype)
         w[:bs] = cfg.anchor_weight
     model.train()
@@ -164,7 +174,7 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         if teacher is None:                                     # cross-entropy on (corrected) labels
             loss = training_loss(model, xb, torch.cat([yt[idx], yt[sidx], y_forget[fsel]]), objective)
         else:                                                   # match the before-model's trigger-free logits
-            clean_out = teacher_draws[step]
+            clean_out = teacher_rows[where[step]]
             stamped_out = _below_target(clean_out[bs:], yt[sidx], target, cfg.target_drop)
             per_row = (model(xb) - torch.cat([clean_out[:bs], stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
             loss = (per_row * w).sum() / w.sum()

@@ -101,6 +101,21 @@ def test_step_cap_is_a_share_of_a_training_run():
     assert target_class(y, forget) == 0
 
 
+def test_teacher_logits_are_kept_per_distinct_row():
+    """Many steps over few rows: the teacher's logits are held once per distinct row (memory does not grow with the
+    steps), and indexing them by ``where`` gives the teacher on every drawn row."""
+    from tda_clean.actions.counterexample import teacher_logits
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.nn.Linear(3, 5).double()
+    Xt = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    draws = torch.randint(0, 10, (400, 6), generator=gen)
+    logits, where = teacher_logits(teacher, Xt, draws, chunk=4)
+    assert logits.shape == (len(torch.unique(draws)), 5) and where.shape == draws.shape
+    with torch.no_grad():
+        torch.testing.assert_close(logits[where], teacher(Xt[draws]))
+
+
 def test_target_drop_lowers_only_other_classes_target_logit():
     from tda_clean.actions.counterexample import _below_target
 
