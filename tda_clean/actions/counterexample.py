@@ -152,6 +152,11 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
     teacher = copy.deepcopy(model).eval() if cfg.counter_loss == "logits" else None   # frozen before-model
     head = last_linear(model)[1] if cfg.layers == "body" else None
     params = [p for p in model.parameters() if head is None or all(p is not q for q in head.parameters())]
+    if not params:
+        from tda_clean.errors import InputError
+
+        raise InputError("action.layers=body: the model has no trainable layer before its last linear layer "
+                         "(use layers: all)")
     lr = cfg.counter_lr or train_config.lr
     opt = _adam(params, lr)
     gen = torch.Generator().manual_seed(seed)

@@ -101,6 +101,18 @@ def test_step_cap_is_a_share_of_a_training_run():
     assert target_class(y, forget) == 0
 
 
+def test_body_of_a_model_without_one_is_refused():
+    from tda_clean.config import LogisticConfig
+    from tda_clean.errors import InputError
+
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y, forget = np.arange(40) % 2, np.arange(40) < 4
+    model = build_model(LogisticConfig(), (4,), 2, 0)
+    with pytest.raises(InputError, match="action.layers=body: the model has no trainable layer"):
+        unlearn(unlearn_spec(method="counterexample", counter_steps=2, layers="body"), model, X, y, forget,
+                TrainConfig(device="cpu"), 0)
+
+
 def test_teacher_logits_are_kept_per_distinct_row():
     """Many steps over few rows: the teacher's logits are held once per distinct row (memory does not grow with the
     steps), and indexing them by ``where`` gives the teacher on every drawn row."""
