@@ -1,7 +1,7 @@
 """Development replay of ``counterexample`` settings on cached models (issue 15 item 5): no retrain, no timing.
 
     python benchmarks/unlearn_counterexample_dev.py --dataset fashion --cases 0.01:10 0.05:10 0.005:11 \
-        --cache /tmp/ce_cache --variants "" "target_gap=10" "batch_size=16,stamp=8,counter_budget=0.025"
+        --cache /tmp/ce_cache --variants "" "target_drop=6" "batch_size=16,stamp=8,counter_budget=0.025"
     python benchmarks/unlearn_counterexample_dev.py --dataset fashion --cases 0.005:11 --cache /tmp/ce_cache \
         --repeat 6 --variants ""
 
