@@ -113,6 +113,24 @@ def test_body_of_a_model_without_one_is_refused():
                 TrainConfig(device="cpu"), 0)
 
 
+@pytest.mark.parametrize("stamp", [0, 8])
+@pytest.mark.parametrize("loss", ["logits", "labels"])
+def test_no_stamping_and_a_forget_set_smaller_than_stamp(stamp, loss):
+    """``stamp: 0`` (no stamped rows; up to ``batch_size`` forget rows a step) and 3 forget rows under ``stamp: 8``:
+    the batch, the targets and the weights line up and the steps run."""
+    from tda_clean.config import MLPConfig
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)).astype(np.float32), np.arange(60) % 3
+    forget = np.arange(60) < 3
+    model = build_model(MLPConfig(hidden=(8,)), (4,), 3, 0)
+    trigger = (np.array([True, False, False, False]), np.array([5.0, 0, 0, 0]))
+    out, info = unlearn(unlearn_spec(method="counterexample", counter_steps=3, stamp=stamp, counter_loss=loss), model,
+                        X, y, forget, TrainConfig(device="cpu"), 0, trigger=trigger)
+    assert info["steps"] == 3 and info["stamp"] == stamp
+    assert all(torch.isfinite(p).all() for p in out.parameters())
+
+
 def test_teacher_logits_are_kept_per_distinct_row():
     """Many steps over few rows: the teacher's logits are held once per distinct row (memory does not grow with the
     steps), and indexing them by ``where`` gives the teacher on every drawn row."""
