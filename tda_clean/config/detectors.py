@@ -64,17 +64,11 @@ class LabelNoiseDetector(_InfluenceDetectorBase):
     by how much their top-k sets agree (``tda_clean.selection.label_noise``): the Jaccard overlap of the budget's
     top rows of both is at least ``min_agreement`` -> ``loo_loss`` (the flips are improbable rows, as under uniform
     noise), else ``harmful`` (the clean validation rows point at other rows than self-confidence does: a flip the
-    model has learned as a pattern). The budget is fixed (``max_flagged`` / ``fraction``): the choice depends on it."""
+    model has learned as a pattern). With ``max_flagged: auto`` the overlap is taken at the budget ``loo_loss``'s
+    automatic budget chooses (0 rows: no overlap) and the chosen detector's own automatic budget gives k."""
 
     kind: Literal["label_noise"] = "label_noise"
     min_agreement: float = Field(default=0.42, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _fixed_budget(self) -> "LabelNoiseDetector":
-        if self.auto_budget is not None:
-            raise ValueError("max_flagged: label_noise chooses between two detectors at a fixed budget; set "
-                             "max_flagged or fraction instead of auto (or auto_budget)")
-        return self
 
 
 class InfluenceRelabelDetector(_InfluenceDetectorBase):

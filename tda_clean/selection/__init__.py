@@ -9,8 +9,9 @@ from tda_clean.selection.base import DETECTORS, BaseSelector, FitContext, NotFit
 
 def make_detector(cfg) -> BaseSelector:
     """Build the detector registered under ``cfg.kind``; with ``auto_budget`` set, wrapped in
-    :class:`~tda_clean.selection.budget_curve.AutoBudgetSelector` (the budget chosen on the validation split)."""
-    if getattr(cfg, "auto_budget", None) is not None:
+    :class:`~tda_clean.selection.budget_curve.AutoBudgetSelector` (the budget chosen on the validation split), unless
+    the detector chooses its budget itself (``own_auto_budget``: ``label_noise``)."""
+    if getattr(cfg, "auto_budget", None) is not None and not getattr(DETECTORS[cfg.kind], "own_auto_budget", False):
         from tda_clean.selection.budget_curve import AutoBudgetSelector
 
         return AutoBudgetSelector(cfg)

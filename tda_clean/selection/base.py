@@ -223,6 +223,7 @@ def register_selector(kind: str, cls: type[BaseSelector]) -> type[BaseSelector]:
     takes a ``spec``, else field by field (all but ``kind``)."""
     whole = "spec" in inspect.signature(cls.__init__).parameters
     DETECTORS[kind] = lambda cfg: cls(cfg) if whole else cls(**cfg.model_dump(exclude={"kind", "auto_budget"}))
+    DETECTORS[kind].own_auto_budget = getattr(cls, "own_auto_budget", False)  # read by make_detector
     return cls
 
 

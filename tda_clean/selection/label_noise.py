@@ -9,11 +9,17 @@ top-k sets barely overlap. The selector fits both, measures the Jaccard overlap 
 budget k (``harmful``: only rows with a positive score) and keeps ``loo_loss`` when it is at least
 ``spec.min_agreement``, else ``harmful``.
 
+With ``max_flagged: auto`` (``spec.auto_budget``) the budget comes from
+:class:`~tda_clean.selection.budget_curve.AutoBudgetSelector`: ``loo_loss``'s automatic budget k_loo is the k of the
+overlap (``harmful`` ranked on the whole validation split; k_loo = 0 gives overlap 0, so ``harmful``), and the
+chosen detector's own automatic budget curve gives the flagged rows (``loo_loss``'s is the one already fitted).
+
 Fitted state: ``scores_`` (n,) of the chosen detector (higher = more suspicious), ``support_`` its top-k,
 ``suggested_labels_`` (n,) the trained model's argmax (for ``relabel``; ``harmful``'s rows are meant to be
 removed), ``loo_loss_`` and ``harmful_`` (n,) both detectors' scores, ``contributions_`` (n,) ``harmful``'s
 first-order change of the validation loss per removed row (negative = lower loss), and ``info_`` with
-``chosen``, ``agreement`` and ``budget``.
+``chosen``, ``agreement`` and ``budget`` (automatic budget: also ``agreement_budget`` = k_loo and the chosen
+detector's curve ``auto_budget``; ``curve_`` is that :class:`~tda_clean.selection.budget_curve.BudgetCurve`).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import numpy as np
 from tda_clean.config import HarmfulDetector, LabelNoiseDetector, SelfInfluenceDetector
 from tda_clean.errors import InputError
 from tda_clean.selection.base import register_selector, top_k_mask, trained_model
+from tda_clean.selection.budget_curve import AutoBudgetSelector, check_budget_curve
 from tda_clean.selection.influence_detectors import HarmfulSelector, SelfInfluenceSelector, _InfluenceSelector
 
 CANDIDATES = ("loo_loss", "harmful")
@@ -54,26 +61,35 @@ class LabelNoiseSelector(_InfluenceSelector):
 
     name = "label_noise"
     spec_type = LabelNoiseDetector
+    own_auto_budget = True  # make_detector does not wrap it in AutoBudgetSelector: it runs the curves itself
 
     def fit(self, X: np.ndarray, y: np.ndarray, context) -> "LabelNoiseSelector":
         if context.X_val is None or context.y_val is None or len(context.X_val) == 0:
             raise InputError("detector.kind=label_noise: needs a validation split (X_val, y_val) for its harmful "
                              "scores")
-        context = replace(context, model=trained_model(X, y, context, self.name))  # one model for both detectors
+        check_budget_curve(self.spec, len(y), len(context.y_val))  # an automatic budget's refusals, before any fit
+        context = replace(context, model=trained_model(X, y, context, self.name))  # one model for every fit
         shared = self.spec.model_dump(include=set(SelfInfluenceDetector.model_fields) - {"kind", "score"})
-        loo = SelfInfluenceSelector(SelfInfluenceDetector(**shared, score="loo_loss")).fit(X, y, context)
-        harm = HarmfulSelector(HarmfulDetector(**shared, objective="val_loss")).fit(X, y, context)
-        k = self.spec.budget.rows(len(y))
+        loo_spec = SelfInfluenceDetector(**shared, score="loo_loss")
+        harm_spec = HarmfulDetector(**shared, objective="val_loss")
+        harm = HarmfulSelector(harm_spec.model_copy(update={"auto_budget": None})).fit(X, y, context)
+        auto = self.spec.auto_budget is not None
+        loo = (AutoBudgetSelector(loo_spec) if auto else SelfInfluenceSelector(loo_spec)).fit(X, y, context)
+        k = loo.curve_.chosen if auto else self.spec.budget.rows(len(y))
         overlap = agreement(top_rows(loo.scores_, k, False), top_rows(harm.scores_, k, True))
         chosen = choose(overlap, self.spec.min_agreement)
-        picked = loo if chosen == "loo_loss" else harm
+        picked = loo if chosen == "loo_loss" else (AutoBudgetSelector(harm_spec).fit(X, y, context) if auto else harm)
         self.loo_loss_, self.harmful_ = loo.scores_, harm.scores_
         self.contributions_ = harm.contributions_
-        self.suggested_labels_ = loo.suggested_labels_
+        self.suggested_labels_ = (loo.detector_ if auto else loo).suggested_labels_
         self.scores_ = picked.scores_
         self.support_ = top_k_mask(picked.scores_, int(picked.support_.sum()))
         self.threshold_ = float("nan")
-        self.info_ = {**picked.info_, "chosen": chosen, "agreement": overlap, "min_agreement": self.spec.min_agreement}
+        info = (picked.detector_ if auto else picked).info_
+        self.info_ = {**info, "chosen": chosen, "agreement": overlap, "min_agreement": self.spec.min_agreement}
+        if auto:
+            self.curve_ = picked.curve_
+            self.info_["agreement_budget"] = int(k)
         return self
 
     def reason(self, i: int) -> str:

@@ -64,11 +64,37 @@ def test_choose_and_agreement():
 
 
 @pytest.mark.parametrize("budget", [{"max_flagged": "auto"}, {"auto_budget": {}}])
-def test_automatic_budget_is_refused(budget):
-    from tda_clean.errors import InputError
+def test_automatic_budget_is_accepted_and_not_wrapped(budget):
+    from tda_clean.selection.label_noise import LabelNoiseSelector
 
-    with pytest.raises(InputError, match="detector.max_flagged: label_noise chooses between two detectors"):
-        parse_config({"data": {"kind": "digits"}, "detector": {"kind": "label_noise", **budget}})
+    cfg = parse_config({"data": {"kind": "digits"}, "detector": {"kind": "label_noise", **budget}})
+    assert cfg.detector.auto_budget is not None and cfg.detector.max_flagged is None
+    assert type(make_detector(cfg.detector)) is LabelNoiseSelector   # it runs the budget curves itself
+
+
+@pytest.mark.parametrize("scenario, expected", [("uniform", "loo_loss"), ("class", "harmful")])
+def test_automatic_budget_decides_at_loo_loss_budget_and_takes_the_chosen_curve(scenario, expected):
+    """The overlap is taken at loo_loss's automatic k (harmful ranked on the whole validation split); the flagged
+    rows are exactly the chosen detector's own automatic-budget selection."""
+    X, y, truth, context = _digits(scenario)
+    det = make_detector(LabelNoiseDetector(max_flagged="auto", damping=0.0)).fit(X, y, context)
+    loo = make_detector(SelfInfluenceDetector(max_flagged="auto", damping=0.0, score="loo_loss")).fit(X, y, context)
+    harm = make_detector(HarmfulDetector(max_flagged=10, damping=0.0)).fit(X, y, context)   # whole validation split
+    k = loo.curve_.chosen
+    assert det.info_["agreement_budget"] == k > 0
+    assert det.info_["agreement"] == pytest.approx(agreement(top_rows(loo.scores_, k, False),
+                                                             top_rows(harm.scores_, k, True)))
+    assert det.info_["chosen"] == expected
+    picked = loo if expected == "loo_loss" else make_detector(HarmfulDetector(max_flagged="auto", damping=0.0)).fit(
+        X, y, context)
+    assert list(det.get_support(indices=True)) == list(picked.get_support(indices=True))
+    assert det.curve_.to_dict() == det.info_["auto_budget"] == picked.curve_.to_dict()   # NaN-free form
+    assert det.info_["budget"] == det.curve_.chosen == det.get_support().sum()
+    if expected == "loo_loss":          # uniform flips: a budget near the flips, mostly flips
+        assert 0.5 * truth.sum() <= k <= 2 * truth.sum() and truth[det.get_support()].mean() > 0.5
+    selection = det.to_selection()
+    assert selection.detector == "label_noise" and selection.info["chosen"] == expected
+    assert selection.info["auto_budget"]["chosen"] == selection.n_flagged
 
 
 def _blobs_context(built: list, **extra) -> tuple[np.ndarray, np.ndarray, FitContext]:
@@ -92,6 +118,24 @@ def test_factory_only_context_trains_one_model_for_both_detectors():
     X, y, context = _blobs_context(built)
     det = make_detector(LabelNoiseDetector(max_flagged=6, damping=0.0)).fit(X, y, context)
     assert built == [0] and det.info_["chosen"] in ("loo_loss", "harmful")
+
+
+def test_factory_only_context_trains_the_model_once_with_the_automatic_budget():
+    """Both detectors, both budget curves and their refits start from one trained model."""
+    built: list = []
+    X, y, context = _blobs_context(built)
+    det = make_detector(LabelNoiseDetector(auto_budget={"rows": [3, 6, 12]}, damping=0.0)).fit(X, y, context)
+    assert built == [0] and det.info_["auto_budget"]["k"] == [0, 3, 6, 12]
+
+
+def test_automatic_budget_without_a_valid_candidate_is_refused_before_any_work():
+    from tda_clean.errors import InputError
+
+    built: list = []
+    X, y, context = _blobs_context(built)
+    with pytest.raises(InputError, match="detector.auto_budget.rows: no candidate budget"):
+        make_detector(LabelNoiseDetector(auto_budget={"rows": [500]})).fit(X, y, context)
+    assert built == []
 
 
 @pytest.mark.parametrize("X_val", [None, np.zeros((0, 2))])
