@@ -77,6 +77,7 @@ def test_automatic_budget_decides_at_loo_loss_budget_and_takes_the_chosen_curve(
     """The overlap is taken at loo_loss's automatic k (harmful ranked on the whole validation split); the flagged
     rows are exactly the chosen detector's own automatic-budget selection."""
     X, y, truth, context = _digits(scenario)
+    context = replace(context, action="relabel")   # loo_loss's curve relabels, harmful's removes (no suggestion)
     det = make_detector(LabelNoiseDetector(max_flagged="auto", damping=0.0)).fit(X, y, context)
     loo = make_detector(SelfInfluenceDetector(max_flagged="auto", damping=0.0, score="loo_loss")).fit(X, y, context)
     harm = make_detector(HarmfulDetector(max_flagged=10, damping=0.0)).fit(X, y, context)   # whole validation split
@@ -90,6 +91,7 @@ def test_automatic_budget_decides_at_loo_loss_budget_and_takes_the_chosen_curve(
     assert list(det.get_support(indices=True)) == list(picked.get_support(indices=True))
     assert det.curve_.to_dict() == det.info_["auto_budget"] == picked.curve_.to_dict()   # NaN-free form
     assert det.info_["budget"] == det.curve_.chosen == det.get_support().sum()
+    assert det.curve_.action == ("relabel" if expected == "loo_loss" else "remove")
     if expected == "loo_loss":          # uniform flips: a budget near the flips, mostly flips
         assert 0.5 * truth.sum() <= k <= 2 * truth.sum() and truth[det.get_support()].mean() > 0.5
     selection = det.to_selection()
