@@ -3,6 +3,7 @@
     python benchmarks/label_noise_grid.py --datasets digits --seeds 0 --out benchmarks/results/label_noise_grid.jsonl
     python benchmarks/label_noise_grid.py --datasets adult --seeds 0 --auto-budget   # + max_flagged: auto rows
     python benchmarks/label_noise_grid.py --summarize benchmarks/results/label_noise_grid.jsonl
+    python benchmarks/label_noise_grid.py --datasets digits --seeds 0 --auto-budget --only label_noise  # its auto rows
 
 Per setting (data set, flip scenario, seed): one before-model, cleanlab (5-fold out-of-sample probabilities) and
 every influence detector fitted ONCE on the same data and model; each detector's ranking is then cut at two
@@ -123,6 +124,9 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
                          y_val=bundle.val.y, groups_val=bundle.val.groups, n_classes=train.n_classes)
     base = {"dataset": dataset, "scenario": scenario, "seed": seed, "n_train": len(y), "n_flipped": int(truth.sum()),
             "accuracy_before": before_metrics["accuracy"], "load": os.getloadavg()[0]}
+    if auto_budget and "label_noise" in only:  # the library's rule with max_flagged: auto, its rows only
+        return auto_label_noise(X, y, truth, replace(context, action="relabel"), DATASETS[dataset]["damping"],
+                                base, fit_eval, out)
     fitted = {}
     start = time.perf_counter()
     cl = make_detector(CleanlabDetector()).fit(X, y, context)
@@ -199,6 +203,28 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
             if name == "cleanlab" and budget == "k_cl":
                 continue  # cleanlab's own set is reported above
             act_eval(name, budget, order[:k], suggested, action, seconds)
+
+
+def auto_label_noise(X, y, truth, context, damping, base, fit_eval, out) -> None:
+    """``label_noise`` with ``max_flagged: auto`` (loo_loss's curve relabels, harmful's removes): one JSON row."""
+    start = time.perf_counter()
+    det = make_detector(LabelNoiseDetector(max_flagged="auto", damping=damping)).fit(X, y, context)
+    seconds, chosen, rows = time.perf_counter() - start, det.info_["chosen"], det.get_support(indices=True)
+    action = "relabel" if chosen == "loo_loss" else "remove"
+    keep = np.ones(len(y), dtype=bool)
+    keep[rows] = False
+    yt = y.copy()
+    yt[rows] = det.suggested_labels_[rows]
+    _, metrics = fit_eval(X, yt) if action == "relabel" else fit_eval(X[keep], y[keep])
+    p, r, f1 = prf(rows, truth)
+    row = {**base, "detector": f"label_noise ({chosen})", "action": action, "budget": "auto", "k": len(rows),
+           "n_flagged": int(len(rows)), "precision": p, "recall": r, "f1": f1, "accuracy_after": metrics["accuracy"],
+           "detect_s": seconds, "agreement": det.info_["agreement"], "agreement_budget": det.info_["agreement_budget"]}
+    out.write(json.dumps(row) + "\n")
+    out.flush()
+    print(f"{base['dataset']:8s} {base['scenario']:8s} s{base['seed']} label_noise auto: loo_loss k="
+          f"{row['agreement_budget']} Jaccard {row['agreement']:.3f} -> {chosen} k={len(rows)} F1={f1:.3f} "
+          f"acc {base['accuracy_before']:.4f}->{metrics['accuracy']:.4f} ({seconds:.1f} s)", flush=True)
 
 
 def auto_budget_detectors(damping) -> list[tuple[str, object, str]]:
@@ -289,7 +315,7 @@ def summarize(paths: list[str]) -> str:
             lines.append(f"| {key[0]} | {key[1]} | {np.mean([r['accuracy_before'] for r in ref]):.4f} | "
                          + " | ".join(cells) + " |")
     if any(r["budget"] == "auto" for r in rows):
-        auto_names = ("cleanlab", "loo_loss", "harmful")
+        auto_names = ("cleanlab", "loo_loss", "harmful", "label_noise")
         lines += ["", "With the automatic budget (issue 15 item 2, defaults): k chosen / F1 / accuracy after, mean over "
                   "seeds", "", "| data | flip | flipped | " + " | ".join(auto_names) + " |",
                   "|---|---|---|" + "---|" * len(auto_names)]
@@ -316,7 +342,8 @@ def main() -> None:
     parser.add_argument("--auto-budget", action="store_true", help="also the automatic budget (issue 15 item 2)")
     parser.add_argument("--scores-only", default=None, help="folder: save the rankings, skip actions and retrains")
     parser.add_argument("--only", nargs="+", default=(), choices=("label_noise", "validated", "cleanlab"),
-                        help="act on these only (cleanlab = cleanlab and every single detector, and --auto-budget)")
+                        help="act on these only (cleanlab = cleanlab and every single detector, and --auto-budget; "
+                        "label_noise with --auto-budget: only label_noise with max_flagged: auto)")
     args = parser.parse_args()
     if args.summarize:
         summarize(args.summarize)
