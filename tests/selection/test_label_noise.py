@@ -58,7 +58,7 @@ def test_agreement_picks_the_detector_suited_to_the_flip(scenario, expected):
 
 def test_choose_and_agreement():
     assert agreement(np.array([1, 2, 3]), np.array([2, 3, 4])) == pytest.approx(0.5)
-    assert agreement(np.array([], dtype=int), np.array([], dtype=int)) == 0.0
+    assert agreement(np.array([], dtype=int), np.array([], dtype=int)) == 0.0   # an automatic budget of 0: harmful
     assert choose(0.5, 0.42) == "loo_loss" and choose(0.3, 0.42) == "harmful" and choose(0.42, 0.42) == "loo_loss"
     assert list(top_rows(np.array([0.5, -1.0, 2.0, 0.0]), 3, True)) == [2, 0]
 
