@@ -142,6 +142,10 @@ def format_table(report: dict[str, Any]) -> str:
     lines += ["", f"detector {sel['detector']}: flagged {sel['n_flagged']}{quality}", f"actions: {acts or 'none'}"]
     if "auto_budget" in sel:
         lines.insert(-1, f"automatic budget: {sel['auto_budget']['reason']}")
+    if "agreement" in sel:  # label_noise: which detector its rule chose, and why
+        at = f" at k = {sel['agreement_budget']}" if "agreement_budget" in sel else ""
+        lines.insert(-1, f"label-noise rule: {sel['chosen']} (top-k overlap {sel['agreement']:.2f}{at}; loo_loss from "
+                         f"{sel['min_agreement']:g})")
     if "gap_check" in sel:  # the group selectors' check of the validation gap
         lines.insert(-1, f"gap check: {sel['gap_check']['reason']}")
     gate = report["gate"]

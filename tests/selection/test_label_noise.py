@@ -150,3 +150,17 @@ def test_no_validation_split_is_refused_before_any_work(X_val):
     with pytest.raises(InputError, match="detector.kind=label_noise: needs a validation split"):
         make_detector(LabelNoiseDetector(max_flagged=6)).fit(X, y, context)
     assert built == []                  # refused before a model was trained or a detector fitted
+
+
+def test_the_printed_table_says_which_detector_the_rule_chose():
+    from tda_clean.cli import format_table
+
+    report = {"before": {"accuracy": 0.9}, "after": {"accuracy": 0.92}, "actions": {"relabel": 5}, "mlflow": {},
+              "run_dir": "r", "gate": {"passed": True, "reasons": []},
+              "selection": {"detector": "label_noise", "n_flagged": 5, "chosen": "loo_loss", "agreement": 0.58,
+                            "min_agreement": 0.42, "agreement_budget": 162}}
+    lines = format_table(report).splitlines()
+    assert "label-noise rule: loo_loss (top-k overlap 0.58 at k = 162; loo_loss from 0.42)" in lines
+    assert lines.index("detector label_noise: flagged 5") < lines.index("actions: relabel 5")
+    del report["selection"]["agreement_budget"]
+    assert "label-noise rule: loo_loss (top-k overlap 0.58; loo_loss from 0.42)" in format_table(report)
