@@ -15,6 +15,10 @@ automatic budget -- the agreement measured at ``loo_loss``'s automatic k (``harm
 validation split, as saved; k = 0 gives agreement 0), then the chosen detector's automatic-budget row.
 
     python benchmarks/label_noise_agreement.py /tmp/ln_scores --auto benchmarks/results/label_noise_grid_auto.jsonl
+
+``--statistic disagreement --threshold T`` (tried, not adopted; needs rankings saved with ``pred``, the trained
+model's argmax): instead of the Jaccard overlap, the share of ``harmful``'s top-k rows whose given label differs
+from the model's prediction (uniform flips are not fitted -> high share), ``loo_loss`` when it is at least T.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ def main() -> None:
     parser.add_argument("folder")
     parser.add_argument("--datasets", nargs="+", default=None)
     parser.add_argument("--min-agreement", type=float, default=None, help="default: the library's default")
+    parser.add_argument("--statistic", choices=("jaccard", "disagreement"), default="jaccard")
+    parser.add_argument("--threshold", type=float, default=None, help="--statistic disagreement: loo_loss if >=")
     parser.add_argument("--auto", default=None, help="jsonl with the automatic-budget rows: the rule with them")
     args = parser.parse_args()
     if args.auto:
@@ -60,13 +66,16 @@ def main() -> None:
             jac = agreement(loo, harm)
             kw = {} if args.min_agreement is None else {"min_agreement": args.min_agreement}
             chosen = choose(jac, **kw)
+            if args.statistic == "disagreement":  # the share of harmful's top-k the model does not fit
+                jac = float((z["pred"][harm] != z["y"][harm]).mean()) if len(harm) else 0.0
+                chosen = "loo_loss" if jac >= args.threshold else "harmful"
             row = {"cleanlab": f1(own if budget == "k_cl" else ranking(z["cleanlab"], False)[:k], truth),
                    "loo_loss": f1(loo, truth), "harmful": f1(harm, truth)}
             row["label_noise"] = row[chosen]
-            print(f"{dataset:8s} {flip:8s} s{seed} {budget:6s} k={k:5d} jaccard={jac:.3f} -> {chosen:8s} "
+            print(f"{dataset:8s} {flip:8s} s{seed} {budget:6s} k={k:5d} {args.statistic}={jac:.3f} -> {chosen:8s} "
                   + " ".join(f"{n}={v:.3f}" for n, v in row.items()))
             cells[(dataset, flip, budget)].append((jac, row))
-    print("\n| data | flip | budget | Jaccard (min–max) | cleanlab | loo_loss | harmful | label_noise | ≥ cleanlab |")
+    print(f"\n| data | flip | budget | {args.statistic} (min–max) | cleanlab | loo_loss | harmful | label_noise | ≥ cleanlab |")
     print("|---|---|---|---|---|---|---|---|---|")
     met = 0
     for (dataset, flip, budget), items in cells.items():
