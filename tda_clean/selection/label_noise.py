@@ -29,12 +29,9 @@ import numpy as np
 
 from tda_clean.config import HarmfulDetector, LabelNoiseDetector, SelfInfluenceDetector
 from tda_clean.errors import InputError
-from tda_clean.selection.base import register_selector, top_k_mask, trained_model
+from tda_clean.selection.base import register_selector, trained_model
 from tda_clean.selection.budget_curve import AutoBudgetSelector, check_budget_curve
 from tda_clean.selection.influence_detectors import HarmfulSelector, SelfInfluenceSelector, _InfluenceSelector
-
-CANDIDATES = ("loo_loss", "harmful")
-
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard overlap |a & b| / |a | b| of two sets of row positions (0 when both are empty)."""
@@ -48,11 +45,13 @@ def choose(overlap: float, min_agreement: float = LabelNoiseDetector().min_agree
     return "loo_loss" if overlap >= min_agreement else "harmful"
 
 
-def top_rows(scores: np.ndarray, k: int, positive_only: bool) -> np.ndarray:
-    """Positions of the ``k`` highest scores, highest first (ties by position); only positive ones if asked."""
-    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+def top_rows(scores: np.ndarray, k: int | None, positive_only: bool) -> np.ndarray:
+    """Positions of the ``k`` highest of ``scores`` (n,) (all when ``k`` is None), highest first, ties by position;
+    only positive scores when ``positive_only``."""
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="stable")
     if positive_only:
-        order = order[np.asarray(scores)[order] > 0]
+        order = order[scores[order] > 0]
     return order[:k]
 
 
@@ -83,7 +82,7 @@ class LabelNoiseSelector(_InfluenceSelector):
         self.contributions_ = harm.contributions_
         self.suggested_labels_ = (loo.detector_ if auto else loo).suggested_labels_
         self.scores_ = picked.scores_
-        self.support_ = top_k_mask(picked.scores_, int(picked.support_.sum()))
+        self.support_ = picked.support_.copy()
         self.threshold_ = float("nan")
         info = (picked.detector_ if auto else picked).info_
         self.info_ = {**info, "chosen": chosen, "agreement": overlap, "min_agreement": self.spec.min_agreement}

@@ -129,6 +129,7 @@ def test_no_stamping_and_a_forget_set_smaller_than_stamp(stamp, loss):
                         X, y, forget, TrainConfig(device="cpu"), 0, trigger=trigger)
     assert info["steps"] == 3 and info["stamp"] == stamp
     assert all(torch.isfinite(p).all() for p in out.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(out.parameters(), model.parameters()))  # the steps moved it
 
 
 def test_teacher_logits_are_kept_per_distinct_row():
