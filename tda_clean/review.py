@@ -94,7 +94,8 @@ def write_review(ctx: RunContext, bundle: DataBundle, selection: Selection,
     raw = raw_table(ctx.config.data) if bundle.train.X.ndim == 2 else None
     val_ids = {int(i) for cell in frame["most_influenced_val_rows"] for i, _ in influenced(cell)}
     val_positions = np.flatnonzero(np.isin(bundle.val.row_id, list(val_ids)))
-    meta = {"name": ctx.config.name, "action": resolve_action(ctx.config.action, selection).kind, "storage_key": str(ctx.path(PAGE)),
+    meta = {"name": ctx.config.name, "action": resolve_action(ctx.config.action, selection).kind,
+            "storage_key": str(ctx.path(PAGE)),
             "apply_command": f"tda-clean apply {ctx.run_dir} --approved approvals.csv"}
     page = render_page(frame, row_views(bundle.train, selection.indices, raw),
                        row_views(bundle.val, val_positions, raw), meta)

@@ -2,8 +2,8 @@
 
 Selectors follow scikit-learn conventions: ``__init__`` stores parameters only, ``fit(X, y, context=...)``
 returns ``self``, learned state ends in ``_`` (``scores_``, ``threshold_``, ``support_`` and optionally
-``suggested_labels_``, ``recommended_action_``), ``get_support(indices=False)`` returns the boolean mask (or indices, most suspicious
-first). ``to_selection()`` packs the fitted state into a :class:`Selection`, which is all that actions,
+``suggested_labels_``, ``recommended_action_``), ``get_support(indices=False)`` returns the boolean mask (or
+indices, most suspicious first). ``to_selection()`` packs the fitted state into a :class:`Selection`, which is all that actions,
 evaluation and logging ever see.
 
 Score convention: HIGHER score = MORE suspicious / more harmful. A row is flagged when ``score > threshold_``
@@ -42,7 +42,8 @@ class FitContext:
     ``X_val``/``y_val`` a clean validation split, ``groups_val`` its group columns (a DataFrame).
     ``map(fn, items)`` runs independent shards of work (``serial_map`` here; Prefect tasks on threads or Dask
     under the flow) and ``shard_rows`` sizes them; a detector's result must not depend on either.
-    ``action`` is the run's ``action.kind`` (the automatic budget refits as that action would change the data).
+    ``action`` is the run's ``action.kind`` (the automatic budget refits as that action would change the data;
+    ``recommended``: ``label_noise`` simulates the action it recommends for each detector's rows).
     """
 
     seed: int
@@ -110,8 +111,8 @@ class Selection:
         for name in ("suggested_labels", "suggested_weights", "contributions"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
-        meta = {"threshold": self.threshold, "detector": self.detector, "reasons": list(self.reasons), "info": self.info,
-                "recommended_action": self.recommended_action}
+        meta = {"threshold": self.threshold, "detector": self.detector, "reasons": list(self.reasons),
+                "info": self.info, "recommended_action": self.recommended_action}
         np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod

@@ -17,8 +17,9 @@ chosen detector's own automatic budget curve gives the flagged rows (``loo_loss`
 Fitted state: ``scores_`` (n,) of the chosen detector (higher = more suspicious), ``support_`` its top-k,
 ``suggested_labels_`` (n,) the trained model's argmax (for ``relabel``), ``recommended_action_`` what to do with the
 flagged rows (``relabel`` for ``loo_loss``'s, ``remove`` for ``harmful``'s; ``action.kind: recommended``, the
-default action of ``label_noise``, applies it), ``loo_loss_`` and ``harmful_`` (n,) both detectors' scores, ``contributions_`` (n,) ``harmful``'s
-first-order change of the validation loss per removed row (negative = lower loss), and ``info_`` with
+default action of ``label_noise``, applies it), ``loo_loss_`` and ``harmful_`` (n,) both detectors' scores,
+``contributions_`` (n,) ``harmful``'s first-order change of the validation loss per removed row (negative = lower
+loss), and ``info_`` with
 ``chosen``, ``agreement`` and ``budget`` (automatic budget: also ``agreement_budget`` = k_loo and the chosen
 detector's curve ``auto_budget``; ``curve_`` is that :class:`~tda_clean.selection.budget_curve.BudgetCurve`).
 """
