@@ -144,7 +144,7 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
     base = {"dataset": dataset, "scenario": scenario, "seed": seed, "n_train": len(y), "n_flipped": int(truth.sum()),
             "accuracy_before": before_metrics["accuracy"], "load": os.getloadavg()[0]}
     if auto_budget and "label_noise" in only:  # the library's rule with max_flagged: auto, its rows only
-        return auto_label_noise(X, y, truth, replace(context, action="relabel"), DATASETS[dataset]["damping"],
+        return auto_label_noise(X, y, truth, replace(context, action="recommended"), DATASETS[dataset]["damping"],
                                 base, fit_eval, out)
     fitted = {}
     start = time.perf_counter()
@@ -196,7 +196,7 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
         chosen = det.info_["chosen"]
         print(f"  label_noise at {budget}: {chosen} (Jaccard {det.info_['agreement']:.3f})", flush=True)
         act_eval(f"label_noise ({chosen})", budget, det.get_support(indices=True), det.suggested_labels_,
-                 "relabel" if chosen == "loo_loss" else "remove", time.perf_counter() - start)
+                 det.recommended_action_, time.perf_counter() - start)
     for budget, k in budgets.items():  # the evidence chosen on held-out validation rows, per budget
         if only and "validated" not in only:
             break
@@ -228,11 +228,12 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
 
 
 def auto_label_noise(X, y, truth, context, damping, base, fit_eval, out) -> None:
-    """``label_noise`` with ``max_flagged: auto`` (loo_loss's curve relabels, harmful's removes): one JSON row."""
+    """``label_noise`` with ``max_flagged: auto`` and the action it recommends (``action.kind: recommended``, its
+    default: loo_loss's rows relabelled, harmful's removed; each curve simulates that action): one JSON row."""
     start = time.perf_counter()
     det = make_detector(LabelNoiseDetector(max_flagged="auto", damping=damping)).fit(X, y, context)
     seconds, chosen, rows = time.perf_counter() - start, det.info_["chosen"], det.get_support(indices=True)
-    action = "relabel" if chosen == "loo_loss" else "remove"
+    action = det.recommended_action_
     keep = np.ones(len(y), dtype=bool)
     keep[rows] = False
     yt = y.copy()

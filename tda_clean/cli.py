@@ -148,6 +148,8 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{sel['min_agreement']:g})")
     if "gap_check" in sel:  # the group selectors' check of the validation gap
         lines.insert(-1, f"gap check: {sel['gap_check']['reason']}")
+    if (action := report.get("action") or {}).get("recommended"):  # a detector with a view on the action
+        lines.append(f"action: {action['kind']} ({action['reason']})")
     gate = report["gate"]
     if gate["passed"]:
         lines.append("gate: passed")

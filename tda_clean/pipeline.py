@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from tda_clean.actions import apply_action
+from tda_clean.actions import action_summary, apply_action
 from tda_clean.config import RunConfig
 from tda_clean.data import DataBundle, IndexedDataset, load_bundle
 from tda_clean.data.export import write_cleaned
@@ -172,6 +172,7 @@ def stage_report(ctx: RunContext, parts: dict[str, Any]) -> dict[str, Any]:
         # which groups (and labels) the flagged rows come from, and their share of the predicted change
         "selection_explanation": explain_selection(selection, groups, contributions, labels=bundle.train.y),
         "actions": parts.get("actions", {}),
+        "action": action_summary(ctx.config.action, selection),  # which action, and why (``recommended``)
         "gate": {"passed": passed, "reasons": reasons} if done else None,
         "review": parts.get("review"),
         "timings_s": dict(parts["timings_s"]),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tda_clean.actions import resolve_action
 from tda_clean.config.influence import ExactSettings, GradientSettings, InfluenceSpec
 from tda_clean.data.dataset import DataBundle
 from tda_clean.errors import InputError
@@ -33,7 +34,7 @@ _YES, _NO = {"yes", "y", "true", "1", "approve", "approved"}, {"no", "n", "false
 def candidates_frame(ctx: RunContext, bundle: DataBundle, selection: Selection, top_val: int = 3) -> pd.DataFrame:
     """One row per flagged training row, most suspicious first."""
     train, idx = bundle.train, selection.indices
-    action = ctx.config.action.kind
+    action = resolve_action(ctx.config.action, selection).kind  # ``recommended``: the detector's
     suggested, names = selection.suggested_labels, np.asarray(train.classes, dtype=object)  # labels as class names
     frame = pd.DataFrame({
         "row_id": train.row_id[idx], "rank": np.arange(len(idx)), "detector": selection.detector,
@@ -93,7 +94,8 @@ def write_review(ctx: RunContext, bundle: DataBundle, selection: Selection,
     raw = raw_table(ctx.config.data) if bundle.train.X.ndim == 2 else None
     val_ids = {int(i) for cell in frame["most_influenced_val_rows"] for i, _ in influenced(cell)}
     val_positions = np.flatnonzero(np.isin(bundle.val.row_id, list(val_ids)))
-    meta = {"name": ctx.config.name, "action": ctx.config.action.kind, "storage_key": str(ctx.path(PAGE)),
+    meta = {"name": ctx.config.name, "action": resolve_action(ctx.config.action, selection).kind,
+            "storage_key": str(ctx.path(PAGE)),
             "apply_command": f"tda-clean apply {ctx.run_dir} --approved approvals.csv"}
     page = render_page(frame, row_views(bundle.train, selection.indices, raw),
                        row_views(bundle.val, val_positions, raw), meta)

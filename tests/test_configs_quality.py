@@ -47,3 +47,16 @@ def test_digits_backdoor_delta_passes_its_release_gate(tmp_path):
     sel = report["selection"]
     assert sel["recall"] == 1.0 and sel["precision"] >= 0.9, sel
     assert report["after"]["attack_success_rate"] <= 0.02 and report["gate"]["passed"], report["gate"]
+
+
+def test_digits_label_noise_passes_its_release_gate(tmp_path):
+    """configs/digits_label_noise.yaml with the detector's defaults and the automatic budget: the rule picks
+    loo_loss on uniform flips, its rows are relabelled (the recommended action), the flips are mostly found and
+    the gate (no metric worse) releases the cleaned model."""
+    report = run_pipeline(load_config(CONFIGS / "digits_label_noise.yaml", ["tracking.enabled=false"]),
+                          tmp_path / "run")
+    sel, action = report["selection"], report["action"]
+    assert sel["chosen"] == "loo_loss" and action["kind"] == "relabel" and action["configured"] == "recommended"
+    assert report["actions"]["relabeled"] > 0 and report["actions"]["removed"] == 0
+    assert sel["precision"] >= 0.8 and sel["recall"] >= 0.8, sel
+    assert report["after"]["accuracy"] > report["before"]["accuracy"] and report["gate"]["passed"], report["gate"]

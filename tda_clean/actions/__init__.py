@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from tda_clean.config import UNLEARN_SPECS, NoAction, RelabelAction, RemoveAction, ReweightAction
+from tda_clean.config import UNLEARN_SPECS, NoAction, RecommendedAction, RelabelAction, RemoveAction, ReweightAction
 from tda_clean.data.dataset import IndexedDataset
 from tda_clean.errors import InputError
 from tda_clean.selection.base import Selection
@@ -95,6 +95,32 @@ ACTIONS: dict[type, Callable[..., ActionResult]] = {
 }
 
 
+def resolve_action(cfg, selection: Selection):
+    """The action spec applied to ``selection`` under ``cfg`` (the config's ``action``): ``recommended`` becomes the
+    detector's ``selection.recommended_action``; any other kind is applied as written."""
+    if not isinstance(cfg, RecommendedAction):
+        return cfg
+    specs = {"relabel": RelabelAction(), "remove": RemoveAction()}
+    if selection.recommended_action not in specs:
+        raise InputError(f"action.kind=recommended: detector {selection.detector!r} recommends no action "
+                         "(use action.kind=remove or relabel)")
+    return specs[selection.recommended_action]
+
+
+def action_summary(cfg, selection: Selection) -> dict[str, str | None]:
+    """Which action the run applies to ``selection`` and why: ``kind`` (applied), ``configured`` (``action.kind``),
+    ``recommended`` (the detector's, or None) and ``reason`` (one sentence)."""
+    applied, recommended = resolve_action(cfg, selection).kind, selection.recommended_action
+    rows = f" for {selection.info['chosen']}'s rows" if "chosen" in selection.info else ""
+    if isinstance(cfg, RecommendedAction):
+        reason = f"recommended by {selection.detector}{rows}"
+    elif recommended is not None and recommended != applied:
+        reason = f"as configured in action.kind; {selection.detector} recommends {recommended}{rows}"
+    else:
+        reason = "as configured in action.kind"
+    return {"kind": applied, "configured": cfg.kind, "recommended": recommended, "reason": reason}
+
+
 def reject_rows(train: IndexedDataset, selection: Selection, rejected: np.ndarray) -> pd.DataFrame:
     """Audit rows (action ``keep``) for candidates a reviewer rejected: recorded, not changed."""
     audit = _audit(train, selection, rejected, "keep")
@@ -103,7 +129,9 @@ def reject_rows(train: IndexedDataset, selection: Selection, rejected: np.ndarra
 
 
 def apply_action(train: IndexedDataset, selection: Selection, cfg) -> ActionResult:
-    """Apply the configured action; ``train`` is not modified. Counts always carry all four keys."""
+    """Apply the configured action (``recommended``: the detector's, :func:`resolve_action`); ``train`` is not
+    modified. Counts always carry all four keys."""
+    cfg = resolve_action(cfg, selection)
     result = ACTIONS[type(cfg)](train, selection, cfg)
     counts = {"removed": 0, "relabeled": 0, "reweighted": 0, "unlearned": 0, **result.counts}
     return replace(result, counts=counts)

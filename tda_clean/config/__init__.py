@@ -22,7 +22,8 @@ from pydantic import (
 
 from tda_clean.config.actions import (  # noqa: F401  (re-exported)
     UNLEARN_SPECS, Action, AscentUnlearn, CounterexampleUnlearn, FinetuneUnlearn, NewtonUnlearn, NoAction,
-    RelabelAction, RemoveAction, RetrainUnlearn, ReweightAction, UnlearnAction, UnlearnSpec, unlearn_spec,
+    RecommendedAction, RelabelAction, RemoveAction, RetrainUnlearn, ReweightAction, UnlearnAction, UnlearnSpec,
+    unlearn_spec,
 )
 from tda_clean.config.base import KEYED_ERROR, _Frozen
 from tda_clean.config.data import (  # noqa: F401  (re-exported)
@@ -43,6 +44,9 @@ from tda_clean.config.scenarios import (  # noqa: F401  (re-exported)
 )
 from tda_clean.errors import InputError, one_line
 
+#: Detector configs whose selection recommends an action (``Selection.recommended_action``; ``action.kind:
+#: recommended``, their default action).
+RECOMMENDING = (LabelNoiseDetector,)
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; more (or more nodes once aliases expand) is refused
 MAX_CONFIG_NODES = 100_000
 
@@ -217,6 +221,18 @@ class RunConfig(_Frozen):
             object.__setattr__(self, "train", train)
         return self
 
+    @model_validator(mode="after")
+    def _action_follows_detector(self) -> "RunConfig":
+        """A detector that recommends an action (``label_noise``) with no ``action`` written gets
+        ``recommended``; ``recommended`` with any other detector is refused. An explicit action is kept."""
+        recommends = isinstance(self.detector, RECOMMENDING)
+        if recommends and "action" not in self.model_fields_set:
+            object.__setattr__(self, "action", RecommendedAction())
+        elif isinstance(self.action, RecommendedAction) and not recommends:
+            raise ValueError(f"action.kind: 'recommended' follows the detector's recommendation; detector.kind="
+                             f"{self.detector.kind} makes none (use remove or relabel)")
+        return self
+
     def config_hash(self) -> str:
         """Stable 16-hex-digit hash of everything that changes results (tracking and runner excluded)."""
         payload = self.model_dump(mode="json", exclude={"tracking", "runner"})
@@ -338,7 +354,8 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
             node = None
     where = ".".join(keys) or "(top level)"
     message = err["msg"].removeprefix("Value error, ")
-    if err["type"] in ("value_error", KEYED_ERROR) and ": " in message and message.split(": ", 1)[0].isidentifier():
+    if (err["type"] in ("value_error", KEYED_ERROR) and ": " in message
+            and all(part.isidentifier() for part in message.split(": ", 1)[0].split("."))):
         key, message = message.split(": ", 1)  # a model validator naming its field: ``features: ...``
         where = f"{where}.{key}" if keys else key
     if err["type"] == "extra_forbidden":

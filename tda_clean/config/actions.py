@@ -31,6 +31,14 @@ class ReweightAction(_Frozen):
     weight: float = Field(default=0.5, ge=0, le=1)
 
 
+class RecommendedAction(_Frozen):
+    """The action the detector recommends for the rows it flags (``Selection.recommended_action``): ``label_noise``
+    relabels ``loo_loss``'s rows to the suggested label and removes ``harmful``'s. Only for a detector that
+    recommends one (``detector.kind: label_noise``, whose default action it is)."""
+
+    kind: Literal["recommended"] = "recommended"
+
+
 class NoAction(_Frozen):
     """Detect and evaluate only: the training set is left as it is."""
 
@@ -131,4 +139,5 @@ def unlearn_spec(**fields: Any) -> UnlearnSpec:
     return TypeAdapter(UnlearnAction).validate_python({"kind": "unlearn", **fields})
 
 
-Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, NoAction, UnlearnAction], Field(discriminator="kind")]
+Action = Annotated[Union[RemoveAction, RelabelAction, ReweightAction, RecommendedAction, NoAction, UnlearnAction],
+                   Field(discriminator="kind")]

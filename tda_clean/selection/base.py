@@ -2,8 +2,8 @@
 
 Selectors follow scikit-learn conventions: ``__init__`` stores parameters only, ``fit(X, y, context=...)``
 returns ``self``, learned state ends in ``_`` (``scores_``, ``threshold_``, ``support_`` and optionally
-``suggested_labels_``), ``get_support(indices=False)`` returns the boolean mask (or indices, most suspicious
-first). ``to_selection()`` packs the fitted state into a :class:`Selection`, which is all that actions,
+``suggested_labels_``, ``recommended_action_``), ``get_support(indices=False)`` returns the boolean mask (or
+indices, most suspicious first). ``to_selection()`` packs the fitted state into a :class:`Selection`, which is all that actions,
 evaluation and logging ever see.
 
 Score convention: HIGHER score = MORE suspicious / more harmful. A row is flagged when ``score > threshold_``
@@ -42,7 +42,8 @@ class FitContext:
     ``X_val``/``y_val`` a clean validation split, ``groups_val`` its group columns (a DataFrame).
     ``map(fn, items)`` runs independent shards of work (``serial_map`` here; Prefect tasks on threads or Dask
     under the flow) and ``shard_rows`` sizes them; a detector's result must not depend on either.
-    ``action`` is the run's ``action.kind`` (the automatic budget refits as that action would change the data).
+    ``action`` is the run's ``action.kind`` (the automatic budget refits as that action would change the data;
+    ``recommended``: ``label_noise`` simulates the action it recommends for each detector's rows).
     """
 
     seed: int
@@ -74,6 +75,8 @@ class Selection:
     contributions: (n,) float or None, each row's additive share of the predicted objective change when the
                  flagged rows are removed together (negative = decrease); set by the selectors whose
                  prediction is a sum over rows (``harmful``, the group selectors' scalar path).
+    recommended_action: ``"relabel"`` or ``"remove"``, what the detector recommends doing to its flagged rows
+                 (``action.kind: recommended`` applies it); None when it recommends nothing.
     """
 
     mask: np.ndarray
@@ -86,6 +89,7 @@ class Selection:
     info: dict[str, Any] = field(default_factory=dict)
     suggested_weights: np.ndarray | None = None
     contributions: np.ndarray | None = None
+    recommended_action: str | None = None
 
     @property
     def n_flagged(self) -> int:
@@ -107,7 +111,8 @@ class Selection:
         for name in ("suggested_labels", "suggested_weights", "contributions"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
-        meta = {"threshold": self.threshold, "detector": self.detector, "reasons": list(self.reasons), "info": self.info}
+        meta = {"threshold": self.threshold, "detector": self.detector, "reasons": list(self.reasons),
+                "info": self.info, "recommended_action": self.recommended_action}
         np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
@@ -122,7 +127,7 @@ class Selection:
                 suggested_labels=f["suggested_labels"] if "suggested_labels" in f.files else None,
                 suggested_weights=f["suggested_weights"] if "suggested_weights" in f.files else None,
                 contributions=f["contributions"] if "contributions" in f.files else None,
-                reasons=tuple(meta["reasons"]), info=meta["info"],
+                reasons=tuple(meta["reasons"]), info=meta["info"], recommended_action=meta.get("recommended_action"),
             )
 
 
@@ -192,6 +197,7 @@ class BaseSelector(BaseEstimator):
             suggested_labels=getattr(self, "suggested_labels_", None),
             suggested_weights=getattr(self, "suggested_weights_", None),
             contributions=getattr(self, "contributions_", None),
+            recommended_action=getattr(self, "recommended_action_", None),
             reasons=tuple(self.reason(int(i)) for i in order),
             info=dict(getattr(self, "info_", {})),
         )

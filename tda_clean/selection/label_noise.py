@@ -15,9 +15,11 @@ overlap (``harmful`` ranked on the whole validation split; k_loo = 0 gives overl
 chosen detector's own automatic budget curve gives the flagged rows (``loo_loss``'s is the one already fitted).
 
 Fitted state: ``scores_`` (n,) of the chosen detector (higher = more suspicious), ``support_`` its top-k,
-``suggested_labels_`` (n,) the trained model's argmax (for ``relabel``; ``harmful``'s rows are meant to be
-removed), ``loo_loss_`` and ``harmful_`` (n,) both detectors' scores, ``contributions_`` (n,) ``harmful``'s
-first-order change of the validation loss per removed row (negative = lower loss), and ``info_`` with
+``suggested_labels_`` (n,) the trained model's argmax (for ``relabel``), ``recommended_action_`` what to do with the
+flagged rows (``relabel`` for ``loo_loss``'s, ``remove`` for ``harmful``'s; ``action.kind: recommended``, the
+default action of ``label_noise``, applies it), ``loo_loss_`` and ``harmful_`` (n,) both detectors' scores,
+``contributions_`` (n,) ``harmful``'s first-order change of the validation loss per removed row (negative = lower
+loss), and ``info_`` with
 ``chosen``, ``agreement`` and ``budget`` (automatic budget: also ``agreement_budget`` = k_loo and the chosen
 detector's curve ``auto_budget``; ``curve_`` is that :class:`~tda_clean.selection.budget_curve.BudgetCurve`).
 """
@@ -43,6 +45,11 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 def choose(overlap: float, min_agreement: float = LabelNoiseDetector().min_agreement) -> str:
     """``loo_loss`` when the top-k sets agree at least ``min_agreement`` (Jaccard), else ``harmful``."""
     return "loo_loss" if overlap >= min_agreement else "harmful"
+
+
+#: What each detector's rows should get: relabelled to the model's label (not fitted: the given label is the
+#: outlier), or removed (``harmful``: the row's removal lowers the clean validation loss).
+ACTION = {"loo_loss": "relabel", "harmful": "remove"}
 
 
 def top_rows(scores: np.ndarray, k: int | None, positive_only: bool) -> np.ndarray:
@@ -71,13 +78,19 @@ class LabelNoiseSelector(_InfluenceSelector):
         shared = self.spec.model_dump(include=set(SelfInfluenceDetector.model_fields) - {"kind", "score"})
         loo_spec = SelfInfluenceDetector(**shared, score="loo_loss")
         harm_spec = HarmfulDetector(**shared, objective="val_loss")
+        # the budget curves simulate the action each detector's rows get: the configured one, or the recommended
+        recommended = context.action == "recommended"
+        loo_context = replace(context, action="relabel") if recommended else context
+        harm_context = replace(context, action="remove") if recommended else context
         harm = HarmfulSelector(harm_spec.model_copy(update={"auto_budget": None})).fit(X, y, context)
         auto = self.spec.auto_budget is not None
-        loo = (AutoBudgetSelector(loo_spec) if auto else SelfInfluenceSelector(loo_spec)).fit(X, y, context)
+        loo = (AutoBudgetSelector(loo_spec) if auto else SelfInfluenceSelector(loo_spec)).fit(X, y, loo_context)
         k = loo.curve_.chosen if auto else self.spec.budget.rows(len(y))
         overlap = agreement(top_rows(loo.scores_, k, False), top_rows(harm.scores_, k, True))
         chosen = choose(overlap, self.spec.min_agreement)
-        picked = loo if chosen == "loo_loss" else (AutoBudgetSelector(harm_spec).fit(X, y, context) if auto else harm)
+        picked = loo if chosen == "loo_loss" else (AutoBudgetSelector(harm_spec).fit(X, y, harm_context) if auto
+                                                   else harm)
+        self.recommended_action_ = ACTION[chosen]
         self.loo_loss_, self.harmful_ = loo.scores_, harm.scores_
         self.contributions_ = harm.contributions_
         self.suggested_labels_ = (loo.detector_ if auto else loo).suggested_labels_

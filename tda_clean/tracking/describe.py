@@ -69,7 +69,9 @@ def selection_line(report: Mapping[str, Any]) -> str:
     quality = (f" (precision {sel['precision']:.3f}, recall {sel['recall']:.3f} on {sel['n_true']} corrupted rows)"
                if "precision" in sel else "")
     acts = ", ".join(f"{k} {v}" for k, v in report.get("actions", {}).items() if v) or "none"
-    return f"`{sel['detector']}` flagged {sel['n_flagged']} training rows{quality}; actions: {acts}."
+    action = report.get("action") or {}
+    why = f" (`{action['kind']}`: {action['reason']})" if action.get("recommended") else ""
+    return f"`{sel['detector']}` flagged {sel['n_flagged']} training rows{quality}; actions: {acts}{why}."
 
 
 def model_line(name: str, version: str | None, alias: str | None) -> str:

@@ -58,7 +58,9 @@ LOCAL = ("--engine", "local", "--set", "tracking.enabled=false")
     (["seed=-1"], "seed: Input should be greater than or equal to 0"),
     (["data.features=[age, label]"], "data.features: 'label' is the label or id column"),
     (["scenario={kind: class_flip, source: 1, target: 0, rate: 1.0}"], "scenario.rate: Input should be less than 1"),
-], ids=["unclosed", "seed-2**70", "seed--1", "label-as-feature", "class-flip-rate-1"])
+    (["action.kind=recommended"], "action.kind: 'recommended' follows the detector's recommendation; "
+                                  "detector.kind=cleanlab makes none (use remove or relabel)"),
+], ids=["unclosed", "seed-2**70", "seed--1", "label-as-feature", "class-flip-rate-1", "recommended-no-recommender"])
 def test_validate_refuses_bad_values_naming_the_key(tmp_path, table, overrides, expected):
     path, csv = table
     args = [a for item in overrides for a in ("--set", item)]

@@ -52,6 +52,8 @@ def test_agreement_picks_the_detector_suited_to_the_flip(scenario, expected):
     assert truth[det.get_support()].sum() > truth[other.get_support()].sum()
     selection = det.to_selection()
     assert selection.detector == "label_noise" and selection.n_flagged <= k
+    # what to do with the rows follows the choice: relabel loo_loss's (misfit labels), remove harmful's
+    assert selection.recommended_action == ("relabel" if expected == "loo_loss" else "remove")
     wording = "leave-one-out loss" if expected == "loo_loss" else "lower val_loss"
     assert all(wording in reason for reason in selection.reasons)
 
@@ -77,9 +79,10 @@ def test_automatic_budget_decides_at_loo_loss_budget_and_takes_the_chosen_curve(
     """The overlap is taken at loo_loss's automatic k (harmful ranked on the whole validation split); the flagged
     rows are exactly the chosen detector's own automatic-budget selection."""
     X, y, truth, context = _digits(scenario)
-    context = replace(context, action="relabel")   # loo_loss's curve relabels, harmful's removes (no suggestion)
+    context = replace(context, action="recommended")   # label_noise's default: loo_loss relabels, harmful removes
     det = make_detector(LabelNoiseDetector(max_flagged="auto", damping=0.0)).fit(X, y, context)
-    loo = make_detector(SelfInfluenceDetector(max_flagged="auto", damping=0.0, score="loo_loss")).fit(X, y, context)
+    loo = make_detector(SelfInfluenceDetector(max_flagged="auto", damping=0.0, score="loo_loss")).fit(
+        X, y, replace(context, action="relabel"))
     harm = make_detector(HarmfulDetector(max_flagged=10, damping=0.0)).fit(X, y, context)   # whole validation split
     k = loo.curve_.chosen
     assert det.info_["agreement_budget"] == k > 0
@@ -87,11 +90,11 @@ def test_automatic_budget_decides_at_loo_loss_budget_and_takes_the_chosen_curve(
                                                              top_rows(harm.scores_, k, True)))
     assert det.info_["chosen"] == expected
     picked = loo if expected == "loo_loss" else make_detector(HarmfulDetector(max_flagged="auto", damping=0.0)).fit(
-        X, y, context)
+        X, y, replace(context, action="remove"))
     assert list(det.get_support(indices=True)) == list(picked.get_support(indices=True))
     assert det.curve_.to_dict() == det.info_["auto_budget"] == picked.curve_.to_dict()   # NaN-free form
     assert det.info_["budget"] == det.curve_.chosen == det.get_support().sum()
-    assert det.curve_.action == ("relabel" if expected == "loo_loss" else "remove")
+    assert det.curve_.action == det.recommended_action_ == ("relabel" if expected == "loo_loss" else "remove")
     if expected == "loo_loss":          # uniform flips: a budget near the flips, mostly flips
         assert 0.5 * truth.sum() <= k <= 2 * truth.sum() and truth[det.get_support()].mean() > 0.5
     selection = det.to_selection()
@@ -162,5 +165,11 @@ def test_the_printed_table_says_which_detector_the_rule_chose():
     lines = format_table(report).splitlines()
     assert "label-noise rule: loo_loss (top-k overlap 0.58 at k = 162; loo_loss from 0.42)" in lines
     assert lines.index("detector label_noise: flagged 5") < lines.index("actions: relabel 5")
+    assert not any(line.startswith("action:") for line in lines)   # no recommendation in the report: no line
+    report["action"] = {"kind": "remove", "configured": "remove", "recommended": "relabel",
+                        "reason": "as configured in action.kind; label_noise recommends relabel for loo_loss's rows"}
+    with_action = format_table(report).splitlines()
+    assert with_action[with_action.index("actions: relabel 5") + 1] == (
+        "action: remove (as configured in action.kind; label_noise recommends relabel for loo_loss's rows)")
     del report["selection"]["agreement_budget"]
     assert "label-noise rule: loo_loss (top-k overlap 0.58; loo_loss from 0.42)" in format_table(report)
