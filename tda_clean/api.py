@@ -97,8 +97,10 @@ def clean(train, *, val=None, test=None, label: str | None = None, groups=(), mo
 def _base(config) -> dict[str, Any]:
     if config is None:
         return {}
-    if isinstance(config, RunConfig):
-        return config.model_dump(mode="json", context={REVEAL_CREDENTIALS: True})
+    if isinstance(config, RunConfig):  # only the sections the user set: defaults that follow another section
+        # (label_noise's recommended action) are derived again after the overrides, not frozen as if written
+        return config.model_dump(mode="json", include=set(config.model_fields_set),
+                                 context={REVEAL_CREDENTIALS: True})
     if isinstance(config, (str, Path)):
         config = read_config_file(config)
     if not isinstance(config, Mapping):

@@ -35,6 +35,7 @@ from tda_clean.selection.base import register_selector, trained_model
 from tda_clean.selection.budget_curve import AutoBudgetSelector, check_budget_curve
 from tda_clean.selection.influence_detectors import HarmfulSelector, SelfInfluenceSelector, _InfluenceSelector
 
+
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard overlap |a & b| / |a | b| of two sets of row positions (0 when both are empty)."""
     sa, sb = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())

@@ -85,3 +85,18 @@ def test_recommended_with_a_detector_that_recommends_nothing_is_one_line_naming_
         parse_config({**BASE, "detector": {"kind": "harmful"}, "action": {"kind": "recommended"}}, source="c.yaml")
     assert str(info.value) == ("c.yaml: action.kind: 'recommended' follows the detector's recommendation; "
                                "detector.kind=harmful makes none (use remove or relabel)")
+
+
+def test_a_run_config_passed_whole_keeps_its_unset_action_derived():
+    """``tda_clean.clean(config=RunConfig, detector=...)`` dumps the RunConfig and merges the overrides: an action
+    the user never wrote must follow the new detector, one the user wrote must stay."""
+    from tda_clean.api import _base, _merge
+
+    unset = parse_config(BASE)                                           # cleanlab's default action: relabel
+    assert unset.action == RelabelAction()
+    raw = _merge(_base(unset), {"detector": {"kind": "label_noise"}})
+    assert parse_config(raw).action == RecommendedAction()
+    written = parse_config({**BASE, "action": {"kind": "relabel"}})
+    raw = _merge(_base(written), {"detector": {"kind": "label_noise"}})
+    assert parse_config(raw).action == RelabelAction()
+    assert parse_config(_base(written)) == written and parse_config(_base(unset)) == unset
