@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("folder")
     parser.add_argument("--datasets", nargs="+", default=None)
     parser.add_argument("--min-agreement", type=float, default=None, help="default: the library's default")
-    parser.add_argument("--statistic", choices=("jaccard", "disagreement"), default="jaccard")
+    parser.add_argument("--statistic", choices=("jaccard", "disagreement", "reliability"), default="jaccard")
     parser.add_argument("--threshold", type=float, default=None, help="--statistic disagreement: loo_loss if >=")
     parser.add_argument("--auto", default=None, help="jsonl with the automatic-budget rows: the rule with them")
     args = parser.parse_args()
@@ -65,6 +65,10 @@ def main() -> None:
             chosen = choose(jac, **kw)
             if args.statistic == "disagreement":  # the share of harmful's top-k the model does not fit
                 jac = float((z["pred"][harm] != z["y"][harm]).mean()) if len(harm) else 0.0
+                chosen = "loo_loss" if jac >= args.threshold else "harmful"
+            if args.statistic == "reliability":  # the overlap relative to harmful's own split-half overlap
+                halves = agreement(top_rows(z["harmful_a"], k, True), top_rows(z["harmful_b"], k, True))
+                jac = jac / max(halves, 1e-12)
                 chosen = "loo_loss" if jac >= args.threshold else "harmful"
             row = {"cleanlab": f1(own if budget == "k_cl" else top_rows(z["cleanlab"], k, False), truth),
                    "loo_loss": f1(loo, truth), "harmful": f1(harm, truth)}

@@ -166,6 +166,7 @@ def run_setting(dataset: str, scenario: str, seed: int, out, scores_dir: str | N
 
         np.savez(Path(scores_dir) / f"{dataset}-{scenario}-{seed}.npz", truth=truth, y=y, own=own,
                  pred=predict_proba(before, X).argmax(1),  # the trained model's prediction per row
+                 **halves_harmful(X, y, context, DATASETS[dataset]["damping"], seed),
                  **{name: np.asarray(v[0], dtype=float) for name, v in fitted.items()},
                  positive=np.array([name for name, v in fitted.items() if v[3]]))
         return
@@ -255,6 +256,19 @@ def auto_budget_detectors(damping) -> list[tuple[str, object, str]]:
     return [("cleanlab", CleanlabDetector(max_flagged="auto"), "relabel"),
             ("loo_loss", SelfInfluenceDetector(max_flagged="auto", damping=damping, score="loo_loss"), "relabel"),
             ("harmful", HarmfulDetector(max_flagged="auto", damping=damping), "remove")]
+
+
+def halves_harmful(X, y, context, damping, seed) -> dict[str, np.ndarray]:
+    """``harmful``'s scores (n,) with each half of the validation split (stratified, seeded) as its objective:
+    ``{"harmful_a", "harmful_b"}`` -- how far ``harmful``'s ranking is reproducible on this data."""
+    from sklearn.model_selection import train_test_split
+
+    Xv, yv = context.X_val, context.y_val
+    halves = train_test_split(np.arange(len(yv)), test_size=0.5, stratify=yv, random_state=seed)
+    spec = HarmfulDetector(max_flagged=10 ** 9, damping=damping)
+    return {f"harmful_{name}": np.asarray(make_detector(spec).fit(
+        X, y, replace(context, X_val=Xv[h], y_val=yv[h], groups_val=None)).scores_, dtype=float)
+        for name, h in zip("ab", halves)}
 
 
 def validated_choice(X, y, k, context, damping, fitted, fit_eval, seed) -> tuple[str, dict]:
