@@ -1,12 +1,17 @@
-"""Round-5 probes of ``counterexample`` (issue 15 item 5, development models only; not the library's code path).
+"""Round-5/6 probes of ``counterexample`` (issue 15 item 5, development models only; not the library's code path).
 
     python benchmarks/unlearn_counterexample_probes.py --dataset fashion --cases 0.005:11 0.01:10 0.05:10 \
         --seeds 100 101 102 103 104 --fracs 0.6 0.7 0.8 0.9 1.0 --cache /tmp/ce_cache --out probes.jsonl \
         --variants '{}' '{"head_frac":0.2,"head_anchor":"mixed"}' '{"head_frac":0.2,"head_anchor":"clean"}' '{"mix":0.5}'
     python benchmarks/unlearn_counterexample_probes.py --summarize probes.jsonl
 
-A copy of ``tda_clean.actions.counterexample``'s loop (same random draws: ``{}`` reproduces ``unlearn()`` with the
-defaults exactly, float32 CPU) with optional changes per variant (JSON): ``sp`` -- L2-SP, ``sp * |theta -
+A copy of ``tda_clean.actions.counterexample``'s loop (same random draws: ``{}`` reproduces ``unlearn()`` with
+``head_bias=none`` exactly, float32 CPU) with optional changes per variant (JSON): ``bias`` -- a list of head-bias
+recalibrations, each recorded (phase ``bias_<mode>``) on a copy of the after-model: ``held_all``/``held_target``
+(offsets of all classes / of the target only, on ``held_n`` retained rows the steps never drew, default 1000;
+``held_all`` with ``held_n`` = ``head_bias_rows`` is ``unlearn()``'s default), ``anchors_all``/``anchors_target``
+(on the distinct drawn rows), ``streamNN`` (the anchors of the last NN% of the steps with the outputs the steps
+computed before their update), ``ridge`` an L2 pull of the offsets; ``sp`` -- L2-SP, ``sp * |theta -
 theta_before|^2`` added to each step's loss; ``head_frac``/``head_anchor``/``head_lr`` -- the last ``head_frac`` of
 the steps train the last linear layer only at ``head_lr`` x the lr, on anchors only (``clean``) or on the full
 mixed batch (``mixed``); ``mix`` -- that share of each step's anchors replaced by mixups of two retained rows
@@ -28,6 +33,7 @@ from tda_clean.config import unlearn_spec
 from tda_clean.actions.counterexample import (estimate_trigger, _stamp, target_class, step_cap, _below_target,
                                               teacher_logits, _adam)
 from tda_clean.models.trainer import model_input
+from tda_clean.actions.head_bias import fit_offsets, mean_kl, add_to_head_bias
 
 def acc_of(model, X, y):
     with torch.no_grad():
@@ -84,6 +90,8 @@ def run(cfg, model_before, X, y, mask, train_config, seed, v, ev, fracs, Xval=No
     n_main = cap - n_head
     ext = v.get('extra', 0.0)   # extra steps of the main loop (fraction)
     checkpoints = sorted(set(int(round(f * n_main)) for f in fracs))
+    stream_fracs = [int(m[6:]) / 100 for m in v.get('bias', []) if m.startswith('stream')]
+    stream_last = int(round(max(stream_fracs, default=0) * n_main)); stream_out, stream_ref = [], []
     out = []
     def record(step, phase):
         model.eval()
@@ -103,7 +111,10 @@ def run(cfg, model_before, X, y, mask, train_config, seed, v, ev, fracs, Xval=No
         xb = torch.cat([xa, _stamp(Xt[sidx], tm, tv), Xt[forget[fsel]]])
         opt.zero_grad()
         stamped_out = _below_target(clean_out[bs:], yt[sidx], target, cfg.target_drop)
-        per_row = (model(xb) - torch.cat([anc, stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
+        out_b = model(xb)
+        if step >= n_main - stream_last:   # the anchors' outputs before this step's update (no extra forward)
+            stream_out.append(out_b[:bs].detach()); stream_ref.append(anc)
+        per_row = (out_b - torch.cat([anc, stamped_out, teacher_forget[fsel]])).pow(2).sum(1)
         loss = (per_row * w).sum() / w.sum()
         loss.backward()
         if sp:
@@ -113,6 +124,36 @@ def run(cfg, model_before, X, y, mask, train_config, seed, v, ev, fracs, Xval=No
         opt.step()
         if step + 1 in checkpoints:
             record(step + 1, 'main')
+    for mode in v.get('bias', []):   # head-bias recalibration, each mode on a copy of the after-model
+        model.eval()
+        if mode.startswith('stream'):   # 'streamNN': the anchors of the last NN% of the steps, outputs pre-update
+            nlast = int(round(int(mode[6:]) / 100 * n_main)) * bs
+            aft, ref = torch.cat(stream_out)[-nlast:], torch.cat(stream_ref)[-nlast:]
+            rows = torch.arange(len(aft))
+            delta = fit_offsets(aft, ref, ridge=v.get('ridge', 0.0))
+            saved = copy.deepcopy(model.state_dict()); add_to_head_bias(model, delta)
+            out.append({'step': cap, 'phase': 'bias_' + mode, **ev(model, tm, tv, target), 'kl0': mean_kl(aft, ref),
+                        'kl1': mean_kl(aft, ref, delta), 'delta_t': float(delta[target]), 'n_rows': len(rows)})
+            model.load_state_dict(saved); model.train()
+            continue
+        rows = torch.unique(draws); ref = teacher_rows   # default: the distinct drawn rows, trigger-free
+        if mode.startswith('held'):   # retained rows the steps never drew (none left: the drawn rows, as unlearn())
+            drawn = torch.zeros(len(Xt), dtype=torch.bool); drawn[draws.reshape(-1)] = True
+            pool = keep[~drawn[keep]]
+            if len(pool):
+                hg = torch.Generator().manual_seed(seed + 1)
+                rows = pool[torch.randperm(len(pool), generator=hg)[:v.get('held_n', 1000)]]
+                with torch.no_grad():
+                    ref = torch.cat([teacher(Xt[rows[i:i+1024]]) for i in range(0, len(rows), 1024)])
+        with torch.no_grad():
+            aft = torch.cat([model(Xt[rows[i:i+1024]]) for i in range(0, len(rows), 1024)])
+        delta = fit_offsets(aft, ref, [target] if mode.endswith('target') else None, ridge=v.get('ridge', 0.0))
+        saved = copy.deepcopy(model.state_dict())
+        add_to_head_bias(model, delta)
+        r = {'step': cap, 'phase': 'bias_' + mode, **ev(model, tm, tv, target), 'kl0': mean_kl(aft, ref),
+             'kl1': mean_kl(aft, ref, delta), 'delta_t': float(delta[target]), 'n_rows': len(rows)}
+        out.append(r)
+        model.load_state_dict(saved); model.train()
     if n_head:
         head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         hopt = torch.optim.Adam(head.parameters(), lr=lr * head_lr)

@@ -41,6 +41,10 @@ constant over the poisons and rare among clean rows there; the median and the sh
 forget set also holds clean rows (a detector's false positives), as long as poisons are most of it. A trigger spread
 over the whole input (blending) gives no such features -- the method is meant for patches.
 
+``head_bias`` (logits loss): after the steps, per-class offsets are added to the last linear layer's bias so
+that the model's softmax matches the before-model's on trigger-free retained rows (:func:`recalibrate_head`,
+``tda_clean.actions.head_bias``); ``held`` rows the steps never drew, ``drawn`` the rows they drew, ``none`` off.
+
 ``layers``: ``all`` parameters, or ``body`` (all but the last linear layer: the probes of issue 5 showed the
 backdoor lives in the body). ``model_before`` is never modified; every random draw takes ``seed``.
 """
@@ -186,6 +190,47 @@ def counterexample(cfg, model_before: nn.Module, X: np.ndarray, y: np.ndarray, m
         loss.backward()
         opt.step()
     model.eval()
+    info: dict[str, Any] = {}
+    if teacher is not None and cfg.head_bias in ("held", "drawn"):
+        after, ref = _offset_rows(model, teacher, Xt, keep, draws, teacher_rows, cfg.head_bias, cfg.head_bias_rows,
+                                  seed)
+        info = recalibrate_head(model, after, ref)
     changed = int((y_forget != yt[forget]).sum())
     return model, {"trigger_features": int(t_mask.sum()), "relabelled": changed, "steps": cap, "target_class": target,
-                   "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr, "loss": cfg.counter_loss}
+                   "stamp": cfg.stamp, "layers": cfg.layers, "lr": lr, "loss": cfg.counter_loss, **info}
+
+
+def recalibrate_head(model: nn.Module, after: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
+    """Add per-class offsets (k,) to ``model``'s last linear bias (in place), fitted so that ``softmax(after +
+    offsets)`` matches ``softmax(ref)`` (:func:`tda_clean.actions.head_bias.fit_offsets`);
+    ``after``, ``ref`` (m, k): the model's and the before-model's logits on the same trigger-free retained rows.
+    Returns the rows used, the mean KL before and after, and the offsets."""
+    from tda_clean.actions.head_bias import add_to_head_bias, fit_offsets, mean_kl
+
+    delta = fit_offsets(after, ref)
+    add_to_head_bias(model, delta)
+    return {"head_bias_rows": len(after), "head_bias_kl": (mean_kl(after, ref), mean_kl(after, ref, delta)),
+            "head_bias": [round(float(v), 4) for v in delta]}
+
+
+def _offset_rows(model: nn.Module, teacher: nn.Module, Xt: torch.Tensor, keep: torch.Tensor, draws: torch.Tensor,
+                 teacher_rows: torch.Tensor, rows_from: str, n_rows: int, seed: int,
+                 chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(after (m, k), ref (m, k))``: ``model``'s and ``teacher``'s logits on trigger-free retained rows --
+    ``held``: up to ``n_rows`` of the retained rows ``keep`` that ``draws`` never names, drawn with ``seed + 1``
+    (the drawn rows when every retained row was drawn); ``drawn``: the distinct rows of ``draws``, whose teacher
+    logits ``teacher_rows`` are already known (:func:`teacher_logits` order). Costs one or two forward passes."""
+    def forward(net: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([net(Xt[rows[i:i + chunk]]) for i in range(0, len(rows), chunk)])
+
+    rows, ref = torch.unique(draws), teacher_rows
+    if rows_from == "held":
+        drawn = torch.zeros(len(Xt), dtype=torch.bool, device=Xt.device)
+        drawn[draws.reshape(-1)] = True
+        pool = keep[~drawn[keep]]
+        if len(pool):
+            gen = torch.Generator().manual_seed(seed + 1)
+            rows = pool[torch.randperm(len(pool), generator=gen)[:n_rows].to(pool.device)]
+            ref = forward(teacher, rows)
+    return forward(model, rows), ref

@@ -103,7 +103,11 @@ class CounterexampleUnlearn(UnlearnSpec):
     corrected label, and ``stamp`` retained rows per step with the trigger stamped on, matched on ``counter_loss``
     (retained rows weighted ``anchor_weight``); at most ``counter_steps`` steps, or when unset a ``counter_budget``
     share of the rows a full training run processes; ``target_drop``: stamped rows of another class are taught
-    the before-model's trigger-free target logit lowered by that much."""
+    the before-model's trigger-free target logit lowered by that much; ``head_bias``: after the steps, per-class
+    offsets added to the last linear layer's bias so that the model's softmax matches the before-model's on
+    trigger-free retained rows (logits loss only; ``tda_clean.actions.head_bias``) -- ``held``: up to
+    ``head_bias_rows`` retained rows the steps never drew (two forward passes over them), ``drawn``: the rows the
+    steps drew (one forward pass), ``none``: off."""
 
     method: Literal["counterexample"] = "counterexample"
     batch_size: int | None = Field(default=None, ge=1)
@@ -115,6 +119,8 @@ class CounterexampleUnlearn(UnlearnSpec):
     layers: Literal["all", "body"] = "all"
     counter_loss: Literal["logits", "labels"] = "logits"
     target_drop: float | None = Field(default=4.0, ge=0)
+    head_bias: Literal["held", "drawn", "none"] = "held"
+    head_bias_rows: int = Field(default=256, ge=1)
 
 
 def _method(data: Any) -> str:

@@ -172,3 +172,41 @@ def test_the_step_cap_holds_and_runs_repeat(backdoored):
     assert info_a["steps"] == step_cap(spec.counter_budget, TRAIN.epochs, n_keep, per_step)
     b, _ = unlearn(unlearn_spec(method="counterexample"), *args, 0)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_offsets_undo_a_per_class_shift_and_lower_the_kl():
+    from tda_clean.actions.head_bias import fit_offsets, mean_kl
+
+    gen = torch.Generator().manual_seed(0)
+    before = 2 * torch.randn(300, 4, generator=gen, dtype=torch.float64)
+    shift = torch.tensor([1.5, -0.5, 0.0, 0.7], dtype=torch.float64)
+    delta = fit_offsets(before + shift, before)
+    torch.testing.assert_close(delta, -(shift - shift.mean()), atol=1e-6, rtol=0)   # the shift, up to a constant
+    after = before + shift + 0.3 * torch.randn(300, 4, generator=gen, dtype=torch.float64)
+    delta = fit_offsets(after, before)
+    assert mean_kl(after, before, delta) < mean_kl(after, before) and abs(float(delta.sum())) < 1e-9
+    shrunk = fit_offsets(after, before, ridge=0.1)                  # the ridge pulls the offsets towards 0
+    assert float(shrunk.norm()) < float(delta.norm()) and mean_kl(after, before, shrunk) < mean_kl(after, before)
+    only = fit_offsets(after, before, classes=[0])
+    assert torch.equal(only[1:], torch.zeros(3, dtype=torch.float64)) and float(only[0]) < 0   # class 0 was raised
+    assert mean_kl(after, before, only) < mean_kl(after, before)
+
+
+@pytest.mark.parametrize("rows_from", ["held", "drawn"])
+def test_head_bias_moves_only_the_last_bias_and_lowers_the_kl(backdoored, rows_from):
+    bundle, model = backdoored
+    args = (model, bundle.train.X, bundle.train.y, bundle.corrupted_mask, TRAIN, 0)
+    plain, _ = unlearn(unlearn_spec(method="counterexample", counter_steps=10, head_bias="none"), *args)
+    spec = unlearn_spec(method="counterexample", counter_steps=10, head_bias=rows_from, head_bias_rows=200)
+    out, info = unlearn(spec, *args)
+    again, _ = unlearn(spec, *args)
+    assert all(torch.equal(p, q) for p, q in zip(out.parameters(), again.parameters()))   # deterministic
+    names = [n for n, _ in out.named_parameters()]
+    moved = [n for (n, p), q in zip(out.named_parameters(), plain.parameters()) if not torch.equal(p, q)]
+    assert moved == [names[-1]] and names[-1].endswith("bias")      # the steps are the same; only the head's bias
+    kl_before, kl_after = info["head_bias_kl"]
+    assert kl_after < kl_before and len(info["head_bias"]) == bundle.train.n_classes
+    bs = min(16, TRAIN.batch_size)
+    expected = {"held": 200}                                          # drawn: the distinct drawn rows
+    assert info["head_bias_rows"] == expected.get(rows_from, info["head_bias_rows"])
+    assert 0 < info["head_bias_rows"] <= 10 * (bs + spec.stamp)

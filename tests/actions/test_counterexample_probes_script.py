@@ -35,18 +35,29 @@ def _backdoor(seed: int = 0):
     return X, y, mask, model
 
 
+def _weights(m, *_):
+    return {"w": [p.detach().clone() for p in m.parameters()]}
+
+
 def test_probe_loop_without_probes_is_unlearn():
     X, y, mask, model = _backdoor()
-    cfg = unlearn_spec(method="counterexample", counter_steps=20)
+    cfg = unlearn_spec(method="counterexample", counter_steps=20, head_bias="none")
     train = TrainConfig(optimizer="adam", lr=0.01, epochs=5, batch_size=16, device="cpu")
     ours, _ = unlearn(cfg, model, X, y, mask, train, 3)
     probes = _probes()
     for p, q in zip(ours.parameters(), model.parameters()):
         assert not torch.equal(p, q)                  # the method moved the weights
-    after = probes.run(cfg, model, X, y, mask, train, 3, {},
-                       lambda m, *_: {"w": [p.detach().clone() for p in m.parameters()]}, [1.0])[-1]["w"]
+    after = probes.run(cfg, model, X, y, mask, train, 3, {}, _weights, [1.0])[-1]["w"]
     for p, q in zip(ours.parameters(), after):
         assert torch.equal(p.detach(), q)
-    with_sp = probes.run(cfg, model, X, y, mask, train, 3, {"sp": 10.0},
-                         lambda m, *_: {"w": [p.detach().clone() for p in m.parameters()]}, [1.0])[-1]["w"]
+    # the default head-bias recalibration (held rows) is the probe's ``held_all`` on as many rows
+    default = unlearn_spec(method="counterexample", counter_steps=20)
+    recal, info = unlearn(default, model, X, y, mask, train, 3)
+    held = probes.run(default, model, X, y, mask, train, 3, {"bias": ["held_all"], "held_n": default.head_bias_rows},
+                      _weights, [1.0])
+    assert held[-1]["phase"] == "bias_held_all" and held[-1]["n_rows"] == info["head_bias_rows"]
+    for p, q in zip(recal.parameters(), held[-1]["w"]):
+        torch.testing.assert_close(p.detach(), q)
+    assert not torch.equal(list(recal.parameters())[-1], after[-1])   # the offsets moved the head's bias
+    with_sp = probes.run(cfg, model, X, y, mask, train, 3, {"sp": 10.0}, _weights, [1.0])[-1]["w"]
     assert any(not torch.equal(p, q) for p, q in zip(after, with_sp))
