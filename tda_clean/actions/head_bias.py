@@ -78,6 +78,6 @@ def add_to_head_bias(model: nn.Module, delta: torch.Tensor) -> None:
     _, head = last_linear(model)
     if head.bias is None or head.bias.shape != delta.shape:
         raise InputError(f"unlearn: head_bias needs a last linear layer with a bias of {delta.numel()} outputs "
-                         f"(set head_bias: false)")
+                         f"(set action.head_bias: none)")
     with torch.no_grad():
         head.bias.add_(delta.to(head.bias))
