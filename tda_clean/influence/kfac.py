@@ -129,6 +129,14 @@ def _in_basis(g: torch.Tensor, a: torch.Tensor, QS: torch.Tensor, QA: torch.Tens
     return QS.T @ torch.einsum("nto,nti->noi", g, a) @ QA
 
 
+def factor_eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eigenvalues (d,), eigenvectors (d, d))`` of the symmetric factor ``M`` (d, d), in ``M``'s dtype but
+    computed in float64: single-precision LAPACK returns NaN for some singular factors (a layer whose inputs
+    include units that never fire gives zero rows and columns), which would poison every score."""
+    vals, vecs = torch.linalg.eigh(M.double())
+    return vals.to(M.dtype), vecs.to(M.dtype)
+
+
 @register_solver("kfac", "ekfac")
 class KFACSolver(CurvatureSolver):
     """K-FAC / EK-FAC (``settings.kind``). After fit: ``eigenvalues_`` {layer: (out, inp)} of the CE part,
@@ -154,8 +162,8 @@ class KFACSolver(CurvatureSolver):
                 S[l.name] += torch.einsum("nto,ntq->oq", g, g)
         self.QA_, self.QS_, self.eigenvalues_ = {}, {}, {}
         for l in self.layers_:
-            la, qa = torch.linalg.eigh(A[l.name] / loss.n)
-            ls, qs = torch.linalg.eigh(S[l.name] / loss.n)
+            la, qa = factor_eigh(A[l.name] / loss.n)
+            ls, qs = factor_eigh(S[l.name] / loss.n)
             self.QA_[l.name], self.QS_[l.name] = qa, qs
             self.eigenvalues_[l.name] = torch.outer(ls.clamp_min(0), la.clamp_min(0))
         if self.settings.eigen_correction:

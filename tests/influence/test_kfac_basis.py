@@ -18,3 +18,21 @@ def test_rotation_orders_agree(T, out, inp):
     explicit = torch.stack([QS.T @ sum(torch.outer(g[n, t], a[n, t]) for t in range(T)) @ QA for n in range(7)])
     assert torch.allclose(_in_basis(g, a, QS, QA), explicit, rtol=0, atol=1e-10 * explicit.abs().max())
     assert torch.allclose(_sum_sq_in_basis(g, a, QS, QA), (explicit ** 2).sum(0), rtol=1e-10, atol=0)
+
+
+def test_a_singular_float32_factor_gets_a_finite_eigenbasis():
+    """A K-FAC input factor (64, 64) from a digits CNN's dense layer with 35 units that never fire (zero rows and
+    columns), float32: single-precision ``eigh`` returned NaN for it, which made every Δ-influence query fail."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from tda_clean.influence.kfac import factor_eigh
+
+    M = torch.from_numpy(np.load(Path(__file__).parent / "data" / "singular_factor_64.npz")["M"])
+    assert M.dtype == torch.float32 and int((M.diagonal() == 0).sum()) == 35
+    vals, vecs = factor_eigh(M)
+    assert vals.dtype == vecs.dtype == torch.float32
+    assert bool(torch.isfinite(vals).all() and torch.isfinite(vecs).all())
+    rebuilt = (vecs.double() * vals.double()) @ vecs.double().T
+    assert torch.allclose(rebuilt, M.double(), atol=1e-6 * float(M.abs().max()))
