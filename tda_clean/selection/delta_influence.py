@@ -286,7 +286,8 @@ class DeltaInfluenceSelector(BaseSelector):
             support &= np.log(np.maximum(cont, 1e-300)) > log_cut
         sourced = self._source_flags(model, X, y, pool & ~support, target, gap_z)
         added, vetoed = self._pixel_flags(model, X, y, pool, support | sourced, target, gap_z, context)
-        support = cap_flagged(((support | sourced) & ~vetoed) | added, cont, self.spec.budget.cap(len(y)))
+        before_pixels = support | sourced
+        support = cap_flagged((before_pixels & ~vetoed) | added, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
         self.erase_drop_ = drop
         self.pixel_added_, self.pixel_vetoed_ = added, vetoed
@@ -304,7 +305,7 @@ class DeltaInfluenceSelector(BaseSelector):
                       "cut_separation_eta": eta, "cut_separated": bool(separated),
                       "n_flagged_by_source_only": int((support & sourced & ~added).sum()),
                       "n_flagged_by_pixels_only": int((support & added).sum()),
-                      "n_vetoed_by_pixels": int((vetoed & (support | sourced | added)).sum()),
+                      "n_vetoed_by_pixels": int((vetoed & before_pixels).sum()),
                       **evidence}
         return self
 
