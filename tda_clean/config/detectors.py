@@ -168,7 +168,12 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     ``source_min_gap_z`` robust deviations above the clean cluster, the model gives it a target probability below 0.5
     once the trigger region is erased, and at least this share of its ``source_neighbours`` nearest training rows
     (penultimate features of the erased images; pool rows above ``erase_min_gap_z`` left out) carry other labels --
-    an image of another class labelled as the target (``None``: off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
+    an image of another class labelled as the target (``None``: off). ``pixel_share``: also flagged when the score
+    lies more than ``pixel_min_gap_z`` robust deviations above the clean cluster, the erased image's target
+    probability is below 0.5 and at least this share of its ``source_neighbours`` nearest training rows on the PIXELS
+    outside the trigger region carry other labels -- a share also above that of every clean validation row of the
+    target class (calibrated per class; ``None``: off). ``pixel_veto_share``: a flagged pool row whose pixel-neighbour
+    share is at most this is unflagged (``None``: off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
     images; ``class_outliers`` falls back to outlying rows of the suspected class.
     """
 
@@ -204,6 +209,9 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     source_share: float | None = Field(default=0.9, gt=0, le=1)
     source_min_gap_z: float = 0.5
     source_neighbours: int = Field(default=10, ge=1)
+    pixel_share: float | None = Field(default=0.9, gt=0, le=1)
+    pixel_min_gap_z: float = -1.0
+    pixel_veto_share: float | None = Field(default=0.0, ge=0, lt=1)
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

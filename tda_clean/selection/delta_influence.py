@@ -44,6 +44,9 @@ Given queries must all be predicted as one class (the target), else :class:`Inpu
 Source evidence (``source_share``): with a found trigger, a pool row the rules leave out but whose score is above
 the clean cluster is flagged when its erased image is no longer given the target and its nearest training rows in
 feature space are of other classes (:mod:`tda_clean.selection.source_evidence`): an image of another class.
+Pixel evidence (``pixel_share``, ``pixel_veto_share``): the same neighbour share on the pixels outside the trigger
+region, calibrated on the clean validation rows of the target class, adds such rows (down to ``pixel_min_gap_z``) and
+unflags pool rows whose pixel neighbours are all of the target class (:func:`~tda_clean.selection.source_evidence.pixel_rules`).
 
 Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
 when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
@@ -282,9 +285,12 @@ class DeltaInfluenceSelector(BaseSelector):
         if separated:
             support &= np.log(np.maximum(cont, 1e-300)) > log_cut
         sourced = self._source_flags(model, X, y, pool & ~support, target, gap_z)
-        support = cap_flagged(support | sourced, cont, self.spec.budget.cap(len(y)))
+        added, vetoed = self._pixel_flags(model, X, y, pool, support | sourced, target, gap_z, context)
+        before_pixels = support | sourced
+        support = cap_flagged((before_pixels & ~vetoed) | added, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
         self.erase_drop_ = drop
+        self.pixel_added_, self.pixel_vetoed_ = added, vetoed
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -297,7 +303,9 @@ class DeltaInfluenceSelector(BaseSelector):
                       "train_gradient": self.spec.train_gradient, "n_erased": int(erased.sum()),
                       "n_flagged_by_erasure_only": int((support & ~sourced & ~((gap_z > self.spec.min_gap_z) & (votes >= needed))).sum()),
                       "cut_separation_eta": eta, "cut_separated": bool(separated),
-                      "n_flagged_by_source_only": int((support & sourced).sum()),
+                      "n_flagged_by_source_only": int((support & sourced & ~added).sum()),
+                      "n_flagged_by_pixels_only": int((support & added).sum()),
+                      "n_vetoed_by_pixels": int((vetoed & before_pixels).sum()),
                       **evidence}
         return self
 
@@ -318,10 +326,28 @@ class DeltaInfluenceSelector(BaseSelector):
         out[rows] = (p_after < 0.5) & (share >= self.spec.source_share - 1e-9)
         return out
 
+    def _pixel_flags(self, model, X: np.ndarray, y: np.ndarray, pool: np.ndarray, flagged: np.ndarray, target: int,
+                     gap_z: np.ndarray, context: FitContext) -> tuple[np.ndarray, np.ndarray]:
+        """``(added, vetoed)`` bool (n,): :func:`~tda_clean.selection.source_evidence.pixel_rules` with the found trigger
+        region (pixel-space neighbours outside it; ``pixel_share``, ``pixel_min_gap_z``, ``pixel_veto_share``,
+        calibrated on the validation rows of the target class). All False without a found trigger."""
+        none = np.zeros(len(y), dtype=bool)
+        if self._erase is None:
+            return none, none.copy()
+        from tda_clean.selection.source_evidence import pixel_rules
+
+        X_val_t = None
+        if context.X_val is not None and context.y_val is not None:
+            X_val_t = np.asarray(context.X_val)[np.asarray(context.y_val) == target]
+        return pixel_rules(model, X, y, pool, flagged, gap_z, *self._erase, target, X_val_t, self.spec.pixel_share,
+                           self.spec.pixel_min_gap_z, self.spec.pixel_veto_share, self.spec.source_neighbours,
+                           self.spec.erase_min_gap_z)
+
     def _nothing_found(self, n: int, info: dict[str, Any]) -> "DeltaInfluenceSelector":
         """No trigger found on images (``no_trigger: none``): no class is an outlier, so no row is flagged."""
         zeros = np.zeros(n)
         self.erased_, self.erase_drop_, self.delta_scores_, self.scores_ = zeros.astype(bool), zeros, zeros, zeros
+        self.pixel_added_, self.pixel_vetoed_ = zeros.astype(bool), zeros.astype(bool)
         self.votes_ = np.zeros(n, dtype=np.int64)
         self.support_ = np.zeros(n, dtype=bool)
         self.supports_ = np.zeros((0, self.spec.n_copies + 1, n))
@@ -329,7 +355,7 @@ class DeltaInfluenceSelector(BaseSelector):
         self.target_ = None
         self.queries_ = np.zeros((0,))
         self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0,
-                      "n_flagged_by_source_only": 0}
+                      "n_flagged_by_source_only": 0, "n_flagged_by_pixels_only": 0, "n_vetoed_by_pixels": 0}
         return self
 
     def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:

@@ -41,3 +41,61 @@ def source_evidence(model, X: np.ndarray, y: np.ndarray, rows: np.ndarray, regio
     p_after = predict(model, Xe[rows])[:, target]
     F = penultimate(model, Xe)
     return p_after, other_class_share(F, y, rows, target, reference, k)
+
+
+def pixel_shares(X: np.ndarray, y: np.ndarray, rows: np.ndarray, region: np.ndarray, target: int,
+                 reference: np.ndarray, k: int = 10, X_extra: np.ndarray | None = None,
+                 block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(share (len(rows),), share_extra (len(X_extra),))``: for training ``rows`` (positions into ``X`` (n, [C,] H, W)
+    / ``y`` (n,)) and for the extra images ``X_extra`` (m, [C,] H, W) (e.g. clean validation rows of the target class),
+    the share of their ``k`` nearest training rows among ``reference`` (bool (n,); a row never counts itself) whose
+    label is not ``target``, Euclidean on the pixels OUTSIDE the trigger ``region`` (H, W) bool -- the trigger is left
+    out, so a poison's neighbours are of its source class. Zeros when ``reference`` holds fewer than ``k`` rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    keep = ~np.broadcast_to(region, X.shape[1:]).reshape(-1)
+    parts = [np.asarray(X).reshape(len(X), -1)[:, keep]]
+    n_extra = 0 if X_extra is None else len(X_extra)
+    if n_extra:
+        parts.append(np.asarray(X_extra).reshape(n_extra, -1)[:, keep])
+    ref = np.flatnonzero(reference)
+    if len(ref) < k or not len(rows) + n_extra:
+        return np.zeros(len(rows)), np.zeros(n_extra)
+    F = np.concatenate(parts) if n_extra else parts[0]
+    queries = np.concatenate([rows, np.arange(len(X), len(X) + n_extra)])
+    share = (y[nearest_rows(F, queries, ref, k, block)] != target).mean(1)
+    return share[:len(rows)], share[len(rows):]
+
+
+def pixel_rules(model, X: np.ndarray, y: np.ndarray, pool: np.ndarray, flagged: np.ndarray, gap_z: np.ndarray,
+                region: np.ndarray, fill: np.ndarray, target: int, X_val_target: np.ndarray | None,
+                min_share: float | None, min_gap_z: float, veto_share: float | None,
+                k: int = 10, suspect_gap_z: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """``(added (n,) bool, vetoed (n,) bool)`` from :func:`pixel_shares` of the ``pool`` rows (reference: every training
+    row but the pool rows above ``suspect_gap_z``, so poisons of one source class do not hide each other).
+
+    * added: pool rows not ``flagged`` whose Δ gap (``gap_z`` (n,), robust deviations above the clean cluster) exceeds
+      ``min_gap_z``, whose erased image the model gives a target probability below 0.5, and whose share is at least
+      ``min_share`` AND above the share of every clean validation row of the target class (``X_val_target``): the
+      neighbour statistic is calibrated per class, so a target class whose clean images neighbour other classes
+      (coats and pullovers) adds nothing. ``min_share=None``: nothing added.
+    * vetoed: pool rows whose share is at most ``veto_share`` (every pixel neighbour is of the target class: a clean
+      image of the target). ``veto_share=None``: nothing vetoed.
+    """
+    n = len(y)
+    added, vetoed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(pool)
+    if not len(rows) or (min_share is None and veto_share is None):
+        return added, vetoed
+    reference = ~(pool & (gap_z > suspect_gap_z))
+    share, val_share = pixel_shares(X, y, rows, region, target, reference, k, X_val_target)
+    if veto_share is not None:
+        vetoed[rows[share <= veto_share + 1e-9]] = True
+    if min_share is not None:
+        need = max(min_share - 1e-9, float(val_share.max()) + 1e-9) if len(val_share) else min_share - 1e-9
+        cand = rows[~flagged[rows] & (gap_z[rows] > min_gap_z) & (share >= need)]
+        if len(cand):
+            from tda_clean.selection.trigger_search import erase_probs
+
+            _, after = erase_probs(model, X[cand], region, fill, target)
+            added[cand[after < 0.5]] = True
+    return added, vetoed
