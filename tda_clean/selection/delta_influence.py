@@ -339,9 +339,7 @@ class DeltaInfluenceSelector(BaseSelector):
         X_val_t = None
         if context.X_val is not None and context.y_val is not None:
             X_val_t = np.asarray(context.X_val)[np.asarray(context.y_val) == target]
-        return pixel_rules(model, X, y, pool, flagged, gap_z, *self._erase, target, X_val_t, self.spec.pixel_share,
-                           self.spec.pixel_min_gap_z, self.spec.pixel_veto_share, self.spec.source_neighbours,
-                           self.spec.erase_min_gap_z)
+        return pixel_rules(model, X, y, pool, flagged, gap_z, self._erase, target, X_val_t, self.spec)
 
     def _nothing_found(self, n: int, info: dict[str, Any]) -> "DeltaInfluenceSelector":
         """No trigger found on images (``no_trigger: none``): no class is an outlier, so no row is flagged."""

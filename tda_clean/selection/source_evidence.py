@@ -67,20 +67,24 @@ def pixel_shares(X: np.ndarray, y: np.ndarray, rows: np.ndarray, region: np.ndar
 
 
 def pixel_rules(model, X: np.ndarray, y: np.ndarray, pool: np.ndarray, flagged: np.ndarray, gap_z: np.ndarray,
-                region: np.ndarray, fill: np.ndarray, target: int, X_val_target: np.ndarray | None,
-                min_share: float | None, min_gap_z: float, veto_share: float | None,
-                k: int = 10, suspect_gap_z: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    """``(added (n,) bool, vetoed (n,) bool)`` from :func:`pixel_shares` of the ``pool`` rows (reference: every training
-    row but the pool rows above ``suspect_gap_z``, so poisons of one source class do not hide each other).
+                erase: tuple[np.ndarray, np.ndarray], target: int, X_val_target: np.ndarray | None,
+                spec) -> tuple[np.ndarray, np.ndarray]:
+    """``(added (n,) bool, vetoed (n,) bool)`` from :func:`pixel_shares` of the ``pool`` rows, with the found trigger
+    ``erase = (region, fill)`` and the detector's settings ``spec`` (a ``DeltaInfluenceDetector``: ``pixel_share``,
+    ``pixel_min_gap_z``, ``pixel_veto_share``, ``source_neighbours`` = k; reference: every training row but the
+    pool rows above ``erase_min_gap_z``, so poisons of one source class do not hide each other).
 
     * added: pool rows not ``flagged`` whose Δ gap (``gap_z`` (n,), robust deviations above the clean cluster) exceeds
-      ``min_gap_z``, whose erased image the model gives a target probability below 0.5, and whose share is at least
-      ``min_share`` AND above the share of every clean validation row of the target class (``X_val_target``): the
-      neighbour statistic is calibrated per class, so a target class whose clean images neighbour other classes
-      (coats and pullovers) adds nothing. ``min_share=None``: nothing added.
-    * vetoed: pool rows whose share is at most ``veto_share`` (every pixel neighbour is of the target class: a clean
-      image of the target). ``veto_share=None``: nothing vetoed.
+      ``pixel_min_gap_z``, whose erased image the model gives a target probability below 0.5, and whose share is at
+      least ``pixel_share`` AND above the share of every clean validation row of the target class (``X_val_target``):
+      the neighbour statistic is calibrated per class, so a target class whose clean images neighbour other classes
+      (coats and pullovers) adds nothing. ``pixel_share=None``: nothing added.
+    * vetoed: pool rows whose share is at most ``pixel_veto_share`` (every pixel neighbour is of the target class: a
+      clean image of the target). ``pixel_veto_share=None``: nothing vetoed.
     """
+    region, fill = erase
+    min_share, min_gap_z, veto_share = spec.pixel_share, spec.pixel_min_gap_z, spec.pixel_veto_share
+    k, suspect_gap_z = spec.source_neighbours, spec.erase_min_gap_z
     n = len(y)
     added, vetoed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     rows = np.flatnonzero(pool)

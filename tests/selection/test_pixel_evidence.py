@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tda_clean.config.detectors import DeltaInfluenceDetector
 from tda_clean.selection.base import FitContext
 from tda_clean.selection.source_evidence import pixel_rules, pixel_shares
 from tests.selection.test_source_evidence import pool_with_poisons, selector
@@ -36,9 +37,10 @@ def test_pixel_shares_see_the_source_class_of_the_poisons_outside_the_region():
 
 
 def rules(X, y, flagged, gap_z, X_val_t, **kw):
-    args = {"min_share": 0.9, "min_gap_z": -1.0, "veto_share": 0.0} | kw
-    return pixel_rules(RegionModel(corner_content=True), X, y, y == 2, flagged, gap_z, REGION, FILL, 2, X_val_t,
-                       args["min_share"], args["min_gap_z"], args["veto_share"], k=5)
+    spec = DeltaInfluenceDetector(**{"pixel_share": 0.9, "pixel_min_gap_z": -1.0, "pixel_veto_share": 0.0,
+                                     "source_neighbours": 5} | kw)
+    return pixel_rules(RegionModel(corner_content=True), X, y, y == 2, flagged, gap_z, (REGION, FILL), 2, X_val_t,
+                       spec)
 
 
 def test_pixel_rules_add_unflagged_poisons_and_veto_flagged_clean_rows():
@@ -52,7 +54,7 @@ def test_pixel_rules_add_unflagged_poisons_and_veto_flagged_clean_rows():
     assert vetoed[60:90].all() and not vetoed[90:].any() and not vetoed[:60].any()
     # below the gap condition nothing is added; switched off, nothing is added or vetoed
     assert not rules(X, y, flagged, np.full(len(y), -2.0), clean_class2(10))[0].any()
-    off_added, off_vetoed = rules(X, y, flagged, gap_z, clean_class2(10), min_share=None, veto_share=None)
+    off_added, off_vetoed = rules(X, y, flagged, gap_z, clean_class2(10), pixel_share=None, pixel_veto_share=None)
     assert not off_added.any() and not off_vetoed.any()
 
 
