@@ -169,7 +169,7 @@ class DeltaInfluenceSelector(BaseSelector):
                             self.unconfirmed_erase_ = self._erase   # (region, fill), for diagnostics
                             self._erase = None      # the reconstruction is not a backdoor of this training set
                             unconfirmed = {**found["info"], "query_source": "no_trigger_found"}
-                            found = found.get("corner")
+                            found = found.get("fallback")
                             continue
                         rows = self._erased_rows(model, X, y, t)
                         if len(rows) >= min(4, self.spec.n_queries):
@@ -225,13 +225,35 @@ class DeltaInfluenceSelector(BaseSelector):
             return corner  # nothing flips, or the "trigger" covers much of the image: not a backdoor patch
         if corner is not None and corner["region"].sum() <= found["mask"].sum():
             return corner  # a corner patch that flips with no more pixels than the reconstruction: the smaller trigger
-        found["corner"] = corner  # taken instead when the erasure does not confirm the reconstruction
         grow = self.spec.erase_dilate if self.spec.erase_dilate is not None else int(min(probe.shape[-2:]) >= 16)
-        found["region"] = dilate(found["mask"] >= 0.5 * found["mask"].max(), grow)
-        found["info"] = {"query_source": "trigger_reconstruction", "trigger_flip_rate": found["flip_rate"],
-                         "trigger_mask_l1": float(found["mask"].sum()), "trigger_anomaly_index": found["anomaly"],
-                         "trigger_agreement": found["agreement"]}
+        info = {"query_source": "trigger_reconstruction", "trigger_anomaly_index": found["anomaly"],
+                "trigger_agreement": found["agreement"]}
+        # taken in turn when the erasure does not confirm a candidate: the corner patch, then the target's other
+        # restarts (a restart's smallest mask can be a natural feature of the class while another's is the trigger)
+        restarts = [found] + [c for c in (self._restart_candidate(model, probe, found, alt) for alt in found["alternates"])
+                              if c["flip_rate"] >= self.spec.scan_min_flip and c["mask"].sum() <= MAX_TRIGGER_SHARE * c["mask"].size]
+        for rank, cand in enumerate(restarts):
+            cand["region"] = dilate(cand["mask"] >= 0.5 * cand["mask"].max(), grow)
+            cand["info"] = {**info, "trigger_flip_rate": cand["flip_rate"], "trigger_mask_l1": float(cand["mask"].sum()),
+                            "trigger_restart_rank": rank}
+        chain = [restarts[0]] + ([corner] if corner is not None else []) + restarts[1:]
+        for cand, after in zip(chain, chain[1:] + [None]):
+            cand["fallback"] = after
         return found
+
+    @staticmethod
+    def _restart_candidate(model, probe: np.ndarray, found: dict[str, Any], alt: dict[str, Any]) -> dict[str, Any]:
+        """Another restart's mask and pattern for ``found``'s target, with its stamped probe inputs and their
+        probabilities (the keys the query choice reads)."""
+        from tda_clean.models.trainer import predict_proba
+
+        X = np.asarray(probe, dtype=np.float32)
+        stamped = ((1 - alt["mask"]) * X + alt["mask"] * alt["pattern"]).astype(X.dtype)
+        probs = predict_proba(model, stamped)
+        others = found["base"] != found["target"]
+        flip = float(np.mean(probs.argmax(1)[others] == found["target"])) if others.any() else 0.0
+        return {"target": found["target"], "mask": alt["mask"], "pattern": alt["pattern"], "X": stamped,
+                "probs": probs, "base": found["base"], "flip_rate": flip}
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, X: np.ndarray, y: np.ndarray, context: FitContext) -> "DeltaInfluenceSelector":
