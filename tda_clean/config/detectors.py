@@ -161,7 +161,8 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     only when the target class's training rows lose the target under erasure more often than that rate explains
     (binomial tail below ``erase_confirm_p``), or below ``erase_confirm_p_neighbours`` when at least
     ``neighbour_share`` of the erased training rows have nearest neighbours (outside the trigger region) of other
-    classes, as dirty-label poisons do. ``separation``: when the log-scores of the rows above the clean
+    classes, as dirty-label poisons do; when the smallest of the target's restarts is not confirmed, its other
+    restarts are tried in turn (after a flipping corner patch). ``separation``: when the log-scores of the rows above the clean
     cluster (more than ``erase_min_gap_z`` robust deviations) split into two groups with at least this share of
     their variance between the groups (Otsu), only the upper group is flagged (``None``: never). ``source_share``: with
     a found trigger, a pool row the rules above leave out is still flagged when its score lies more than
