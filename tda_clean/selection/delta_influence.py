@@ -47,6 +47,9 @@ feature space are of other classes (:mod:`tda_clean.selection.source_evidence`):
 Pixel evidence (``pixel_share``, ``pixel_veto_share``): the same neighbour share on the pixels outside the trigger
 region, calibrated on the clean validation rows of the target class, adds such rows (down to ``pixel_min_gap_z``) and
 unflags pool rows whose pixel neighbours are all of the target class (:func:`~tda_clean.selection.source_evidence.pixel_rules`).
+Shared pattern (``shared_pattern``): the pixels on which the flagged rows agree and clean validation images rarely
+do are taken as the trigger itself; pool rows that carry (nearly) all of them are flagged, flagged rows that carry
+fewer than half are not (:mod:`tda_clean.selection.shared_pattern`).
 
 Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
 when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
@@ -309,10 +312,13 @@ class DeltaInfluenceSelector(BaseSelector):
         sourced = self._source_flags(model, X, y, pool & ~support, target, gap_z)
         added, vetoed = self._pixel_flags(model, X, y, pool, support | sourced, target, gap_z, context)
         before_pixels = support | sourced
-        support = cap_flagged((before_pixels & ~vetoed) | added, cont, self.spec.budget.cap(len(y)))
+        flagged = (before_pixels & ~vetoed) | added
+        carries, lacks, n_pattern = self._pattern_flags(X, pool, flagged, context)
+        support = cap_flagged((flagged & ~lacks) | carries, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
         self.erase_drop_ = drop
         self.pixel_added_, self.pixel_vetoed_ = added, vetoed
+        self.pattern_added_, self.pattern_vetoed_ = carries & ~flagged, lacks & flagged
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -328,6 +334,9 @@ class DeltaInfluenceSelector(BaseSelector):
                       "n_flagged_by_source_only": int((support & sourced & ~added).sum()),
                       "n_flagged_by_pixels_only": int((support & added).sum()),
                       "n_vetoed_by_pixels": int((vetoed & before_pixels).sum()),
+                      "pattern_pixels": n_pattern,
+                      "n_flagged_by_pattern_only": int((support & carries & ~flagged).sum()),
+                      "n_vetoed_by_pattern": int((lacks & flagged & ~carries).sum()),
                       **evidence}
         return self
 
@@ -347,6 +356,27 @@ class DeltaInfluenceSelector(BaseSelector):
         p_after, share = source_evidence(model, X, y, rows, *self._erase, target, reference, self.spec.source_neighbours)
         out[rows] = (p_after < 0.5) & (share >= self.spec.source_share - 1e-9)
         return out
+
+    def _pattern_flags(self, X: np.ndarray, pool: np.ndarray, flagged: np.ndarray,
+                       context: FitContext) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(carries, lacks, n_pixels)``: bool (n,) pool rows that match at least ``shared_pattern.add`` of the
+        flagged rows' shared pixels, bool (n,) flagged rows matching fewer than ``shared_pattern.veto`` of them, and
+        the number of shared pixels (:mod:`~tda_clean.selection.shared_pattern`, clean reference: the validation
+        images). Nothing without a found trigger, images, a validation split or ``min_pixels`` shared pixels."""
+        none = np.zeros(len(X), dtype=bool)
+        rule = self.spec.shared_pattern
+        if rule is None or self._erase is None or X.ndim < 3 or context.X_val is None or flagged.sum() < 2:
+            return none, none.copy(), 0
+        from tda_clean.selection.shared_pattern import shared_pattern
+
+        pattern = shared_pattern(X[flagged], np.asarray(context.X_val), rule.tol, rule.agree, rule.clean)
+        if pattern.size < rule.min_pixels:
+            return none, none.copy(), pattern.size
+        match = np.zeros(len(X))
+        match[pool | flagged] = pattern.match(X[pool | flagged])
+        carries = pool & (match >= rule.add - 1e-9)
+        lacks = flagged & (match < rule.veto - 1e-9) if rule.veto is not None else none.copy()
+        return carries, lacks, pattern.size
 
     def _pixel_flags(self, model, X: np.ndarray, y: np.ndarray, pool: np.ndarray, flagged: np.ndarray, target: int,
                      gap_z: np.ndarray, context: FitContext) -> tuple[np.ndarray, np.ndarray]:
@@ -368,6 +398,7 @@ class DeltaInfluenceSelector(BaseSelector):
         zeros = np.zeros(n)
         self.erased_, self.erase_drop_, self.delta_scores_, self.scores_ = zeros.astype(bool), zeros, zeros, zeros
         self.pixel_added_, self.pixel_vetoed_ = zeros.astype(bool), zeros.astype(bool)
+        self.pattern_added_, self.pattern_vetoed_ = zeros.astype(bool), zeros.astype(bool)
         self.votes_ = np.zeros(n, dtype=np.int64)
         self.support_ = np.zeros(n, dtype=bool)
         self.supports_ = np.zeros((0, self.spec.n_copies + 1, n))
@@ -375,7 +406,8 @@ class DeltaInfluenceSelector(BaseSelector):
         self.target_ = None
         self.queries_ = np.zeros((0,))
         self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0,
-                      "n_flagged_by_source_only": 0, "n_flagged_by_pixels_only": 0, "n_vetoed_by_pixels": 0}
+                      "n_flagged_by_source_only": 0, "n_flagged_by_pixels_only": 0, "n_vetoed_by_pixels": 0,
+                      "pattern_pixels": 0, "n_flagged_by_pattern_only": 0, "n_vetoed_by_pattern": 0}
         return self
 
     def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
@@ -431,6 +463,8 @@ class DeltaInfluenceSelector(BaseSelector):
 
     def reason(self, i: int) -> str:
         erased = "; predicted as another class once the trigger is erased" if self.erased_[i] else ""
+        if self.pattern_added_[i]:
+            erased += "; carries the pixels the other flagged rows share (the trigger)"
         return (f"support of {int(self.votes_[i])}/{len(self.queries_)} class-{self.target_} queries collapsed "
                 f"under trigger-breaking transforms (Δ-influence score {self.delta_scores_[i]:.3g}){erased}")
 
