@@ -33,6 +33,7 @@ def features(path: Path, cache: Path) -> dict | None:
     from benchmarks.poison import _train, scenario
     from tda_clean.models.trainer import predict_proba
     from tda_clean.selection.score_cuts import separated_high_group, split_high_cluster
+    from tda_clean.config import SharedPatternRule
     from tda_clean.selection.shared_pattern import shared_pattern
     from tda_clean.selection.source_evidence import pixel_shares
     from tda_clean.selection.trigger_search import erase_region
@@ -71,7 +72,7 @@ def features(path: Path, cache: Path) -> dict | None:
     patterns = {}
     for agree in PATTERN_AGREE:
         for clean in PATTERN_CLEAN:
-            pat = shared_pattern(X[det.support_], bundle.val.X, PATTERN_TOL, agree, clean)
+            pat = shared_pattern(X[det.support_], bundle.val.X, SharedPatternRule(tol=PATTERN_TOL, agree=agree, clean=clean))
             patterns[agree, clean] = (pat.size, pat.match(X[rows]))
     return {"name": path.stem, "truth": truth[rows], "n_poison": int(truth.sum()), "gap": gap[rows],
             "round4": round4[rows], "live": det.support_[rows], "m": m, "p": p, "mv": mv, "share": share,

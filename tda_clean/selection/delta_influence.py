@@ -369,7 +369,7 @@ class DeltaInfluenceSelector(BaseSelector):
             return none, none.copy(), 0
         from tda_clean.selection.shared_pattern import shared_pattern
 
-        pattern = shared_pattern(X[flagged], np.asarray(context.X_val), rule.tol, rule.agree, rule.clean)
+        pattern = shared_pattern(X[flagged], np.asarray(context.X_val), rule)
         if pattern.size < rule.min_pixels:
             return none, none.copy(), pattern.size
         match = np.zeros(len(X))

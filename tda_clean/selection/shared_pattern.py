@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tda_clean.config import SharedPatternRule
+
 
 @dataclass(frozen=True)
 class SharedPattern:
@@ -36,12 +38,11 @@ class SharedPattern:
         return (np.abs(F - self.values.reshape(-1)[self.pixels.reshape(-1)]) <= self.tol).mean(1)
 
 
-def shared_pattern(flagged: np.ndarray, reference: np.ndarray, tol: float, min_agree: float,
-                   max_clean: float) -> SharedPattern:
-    """Elements where at least ``min_agree`` of the ``flagged`` images (m, [C,] H, W) lie within ``tol`` of their
-    median, and at most ``max_clean`` of the ``reference`` images (clean ones, e.g. the validation split) do."""
+def shared_pattern(flagged: np.ndarray, reference: np.ndarray, rule: SharedPatternRule) -> SharedPattern:
+    """Elements where at least ``rule.agree`` of the ``flagged`` images (m, [C,] H, W) lie within ``rule.tol`` of
+    their median, and at most ``rule.clean`` of the ``reference`` images (clean ones, e.g. the validation split) do."""
     flagged, reference = np.asarray(flagged, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     values = np.median(flagged, axis=0)
-    agree = (np.abs(flagged - values) <= tol).mean(0)
-    clean = (np.abs(reference - values) <= tol).mean(0)
-    return SharedPattern(pixels=(agree >= min_agree) & (clean <= max_clean), values=values, tol=tol)
+    agree = (np.abs(flagged - values) <= rule.tol).mean(0)
+    clean = (np.abs(reference - values) <= rule.tol).mean(0)
+    return SharedPattern(pixels=(agree >= rule.agree) & (clean <= rule.clean), values=values, tol=rule.tol)
