@@ -23,12 +23,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+#: shared-pattern rule candidates (round 6): match tolerance, agreement among flagged rows, share of clean rows
+PATTERN_TOL, PATTERN_AGREE, PATTERN_CLEAN = 0.05, (0.6, 0.8), (0.1, 0.25)
+
+
 def features(path: Path, cache: Path) -> dict | None:
     import torch
 
     from benchmarks.poison import _train, scenario
     from tda_clean.models.trainer import predict_proba
     from tda_clean.selection.score_cuts import separated_high_group, split_high_cluster
+    from tda_clean.config import SharedPatternRule
+    from tda_clean.selection.shared_pattern import shared_pattern
     from tda_clean.selection.source_evidence import pixel_shares
     from tda_clean.selection.trigger_search import erase_region
 
@@ -63,9 +69,14 @@ def features(path: Path, cache: Path) -> dict | None:
     m, p = margin(X[rows])
     mv, _ = margin(Xv)
     share, vshare = pixel_shares(X, y, rows, region, t, ~(pool & (gap > s.erase_min_gap_z)), 10, Xv)
+    patterns = {}
+    for agree in PATTERN_AGREE:
+        for clean in PATTERN_CLEAN:
+            pat = shared_pattern(X[det.support_], bundle.val.X, SharedPatternRule(tol=PATTERN_TOL, agree=agree, clean=clean))
+            patterns[agree, clean] = (pat.size, pat.match(X[rows]))
     return {"name": path.stem, "truth": truth[rows], "n_poison": int(truth.sum()), "gap": gap[rows],
             "round4": round4[rows], "live": det.support_[rows], "m": m, "p": p, "mv": mv, "share": share,
-            "vshare": vshare}
+            "vshare": vshare, "patterns": patterns}
 
 
 def rules() -> dict:
@@ -80,6 +91,19 @@ def rules() -> dict:
            "(1) veto margin < median of clean val": lambda c: c["round4"] & ~(c["m"] < np.median(c["mv"])),
            "(2) add margin > max of clean val, gap > 0.5": lambda c: c["round4"] | ((c["m"] > c["mv"].max()) & (c["gap"] > 0.5)),
            "pixel veto (share 0) only": lambda c: c["round4"] & ~(c["share"] <= 1e-9)}
+    def pattern(agree, add, veto=None, min_size=3):
+        def rule(c):
+            size, match = c["patterns"][agree]
+            if size < min_size:
+                return c["live"]
+            out = c["live"] & ~(match < veto) if veto is not None else c["live"]
+            return out | (match >= add)
+        return rule
+
+    for key in [(a, c) for a in PATTERN_AGREE for c in PATTERN_CLEAN]:
+        for size in (2, 3):
+            out[f"pattern {key} size >= {size}: add >= 0.9"] = pattern(key, 0.9, min_size=size)
+            out[f"pattern {key} size >= {size}: add >= 0.9, veto < 0.5"] = pattern(key, 0.9, 0.5, min_size=size)
     for g in (-np.inf, -1.0, 0.5):
         out[f"pixel add gap > {g}, calibrated, veto"] = add_pixels(g)
         out[f"pixel add gap > {g}, not calibrated, veto"] = add_pixels(g, calibrated=False)
@@ -103,6 +127,8 @@ def main(argv=None) -> int:
             met += prec >= 0.8 and rec >= 0.99
             parts.append(f"{prec:.3f} / {rec:.3f}")
         print(f"| {name} | {met} of {len(cells)} | " + " | ".join(parts) + " |")
+    for key in [(a, c) for a in PATTERN_AGREE for c in PATTERN_CLEAN]:
+        print(f"pattern elements {key}:", {c["name"]: c["patterns"][key][0] for c in cells})
     return 0
 
 

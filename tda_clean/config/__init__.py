@@ -34,7 +34,7 @@ from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda
     ActivationClusteringDetector, CleanlabDetector, D3MDetector, DeltaInfluenceDetector, Detector,
     GroupFirstOrderDetector, GroupSecondOrderDetector, HarmfulDetector, InfluenceObjectiveName,
     InfluenceRelabelDetector, InfluenceThresholdDetector, LabelNoiseDetector, RandomDetector, SelfInfluenceDetector,
-    SpectralSignatureDetector,
+    SharedPatternRule, SpectralSignatureDetector,
 )
 from tda_clean.config.influence import (  # noqa: F401  (re-exported)
     AutoBudget, Budget, GradientSettings, InfluenceFields, InfluenceSpec,

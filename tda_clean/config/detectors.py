@@ -140,6 +140,20 @@ class RandomDetector(BudgetFields):
     kind: Literal["random"] = "random"
 
 
+class SharedPatternRule(_Frozen):
+    """Δ-influence's data-side trigger estimate (``tda_clean.selection.shared_pattern``): the elements where at least
+    ``agree`` of the flagged rows lie within ``tol`` of their median and at most ``clean`` of the clean validation
+    images do. With at least ``min_pixels`` of them, a pool row matching at least ``add`` of the elements is
+    flagged and a flagged row matching fewer than ``veto`` is unflagged (``veto: null``: never)."""
+
+    tol: float = Field(default=0.05, gt=0)
+    agree: float = Field(default=0.6, gt=0, le=1)
+    clean: float = Field(default=0.25, ge=0, lt=1)
+    min_pixels: int = Field(default=3, ge=1)
+    add: float = Field(default=0.9, gt=0, le=1)
+    veto: float | None = Field(default=0.5, gt=0, le=1)
+
+
 class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     """Δ-influence backdoor-poison detection (``tda_clean.selection.delta_influence``, docs/methods.md#delta-influence).
 
@@ -161,7 +175,8 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     only when the target class's training rows lose the target under erasure more often than that rate explains
     (binomial tail below ``erase_confirm_p``), or below ``erase_confirm_p_neighbours`` when at least
     ``neighbour_share`` of the erased training rows have nearest neighbours (outside the trigger region) of other
-    classes, as dirty-label poisons do. ``separation``: when the log-scores of the rows above the clean
+    classes, as dirty-label poisons do; when the smallest of the target's restarts is not confirmed, its other
+    restarts are tried in turn (after a flipping corner patch). ``separation``: when the log-scores of the rows above the clean
     cluster (more than ``erase_min_gap_z`` robust deviations) split into two groups with at least this share of
     their variance between the groups (Otsu), only the upper group is flagged (``None``: never). ``source_share``: with
     a found trigger, a pool row the rules above leave out is still flagged when its score lies more than
@@ -173,7 +188,9 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     probability is below 0.5 and at least this share of its ``source_neighbours`` nearest training rows on the PIXELS
     outside the trigger region carry other labels -- a share also above that of every clean validation row of the
     target class (calibrated per class; ``None``: off). ``pixel_veto_share``: a flagged pool row whose pixel-neighbour
-    share is at most this is unflagged (``None``: off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
+    share is at most this is unflagged (``None``: off). ``shared_pattern``: with a found trigger, the flagged rows'
+    shared pixels add the rows that carry them and unflag the rows that do not (:class:`SharedPatternRule`; ``None``:
+    off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
     images; ``class_outliers`` falls back to outlying rows of the suspected class.
     """
 
@@ -212,6 +229,7 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     pixel_share: float | None = Field(default=0.9, gt=0, le=1)
     pixel_min_gap_z: float = -1.0
     pixel_veto_share: float | None = Field(default=0.0, ge=0, lt=1)
+    shared_pattern: SharedPatternRule | None = SharedPatternRule()
     solver: SolverKind = "ekfac"
     params: ParamSubset = "all"
     seed: int = 0

@@ -195,7 +195,8 @@ def reconstruct_trigger(model, X: np.ndarray, seed: int, steps: int = 200, max_i
     inputs, all optimised in one batch); a class's norm is the MEDIAN of its restarts' norms, so one lucky or
     unlucky start does not pick the target. Returns ``None`` when no class's norm is an outlier (anomaly index
     <= ``min_anomaly``), else a dict with ``target``, ``mask`` (H, W) and ``pattern`` (the target's smallest
-    restart), ``norms`` (per class median; inf = never reached ``success``), ``restart_norms`` (per class list),
+    restart), ``alternates`` (the target's other restarts that reached ``success``, smallest norm first: dicts with
+    ``norm``, ``mask``, ``pattern``), ``norms`` (per class median; inf = never reached ``success``), ``restart_norms`` (per class list),
     ``agreement`` (share of restarts in which the target's mask was the smallest of all classes), ``anomaly``,
     ``flip_rate`` (share of the probe images predicted as another class that the stamped copy sends to the
     target), ``X`` (all probe images stamped), ``probs`` (the model's probabilities on them) and ``base`` (the
@@ -245,12 +246,13 @@ def reconstruct_trigger(model, X: np.ndarray, seed: int, steps: int = 200, max_i
         return None
     n_runs = len(runs[t])
     agreement = float(np.mean([min(classes, key=lambda c: runs[c][r]) == t for r in range(n_runs)]))
-    j_best = min((j for j in range(len(jobs)) if jobs[j] == t), key=lambda j: found[j][0])
-    _, mask, pattern = found[j_best]
+    own = sorted((j for j in range(len(jobs)) if jobs[j] == t and np.isfinite(found[j][0])), key=lambda j: found[j][0])
+    _, mask, pattern = found[own[0]]
+    alternates = [{"norm": found[j][0], "mask": found[j][1], "pattern": found[j][2]} for j in own[1:]]
     stamped = ((1 - mask) * X + mask * pattern).astype(X.dtype)
     probs = predict_proba(model, stamped)
     others = base != t
     flip = float(np.mean(probs.argmax(1)[others] == t)) if others.any() else 0.0
     return {"target": int(t), "mask": mask, "pattern": pattern, "norms": norms, "restart_norms": runs,
             "agreement": agreement, "anomaly": anomaly, "flip_rate": flip, "X": stamped, "probs": probs,
-            "base": base}
+            "base": base, "alternates": alternates}

@@ -152,3 +152,52 @@ def test_neighbour_evidence_confirms_only_below_the_loose_p_with_other_class_nei
     assert ev == {"erase_neighbour_share": 1.0, "erase_confirmed": True}
     # above the loose p-value the neighbours are not even asked
     assert sel._neighbour_evidence(X, y_poisoned, erased, REGION, 2, {"erase_p_value": 0.3}) == {"erase_confirmed": False}
+
+
+def test_an_unconfirmed_smallest_restart_falls_back_to_the_targets_other_restarts(monkeypatch):
+    """The smallest mask of the target's restarts can be a natural feature of the class (here the bright corner
+    every clean class-2 image has: erasing it takes the class from clean validation rows too, so it is not
+    confirmed); the detector then tries the target's other restarts, and the one on the trigger region (which
+    only the poison-like rows depend on) is confirmed."""
+    from tda_clean.models.trainer import predict_proba
+    from tda_clean.selection import trigger_search
+
+    rng = np.random.default_rng(0)
+    model = RegionModel(corner_content=True)
+
+    def others(n: int) -> tuple[np.ndarray, np.ndarray]:
+        X = rng.uniform(0, 0.2, size=(n, 8, 8)).astype(np.float32)
+        y = np.arange(n) % 2
+        X[y == 0, 5:, :4] += 0.6            # brighter bottom-left / bottom-right: away from the corner and region
+        X[y == 1, 5:, 4:] += 0.6
+        return X, y
+
+    Xo, yo = others(80)
+    X = np.concatenate([Xo, class2_rows(60, rng, corner=True), class2_rows(20, rng, corner=False)])
+    y = np.concatenate([yo, np.full(80, 2)])
+    Xv, yv = others(60)
+    X_val = np.concatenate([Xv, class2_rows(40, rng, corner=True)])
+    y_val = np.concatenate([yv, np.full(40, 2)])
+    corner = np.zeros((8, 8), dtype=np.float32)
+    corner[:2, :2] = 1.0
+    bright = np.ones((8, 8), dtype=np.float32)
+
+    def found_with(alternates: list) -> dict:
+        found = {"target": 2, "base": predict_proba(model, X_val).argmax(1), "anomaly": 5.0, "agreement": 1 / 3}
+        found.update(DeltaInfluenceSelector._restart_candidate(model, X_val, found, {"mask": corner, "pattern": bright}))
+        return {**found, "alternates": alternates}
+
+    context = FitContext(seed=0, X_val=X_val, y_val=y_val)
+    spec = DeltaInfluenceDetector(trigger_search="optimise")
+    monkeypatch.setattr(trigger_search, "reconstruct_trigger", lambda *a, **k: found_with([]))
+    _, target, info = DeltaInfluenceSelector(spec)._auto_queries(model, X, y, context)
+    assert target is None and info["query_source"] == "no_trigger_found" and info["erase_val_lost"] == 40
+
+    alternate = {"norm": 4.0, "mask": REGION.astype(np.float32), "pattern": bright}
+    monkeypatch.setattr(trigger_search, "reconstruct_trigger", lambda *a, **k: found_with([alternate]))
+    sel = DeltaInfluenceSelector(spec)
+    Xq, target, info = sel._auto_queries(model, X, y, context)
+    assert target == 2 and info["query_source"] == "trigger_reconstruction_rows"
+    assert info["trigger_restart_rank"] == 1 and info["erase_val_lost"] == 0 and info["erase_p_value"] < 1e-6
+    assert (sel._erase[0] == REGION).all() and len(Xq) >= 4
+    assert (Xq[:, 3:5, 3:5] == 1.0).all()      # the queries are the poison-like rows
