@@ -167,7 +167,7 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         self.erased_ = erased
         self.erase_drop_ = drop
         self.pixel_added_, self.pixel_vetoed_ = added, vetoed
-        self.pattern_added_, self.pattern_vetoed_ = carries & ~flagged, lacks & flagged
+        self.pattern_added_, self.pattern_vetoed_ = carries & ~flagged, lacks & ~carries   # rows the rule changed
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -184,8 +184,8 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
                       "n_flagged_by_pixels_only": int((support & added).sum()),
                       "n_vetoed_by_pixels": int((vetoed & before_pixels).sum()),
                       "pattern_pixels": n_pattern,
-                      "n_flagged_by_pattern_only": int((support & carries & ~flagged).sum()),
-                      "n_vetoed_by_pattern": int((lacks & flagged & ~carries).sum()),
+                      "n_flagged_by_pattern_only": int((support & self.pattern_added_).sum()),
+                      "n_vetoed_by_pattern": int(self.pattern_vetoed_.sum()),
                       **evidence}
         return self
 

@@ -15,7 +15,7 @@ from tda_clean.errors import InputError
 from tda_clean.selection.base import FitContext
 from tda_clean.selection.delta_scores import penultimate, predict, spectral_outlier_scores, spread_top
 from tda_clean.selection.trigger_search import (
-    dilate, erase_probs, erasure_evidence, neighbour_other_share, stamp_patch, trigger_scan,
+    dilate, erase_probs, erasure_evidence, neighbour_other_share, stamp_patch, stamped_candidate, trigger_scan,
 )
 
 #: a reconstructed mask whose L1 norm exceeds this share of the image's pixels is not taken as a trigger (an
@@ -133,8 +133,11 @@ class TriggerQueries:
         seed = int(np.random.default_rng([self.spec.seed, context.seed, 0x7216]).integers(2**31))
         found = reconstruct_trigger(model, probe, seed=seed, steps=self.spec.search_steps,
                                     restarts=self.spec.search_restarts)
-        if (found is None or found["flip_rate"] < self.spec.scan_min_flip
-                or found["mask"].sum() > MAX_TRIGGER_SHARE * found["mask"].size):
+        def takeable(cand: dict[str, Any]) -> bool:  # it flips, and does not cover much of the image
+            return (cand["flip_rate"] >= self.spec.scan_min_flip
+                    and cand["mask"].sum() <= MAX_TRIGGER_SHARE * cand["mask"].size)
+
+        if found is None or not takeable(found):
             return corner  # nothing flips, or the "trigger" covers much of the image: not a backdoor patch
         if corner is not None and corner["region"].sum() <= found["mask"].sum():
             return corner  # a corner patch that flips with no more pixels than the reconstruction: the smaller trigger
@@ -143,8 +146,9 @@ class TriggerQueries:
                 "trigger_agreement": found["agreement"]}
         # taken in turn when the erasure does not confirm a candidate: the corner patch, then the target's other
         # restarts (a restart's smallest mask can be a natural feature of the class while another's is the trigger)
-        restarts = [found] + [c for c in (self._restart_candidate(model, probe, found, alt) for alt in found["alternates"])
-                              if c["flip_rate"] >= self.spec.scan_min_flip and c["mask"].sum() <= MAX_TRIGGER_SHARE * c["mask"].size]
+        others = (stamped_candidate(model, probe, found["base"], found["target"], alt["mask"], alt["pattern"])
+                  for alt in found["alternates"])
+        restarts = [found] + [c for c in others if takeable(c)]
         for rank, cand in enumerate(restarts):
             cand["region"] = dilate(cand["mask"] >= 0.5 * cand["mask"].max(), grow)
             cand["info"] = {**info, "trigger_flip_rate": cand["flip_rate"], "trigger_mask_l1": float(cand["mask"].sum()),
@@ -153,20 +157,6 @@ class TriggerQueries:
         for cand, after in zip(chain, chain[1:] + [None]):
             cand["fallback"] = after
         return found
-
-    @staticmethod
-    def _restart_candidate(model, probe: np.ndarray, found: dict[str, Any], alt: dict[str, Any]) -> dict[str, Any]:
-        """Another restart's mask and pattern for ``found``'s target, with its stamped probe inputs and their
-        probabilities (the keys the query choice reads)."""
-        from tda_clean.models.trainer import predict_proba
-
-        X = np.asarray(probe, dtype=np.float32)
-        stamped = ((1 - alt["mask"]) * X + alt["mask"] * alt["pattern"]).astype(X.dtype)
-        probs = predict_proba(model, stamped)
-        others = found["base"] != found["target"]
-        flip = float(np.mean(probs.argmax(1)[others] == found["target"])) if others.any() else 0.0
-        return {"target": found["target"], "mask": alt["mask"], "pattern": alt["pattern"], "X": stamped,
-                "probs": probs, "base": found["base"], "flip_rate": flip}
 
     def _erased_rows(self, model, X: np.ndarray, y: np.ndarray, target: int) -> np.ndarray:
         """Training rows labelled ``target`` that :meth:`_erased` flags, lowest target probability after the

@@ -249,10 +249,22 @@ def reconstruct_trigger(model, X: np.ndarray, seed: int, steps: int = 200, max_i
     own = sorted((j for j in range(len(jobs)) if jobs[j] == t and np.isfinite(found[j][0])), key=lambda j: found[j][0])
     _, mask, pattern = found[own[0]]
     alternates = [{"norm": found[j][0], "mask": found[j][1], "pattern": found[j][2]} for j in own[1:]]
+    return {**stamped_candidate(model, X, base, int(t), mask, pattern), "norms": norms, "restart_norms": runs,
+            "agreement": agreement, "anomaly": anomaly, "alternates": alternates}
+
+
+def stamped_candidate(model, X: np.ndarray, base: np.ndarray, target: int, mask: np.ndarray,
+                      pattern: np.ndarray) -> dict[str, Any]:
+    """A candidate trigger ``mask`` (H, W) / ``pattern`` for class ``target`` on probe images ``X`` (n, [C,] H, W)
+    whose unstamped predictions are ``base`` (n,): ``target``, ``mask``, ``pattern``, ``base``, ``X`` (the stamped
+    copies ``(1 - mask) * X + mask * pattern``), ``probs`` (n, k) on them and ``flip_rate`` (share of the images
+    predicted as another class that the stamped copy sends to the target)."""
+    from tda_clean.models.trainer import predict_proba
+
+    X = np.asarray(X, dtype=np.float32)
     stamped = ((1 - mask) * X + mask * pattern).astype(X.dtype)
     probs = predict_proba(model, stamped)
-    others = base != t
-    flip = float(np.mean(probs.argmax(1)[others] == t)) if others.any() else 0.0
-    return {"target": int(t), "mask": mask, "pattern": pattern, "norms": norms, "restart_norms": runs,
-            "agreement": agreement, "anomaly": anomaly, "flip_rate": flip, "X": stamped, "probs": probs,
-            "base": base, "alternates": alternates}
+    others = base != target
+    flip = float(np.mean(probs.argmax(1)[others] == target)) if others.any() else 0.0
+    return {"target": target, "mask": mask, "pattern": pattern, "base": base, "X": stamped, "probs": probs,
+            "flip_rate": flip}

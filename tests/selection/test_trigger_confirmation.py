@@ -13,7 +13,7 @@ from tda_clean.config import DeltaInfluenceDetector
 from tda_clean.selection import FitContext, make_detector
 from tda_clean.selection.delta_influence import DeltaInfluenceSelector
 from tda_clean.selection.trigger_search import dilate
-from tda_clean.selection.trigger_search import reconstruct_trigger
+from tda_clean.selection.trigger_search import reconstruct_trigger, stamped_candidate
 from tests.unit_helpers import digits_cnn_config, torch_single_thread, trained_digits_cnn
 
 _single_thread = pytest.fixture(scope="module", autouse=True)(torch_single_thread)
@@ -184,7 +184,7 @@ def test_an_unconfirmed_smallest_restart_falls_back_to_the_targets_other_restart
 
     def found_with(alternates: list) -> dict:
         found = {"target": 2, "base": predict_proba(model, X_val).argmax(1), "anomaly": 5.0, "agreement": 1 / 3}
-        found.update(DeltaInfluenceSelector._restart_candidate(model, X_val, found, {"mask": corner, "pattern": bright}))
+        found.update(stamped_candidate(model, X_val, found["base"], 2, corner, bright))
         return {**found, "alternates": alternates}
 
     context = FitContext(seed=0, X_val=X_val, y_val=y_val)
