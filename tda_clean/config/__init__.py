@@ -31,7 +31,7 @@ from tda_clean.config.data import (  # noqa: F401  (re-exported)
     TableSource,
 )
 from tda_clean.config.detectors import (  # noqa: F401  (re-exported: ``from tda_clean.config import ...``)
-    ActivationClusteringDetector, CleanlabDetector, D3MDetector, DeltaInfluenceDetector, Detector,
+    ActivationClusteringDetector, BlendRule, CleanlabDetector, D3MDetector, DeltaInfluenceDetector, Detector,
     GroupFirstOrderDetector, GroupSecondOrderDetector, HarmfulDetector, InfluenceObjectiveName,
     InfluenceRelabelDetector, InfluenceThresholdDetector, LabelNoiseDetector, RandomDetector, SelfInfluenceDetector,
     SharedPatternRule, SpectralSignatureDetector,

@@ -140,6 +140,21 @@ class RandomDetector(BudgetFields):
     kind: Literal["random"] = "random"
 
 
+class BlendRule(_Frozen):
+    """The blended-trigger estimate of Δ-influence's data-side rule (``tda_clean.selection.blend_pattern``): the
+    elements whose flagged-row distribution differs from clean images' (Kolmogorov-Smirnov statistic above ``ks``
+    times its null scale) and is compressed (spread ratio at most ``max_ratio``), read as ``(1 - alpha) x +
+    alpha p`` with ``alpha`` at most ``max_alpha`` (above it the stamp rule applies); rows scored with Gaussian
+    kernels of width ``bandwidth``. ``veto``: unflag flagged rows whose score is at most 0 (better explained as a
+    clean image than as a blended one)."""
+
+    ks: float = Field(default=2.0, gt=0)
+    max_ratio: float = Field(default=0.75, gt=0, lt=1)
+    max_alpha: float = Field(default=0.8, gt=0, lt=1)
+    bandwidth: float = Field(default=0.05, gt=0)
+    veto: bool = True
+
+
 class SharedPatternRule(_Frozen):
     """Δ-influence's data-side trigger estimate (``tda_clean.selection.shared_pattern``): the elements where at least
     ``agree`` of the flagged rows lie within ``tol`` of their median and at most ``clean`` of the clean validation
@@ -152,6 +167,7 @@ class SharedPatternRule(_Frozen):
     min_pixels: int = Field(default=3, ge=1)
     add: float = Field(default=0.9, gt=0, le=1)
     veto: float | None = Field(default=0.5, gt=0, le=1)
+    blend: BlendRule | None = BlendRule()
 
 
 class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
@@ -189,8 +205,8 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     outside the trigger region carry other labels -- a share also above that of every clean validation row of the
     target class (calibrated per class; ``None``: off). ``pixel_veto_share``: a flagged pool row whose pixel-neighbour
     share is at most this is unflagged (``None``: off). ``shared_pattern``: with a found trigger, the flagged rows'
-    shared pixels add the rows that carry them and unflag the rows that do not (:class:`SharedPatternRule`; ``None``:
-    off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
+    shared pixels (or, for a blended trigger, the blend read off each pixel's distribution, :class:`BlendRule`) add
+    the rows that carry them and unflag the rows that do not (:class:`SharedPatternRule`; ``None``: off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
     images; ``class_outliers`` falls back to outlying rows of the suspected class.
     """
 

@@ -49,7 +49,9 @@ region, calibrated on the clean validation rows of the target class, adds such r
 unflags pool rows whose pixel neighbours are all of the target class (:func:`~tda_clean.selection.source_evidence.pixel_rules`).
 Shared pattern (``shared_pattern``): the pixels on which the flagged rows agree and clean validation images rarely
 do are taken as the trigger itself; pool rows that carry (nearly) all of them are flagged, flagged rows that carry
-fewer than half are not (:mod:`tda_clean.selection.shared_pattern`).
+fewer than half are not (:mod:`tda_clean.selection.shared_pattern`). A blend leaves no shared values but a compressed
+distribution per pixel; then the rows whose pixels are likelier as a blend than as a clean image are
+(:mod:`tda_clean.selection.blend_pattern`).
 
 Trigger erasure (``erase_trigger``): with a found trigger, a pool row predicted as the target is also flagged
 when the model stops predicting the target (p < 0.1) once the trigger's pixels are set to the validation
@@ -74,6 +76,7 @@ from tda_clean.selection.base import (
 from tda_clean.selection.delta_queries import TriggerQueries
 from tda_clean.selection.delta_scores import delta_votes
 from tda_clean.selection.score_cuts import separated_high_group, split_high_cluster
+from tda_clean.selection.shared_pattern import PatternFlags, pattern_flags
 
 
 # -------------------------------------------------------------------------------------------- detector
@@ -162,12 +165,13 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         added, vetoed = self._pixel_flags(model, X, y, pool, support | sourced, target, gap_z, context)
         before_pixels = support | sourced
         flagged = (before_pixels & ~vetoed) | added
-        carries, lacks, n_pattern = self._pattern_flags(X, pool, flagged, context)
+        pattern = self._pattern_flags(X, pool, flagged, target, context)
+        carries, lacks = pattern.carries, pattern.lacks
         support = cap_flagged((flagged & ~lacks) | carries, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
         self.erase_drop_ = drop
         self.pixel_added_, self.pixel_vetoed_ = added, vetoed
-        self.pattern_added_, self.pattern_vetoed_ = carries & ~flagged, lacks & ~carries   # rows the rule changed
+        self.pattern_added_, self.pattern_vetoed_ = carries & ~flagged, lacks   # rows the rule changed
         self.delta_scores_ = cont
         self.votes_ = votes.astype(np.int64)
         self.scores_ = votes / len(Xq) + 1e-3 * np.tanh(cont / 100.0)
@@ -183,7 +187,7 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
                       "n_flagged_by_source_only": int((support & sourced & ~added).sum()),
                       "n_flagged_by_pixels_only": int((support & added).sum()),
                       "n_vetoed_by_pixels": int((vetoed & before_pixels).sum()),
-                      "pattern_pixels": n_pattern,
+                      **pattern.info(),
                       "n_flagged_by_pattern_only": int((support & self.pattern_added_).sum()),
                       "n_vetoed_by_pattern": int(self.pattern_vetoed_.sum()),
                       **evidence}
@@ -206,26 +210,15 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         out[rows] = (p_after < 0.5) & (share >= self.spec.source_share - 1e-9)
         return out
 
-    def _pattern_flags(self, X: np.ndarray, pool: np.ndarray, flagged: np.ndarray,
-                       context: FitContext) -> tuple[np.ndarray, np.ndarray, int]:
-        """``(carries, lacks, n_pixels)``: bool (n,) pool rows that match at least ``shared_pattern.add`` of the
-        flagged rows' shared pixels, bool (n,) flagged rows matching fewer than ``shared_pattern.veto`` of them, and
-        the number of shared pixels (:mod:`~tda_clean.selection.shared_pattern`, clean reference: the validation
-        images). Nothing without a found trigger, images, a validation split or ``min_pixels`` shared pixels."""
-        none = np.zeros(len(X), dtype=bool)
+    def _pattern_flags(self, X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, target: int,
+                       context: FitContext) -> PatternFlags:
+        """The flagged rows' trigger read off the data (:func:`~tda_clean.selection.shared_pattern.pattern_flags`,
+        clean reference: the validation images). Nothing without a found trigger, images or a validation split."""
         rule = self.spec.shared_pattern
         if rule is None or self._erase is None or X.ndim < 3 or context.X_val is None or flagged.sum() < 2:
-            return none, none.copy(), 0
-        from tda_clean.selection.shared_pattern import shared_pattern
-
-        pattern = shared_pattern(X[flagged], np.asarray(context.X_val), rule)
-        if pattern.size < rule.min_pixels:
-            return none, none.copy(), pattern.size
-        match = np.zeros(len(X))
-        match[pool | flagged] = pattern.match(X[pool | flagged])
-        carries = pool & (match >= rule.add - 1e-9)
-        lacks = flagged & (match < rule.veto - 1e-9) if rule.veto is not None else none.copy()
-        return carries, lacks, pattern.size
+            none = np.zeros(len(X), dtype=bool)
+            return PatternFlags(none, none.copy(), "none", 0, 1.0)
+        return pattern_flags(X, pool, flagged, context.X_val, context.y_val, target, rule)
 
     def _pixel_flags(self, model, X: np.ndarray, y: np.ndarray, pool: np.ndarray, flagged: np.ndarray, target: int,
                      gap_z: np.ndarray, context: FitContext) -> tuple[np.ndarray, np.ndarray]:
@@ -256,14 +249,16 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         self.queries_ = np.zeros((0,))
         self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0,
                       "n_flagged_by_source_only": 0, "n_flagged_by_pixels_only": 0, "n_vetoed_by_pixels": 0,
-                      "pattern_pixels": 0, "n_flagged_by_pattern_only": 0, "n_vetoed_by_pattern": 0}
+                      "pattern_kind": "none", "pattern_pixels": 0, "pattern_alpha": 1.0, "n_flagged_by_pattern_only": 0,
+                      "n_vetoed_by_pattern": 0}
         return self
 
 
     def reason(self, i: int) -> str:
         erased = "; predicted as another class once the trigger is erased" if self.erased_[i] else ""
         if self.pattern_added_[i]:
-            erased += "; carries the pixels the other flagged rows share (the trigger)"
+            kind = "blended into" if self.info_.get("pattern_kind") == "blend" else "stamped on"
+            erased += f"; carries the pattern {kind} the other flagged rows (the trigger)"
         return (f"support of {int(self.votes_[i])}/{len(self.queries_)} class-{self.target_} queries collapsed "
                 f"under trigger-breaking transforms (Δ-influence score {self.delta_scores_[i]:.3g}){erased}")
 

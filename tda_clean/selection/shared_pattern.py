@@ -5,7 +5,10 @@ mostly poisons, the pixels where those rows agree with each other (their median,
 clean images rarely take that value are the trigger's pixels -- whatever its place, shape or pattern, and
 whether or not the model's reconstruction covered all of it. A training row that shows the same values on
 (nearly) all of those pixels carries the trigger. A blended trigger mixes the pattern with each image, so its
-pixels seldom agree and few or none are found; then nothing is concluded.
+pixels seldom agree and few or none are found; its mark is on each pixel's distribution instead
+(:mod:`~tda_clean.selection.blend_pattern`), and :func:`pattern_flags` takes the blend when it covers at least
+twice the stamp's pixels (a blend over a plain background agrees on a few of its pixels; a true stamp whose
+flagged rows include innocents can look like a weak blend on about as many).
 """
 from __future__ import annotations
 
@@ -14,6 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tda_clean.config import SharedPatternRule
+from tda_clean.selection.blend_pattern import estimate_blend
+
+_MIN_REFERENCE = 10     # fewer validation rows outside the target class: the whole validation split is the reference
+_BLEND_MARGIN = 2       # the blend is taken over the stamp when it covers at least this many times its elements
 
 
 @dataclass(frozen=True)
@@ -46,3 +53,52 @@ def shared_pattern(flagged: np.ndarray, reference: np.ndarray, rule: SharedPatte
     agree = (np.abs(flagged - values) <= rule.tol).mean(0)
     clean = (np.abs(reference - values) <= rule.tol).mean(0)
     return SharedPattern(pixels=(agree >= rule.agree) & (clean <= rule.clean), values=values, tol=rule.tol)
+
+
+@dataclass(frozen=True)
+class PatternFlags:
+    """Result of :func:`pattern_flags`. ``carries``: bool (n,) pool rows that carry the estimated trigger;
+    ``lacks``: bool (n,) flagged rows that do not; ``kind``: ``stamp``, ``blend`` or ``none``; ``pixels``: the
+    estimate's element count; ``alpha``: the blend weight (1.0 for a stamp)."""
+
+    carries: np.ndarray
+    lacks: np.ndarray
+    kind: str
+    pixels: int
+    alpha: float
+
+    def info(self) -> dict[str, float | int | str]:
+        return {"pattern_kind": self.kind, "pattern_pixels": self.pixels, "pattern_alpha": self.alpha}
+
+
+def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: np.ndarray, y_val: np.ndarray | None,
+                  target: int, rule: SharedPatternRule) -> PatternFlags:
+    """The trigger read off the ``flagged`` rows of images ``X`` (n, [C,] H, W), as a stamp
+    (:func:`shared_pattern`) or, when that covers at most half as many elements, a blend
+    (:func:`~tda_clean.selection.blend_pattern.estimate_blend`, clean reference: the validation rows not of the
+    ``target``). Stamp: pool rows matching at least ``rule.add`` of its elements carry it, flagged rows matching
+    fewer than ``rule.veto`` lack it. Blend: pool rows scoring above every validation image carry it, flagged rows
+    whose score is at most 0 (better explained as clean images) lack it. Nothing with fewer than
+    ``rule.min_pixels`` elements."""
+    none = np.zeros(len(X), dtype=bool)
+    X_val = np.asarray(X_val)
+    stamp = shared_pattern(X[flagged], X_val, rule)
+    blend = None
+    if rule.blend is not None:
+        other = np.ones(len(X_val), dtype=bool) if y_val is None else np.asarray(y_val) != target
+        reference = X_val[other] if other.sum() >= _MIN_REFERENCE else X_val
+        blend = estimate_blend(X[flagged], reference, rule.blend)
+    rows = pool | flagged
+    if blend is not None and blend.size >= max(rule.min_pixels, _BLEND_MARGIN * stamp.size):
+        score, null = np.full(len(X), -np.inf), blend.score(X_val)
+        score[rows] = blend.score(X[rows])
+        carries = pool & (score > null.max())
+        lacks = flagged & (score <= 0) if rule.blend.veto else none.copy()
+        return PatternFlags(carries, lacks & ~carries, "blend", blend.size, blend.alpha)
+    if stamp.size < rule.min_pixels:
+        return PatternFlags(none, none.copy(), "none", stamp.size, 1.0)
+    match = np.zeros(len(X))
+    match[rows] = stamp.match(X[rows])
+    carries = pool & (match >= rule.add - 1e-9)
+    lacks = flagged & (match < rule.veto - 1e-9) if rule.veto is not None else none.copy()
+    return PatternFlags(carries, lacks & ~carries, "stamp", stamp.size, 1.0)

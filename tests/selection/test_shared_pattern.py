@@ -1,14 +1,15 @@
 """The flagged rows' shared pixels as the trigger (issue 15, "poisons anywhere"): found wherever the stamp is,
 matched on the rows that carry it, absent for a blend that mixes the pattern with each image; Δ-influence's
-rule adds the rows that carry it and unflags flagged rows that do not."""
+rule adds the rows that carry it and unflags flagged rows that do not; a blend is read off each pixel's distribution instead."""
 from __future__ import annotations
 
 import numpy as np
 
-from tda_clean.config import DeltaInfluenceDetector, SharedPatternRule
+from tda_clean.config import BlendRule, DeltaInfluenceDetector, SharedPatternRule
 from tda_clean.selection import FitContext
 from tda_clean.selection.delta_influence import DeltaInfluenceSelector
-from tda_clean.selection.shared_pattern import shared_pattern
+from tda_clean.selection.blend_pattern import estimate_blend
+from tda_clean.selection.shared_pattern import pattern_flags, shared_pattern
 
 RULE = SharedPatternRule()                                       # tol 0.05, agree 0.6, clean 0.25
 RNG = np.random.default_rng(0)
@@ -17,6 +18,12 @@ STAMP = RNG.uniform(0, 1, size=(3, 3)).astype(np.float32)     # a random-pattern
 
 def images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, size=(n, 8, 8)).astype(np.float32)
+
+
+def two_tone(n: int, seed: int) -> np.ndarray:
+    """Images whose pixels are dark or bright (plus a little noise), like digits and clothing on a plain ground."""
+    rng = np.random.default_rng(seed)
+    return np.clip((rng.uniform(size=(n, 8, 8)) < 0.4) + rng.normal(0, 0.03, size=(n, 8, 8)), 0, 1).astype(np.float32)
 
 
 def stamped(X: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -51,11 +58,45 @@ def test_delta_influence_adds_carriers_and_unflags_rows_without_the_stamp():
     sel = DeltaInfluenceSelector(DeltaInfluenceDetector())
     sel._erase = (np.zeros((8, 8), dtype=bool), np.zeros((8, 8), dtype=np.float32))   # a found trigger
     context = FitContext(seed=0, X_val=images(200, 3), y_val=np.zeros(200, dtype=int))
-    carries, lacks, n_pixels = sel._pattern_flags(X, pool, flagged, context)
-    assert n_pixels == 9
+    flags = sel._pattern_flags(X, pool, flagged, 0, context)
+    carries, lacks = flags.carries, flags.lacks
+    assert (flags.kind, flags.pixels) == ("stamp", 9)
     assert (carries == (np.arange(80) < 20)).all()                          # all 20 poisons, no clean row
     assert (np.flatnonzero(lacks) == np.arange(20, 24)).all()               # the 4 clean rows flagged
     off = DeltaInfluenceSelector(DeltaInfluenceDetector(shared_pattern=None))
     off._erase = sel._erase
-    none_c, none_l, _ = off._pattern_flags(X, pool, flagged, context)
-    assert not none_c.any() and not none_l.any()
+    none = off._pattern_flags(X, pool, flagged, 0, context)
+    assert not none.carries.any() and not none.lacks.any() and none.kind == "none"
+
+
+def test_a_blended_stamp_is_read_as_a_blend_and_scores_its_carriers_above_clean_images():
+    rule = BlendRule()
+    flagged = stamped(two_tone(100, 1), alpha=0.5)
+    blend = estimate_blend(flagged, two_tone(500, 3), rule)
+    expected = np.zeros((8, 8), dtype=bool)
+    expected[1:4, 4:7] = True
+    assert (blend.pixels == expected).all()
+    assert abs(blend.alpha - 0.5) < 0.1
+    carriers, clean = blend.score(stamped(two_tone(100, 4), alpha=0.5)), blend.score(two_tone(500, 5))
+    assert (carriers > 0).all() and np.median(clean) < 0
+    assert (carriers > np.quantile(clean, 0.99)).mean() > 0.9
+
+
+def test_a_pure_stamp_is_no_blend():
+    assert estimate_blend(stamped(two_tone(60, 1)), two_tone(500, 3), BlendRule()).size == 0
+
+
+def test_pattern_flags_adds_blended_poisons_and_unflags_clean_rows_where_the_stamp_rule_cannot():
+    X = np.concatenate([stamped(two_tone(120, 1), alpha=0.5), two_tone(200, 2)])  # pool: 120 poisons, 200 clean
+    flagged = np.zeros(320, dtype=bool)
+    flagged[:100] = True                                                          # 100 of the poisons ...
+    flagged[120:126] = True                                                       # ... and 6 clean rows
+    pool = np.ones(320, dtype=bool)
+    X_val, y_val = two_tone(750, 3), np.repeat(np.arange(3), 250)
+    flags = pattern_flags(X, pool, flagged, X_val, y_val, 0, SharedPatternRule())
+    assert flags.kind == "blend" and flags.pixels == 9
+    truth = np.arange(320) < 120
+    assert (flags.carries & truth).sum() >= 100 and not (flags.carries & ~truth).any()
+    assert flags.lacks[120:126].sum() >= 5 and not flags.lacks[truth].any()
+    stamp_only = pattern_flags(X, pool, flagged, X_val, y_val, 0, SharedPatternRule(blend=None))
+    assert stamp_only.kind == "none" and not stamp_only.carries.any()

@@ -1,0 +1,78 @@
+"""Replay Δ-influence's data-side trigger rule (stamp / blend) on ``benchmarks/poison.py --dump`` pickles (issue 15,
+round 7). No model is needed: the rule reads the flagged rows, the pool and the validation images only.
+
+    python benchmarks/poison.py --dataset digits --trigger blend-patch --rates 0.01 0.05 --seeds 0 \\
+        --detectors delta_influence --unlearn --no-retrain --threads 1 --cache CACHE --dump DIR
+    python benchmarks/pattern_replay.py DIR/*.pkl
+
+Per dump: the rows flagged before the pattern rule ("before"), the stamp rule alone (round 6's default), and
+stamp-or-blend under each candidate setting; precision / recall per cell and how many cells meet recall >= 0.99
+at precision >= 0.8. Cells without a found trigger are listed, not scored.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+#: candidate settings of the blend estimate (BlendRule fields); "stamp only" is blend: null
+CANDIDATES = {"stamp only": None, "blend (defaults)": {},
+              "blend, veto off": {"veto": False},
+              "blend, ks 1.5": {"ks": 1.5}, "blend, ks 3": {"ks": 3.0}, "blend, bandwidth 0.1": {"bandwidth": 0.1}}
+
+
+def cell(path: Path) -> dict | None:
+    from benchmarks.poison import scenario
+
+    d = pickle.load(open(path, "rb"))
+    det, y, truth, row = d["det"], d["y"], d["truth"], d["row"]
+    if det.target_ is None:
+        return None
+    _, bundle, _, _ = scenario(row["dataset"], row["trigger"], row["rate"], row["seed"])
+    before = (det.support_ | det.pattern_vetoed_) & ~det.pattern_added_
+    return {"name": path.stem, "X": bundle.train.X, "Xv": bundle.val.X, "yv": bundle.val.y, "y": y, "truth": truth,
+            "target": det.target_, "before": before}
+
+
+def replay(c: dict, blend: dict | None) -> tuple[np.ndarray, str]:
+    from tda_clean.config import BlendRule, SharedPatternRule
+    from tda_clean.selection.shared_pattern import pattern_flags
+
+    rule = SharedPatternRule(blend=None if blend is None else BlendRule(**blend))
+    flags = pattern_flags(c["X"], c["y"] == c["target"], c["before"], c["Xv"], c["yv"], c["target"], rule)
+    return (c["before"] & ~flags.lacks) | flags.carries, f"{flags.kind} {flags.pixels}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dumps", nargs="+")
+    args = parser.parse_args(argv)
+    cells, missing = [], []
+    for p in sorted(args.dumps):
+        c = cell(Path(p))
+        (cells.append(c) if c is not None else missing.append(Path(p).stem))
+    print("| rule | goal met | " + " | ".join(c["name"] for c in cells) + " |")
+    print("|---|---|" + "---|" * len(cells))
+    rows = {"before the pattern rule": lambda c: (c["before"], "")}
+    rows.update({name: (lambda c, b=blend: replay(c, b)) for name, blend in CANDIDATES.items()})
+    for name, rule in rows.items():
+        met, parts = 0, []
+        for c in cells:
+            flag, kind = rule(c)
+            tp = int((flag & c["truth"]).sum())
+            prec, rec = tp / max(int(flag.sum()), 1), tp / int(c["truth"].sum())
+            met += prec >= 0.8 and rec >= 0.99
+            parts.append(f"{prec:.3f} / {rec:.3f}" + (f" ({kind})" if kind else ""))
+        print(f"| {name} | {met} of {len(cells)} | " + " | ".join(parts) + " |")
+    if missing:
+        print("no trigger found:", ", ".join(missing))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
