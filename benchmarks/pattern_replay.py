@@ -7,11 +7,14 @@ round 7). No model is needed: the rule reads the flagged rows, the pool and the 
 
 Per dump: the rows flagged before the pattern rule ("before"), the stamp rule alone (round 6's default), and
 stamp-or-blend under each candidate setting; precision / recall per cell and how many cells meet recall >= 0.99
-at precision >= 0.8. Cells without a found trigger are listed, not scored.
+at precision >= 0.8. Cells without a found trigger are listed, not scored. ``--retrain``: the model retrained
+(seeded, as ``poison.py`` does) without the rows the default rule flags, and its attack success and accuracy --
+one JSON line per cell to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import sys
 from pathlib import Path
@@ -36,7 +39,17 @@ def cell(path: Path) -> dict | None:
     _, bundle, _, _ = scenario(row["dataset"], row["trigger"], row["rate"], row["seed"])
     before = (det.support_ | det.pattern_vetoed_) & ~det.pattern_added_
     return {"name": path.stem, "X": bundle.train.X, "Xv": bundle.val.X, "yv": bundle.val.y, "y": y, "truth": truth,
-            "target": det.target_, "before": before}
+            "target": det.target_, "before": before, "row": row, "bundle": bundle}
+
+
+def retrain(c: dict, flag: np.ndarray) -> dict:
+    """The cell's model retrained without the ``flag`` rows: attack success and clean accuracy."""
+    from benchmarks.poison import _evaluate, _train, scenario
+
+    row = c["row"]
+    _, bundle, model_cfg, train_cfg = scenario(row["dataset"], row["trigger"], row["rate"], row["seed"])
+    model, _ = _train(model_cfg, train_cfg, bundle, bundle.train.X[~flag], bundle.train.y[~flag], row["seed"])
+    return _evaluate(model, bundle)
 
 
 def replay(c: dict, blend: dict | None) -> tuple[np.ndarray, str]:
@@ -51,6 +64,8 @@ def replay(c: dict, blend: dict | None) -> tuple[np.ndarray, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dumps", nargs="+")
+    parser.add_argument("--retrain", action="store_true", help="retrain without the default rule's flags")
+    parser.add_argument("--out", default=None, help="JSON lines of the default rule per cell (with --retrain)")
     args = parser.parse_args(argv)
     cells, missing = [], []
     for p in sorted(args.dumps):
@@ -71,6 +86,21 @@ def main(argv=None) -> int:
         print(f"| {name} | {met} of {len(cells)} | " + " | ".join(parts) + " |")
     if missing:
         print("no trigger found:", ", ".join(missing))
+    if args.retrain:
+        import torch
+
+        torch.set_num_threads(1)
+        for c in cells:
+            flag, kind = replay(c, CANDIDATES["blend (defaults)"])
+            tp = int((flag & c["truth"]).sum())
+            out = {"cell": c["name"], "pattern": kind, "n_flagged": int(flag.sum()),
+                   "precision": tp / max(int(flag.sum()), 1), "recall": tp / int(c["truth"].sum()),
+                   "before": c["row"].get("before"), "clean_model": c["row"].get("clean_model"),
+                   "after_retrain": retrain(c, flag)}
+            print(json.dumps(out), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(out) + "\n")
     return 0
 
 
