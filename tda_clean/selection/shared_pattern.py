@@ -77,22 +77,24 @@ def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: n
     (:func:`shared_pattern`) or, when that covers at most half as many elements, a blend
     (:func:`~tda_clean.selection.blend_pattern.estimate_blend`, clean reference: the validation rows not of the
     ``target``). Stamp: pool rows matching at least ``rule.add`` of its elements carry it, flagged rows matching
-    fewer than ``rule.veto`` lack it. Blend: pool rows scoring above every validation image carry it, flagged rows
+    fewer than ``rule.veto`` lack it. Blend: pool rows scoring above 0 and above every clean validation row of the
+    target class (the pool's own class; all validation rows when it has fewer than 10) carry it, flagged rows
     whose score is at most 0 (better explained as clean images) lack it. Nothing with fewer than
     ``rule.min_pixels`` elements."""
     none = np.zeros(len(X), dtype=bool)
     X_val = np.asarray(X_val)
     stamp = shared_pattern(X[flagged], X_val, rule)
-    blend = None
+    blend, y_val = None, None if y_val is None else np.asarray(y_val)
+    other = np.ones(len(X_val), dtype=bool) if y_val is None else y_val != target
     if rule.blend is not None:
-        other = np.ones(len(X_val), dtype=bool) if y_val is None else np.asarray(y_val) != target
-        reference = X_val[other] if other.sum() >= _MIN_REFERENCE else X_val
-        blend = estimate_blend(X[flagged], reference, rule.blend)
+        blend = estimate_blend(X[flagged], X_val[other] if other.sum() >= _MIN_REFERENCE else X_val, rule.blend)
     rows = pool | flagged
     if blend is not None and blend.size >= max(rule.min_pixels, _BLEND_MARGIN * stamp.size):
-        score, null = np.full(len(X), -np.inf), blend.score(X_val)
+        score = np.full(len(X), -np.inf)
         score[rows] = blend.score(X[rows])
-        carries = pool & (score > null.max())
+        # the pool is the target class: its clean validation rows are the null (all of them if too few)
+        null = blend.score(X_val[~other] if (~other).sum() >= _MIN_REFERENCE else X_val)
+        carries = pool & (score > max(0.0, null.max()))
         lacks = flagged & (score <= 0) if rule.blend.veto else none.copy()
         return PatternFlags(carries, lacks & ~carries, "blend", blend.size, blend.alpha)
     if stamp.size < rule.min_pixels:
