@@ -24,22 +24,29 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 #: candidate settings of the blend estimate (BlendRule fields); "stamp only" is blend: null
-CANDIDATES = {"stamp only": None, "blend (defaults)": {},
+CANDIDATES = {"stamp only": None, "blend (defaults)": {}, "blend, no model check": {"model": False},
               "blend, veto off": {"veto": False},
               "blend, ks 1.5": {"ks": 1.5}, "blend, ks 3": {"ks": 3.0}, "blend, bandwidth 0.1": {"bandwidth": 0.1}}
 
 
-def cell(path: Path) -> dict | None:
-    from benchmarks.poison import scenario
+def cell(path: Path, cache: Path) -> dict | None:
+    import torch
+
+    from benchmarks.poison import _train, scenario
+    from tda_clean.models.trainer import predict_proba
 
     d = pickle.load(open(path, "rb"))
     det, y, truth, row = d["det"], d["y"], d["truth"], d["row"]
     if det.target_ is None:
         return None
-    _, bundle, _, _ = scenario(row["dataset"], row["trigger"], row["rate"], row["seed"])
+    ds, tr, rate, seed = row["dataset"], row["trigger"], row["rate"], row["seed"]
+    _, bundle, model_cfg, train_cfg = scenario(ds, tr, rate, seed)
+    torch.set_num_threads(1)
+    model, _ = _train(model_cfg, train_cfg, bundle, bundle.train.X, y, seed, cache / f"{ds}_{tr}_{rate}_{seed}_poisoned.pt")
     before = (det.support_ | det.pattern_vetoed_) & ~det.pattern_added_
     return {"name": path.stem, "X": bundle.train.X, "Xv": bundle.val.X, "yv": bundle.val.y, "y": y, "truth": truth,
-            "target": det.target_, "before": before, "row": row, "bundle": bundle}
+            "target": det.target_, "before": before, "row": row,
+            "probability": lambda images: predict_proba(model, images)[:, det.target_]}
 
 
 def retrain(c: dict, flag: np.ndarray) -> dict:
@@ -56,20 +63,24 @@ def replay(c: dict, blend: dict | None) -> tuple[np.ndarray, str]:
     from tda_clean.config import BlendRule, SharedPatternRule
     from tda_clean.selection.shared_pattern import pattern_flags
 
+    blend = None if blend is None else dict(blend)
+    use_model = blend is None or blend.pop("model", True)
     rule = SharedPatternRule(blend=None if blend is None else BlendRule(**blend))
-    flags = pattern_flags(c["X"], c["y"] == c["target"], c["before"], c["Xv"], c["yv"], c["target"], rule)
+    flags = pattern_flags(c["X"], c["y"] == c["target"], c["before"], c["Xv"], c["yv"], c["target"], rule,
+                          c["probability"] if use_model else None)
     return (c["before"] & ~flags.lacks) | flags.carries, f"{flags.kind} {flags.pixels}"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dumps", nargs="+")
+    parser.add_argument("--cache", required=True, help="the model cache of the poison.py runs")
     parser.add_argument("--retrain", action="store_true", help="retrain without the default rule's flags")
     parser.add_argument("--out", default=None, help="JSON lines of the default rule per cell (with --retrain)")
     args = parser.parse_args(argv)
     cells, missing = [], []
     for p in sorted(args.dumps):
-        c = cell(Path(p))
+        c = cell(Path(p), Path(args.cache))
         (cells.append(c) if c is not None else missing.append(Path(p).stem))
     print("| rule | goal met | " + " | ".join(c["name"] for c in cells) + " |")
     print("|---|---|" + "---|" * len(cells))

@@ -49,6 +49,15 @@ class BlendPattern:
         blended = np.log(self._density(unblended) / (1 - self.alpha) + _FLOOR)
         return (blended - np.log(self._density(x) + _FLOOR)).sum(1)
 
+    def unblend(self, X: np.ndarray) -> np.ndarray:
+        """Copy of images ``X`` (n, [C,] H, W) with the blend undone on its elements, ``(x - alpha p) / (1 - alpha)``
+        clipped to the reference's range (input dtype): a poison's source image, if the blend is right."""
+        out = np.array(X, copy=True).reshape(len(X), -1)
+        on = self.pixels.reshape(-1)
+        lo, hi = (self.reference.min(), self.reference.max()) if self.reference.size else (0.0, 1.0)
+        out[:, on] = np.clip((out[:, on] - self.alpha * self.values.reshape(-1)[on]) / (1 - self.alpha), lo, hi)
+        return out.reshape(np.shape(X))
+
     def _density(self, v: np.ndarray) -> np.ndarray:
         return _kde(v, self.reference, self.bandwidth)
 

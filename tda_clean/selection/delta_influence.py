@@ -74,7 +74,7 @@ from tda_clean.selection.base import (
     BaseSelector, FitContext, cap_flagged, influence_engine, register_selector, trained_model,
 )
 from tda_clean.selection.delta_queries import TriggerQueries
-from tda_clean.selection.delta_scores import delta_votes
+from tda_clean.selection.delta_scores import delta_votes, predict
 from tda_clean.selection.score_cuts import separated_high_group, split_high_cluster
 from tda_clean.selection.shared_pattern import PatternFlags, pattern_flags
 
@@ -165,7 +165,7 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         added, vetoed = self._pixel_flags(model, X, y, pool, support | sourced, target, gap_z, context)
         before_pixels = support | sourced
         flagged = (before_pixels & ~vetoed) | added
-        pattern = self._pattern_flags(X, pool, flagged, target, context)
+        pattern = self._pattern_flags(model, X, pool, flagged, target, context)
         carries, lacks = pattern.carries, pattern.lacks
         support = cap_flagged((flagged & ~lacks) | carries, cont, self.spec.budget.cap(len(y)))
         self.erased_ = erased
@@ -210,15 +210,17 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         out[rows] = (p_after < 0.5) & (share >= self.spec.source_share - 1e-9)
         return out
 
-    def _pattern_flags(self, X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, target: int,
+    def _pattern_flags(self, model, X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, target: int,
                        context: FitContext) -> PatternFlags:
         """The flagged rows' trigger read off the data (:func:`~tda_clean.selection.shared_pattern.pattern_flags`,
-        clean reference: the validation images). Nothing without a found trigger, images or a validation split."""
+        clean reference: the validation images; ``model`` judges un-blended images). Nothing without a found
+        trigger, images or a validation split."""
         rule = self.spec.shared_pattern
         if rule is None or self._erase is None or X.ndim < 3 or context.X_val is None or flagged.sum() < 2:
             none = np.zeros(len(X), dtype=bool)
             return PatternFlags(none, none.copy(), "none", 0, 1.0)
-        return pattern_flags(X, pool, flagged, context.X_val, context.y_val, target, rule)
+        return pattern_flags(X, pool, flagged, context.X_val, context.y_val, target, rule,
+                             lambda images: predict(model, images)[:, target])
 
     def _pixel_flags(self, model, X: np.ndarray, y: np.ndarray, pool: np.ndarray, flagged: np.ndarray, target: int,
                      gap_z: np.ndarray, context: FitContext) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ flagged rows include innocents can look like a weak blend on about as many).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -72,14 +73,17 @@ class PatternFlags:
 
 
 def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: np.ndarray, y_val: np.ndarray | None,
-                  target: int, rule: SharedPatternRule) -> PatternFlags:
+                  target: int, rule: SharedPatternRule,
+                  target_probability: Callable[[np.ndarray], np.ndarray] | None = None) -> PatternFlags:
     """The trigger read off the ``flagged`` rows of images ``X`` (n, [C,] H, W), as a stamp
     (:func:`shared_pattern`) or, when that covers at most half as many elements, a blend
     (:func:`~tda_clean.selection.blend_pattern.estimate_blend`, clean reference: the validation rows not of the
     ``target``). Stamp: pool rows matching at least ``rule.add`` of its elements carry it, flagged rows matching
     fewer than ``rule.veto`` lack it. Blend: pool rows scoring above 0 and above every clean validation row of the
-    target class (the pool's own class; all validation rows when it has fewer than 10) carry it, flagged rows
-    whose score is at most 0 (better explained as clean images) lack it. Nothing with fewer than
+    target class (the pool's own class; all validation rows when it has fewer than 10) carry it, and so do pool
+    rows scoring above 0 whose un-blended image ``target_probability`` (images -> (n,) the model's probability of
+    the target) puts below 0.5 -- the poison's source image comes back; flagged rows whose score is at most 0
+    (better explained as clean images) lack it. Nothing with fewer than
     ``rule.min_pixels`` elements."""
     none = np.zeros(len(X), dtype=bool)
     X_val = np.asarray(X_val)
@@ -95,6 +99,9 @@ def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: n
         # the pool is the target class: its clean validation rows are the null (all of them if too few)
         null = blend.score(X_val[~other] if (~other).sum() >= _MIN_REFERENCE else X_val)
         carries = pool & (score > max(0.0, null.max()))
+        maybe = np.flatnonzero(pool & ~carries & ~flagged & (score > 0))
+        if target_probability is not None and len(maybe):
+            carries[maybe] = target_probability(blend.unblend(X[maybe])) < 0.5
         lacks = flagged & (score <= 0) if rule.blend.veto else none.copy()
         return PatternFlags(carries, lacks & ~carries, "blend", blend.size, blend.alpha)
     if stamp.size < rule.min_pixels:

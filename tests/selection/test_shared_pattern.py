@@ -23,7 +23,8 @@ def images(n: int, seed: int) -> np.ndarray:
 def two_tone(n: int, seed: int) -> np.ndarray:
     """Images whose pixels are dark or bright (plus a little noise), like digits and clothing on a plain ground."""
     rng = np.random.default_rng(seed)
-    return np.clip((rng.uniform(size=(n, 8, 8)) < 0.4) + rng.normal(0, 0.03, size=(n, 8, 8)), 0, 1).astype(np.float32)
+    bright = rng.uniform(size=(n, 8, 8)) < 0.4
+    return np.clip(0.15 + 0.7 * bright + rng.normal(0, 0.05, size=(n, 8, 8)), 0, 1).astype(np.float32)
 
 
 def stamped(X: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -58,14 +59,14 @@ def test_delta_influence_adds_carriers_and_unflags_rows_without_the_stamp():
     sel = DeltaInfluenceSelector(DeltaInfluenceDetector())
     sel._erase = (np.zeros((8, 8), dtype=bool), np.zeros((8, 8), dtype=np.float32))   # a found trigger
     context = FitContext(seed=0, X_val=images(200, 3), y_val=np.zeros(200, dtype=int))
-    flags = sel._pattern_flags(X, pool, flagged, 0, context)
+    flags = sel._pattern_flags(None, X, pool, flagged, 0, context)
     carries, lacks = flags.carries, flags.lacks
     assert (flags.kind, flags.pixels) == ("stamp", 9)
     assert (carries == (np.arange(80) < 20)).all()                          # all 20 poisons, no clean row
     assert (np.flatnonzero(lacks) == np.arange(20, 24)).all()               # the 4 clean rows flagged
     off = DeltaInfluenceSelector(DeltaInfluenceDetector(shared_pattern=None))
     off._erase = sel._erase
-    none = off._pattern_flags(X, pool, flagged, 0, context)
+    none = off._pattern_flags(None, X, pool, flagged, 0, context)
     assert not none.carries.any() and not none.lacks.any() and none.kind == "none"
 
 
@@ -100,3 +101,28 @@ def test_pattern_flags_adds_blended_poisons_and_unflags_clean_rows_where_the_sta
     assert flags.lacks[120:126].sum() >= 5 and not flags.lacks[truth].any()
     stamp_only = pattern_flags(X, pool, flagged, X_val, y_val, 0, SharedPatternRule(blend=None))
     assert stamp_only.kind == "none" and not stamp_only.carries.any()
+
+
+def test_unblending_gives_the_source_image_back():
+    sources = two_tone(100, 1)
+    blend = estimate_blend(stamped(sources, alpha=0.5), two_tone(500, 3), BlendRule())
+    back = blend.unblend(stamped(sources, alpha=0.5))
+    assert np.abs(back - sources)[:, 1:4, 4:7].mean() < 0.1        # the stamp's region: the source again
+    assert (back[:, blend.pixels == 0] == sources[:, blend.pixels == 0]).all()   # elsewhere untouched
+
+
+def test_a_blend_carrier_below_the_clean_null_is_added_when_the_model_loses_the_target_once_unblended():
+    X = np.concatenate([stamped(two_tone(120, 1), alpha=0.5), two_tone(200, 2)])  # pool: 120 poisons, 200 clean
+    flagged = np.zeros(320, dtype=bool)
+    flagged[:100] = True
+    pool = np.ones(320, dtype=bool)
+    X_val = np.concatenate([two_tone(500, 3), stamped(two_tone(20, 6), alpha=0.5), two_tone(230, 7)])
+    y_val = np.repeat(np.arange(3), 250)            # clean-labelled target rows that look blended: a high null
+    rule = SharedPatternRule()
+    data_only = pattern_flags(X, pool, flagged, X_val, y_val, 2, rule)
+    lost = pattern_flags(X, pool, flagged, X_val, y_val, 2, rule, lambda images: np.full(len(images), 0.1))
+    kept = pattern_flags(X, pool, flagged, X_val, y_val, 2, rule, lambda images: np.full(len(images), 0.9))
+    truth = np.arange(320) < 120
+    assert (data_only.carries & ~flagged).sum() < 5                       # the null hides most of the 20
+    assert (lost.carries & truth & ~flagged).sum() == 20 and not (lost.carries & ~truth).any()
+    assert (kept.carries == data_only.carries).all()
