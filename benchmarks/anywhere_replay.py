@@ -14,7 +14,6 @@ precision >= 0.8. ``round 4`` is the rule before round 5, ``live`` the detector'
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ PATTERN_TOL, PATTERN_AGREE, PATTERN_CLEAN = 0.05, (0.6, 0.8), (0.1, 0.25)
 def features(path: Path, cache: Path) -> dict | None:
     import torch
 
-    from benchmarks.poison import _train, scenario
+    from benchmarks.poison import load_dump
     from tda_clean.models.trainer import predict_proba
     from tda_clean.selection.score_cuts import separated_high_group, split_high_cluster
     from tda_clean.config import SharedPatternRule
@@ -39,14 +38,12 @@ def features(path: Path, cache: Path) -> dict | None:
     from tda_clean.selection.trigger_search import erase_region
 
     torch.set_num_threads(1)
-    d = pickle.load(open(path, "rb"))
-    det, y, truth, row = d["det"], d["y"], d["truth"], d["row"]
-    if det.target_ is None:
+    loaded = load_dump(path, cache)
+    if loaded is None:
         return None
-    ds, tr, rate, seed = row["dataset"], row["trigger"], row["rate"], row["seed"]
-    _, bundle, mc, tc = scenario(ds, tr, rate, seed)
+    d, bundle, model = loaded
+    det, y, truth = d["det"], d["y"], d["truth"]
     X = bundle.train.X
-    model, _ = _train(mc, tc, bundle, X, y, seed, cache / f"{ds}_{tr}_{rate}_{seed}_poisoned.pt")
     s, t = det.spec, det.target_
     pool = y == t
     _, gap = split_high_cluster(det.delta_scores_, pool)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 from pathlib import Path
 
@@ -32,20 +31,17 @@ CANDIDATES = {"stamp only": None, "blend (defaults)": {}, "blend, no model check
 def cell(path: Path, cache: Path) -> dict | None:
     import torch
 
-    from benchmarks.poison import _train, scenario
+    from benchmarks.poison import load_dump
     from tda_clean.models.trainer import predict_proba
 
-    d = pickle.load(open(path, "rb"))
-    det, y, truth, row = d["det"], d["y"], d["truth"], d["row"]
-    if det.target_ is None:
-        return None
-    ds, tr, rate, seed = row["dataset"], row["trigger"], row["rate"], row["seed"]
-    _, bundle, model_cfg, train_cfg = scenario(ds, tr, rate, seed)
     torch.set_num_threads(1)
-    model, _ = _train(model_cfg, train_cfg, bundle, bundle.train.X, y, seed, cache / f"{ds}_{tr}_{rate}_{seed}_poisoned.pt")
+    loaded = load_dump(path, cache)
+    if loaded is None:
+        return None
+    (d, bundle, model), det = loaded, loaded[0]["det"]
     before = (det.support_ | det.pattern_vetoed_) & ~det.pattern_added_
-    return {"name": path.stem, "X": bundle.train.X, "Xv": bundle.val.X, "yv": bundle.val.y, "y": y, "truth": truth,
-            "target": det.target_, "before": before, "row": row,
+    return {"name": path.stem, "X": bundle.train.X, "Xv": bundle.val.X, "yv": bundle.val.y, "y": d["y"],
+            "truth": d["truth"], "target": det.target_, "before": before, "row": d["row"],
             "probability": lambda images: predict_proba(model, images)[:, det.target_]}
 
 

@@ -163,6 +163,23 @@ def _train(model_cfg, train_cfg, bundle: DataBundle, X, y, seed, cache: Path | N
     return model, seconds
 
 
+def load_dump(path: Path, cache: Path):
+    """A ``--dump`` pickle with its cell rebuilt: ``(dump dict, poisoned bundle, poisoned model)`` -- the model
+    loaded from ``cache`` (the run's ``--cache``) -- or None when the detector found no trigger."""
+    import pickle
+
+    with open(path, "rb") as f:
+        d = pickle.load(f)
+    if d["det"].target_ is None:
+        return None
+    row = d["row"]
+    ds, tr, rate, seed = row["dataset"], row["trigger"], row["rate"], row["seed"]
+    _, bundle, model_cfg, train_cfg = scenario(ds, tr, rate, seed)
+    model, _ = _train(model_cfg, train_cfg, bundle, bundle.train.X, d["y"], seed,
+                      cache / f"{ds}_{tr}_{rate}_{seed}_poisoned.pt")
+    return d, bundle, model
+
+
 def _evaluate(model, bundle: DataBundle) -> dict[str, float]:
     acc = float(np.mean(predict_proba(model, bundle.test.X).argmax(1) == bundle.test.y))
     asr = float(np.mean(predict_proba(model, bundle.triggered_test.X).argmax(1) == bundle.attack_target))
