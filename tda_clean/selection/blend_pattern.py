@@ -5,8 +5,10 @@ none, or only the few pixels over a plain background), but it leaves a mark on e
 poisons a blended pixel is the clean distribution shrunk by ``1 - alpha`` and shifted by ``alpha p``. So the pixels
 where the flagged rows' distribution differs from clean images' (two-sample Kolmogorov-Smirnov statistic above
 ``ks`` times its null scale ``sqrt((m + n) / (m n))``) and is compressed (interquartile range at most ``max_ratio`` of the
-clean one -- or the clean pixel is nearly constant) are the blend's; ``alpha`` is the weight (on a grid of 0.05)
-under which the flagged rows are most likely, ``p`` follows from the medians. A row is then scored by the log-likelihood ratio of "a clean image blended with
+clean one -- or the clean pixel is nearly constant) are the candidates; ``alpha`` is the weight (on a grid of 0.05)
+under which the flagged rows are most likely, ``p`` follows from the medians, and only the candidates where the
+blend explains the flagged rows better than the clean images themselves do, by at least a quarter of the best
+element's gain in log-likelihood, are kept (then ``alpha`` is refitted). A row is then scored by the log-likelihood ratio of "a clean image blended with
 ``p``" against "a clean image", with per-pixel Gaussian kernel densities of the clean reference.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tda_clean.config import BlendRule
 
 _FLOOR = 1e-3          # density floor: one pixel far out of the reference cannot dominate a row's score
 _MIN_SPREAD = 0.1      # a clean pixel whose interquartile range is below this is "nearly constant"
+_MIN_GAIN = 0.25       # an element is kept when the blend gains at least this share of the best element's gain
 _ALPHAS = np.round(np.arange(0.05, 0.96, 0.05), 2)   # the blend weights tried
 
 
@@ -104,19 +107,33 @@ def estimate_blend(flagged: np.ndarray, reference: np.ndarray, rule: BlendRule) 
     if not shrunk.any():
         return empty
     pixels = shrunk | flat
-    weights = [(_loglik(F[:, shrunk], R[:, shrunk], qf[1][shrunk], qr[1][shrunk], alpha, rule.bandwidth), alpha)
-               for alpha in _ALPHAS]
-    alpha = float(max(weights)[1])
+    alpha = _best_alpha(F, R, qf[1], qr[1], shrunk, rule.bandwidth)
+    # keep the elements the blend explains better than no blend at all: a flagged set drawn unevenly from the
+    # source classes also differs (and looks compressed) where those classes' images are plain
+    gain = (_loglik(F[:, pixels], R[:, pixels], qf[1][pixels], qr[1][pixels], alpha, rule.bandwidth)
+            - np.log(_kde(F[:, pixels], R[:, pixels], rule.bandwidth) + _FLOOR).mean(0))
+    pixels[np.flatnonzero(pixels)[gain <= max(0.0, _MIN_GAIN * gain.max())]] = False
+    shrunk &= pixels
+    if not shrunk.any():
+        return empty
+    alpha = _best_alpha(F, R, qf[1], qr[1], shrunk, rule.bandwidth)
     if alpha > rule.max_alpha:             # the pixels are stamped, not blended
         return empty
     values = (qf[1] - (1 - alpha) * qr[1]) / alpha
     return BlendPattern(pixels.reshape(shape), alpha, values.reshape(shape), R[:, pixels], rule.bandwidth)
 
 
+def _best_alpha(F: np.ndarray, R: np.ndarray, median_f: np.ndarray, median_r: np.ndarray, on: np.ndarray,
+                bandwidth: float) -> float:
+    """The blend weight (of ``_ALPHAS``) under which the flagged rows ``F`` are likeliest on the elements ``on``."""
+    fits = [(_loglik(F[:, on], R[:, on], median_f[on], median_r[on], alpha, bandwidth).sum(), alpha) for alpha in _ALPHAS]
+    return float(max(fits)[1])
+
+
 def _loglik(F: np.ndarray, R: np.ndarray, median_f: np.ndarray, median_r: np.ndarray, alpha: float,
             bandwidth: float) -> float:
-    """Mean log-likelihood of the flagged rows ``F`` (m, k) as clean rows ``R`` (r, k) blended at ``alpha``, the
-    pattern following from the medians (``median_f = (1 - alpha) median_r + alpha p``)."""
+    """(k,) per-element mean log-likelihood of the flagged rows ``F`` (m, k) as clean rows ``R`` (r, k) blended at
+    ``alpha``, the pattern following from the medians (``median_f = (1 - alpha) median_r + alpha p``)."""
     pattern = (median_f - (1 - alpha) * median_r) / alpha
     density = _kde((F - alpha * pattern) / (1 - alpha), R, bandwidth) / (1 - alpha)
-    return float(np.log(density + _FLOOR).sum(1).mean())
+    return np.log(density + _FLOOR).mean(0)

@@ -6,9 +6,10 @@ clean images rarely take that value are the trigger's pixels -- whatever its pla
 whether or not the model's reconstruction covered all of it. A training row that shows the same values on
 (nearly) all of those pixels carries the trigger. A blended trigger mixes the pattern with each image, so its
 pixels seldom agree and few or none are found; its mark is on each pixel's distribution instead
-(:mod:`~tda_clean.selection.blend_pattern`), and :func:`pattern_flags` takes the blend when it covers at least
-twice the stamp's pixels (a blend over a plain background agrees on a few of its pixels; a true stamp whose
-flagged rows include innocents can look like a weak blend on about as many).
+(:mod:`~tda_clean.selection.blend_pattern`), and :func:`pattern_flags` takes the estimate under which more of the
+flagged rows carry the trigger (a blend over a plain background agrees on a few of its pixels, and so does a
+flagged set drawn unevenly from the source classes where their images are plain: a "stamp" that most poisons
+do not match).
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from tda_clean.config import SharedPatternRule
 from tda_clean.selection.blend_pattern import estimate_blend
 
 _MIN_REFERENCE = 10     # fewer validation rows outside the target class: the whole validation split is the reference
-_BLEND_MARGIN = 2       # the blend is taken over the stamp when it covers at least this many times its elements
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,15 @@ def shared_pattern(flagged: np.ndarray, reference: np.ndarray, rule: SharedPatte
 class PatternFlags:
     """Result of :func:`pattern_flags`. ``carries``: bool (n,) pool rows that carry the estimated trigger;
     ``lacks``: bool (n,) flagged rows that do not; ``kind``: ``stamp``, ``blend`` or ``none``; ``pixels``: the
-    estimate's element count; ``alpha``: the blend weight (1.0 for a stamp)."""
+    estimate's element count; ``alpha``: the blend weight (1.0 for a stamp); ``unexplained``: how many flagged
+    rows do not carry it (whether or not they are unflagged)."""
 
     carries: np.ndarray
     lacks: np.ndarray
     kind: str
     pixels: int
     alpha: float
+    unexplained: int = 0
 
     def info(self) -> dict[str, float | int | str]:
         return {"pattern_kind": self.kind, "pattern_pixels": self.pixels, "pattern_alpha": self.alpha}
@@ -76,7 +78,7 @@ def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: n
                   target: int, rule: SharedPatternRule,
                   target_probability: Callable[[np.ndarray], np.ndarray] | None = None) -> PatternFlags:
     """The trigger read off the ``flagged`` rows of images ``X`` (n, [C,] H, W), as a stamp
-    (:func:`shared_pattern`) or, when that covers at most half as many elements, a blend
+    (:func:`shared_pattern`) or a blend, whichever leaves fewer flagged rows without it
     (:func:`~tda_clean.selection.blend_pattern.estimate_blend`, clean reference: the validation rows not of the
     ``target``). Stamp: pool rows matching at least ``rule.add`` of its elements carry it, flagged rows matching
     fewer than ``rule.veto`` lack it. Blend: pool rows scoring above 0 and above every clean validation row of the
@@ -85,29 +87,49 @@ def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: n
     the target) puts below 0.5 -- the poison's source image comes back; flagged rows whose score is at most 0
     (better explained as clean images) lack it. Nothing with fewer than
     ``rule.min_pixels`` elements."""
-    none = np.zeros(len(X), dtype=bool)
     X_val = np.asarray(X_val)
-    stamp = shared_pattern(X[flagged], X_val, rule)
-    blend, y_val = None, None if y_val is None else np.asarray(y_val)
-    other = np.ones(len(X_val), dtype=bool) if y_val is None else y_val != target
+    y_val = None if y_val is None else np.asarray(y_val)
+    own = np.zeros(len(X_val), dtype=bool) if y_val is None else y_val == target
+    candidates = [_stamp_flags(X, pool, flagged, X_val, rule)]
     if rule.blend is not None:
-        blend = estimate_blend(X[flagged], X_val[other] if other.sum() >= _MIN_REFERENCE else X_val, rule.blend)
+        candidates.append(_blend_flags(X, pool, flagged, X_val, own, rule, target_probability))
+    usable = [c for c in candidates if c.pixels >= rule.min_pixels]
+    if not usable:
+        none = np.zeros(len(X), dtype=bool)
+        return PatternFlags(none, none.copy(), "none", candidates[0].pixels, 1.0)
+    # the estimate under which more of the flagged rows carry the trigger (the stamp on a tie)
+    return min(usable, key=lambda c: c.unexplained)
+
+
+def _stamp_flags(X, pool, flagged, X_val, rule: SharedPatternRule) -> PatternFlags:
+    stamp = shared_pattern(X[flagged], X_val, rule)
     rows = pool | flagged
-    if blend is not None and blend.size >= max(rule.min_pixels, _BLEND_MARGIN * stamp.size):
-        score = np.full(len(X), -np.inf)
-        score[rows] = blend.score(X[rows])
-        # the pool is the target class: its clean validation rows are the null (all of them if too few)
-        null = blend.score(X_val[~other] if (~other).sum() >= _MIN_REFERENCE else X_val)
-        carries = pool & (score > max(0.0, null.max()))
-        maybe = np.flatnonzero(pool & ~carries & ~flagged & (score > 0))
-        if target_probability is not None and len(maybe):
-            carries[maybe] = target_probability(blend.unblend(X[maybe])) < 0.5
-        lacks = flagged & (score <= 0) if rule.blend.veto else none.copy()
-        return PatternFlags(carries, lacks & ~carries, "blend", blend.size, blend.alpha)
-    if stamp.size < rule.min_pixels:
-        return PatternFlags(none, none.copy(), "none", stamp.size, 1.0)
     match = np.zeros(len(X))
-    match[rows] = stamp.match(X[rows])
+    if stamp.size:
+        match[rows] = stamp.match(X[rows])
     carries = pool & (match >= rule.add - 1e-9)
-    lacks = flagged & (match < rule.veto - 1e-9) if rule.veto is not None else none.copy()
-    return PatternFlags(carries, lacks & ~carries, "stamp", stamp.size, 1.0)
+    lacks = flagged & (match < (0.5 if rule.veto is None else rule.veto) - 1e-9)
+    none = np.zeros(len(X), dtype=bool)
+    return PatternFlags(carries, lacks & ~carries if rule.veto is not None else none, "stamp", stamp.size, 1.0,
+                        int(lacks.sum()))
+
+
+def _blend_flags(X, pool, flagged, X_val, own, rule: SharedPatternRule, target_probability) -> PatternFlags:
+    """``own``: bool, the validation rows of the target class (the pool's class; the rest are the reference)."""
+    reference = X_val[~own] if (~own).sum() >= _MIN_REFERENCE else X_val
+    blend = estimate_blend(X[flagged], reference, rule.blend)
+    score = np.full(len(X), -np.inf)
+    if not blend.size:
+        none = np.zeros(len(X), dtype=bool)
+        return PatternFlags(none, none.copy(), "blend", 0, blend.alpha)
+    rows = pool | flagged
+    score[rows] = blend.score(X[rows])
+    null = blend.score(X_val[own] if own.sum() >= _MIN_REFERENCE else X_val)
+    carries = pool & (score > max(0.0, null.max()))
+    maybe = np.flatnonzero(pool & ~carries & ~flagged & (score > 0))
+    if target_probability is not None and len(maybe):
+        carries[maybe] = target_probability(blend.unblend(X[maybe])) < 0.5
+    lacks = flagged & (score <= 0)
+    none = np.zeros(len(X), dtype=bool)
+    return PatternFlags(carries, lacks & ~carries if rule.blend.veto else none, "blend", blend.size, blend.alpha,
+                        int(lacks.sum()))

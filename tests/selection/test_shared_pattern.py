@@ -95,7 +95,7 @@ def test_pattern_flags_adds_blended_poisons_and_unflags_clean_rows_where_the_sta
     pool = np.ones(320, dtype=bool)
     X_val, y_val = two_tone(750, 3), np.repeat(np.arange(3), 250)
     flags = pattern_flags(X, pool, flagged, X_val, y_val, 0, SharedPatternRule())
-    assert flags.kind == "blend" and flags.pixels == 9
+    assert flags.kind == "blend" and flags.pixels >= 7
     truth = np.arange(320) < 120
     assert (flags.carries & truth).sum() >= 100 and not (flags.carries & ~truth).any()
     assert flags.lacks[120:126].sum() >= 5 and not flags.lacks[truth].any()
