@@ -9,7 +9,8 @@ Per dump: the rows flagged before the pattern rule ("before"), the stamp rule al
 stamp-or-blend under each candidate setting; precision / recall per cell and how many cells meet recall >= 0.99
 at precision >= 0.8. Cells without a found trigger are listed, not scored. ``--retrain``: the model retrained
 (seeded, as ``poison.py`` does) without the rows the default rule flags, and its attack success and accuracy --
-one JSON line per cell to ``--out``.
+one JSON line per cell to ``--out``; with ``--runs`` (the poison.py result files) a cell whose flags equal the
+live detector's takes that run's retrain.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def cell(path: Path, cache: Path) -> dict | None:
     (d, bundle, model), det = loaded, loaded[0]["det"]
     before = (det.support_ | det.pattern_vetoed_) & ~det.pattern_added_
     return {"name": path.stem, "X": bundle.train.X, "Xv": bundle.val.X, "yv": bundle.val.y, "y": d["y"],
-            "truth": d["truth"], "target": det.target_, "before": before, "row": d["row"],
+            "truth": d["truth"], "target": det.target_, "before": before, "row": d["row"], "live": det.support_,
             "probability": lambda images: predict_proba(model, images)[:, det.target_]}
 
 
@@ -73,6 +74,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", required=True, help="the model cache of the poison.py runs")
     parser.add_argument("--retrain", action="store_true", help="retrain without the default rule's flags")
     parser.add_argument("--out", default=None, help="JSON lines of the default rule per cell (with --retrain)")
+    parser.add_argument("--runs", nargs="*", default=None,
+                        help="poison.py result files: a cell whose replayed flags equal the live detector's reuses "
+                             "that run's retrain instead of retraining")
     args = parser.parse_args(argv)
     cells, missing = [], []
     for p in sorted(args.dumps):
@@ -97,13 +101,22 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(1)
+        runs = {}
+        for path in args.runs or []:
+            for line in open(path):
+                r = json.loads(line)
+                runs[f"{r['dataset']}_{r['trigger']}_{r['rate']}_{r['seed']}"] = r["detectors"]["delta_influence"]
         for c in cells:
             flag, kind = replay(c, CANDIDATES["blend (defaults)"])
             tp = int((flag & c["truth"]).sum())
+            live = runs.get(c["name"])
+            same = live is not None and (flag == c["live"]).all() and "after_retrain" in live
             out = {"cell": c["name"], "pattern": kind, "n_flagged": int(flag.sum()),
                    "precision": tp / max(int(flag.sum()), 1), "recall": tp / int(c["truth"].sum()),
+                   "n_added": int((flag & ~c["before"]).sum()), "n_removed": int((c["before"] & ~flag).sum()),
+                   "same_as_live": bool((flag == c["live"]).all()),
                    "before": c["row"].get("before"), "clean_model": c["row"].get("clean_model"),
-                   "after_retrain": retrain(c, flag)}
+                   "after_retrain": live["after_retrain"] if same else retrain(c, flag)}
             print(json.dumps(out), flush=True)
             if args.out:
                 with open(args.out, "a") as f:
