@@ -114,6 +114,8 @@ def main(argv=None) -> int:
             out = {"cell": c["name"], "pattern": kind, "n_flagged": int(flag.sum()),
                    "precision": tp / max(int(flag.sum()), 1), "recall": tp / int(c["truth"].sum()),
                    "n_added": int((flag & ~c["before"]).sum()), "n_removed": int((c["before"] & ~flag).sum()),
+                   "before_rule": [int((c["before"] & c["truth"]).sum()) / max(int(c["before"].sum()), 1),
+                                   int((c["before"] & c["truth"]).sum()) / int(c["truth"].sum())],
                    "same_as_live": bool((flag == c["live"]).all()),
                    "before": c["row"].get("before"), "clean_model": c["row"].get("clean_model"),
                    "after_retrain": live["after_retrain"] if same else retrain(c, flag)}
