@@ -206,8 +206,9 @@ class DeltaInfluenceDetector(InfluenceFields, BudgetFields):
     target class (calibrated per class; ``None``: off). ``pixel_veto_share``: a flagged pool row whose pixel-neighbour
     share is at most this is unflagged (``None``: off). ``shared_pattern``: with a found trigger, the flagged rows'
     shared pixels (or, for a blended trigger, the blend read off each pixel's distribution, :class:`BlendRule`) add
-    the rows that carry them and unflag the rows that do not (:class:`SharedPatternRule`; ``None``: off). ``no_trigger``: ``none`` flags nothing when no trigger is found on
-    images; ``class_outliers`` falls back to outlying rows of the suspected class.
+    the rows that carry them and unflag the rows that do not (:class:`SharedPatternRule`; ``None``: off).
+    ``no_trigger``: ``none`` flags nothing when no trigger is found on images; ``class_outliers`` falls back to
+    outlying rows of the suspected class.
     """
 
     kind: Literal["delta_influence"] = "delta_influence"

@@ -4,12 +4,13 @@ A blend does not give its poisons one shared value per pixel (:mod:`~tda_clean.s
 none, or only the few pixels over a plain background), but it leaves a mark on each pixel's DISTRIBUTION: over the
 poisons a blended pixel is the clean distribution shrunk by ``1 - alpha`` and shifted by ``alpha p``. So the pixels
 where the flagged rows' distribution differs from clean images' (two-sample Kolmogorov-Smirnov statistic above
-``ks`` times its null scale ``sqrt((m + n) / (m n))``) and is compressed (interquartile range at most ``max_ratio`` of the
-clean one -- or the clean pixel is nearly constant) are the candidates; ``alpha`` is the weight (on a grid of 0.05)
-under which the flagged rows are most likely, ``p`` follows from the medians, and only the candidates where the
-blend explains the flagged rows better than the clean images themselves do, by at least a quarter of the best
-element's gain in log-likelihood, are kept (then ``alpha`` is refitted). A row is then scored by the log-likelihood ratio of "a clean image blended with
-``p``" against "a clean image", with per-pixel Gaussian kernel densities of the clean reference.
+``ks`` times its null scale ``sqrt((m + n) / (m n))``) and is compressed (interquartile range at most
+``max_ratio`` of the clean one -- or the clean pixel is nearly constant) are the candidates; ``alpha`` is the
+weight (on a grid of 0.05) under which the flagged rows are most likely, ``p`` follows from the medians, and only
+the candidates where the blend explains the flagged rows better than the clean images themselves do, by at least a
+quarter of the best element's gain in log-likelihood, are kept (then ``alpha`` is refitted). A row is then scored
+by the log-likelihood ratio of "a clean image blended with ``p``" against "a clean image", with per-pixel Gaussian
+kernel densities of the clean reference.
 """
 from __future__ import annotations
 
@@ -126,12 +127,13 @@ def estimate_blend(flagged: np.ndarray, reference: np.ndarray, rule: BlendRule) 
 def _best_alpha(F: np.ndarray, R: np.ndarray, median_f: np.ndarray, median_r: np.ndarray, on: np.ndarray,
                 bandwidth: float) -> float:
     """The blend weight (of ``_ALPHAS``) under which the flagged rows ``F`` are likeliest on the elements ``on``."""
-    fits = [(_loglik(F[:, on], R[:, on], median_f[on], median_r[on], alpha, bandwidth).sum(), alpha) for alpha in _ALPHAS]
+    fits = [(_loglik(F[:, on], R[:, on], median_f[on], median_r[on], alpha, bandwidth).sum(), alpha)
+            for alpha in _ALPHAS]
     return float(max(fits)[1])
 
 
 def _loglik(F: np.ndarray, R: np.ndarray, median_f: np.ndarray, median_r: np.ndarray, alpha: float,
-            bandwidth: float) -> float:
+            bandwidth: float) -> np.ndarray:
     """(k,) per-element mean log-likelihood of the flagged rows ``F`` (m, k) as clean rows ``R`` (r, k) blended at
     ``alpha``, the pattern following from the medians (``median_f = (1 - alpha) median_r + alpha p``)."""
     pattern = (median_f - (1 - alpha) * median_r) / alpha

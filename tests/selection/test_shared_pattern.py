@@ -1,6 +1,7 @@
 """The flagged rows' shared pixels as the trigger (issue 15, "poisons anywhere"): found wherever the stamp is,
 matched on the rows that carry it, absent for a blend that mixes the pattern with each image; Δ-influence's
-rule adds the rows that carry it and unflags flagged rows that do not; a blend is read off each pixel's distribution instead."""
+rule adds the rows that carry it and unflags flagged rows that do not; a blend is read off each pixel's distribution
+instead."""
 from __future__ import annotations
 
 import numpy as np
