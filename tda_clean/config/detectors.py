@@ -145,8 +145,8 @@ class BlendRule(_Frozen):
     elements whose flagged-row distribution differs from clean images' (Kolmogorov-Smirnov statistic above ``ks``
     times its null scale) and is compressed (spread ratio at most ``max_ratio``), read as ``(1 - alpha) x +
     alpha p`` with ``alpha`` at most ``max_alpha`` (above it the stamp rule applies); rows scored with Gaussian
-    kernels of width ``bandwidth``. ``veto``: unflag flagged rows whose score is at most 0 (better explained as a
-    clean image than as a blended one)."""
+    kernels of width ``bandwidth``. ``veto``: unflag flagged rows scoring no higher than 90% of the target class's
+    clean validation rows (and at most 0: better explained as a clean image than as a blended one)."""
 
     ks: float = Field(default=2.0, gt=0)
     max_ratio: float = Field(default=0.75, gt=0, lt=1)

@@ -22,6 +22,7 @@ from tda_clean.config import SharedPatternRule
 from tda_clean.selection.blend_pattern import estimate_blend
 
 _MIN_REFERENCE = 10     # fewer validation rows outside the target class: the whole validation split is the reference
+_VETO_QUANTILE = 0.9    # a flagged row scoring at most this quantile of the clean target-class rows is unflagged
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,9 @@ def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: n
     fewer than ``rule.veto`` lack it. Blend: pool rows scoring above 0 and above every clean validation row of the
     target class (the pool's own class; all validation rows when it has fewer than 10) carry it, and so do pool
     rows scoring above 0 whose un-blended image ``target_probability`` (images -> (n,) the model's probability of
-    the target) puts below 0.5 -- the poison's source image comes back; flagged rows whose score is at most 0
-    (better explained as clean images) lack it. Nothing with fewer than
-    ``rule.min_pixels`` elements."""
+    the target) puts below 0.5 -- the poison's source image comes back; flagged rows scoring at most 0 (better
+    explained as clean images) do not carry it, and those scoring no higher than 90% of the target class's clean
+    validation rows are unflagged. Nothing with fewer than ``rule.min_pixels`` elements."""
     X_val = np.asarray(X_val)
     y_val = None if y_val is None else np.asarray(y_val)
     own = np.zeros(len(X_val), dtype=bool) if y_val is None else y_val == target
@@ -130,6 +131,8 @@ def _blend_flags(X, pool, flagged, X_val, own, rule: SharedPatternRule, target_p
     if target_probability is not None and len(maybe):
         carries[maybe] = target_probability(blend.unblend(X[maybe])) < 0.5
     lacks = flagged & (score <= 0)
+    # unflag only rows that look like the target class's clean images (a blend's score is noisy near 0)
+    clean_like = flagged & (score <= min(0.0, float(np.quantile(null, _VETO_QUANTILE)))) & ~carries
     none = np.zeros(len(X), dtype=bool)
-    return PatternFlags(carries, lacks & ~carries if rule.blend.veto else none, "blend", blend.size, blend.alpha,
+    return PatternFlags(carries, clean_like if rule.blend.veto else none, "blend", blend.size, blend.alpha,
                         int(lacks.sum()))
