@@ -1,16 +1,17 @@
 """Replay Δ-influence's data-side trigger rule (stamp / blend) on ``benchmarks/poison.py --dump`` pickles (issue 15,
-round 7). No model is needed: the rule reads the flagged rows, the pool and the validation images only.
+round 7). The rule reads the flagged rows, the pool and the validation images; for a blend it also asks the
+poisoned model (loaded from the ``--cache`` of the run) whether un-blended pool rows are still the target.
 
     python benchmarks/poison.py --dataset digits --trigger blend-patch --rates 0.01 0.05 --seeds 0 \\
         --detectors delta_influence --unlearn --no-retrain --threads 1 --cache CACHE --dump DIR
-    python benchmarks/pattern_replay.py DIR/*.pkl
+    python benchmarks/pattern_replay.py --cache CACHE DIR/*.pkl
 
 Per dump: the rows flagged before the pattern rule ("before"), the stamp rule alone (round 6's default), and
 stamp-or-blend under each candidate setting; precision / recall per cell and how many cells meet recall >= 0.99
 at precision >= 0.8. Cells without a found trigger are listed, not scored. ``--retrain``: the model retrained
 (seeded, as ``poison.py`` does) without the rows the default rule flags, and its attack success and accuracy --
 one JSON line per cell to ``--out``; with ``--runs`` (the poison.py result files) a cell whose flags equal the
-live detector's takes that run's retrain.
+live detector's takes that run's retrain (only from runs that retrained: not ``--no-retrain``).
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
             flag, kind = replay(c, CANDIDATES["blend (defaults)"])
             tp = int((flag & c["truth"]).sum())
             live = runs.get(c["name"])
-            same = live is not None and (flag == c["live"]).all() and "after_retrain" in live
+            same = live is not None and live.get("retrained", False) and (flag == c["live"]).all()
             out = {"cell": c["name"], "pattern": kind, "n_flagged": int(flag.sum()),
                    "precision": tp / max(int(flag.sum()), 1), "recall": tp / int(c["truth"].sum()),
                    "n_added": int((flag & ~c["before"]).sum()), "n_removed": int((c["before"] & ~flag).sum()),

@@ -261,7 +261,8 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
             entry["n_flagged_by_source_only"] = det.info_.get("n_flagged_by_source_only")
             entry["n_flagged_by_pixels_only"] = det.info_.get("n_flagged_by_pixels_only")
             entry["n_vetoed_by_pixels"] = det.info_.get("n_vetoed_by_pixels")
-            for name in ("pattern_kind", "pattern_pixels", "pattern_alpha", "n_flagged_by_pattern_only", "n_vetoed_by_pattern"):
+            for name in ("pattern_kind", "pattern_pixels", "pattern_alpha", "n_flagged_by_pattern_only",
+                         "n_vetoed_by_pattern"):
                 entry[name] = det.info_.get(name)
             entry["trigger"] = {k: v for k, v in det.info_.items() if k.startswith(("trigger_", "erase", "cut_"))
                                 and isinstance(v, (int, float, bool))}
@@ -276,6 +277,7 @@ def run_one(dataset: str, trigger: str, rate: float, seed: int, detectors=DETECT
             entry["after_retrain"] = _evaluate(after, bundle)
         else:
             entry["after_retrain"] = row["before"]
+        entry["retrained"] = retrain        # after_retrain is the model without the flags (also when none are)
         row["detectors"][kind] = entry
         print(f"  {kind}: {entry}", flush=True)
     if delta_mask is not None and delta_mask.any():

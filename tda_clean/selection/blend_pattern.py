@@ -79,13 +79,12 @@ def _kde(v: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
 def _ks(F: np.ndarray, R: np.ndarray) -> np.ndarray:
     """(d,) two-sample Kolmogorov-Smirnov statistic per column of ``F`` (m, d) against ``R`` (n, d)."""
     values = np.concatenate([F, R])
-    ranks_f = np.sort(F, axis=0)
-    ranks_r = np.sort(R, axis=0)
+    sorted_f, sorted_r = np.sort(F, axis=0), np.sort(R, axis=0)
     out = np.zeros(F.shape[1])
     for j in range(F.shape[1]):
         grid = np.unique(values[:, j])
-        cdf_f = np.searchsorted(ranks_f[:, j], grid, side="right") / len(F)
-        cdf_r = np.searchsorted(ranks_r[:, j], grid, side="right") / len(R)
+        cdf_f = np.searchsorted(sorted_f[:, j], grid, side="right") / len(F)
+        cdf_r = np.searchsorted(sorted_r[:, j], grid, side="right") / len(R)
         out[j] = np.abs(cdf_f - cdf_r).max()
     return out
 

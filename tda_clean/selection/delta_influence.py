@@ -217,8 +217,7 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         trigger, images or a validation split."""
         rule = self.spec.shared_pattern
         if rule is None or self._erase is None or X.ndim < 3 or context.X_val is None or flagged.sum() < 2:
-            none = np.zeros(len(X), dtype=bool)
-            return PatternFlags(none, none.copy(), "none", 0, 1.0)
+            return PatternFlags.nothing(len(X))
         return pattern_flags(X, pool, flagged, context.X_val, context.y_val, target, rule,
                              lambda images: predict(model, images)[:, target])
 
@@ -251,8 +250,7 @@ class DeltaInfluenceSelector(TriggerQueries, BaseSelector):
         self.queries_ = np.zeros((0,))
         self.info_ = {**info, "target": None, "n_queries": 0, "n_erased": 0, "n_flagged_by_erasure_only": 0,
                       "n_flagged_by_source_only": 0, "n_flagged_by_pixels_only": 0, "n_vetoed_by_pixels": 0,
-                      "pattern_kind": "none", "pattern_pixels": 0, "pattern_alpha": 1.0, "n_flagged_by_pattern_only": 0,
-                      "n_vetoed_by_pattern": 0}
+                      **PatternFlags.nothing(0).info(), "n_flagged_by_pattern_only": 0, "n_vetoed_by_pattern": 0}
         return self
 
 

@@ -60,9 +60,9 @@ def shared_pattern(flagged: np.ndarray, reference: np.ndarray, rule: SharedPatte
 @dataclass(frozen=True)
 class PatternFlags:
     """Result of :func:`pattern_flags`. ``carries``: bool (n,) pool rows that carry the estimated trigger;
-    ``lacks``: bool (n,) flagged rows that do not; ``kind``: ``stamp``, ``blend`` or ``none``; ``pixels``: the
-    estimate's element count; ``alpha``: the blend weight (1.0 for a stamp); ``unexplained``: how many flagged
-    rows do not carry it (whether or not they are unflagged)."""
+    ``lacks``: bool (n,) flagged rows to unflag (they do not carry it; all False with the veto off); ``kind``:
+    ``stamp``, ``blend`` or ``none``; ``pixels``: the estimate's element count; ``alpha``: the blend weight (1.0
+    for a stamp); ``unexplained``: how many flagged rows do not carry it (whether or not they are unflagged)."""
 
     carries: np.ndarray
     lacks: np.ndarray
@@ -70,6 +70,11 @@ class PatternFlags:
     pixels: int
     alpha: float
     unexplained: int = 0
+
+    @classmethod
+    def nothing(cls, n: int, kind: str = "none", pixels: int = 0) -> "PatternFlags":
+        """No row carries or lacks a trigger (no usable estimate)."""
+        return cls(np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), kind, pixels, 1.0)
 
     def info(self) -> dict[str, float | int | str]:
         return {"pattern_kind": self.kind, "pattern_pixels": self.pixels, "pattern_alpha": self.alpha}
@@ -96,8 +101,7 @@ def pattern_flags(X: np.ndarray, pool: np.ndarray, flagged: np.ndarray, X_val: n
         candidates.append(_blend_flags(X, pool, flagged, X_val, own, rule, target_probability))
     usable = [c for c in candidates if c.pixels >= rule.min_pixels]
     if not usable:
-        none = np.zeros(len(X), dtype=bool)
-        return PatternFlags(none, none.copy(), "none", candidates[0].pixels, 1.0)
+        return PatternFlags.nothing(len(X), pixels=candidates[0].pixels)
     # the estimate under which more of the flagged rows carry the trigger (the stamp on a tie)
     return min(usable, key=lambda c: c.unexplained)
 
@@ -110,19 +114,17 @@ def _stamp_flags(X, pool, flagged, X_val, rule: SharedPatternRule) -> PatternFla
         match[rows] = stamp.match(X[rows])
     carries = pool & (match >= rule.add - 1e-9)
     lacks = flagged & (match < (0.5 if rule.veto is None else rule.veto) - 1e-9)
-    none = np.zeros(len(X), dtype=bool)
-    return PatternFlags(carries, lacks & ~carries if rule.veto is not None else none, "stamp", stamp.size, 1.0,
-                        int(lacks.sum()))
+    vetoed = lacks & ~carries if rule.veto is not None else np.zeros(len(X), dtype=bool)   # veto > add: carried wins
+    return PatternFlags(carries, vetoed, "stamp", stamp.size, 1.0, int(lacks.sum()))
 
 
 def _blend_flags(X, pool, flagged, X_val, own, rule: SharedPatternRule, target_probability) -> PatternFlags:
     """``own``: bool, the validation rows of the target class (the pool's class; the rest are the reference)."""
     reference = X_val[~own] if (~own).sum() >= _MIN_REFERENCE else X_val
     blend = estimate_blend(X[flagged], reference, rule.blend)
-    score = np.full(len(X), -np.inf)
     if not blend.size:
-        none = np.zeros(len(X), dtype=bool)
-        return PatternFlags(none, none.copy(), "blend", 0, blend.alpha)
+        return PatternFlags.nothing(len(X), kind="blend")
+    score = np.full(len(X), -np.inf)
     rows = pool | flagged
     score[rows] = blend.score(X[rows])
     null = blend.score(X_val[own] if own.sum() >= _MIN_REFERENCE else X_val)
@@ -130,9 +132,8 @@ def _blend_flags(X, pool, flagged, X_val, own, rule: SharedPatternRule, target_p
     maybe = np.flatnonzero(pool & ~carries & ~flagged & (score > 0))
     if target_probability is not None and len(maybe):
         carries[maybe] = target_probability(blend.unblend(X[maybe])) < 0.5
-    lacks = flagged & (score <= 0)
+    unexplained = int((flagged & (score <= 0)).sum())
     # unflag only rows that look like the target class's clean images (a blend's score is noisy near 0)
-    clean_like = flagged & (score <= min(0.0, float(np.quantile(null, _VETO_QUANTILE)))) & ~carries
-    none = np.zeros(len(X), dtype=bool)
-    return PatternFlags(carries, clean_like if rule.blend.veto else none, "blend", blend.size, blend.alpha,
-                        int(lacks.sum()))
+    clean_like = flagged & (score <= min(0.0, float(np.quantile(null, _VETO_QUANTILE))))   # disjoint from carries
+    return PatternFlags(carries, clean_like if rule.blend.veto else np.zeros(len(X), dtype=bool), "blend",
+                        blend.size, blend.alpha, unexplained)
